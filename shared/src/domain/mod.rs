@@ -1,0 +1,13 @@
+//! Domain types shared by every part of Weft.
+
+pub mod ids;
+pub mod run;
+pub mod workflow;
+pub mod workspace;
+
+pub use ids::{ApiKeyId, RunId, WorkflowId, WorkspaceId};
+pub use run::{
+    Attempt, LogEntry, LogLevel, RunRecord, RunStatus, StepError, StepRecord, StepStatus,
+};
+pub use workflow::{WorkflowSummary, WorkflowVersion};
+pub use workspace::{ApiKeyRecord, Role, Workspace};

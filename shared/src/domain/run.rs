@@ -1,0 +1,226 @@
+//! Recorded state of runs and their steps: what the DAG core reads and what the
+//! stores persist.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::ids::{RunId, WorkflowId, WorkspaceId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Waiting,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Running => "RUNNING",
+            Self::Waiting => "WAITING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Running,
+            Self::Waiting,
+            Self::Completed,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|v| v.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Waiting,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
+        )
+    }
+}
+
+/// Why a step attempt failed. `retryable` decides whether the step's retry
+/// policy applies at all (a template error fails the same way every time).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepError {
+    /// Machine-readable class, e.g. `template_error`, `timeout`, `extract_json_failed`.
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+impl StepError {
+    pub fn permanent(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    pub fn transient(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// One try of a step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+}
+
+/// The recorded state of one step instance. Top-level steps are keyed by their
+/// id; steps inside a map iteration by `map_id.index.step_id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub key: String,
+    #[serde(rename = "type")]
+    pub step_type: String,
+    pub status: StepStatus,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+    /// Why a step was skipped or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When a pending step's next attempt is due (retry backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
+    /// When a waiting step wakes: a delay's end or an approval's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<DateTime<Utc>>,
+    /// A map step's resolved items, fixed when the map starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<Value>>,
+}
+
+impl StepRecord {
+    pub fn new(key: impl Into<String>, step_type: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            step_type: step_type.into(),
+            status: StepStatus::Pending,
+            attempts: Vec::new(),
+            output: None,
+            error: None,
+            reason: None,
+            started_at: None,
+            finished_at: None,
+            retry_at: None,
+            wake_at: None,
+            items: None,
+        }
+    }
+
+    pub fn duration_ms(&self) -> Option<i64> {
+        Some((self.finished_at? - self.started_at?).num_milliseconds())
+    }
+}
+
+/// A run's row: everything but its steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub workspace_id: WorkspaceId,
+    pub id: RunId,
+    pub workflow_id: WorkflowId,
+    pub workflow_version: u32,
+    pub status: RunStatus,
+    pub input: Value,
+    #[serde(default)]
+    pub output: Option<Value>,
+    #[serde(default)]
+    pub error: Option<StepError>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When the orchestrator must look at the run again (None: only an outside
+    /// event such as an approval can move it).
+    #[serde(default)]
+    pub wake_at: Option<DateTime<Utc>>,
+    /// Bumped on every write; writers condition on it (optimistic concurrency).
+    pub revision: u64,
+}
+
+/// One line of a run's execution log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub timestamp: DateTime<Utc>,
+    pub level: LogLevel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogEntry {
+    pub fn new(level: LogLevel, step_id: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            timestamp: Utc::now(),
+            level,
+            step_id: step_id.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+}

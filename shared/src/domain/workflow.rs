@@ -1,0 +1,32 @@
+//! Stored workflows: a workflow is a name plus immutable numbered versions.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::ids::{WorkflowId, WorkspaceId};
+
+/// One immutable version of a workflow, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowVersion {
+    pub workspace_id: WorkspaceId,
+    pub id: WorkflowId,
+    pub version: u32,
+    pub name: String,
+    /// The definition exactly as validated (JSON).
+    pub definition: Value,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub archived_at: Option<DateTime<Utc>>,
+}
+
+/// A workflow's latest state, for listings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowSummary {
+    pub workspace_id: WorkspaceId,
+    pub id: WorkflowId,
+    pub name: String,
+    pub latest_version: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

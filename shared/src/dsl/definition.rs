@@ -1,0 +1,158 @@
+//! The validated, typed form of a workflow definition. Only `dsl::parse` builds
+//! these, so holding a `Workflow` means the definition passed every check.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[derive(Clone, Debug)]
+pub struct Workflow {
+    /// The id the author chose (`"id"` in the definition), if any.
+    pub id: Option<String>,
+    pub name: String,
+    pub description: Option<String>,
+    /// The author's own version label (`"version": "1.0"`); Weft numbers
+    /// stored versions separately.
+    pub label: Option<String>,
+    pub steps: Vec<Step>,
+    /// Template for the run's output; by default the outputs of the final steps.
+    pub output: Option<Value>,
+    /// JSON Schema the run input must satisfy.
+    pub input_schema: Option<Value>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub id: String,
+    pub kind: StepKind,
+    /// Steps of the same scope this one waits for: explicit `depends_on`,
+    /// references in its templates, and the condition whose branch lists it.
+    pub depends_on: Vec<String>,
+    /// The `if` expression: false skips the step.
+    pub when: Option<String>,
+    /// Set when a condition step lists this step in `then` (true) or `else` (false).
+    pub branch: Option<Branch>,
+    pub retry: RetryPolicy,
+    pub timeout: Option<Duration>,
+    pub continue_on_error: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Branch {
+    pub condition: String,
+    pub when: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum StepKind {
+    Transform(Transform),
+    Condition(Condition),
+    Map(Map),
+    Delay(Delay),
+    Approval(Approval),
+}
+
+impl StepKind {
+    /// The canonical type name recorded with the step.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Transform(_) => "transform",
+            Self::Condition(_) => "condition",
+            Self::Map(_) => "map",
+            Self::Delay(_) => "delay",
+            Self::Approval(_) => "approval",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TransformAction {
+    /// Output is `inputs` with every template rendered.
+    Template,
+    /// Output is the first JSON object or array found in `inputs.text`.
+    ExtractJson,
+    /// Output is `inputs.text` parsed as JSON.
+    ParseJson,
+    /// Output is the value of `expression`.
+    Expression(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Transform {
+    pub action: TransformAction,
+    pub inputs: Value,
+}
+
+#[derive(Clone, Debug)]
+pub struct Condition {
+    pub expression: String,
+    pub then_steps: Vec<String>,
+    pub else_steps: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Map {
+    /// A template that must produce a list.
+    pub items: Value,
+    pub concurrency: usize,
+    /// The sub-graph run for each item; `item` and `index` are in scope.
+    pub steps: Vec<Step>,
+    /// Template for each iteration's result; by default the final sub-step's output.
+    pub output: Option<Value>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Delay {
+    For(Duration),
+    /// A template producing an RFC 3339 timestamp.
+    Until(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Approval {
+    pub message: Option<String>,
+}
+
+/// How a failed attempt is retried. Delays grow from `initial_interval` by
+/// `multiplier` up to `max_interval`, each spread by ±`jitter` (a fraction).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_interval: Duration,
+    pub multiplier: f64,
+    pub max_interval: Duration,
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_interval: Duration::from_secs(1),
+            multiplier: 2.0,
+            max_interval: Duration::from_secs(300),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Workflow {
+    /// Finds the step a key names: `id` at the top level, `map.3.sub` inside
+    /// iteration 3 of map step `map` (nesting repeats the pattern).
+    pub fn step_by_key(&self, key: &str) -> Option<&Step> {
+        let mut parts = key.split('.');
+        let first = parts.next()?;
+        let mut step = self.steps.iter().find(|s| s.id == first)?;
+        loop {
+            let Some(index) = parts.next() else {
+                return Some(step);
+            };
+            index.parse::<usize>().ok()?;
+            let sub = parts.next()?;
+            let StepKind::Map(map) = &step.kind else {
+                return None;
+            };
+            step = map.steps.iter().find(|s| s.id == sub)?;
+        }
+    }
+}
