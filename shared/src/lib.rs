@@ -4,3 +4,4 @@
 pub mod domain;
 pub mod dsl;
 pub mod template;
+pub mod dag;

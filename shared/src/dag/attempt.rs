@@ -1,0 +1,98 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::plan::Records;
+use crate::domain::{Attempt, StepError, StepRecord, StepStatus};
+use crate::dsl::{RetryPolicy, Workflow};
+
+/// Marks the start of a new attempt.
+pub fn begin_attempt(rec: &mut StepRecord, now: DateTime<Utc>) {
+    let number = rec.attempts.len() as u32 + 1;
+    rec.attempts.push(Attempt { number, started_at: now, finished_at: None, error: None });
+    rec.status = StepStatus::Running;
+    rec.started_at.get_or_insert(now);
+    rec.retry_at = None;
+}
+
+/// Records how the current attempt ended. A retryable error with attempts
+/// left puts the step back to pending with `retry_at` set by the policy;
+/// otherwise the step ends succeeded or failed. `seed` makes the jitter
+/// repeatable (the run id and step key), so both orchestrators agree.
+pub fn finish_attempt(
+    rec: &mut StepRecord,
+    policy: &RetryPolicy,
+    result: Result<Value, StepError>,
+    now: DateTime<Utc>,
+    seed: &str,
+) {
+    if let Some(a) = rec.attempts.last_mut() {
+        a.finished_at = Some(now);
+        a.error = result.as_ref().err().cloned();
+    }
+    match result {
+        Ok(output) => {
+            rec.status = StepStatus::Succeeded;
+            rec.output = Some(output);
+            rec.error = None;
+            rec.finished_at = Some(now);
+            rec.wake_at = None;
+        }
+        Err(error) => {
+            let tried = rec.attempts.len() as u32;
+            if error.retryable && tried < policy.max_attempts {
+                let wait = backoff(policy, tried, seed);
+                rec.status = StepStatus::Pending;
+                rec.retry_at = Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX));
+            } else {
+                rec.status = StepStatus::Failed;
+                rec.finished_at = Some(now);
+            }
+            rec.wake_at = None;
+            rec.error = Some(error);
+        }
+    }
+}
+
+/// The wait before retry number `failed_attempts` (1 after the first failure).
+pub fn backoff(policy: &RetryPolicy, failed_attempts: u32, seed: &str) -> Duration {
+    let exp = policy.multiplier.powi(failed_attempts.saturating_sub(1).min(64) as i32);
+    let base = (policy.initial_interval.as_secs_f64() * exp).min(policy.max_interval.as_secs_f64());
+    // A repeatable fraction in [-1, 1) from the seed: FNV-1a, because the
+    // standard library's hasher is not promised to be stable across releases.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes().chain(failed_attempts.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let unit = (h >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+    let secs = (base * (1.0 + policy.jitter * unit)).clamp(0.0, policy.max_interval.as_secs_f64());
+    Duration::from_secs_f64(secs)
+}
+
+/// Ends every step that has not finished: those recorded become cancelled,
+/// and top-level steps never reached get a cancelled record, so a finished
+/// run shows what became of each step.
+pub fn close_open_steps(wf: &Workflow, recs: &mut Records, now: DateTime<Utc>, reason: &str) -> Vec<String> {
+    let mut changed = Vec::new();
+    for step in &wf.steps {
+        if !recs.contains_key(&step.id) {
+            recs.insert(step.id.clone(), StepRecord::new(&step.id, step.kind.type_name()));
+        }
+    }
+    for (key, rec) in recs.iter_mut() {
+        if !rec.status.is_terminal() {
+            rec.status = StepStatus::Cancelled;
+            rec.reason = Some(reason.to_owned());
+            rec.finished_at = Some(now);
+            rec.retry_at = None;
+            rec.wake_at = None;
+            if let Some(a) = rec.attempts.last_mut().filter(|a| a.finished_at.is_none()) {
+                a.finished_at = Some(now);
+            }
+            changed.push(key.clone());
+        }
+    }
+    changed
+}
