@@ -5,3 +5,4 @@ pub mod domain;
 pub mod dsl;
 pub mod template;
 pub mod dag;
+pub mod engine;

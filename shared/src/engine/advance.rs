@@ -1,0 +1,250 @@
+//! Moves a run as far as it can go now: asks the DAG core what to do, does
+//! the pure parts inline (transforms, conditions, skips, starting timers and
+//! maps) and repeats until only waiting is left. Both orchestrators call
+//! this; they differ only in how they store the result and wait.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::context::{context_for, scope_values, sink_output, RunInfo};
+use super::steps::{self, Started};
+use crate::dag::{self, Decision, Outcome, Records};
+use crate::domain::{LogEntry, LogLevel, RunStatus, StepError, StepRecord, StepStatus};
+use crate::dsl::{StepKind, Workflow};
+use crate::template::{self, context_from_json};
+
+/// Decisions applied in one call before yielding; a run with more work left
+/// reports `wake_at = now` and continues on the next call.
+const MAX_DECISIONS_PER_CALL: usize = 100_000;
+
+/// What one call of `advance` did and where the run now stands.
+#[derive(Debug)]
+pub struct Advanced {
+    pub status: RunStatus,
+    pub output: Option<Value>,
+    pub error: Option<StepError>,
+    /// When to call `advance` again without an outside event.
+    pub wake_at: Option<DateTime<Utc>>,
+    /// Keys of the step records this call changed (to be persisted).
+    pub changed: BTreeSet<String>,
+    pub logs: Vec<LogEntry>,
+}
+
+pub fn advance(wf: &Workflow, info: RunInfo<'_>, recs: &mut Records, now: DateTime<Utc>) -> Advanced {
+    let mut changed = BTreeSet::new();
+    let mut logs = Vec::new();
+    let mut applied = 0;
+    loop {
+        let plan = dag::plan(wf, recs, now);
+        if let Some(outcome) = plan.outcome {
+            return finish(wf, info, recs, now, outcome, changed, logs);
+        }
+        if plan.decisions.is_empty() || applied >= MAX_DECISIONS_PER_CALL {
+            let more = !plan.decisions.is_empty();
+            let status = if plan.running || more || !plan.waiting { RunStatus::Running } else { RunStatus::Waiting };
+            if !more && !plan.running && !plan.waiting && plan.next_wake.is_none() {
+                // Nothing runs, waits or is due: no rule should leave a run
+                // here, but if one did the run must not hang silently.
+                let error = StepError::permanent("stuck", "the run cannot make progress");
+                return finish(wf, info, recs, now, Outcome::Failed { key: String::new(), error }, changed, logs);
+            }
+            return Advanced {
+                status,
+                output: None,
+                error: None,
+                wake_at: if more { Some(now) } else { plan.next_wake },
+                changed,
+                logs,
+            };
+        }
+        for d in plan.decisions {
+            applied += 1;
+            apply(wf, info, recs, now, d, &mut changed, &mut logs);
+        }
+    }
+}
+
+fn finish(
+    wf: &Workflow,
+    info: RunInfo<'_>,
+    recs: &mut Records,
+    now: DateTime<Utc>,
+    outcome: Outcome,
+    mut changed: BTreeSet<String>,
+    mut logs: Vec<LogEntry>,
+) -> Advanced {
+    let failure = match outcome {
+        Outcome::Completed => match run_output(wf, info, recs) {
+            Ok(output) => {
+                logs.push(LogEntry::new(LogLevel::Info, None, "run completed"));
+                return Advanced { status: RunStatus::Completed, output: Some(output), error: None, wake_at: None, changed, logs };
+            }
+            Err(e) => StepError::permanent("output_error", format!("the workflow's output could not be built: {}", e.message)),
+        },
+        Outcome::Failed { key, error } if key.is_empty() => error,
+        Outcome::Failed { key, error } => StepError {
+            code: error.code.clone(),
+            message: format!("step `{key}` failed: {}", error.message),
+            retryable: false,
+        },
+    };
+    changed.extend(dag::close_open_steps(wf, recs, now, "the run failed"));
+    logs.push(LogEntry::new(LogLevel::Error, None, format!("run failed: {}", failure.message)));
+    Advanced { status: RunStatus::Failed, output: None, error: Some(failure), wake_at: None, changed, logs }
+}
+
+fn run_output(wf: &Workflow, info: RunInfo<'_>, recs: &Records) -> Result<Value, template::TemplateError> {
+    match &wf.output {
+        Some(t) => template::render_value(t, &context_from_json(&Value::Object(scope_values(wf, info, recs, "")))),
+        None => Ok(sink_output(&wf.steps, "", recs)),
+    }
+}
+
+fn apply(
+    wf: &Workflow,
+    info: RunInfo<'_>,
+    recs: &mut Records,
+    now: DateTime<Utc>,
+    decision: Decision,
+    changed: &mut BTreeSet<String>,
+    logs: &mut Vec<LogEntry>,
+) {
+    let key = match &decision {
+        Decision::Start { key } | Decision::Skip { key, .. } | Decision::Wake { key } => key.clone(),
+        Decision::CompleteMap { key } | Decision::FailMap { key, .. } => key.clone(),
+    };
+    let Some(step) = wf.step_by_key(&key) else {
+        // The planner only names steps of this workflow.
+        return;
+    };
+    let seed = format!("{}/{key}", info.run_id);
+    changed.insert(key.clone());
+    match decision {
+        Decision::Skip { reason, .. } => {
+            let rec = recs.entry(key.clone()).or_insert_with(|| StepRecord::new(&key, step.kind.type_name()));
+            rec.status = StepStatus::Skipped;
+            rec.finished_at = Some(now);
+            logs.push(LogEntry::new(LogLevel::Info, Some(&key), format!("skipped: {reason}")));
+            rec.reason = Some(reason);
+        }
+        Decision::Start { .. } => {
+            let ctx = context_for(wf, info, recs, &key);
+            let rec = recs.entry(key.clone()).or_insert_with(|| StepRecord::new(&key, step.kind.type_name()));
+            if let Some(cond) = &step.when {
+                match template::eval_condition(cond, &ctx) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        rec.status = StepStatus::Skipped;
+                        rec.finished_at = Some(now);
+                        let reason = format!("`if` was false: {cond}");
+                        logs.push(LogEntry::new(LogLevel::Info, Some(&key), format!("skipped: {reason}")));
+                        rec.reason = Some(reason);
+                        return;
+                    }
+                    Err(e) => {
+                        dag::begin_attempt(rec, now);
+                        let err = StepError::permanent("template_error", format!("`if`: {}", e.message));
+                        logs.push(LogEntry::new(LogLevel::Error, Some(&key), format!("failed: {}", err.message)));
+                        dag::finish_attempt(rec, &step.retry, Err(err), now, &seed);
+                        return;
+                    }
+                }
+            }
+            dag::begin_attempt(rec, now);
+            let attempt = rec.attempts.len();
+            match steps::start(step, &ctx, now) {
+                Started::Done(result) => record_result(rec, step, result, now, &seed, logs),
+                Started::Waiting { wake_at } => {
+                    rec.status = StepStatus::Waiting;
+                    rec.wake_at = wake_at;
+                    let msg = match (&step.kind, wake_at) {
+                        (StepKind::Approval(_), Some(t)) => format!("waiting for approval (times out at {})", t.to_rfc3339()),
+                        (StepKind::Approval(_), None) => "waiting for approval".to_owned(),
+                        (_, Some(t)) => format!("waiting until {}", t.to_rfc3339()),
+                        (_, None) => "waiting".to_owned(),
+                    };
+                    logs.push(LogEntry::new(LogLevel::Info, Some(&key), msg));
+                }
+                Started::Iterate(items) => {
+                    logs.push(LogEntry::new(LogLevel::Info, Some(&key), format!("started (attempt {attempt}) over {} items", items.len())));
+                    if items.is_empty() {
+                        rec.items = Some(items);
+                        record_result(rec, step, Ok(json!([])), now, &seed, logs);
+                    } else {
+                        rec.items = Some(items);
+                    }
+                }
+            }
+        }
+        Decision::Wake { .. } => {
+            let Some(rec) = recs.get_mut(&key) else { return };
+            let result = match &step.kind {
+                StepKind::Approval(_) => Err(StepError::permanent(
+                    "approval_timeout",
+                    "no one completed the approval before its timeout",
+                )),
+                _ => Ok(json!({ "waited_until": rec.wake_at })),
+            };
+            record_result(rec, step, result, now, &seed, logs);
+        }
+        Decision::CompleteMap { .. } => {
+            let StepKind::Map(map) = &step.kind else { return };
+            let n = recs.get(&key).and_then(|r| r.items.as_ref()).map_or(0, Vec::len);
+            let outputs: Result<Vec<Value>, StepError> = (0..n)
+                .map(|i| {
+                    let prefix = format!("{key}.{i}.");
+                    match &map.output {
+                        Some(t) => template::render_value(t, &context_from_json(&Value::Object(scope_values(wf, info, recs, &prefix))))
+                            .map_err(|e| StepError::permanent("template_error", format!("map output: {}", e.message))),
+                        None => Ok(sink_output(&map.steps, &prefix, recs)),
+                    }
+                })
+                .collect();
+            if let Some(rec) = recs.get_mut(&key) {
+                record_result(rec, step, outputs.map(Value::Array), now, &seed, logs);
+            }
+        }
+        Decision::FailMap { error, .. } => {
+            let prefix = format!("{key}.");
+            for (k, r) in recs.range_mut(prefix.clone()..) {
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if !r.status.is_terminal() {
+                    r.status = StepStatus::Cancelled;
+                    r.reason = Some(format!("map `{key}` failed"));
+                    r.finished_at = Some(now);
+                    r.wake_at = None;
+                    changed.insert(k.clone());
+                }
+            }
+            if let Some(rec) = recs.get_mut(&key) {
+                record_result(rec, step, Err(error), now, &seed, logs);
+            }
+        }
+    }
+}
+
+fn record_result(
+    rec: &mut StepRecord,
+    step: &crate::dsl::Step,
+    result: Result<Value, StepError>,
+    now: DateTime<Utc>,
+    seed: &str,
+    logs: &mut Vec<LogEntry>,
+) {
+    let attempt = rec.attempts.len();
+    let started = rec.attempts.last().map_or(now, |a| a.started_at);
+    let ms = (now - started).num_milliseconds();
+    let line = match &result {
+        Ok(_) => LogEntry::new(LogLevel::Info, Some(&rec.key), format!("succeeded (attempt {attempt}, {ms} ms)")),
+        Err(e) => LogEntry::new(LogLevel::Error, Some(&rec.key), format!("failed (attempt {attempt}): {e}")),
+    };
+    logs.push(line);
+    dag::finish_attempt(rec, &step.retry, result, now, seed);
+    if let Some(at) = rec.retry_at {
+        logs.push(LogEntry::new(LogLevel::Warn, Some(&rec.key), format!("retrying at {}", at.to_rfc3339())));
+    }
+}

@@ -1,0 +1,106 @@
+//! What a step's templates can see: `trigger` (the run input), `run`, the
+//! outputs of steps already finished, and inside a map iteration `item`,
+//! `index` and the iteration's own steps.
+
+use serde_json::{json, Map as JsonMap, Value};
+
+use crate::dag::Records;
+use crate::domain::{StepRecord, StepStatus};
+use crate::dsl::{Step, StepKind, Workflow};
+use crate::template::{context_from_json, Context};
+
+/// The run facts every step can read.
+#[derive(Clone, Copy, Debug)]
+pub struct RunInfo<'a> {
+    pub run_id: &'a str,
+    pub workflow_id: &'a str,
+    pub version: u32,
+    pub input: &'a Value,
+}
+
+/// The value a finished step contributes to templates: its output, `null`
+/// when skipped, `{"error": …}` when it failed (with `continue_on_error`).
+pub fn value_of(rec: &StepRecord) -> Option<Value> {
+    match rec.status {
+        StepStatus::Succeeded => Some(rec.output.clone().unwrap_or(Value::Null)),
+        StepStatus::Skipped => Some(Value::Null),
+        StepStatus::Failed => Some(json!({ "error": rec.error })),
+        _ => None,
+    }
+}
+
+fn add_scope(steps: &[Step], prefix: &str, recs: &Records, out: &mut JsonMap<String, Value>) {
+    for s in steps {
+        if let Some(v) = recs.get(&format!("{prefix}{}", s.id)).and_then(value_of) {
+            out.insert(s.id.clone(), v);
+        }
+    }
+}
+
+/// The names visible inside `scope`: "" for the top level, `m.3.` inside
+/// iteration 3 of map `m` (nesting repeats the pattern).
+pub fn scope_values(wf: &Workflow, info: RunInfo<'_>, recs: &Records, scope: &str) -> JsonMap<String, Value> {
+    let mut out = JsonMap::new();
+    out.insert("trigger".into(), info.input.clone());
+    out.insert(
+        "run".into(),
+        json!({"id": info.run_id, "workflow_id": info.workflow_id, "workflow_version": info.version}),
+    );
+    add_scope(&wf.steps, "", recs, &mut out);
+    let segs: Vec<&str> = scope.split('.').filter(|s| !s.is_empty()).collect();
+    let mut steps = &wf.steps;
+    let mut prefix = String::new();
+    for pair in segs.chunks(2) {
+        let [map_id, index] = pair else { break };
+        let Some(Step { kind: StepKind::Map(map), .. }) = steps.iter().find(|s| s.id == *map_id) else {
+            break;
+        };
+        let map_key = format!("{prefix}{map_id}");
+        let i: usize = index.parse().unwrap_or(usize::MAX);
+        let item = recs
+            .get(&map_key)
+            .and_then(|r| r.items.as_ref())
+            .and_then(|items| items.get(i))
+            .cloned()
+            .unwrap_or(Value::Null);
+        out.insert("item".into(), item);
+        out.insert("index".into(), json!(i));
+        prefix = format!("{map_key}.{index}.");
+        steps = &map.steps;
+        add_scope(steps, &prefix, recs, &mut out);
+    }
+    out
+}
+
+/// The scope a step key lives in: `m.3.sub` → `m.3.`, `a` → ``.
+pub fn scope_of(key: &str) -> &str {
+    key.rfind('.').map_or("", |i| &key[..=i])
+}
+
+/// The template context for the step with this key.
+pub fn context_for(wf: &Workflow, info: RunInfo<'_>, recs: &Records, key: &str) -> Context {
+    context_from_json(&Value::Object(scope_values(wf, info, recs, scope_of(key))))
+}
+
+/// The default result of a scope: the output of its one final step, or an
+/// object of its final steps' outputs by id (skipped ones left out).
+pub fn sink_output(steps: &[Step], prefix: &str, recs: &Records) -> Value {
+    let sinks: Vec<&Step> = steps
+        .iter()
+        .filter(|s| !steps.iter().any(|o| o.depends_on.contains(&s.id)))
+        .collect();
+    let value = |s: &Step| recs.get(&format!("{prefix}{}", s.id)).and_then(value_of);
+    if let [only] = sinks[..] {
+        return value(only).unwrap_or(Value::Null);
+    }
+    let mut out = JsonMap::new();
+    for s in sinks {
+        let rec = recs.get(&format!("{prefix}{}", s.id));
+        if rec.is_some_and(|r| r.status != StepStatus::Skipped) {
+            if let Some(v) = value(s) {
+                out.insert(s.id.clone(), v);
+            }
+        }
+    }
+    Value::Object(out)
+}

@@ -1,0 +1,149 @@
+//! What starting a step of each built-in type does. Every type here is pure
+//! (a function of the step's context and the clock), so the planner runs them
+//! inline; steps that do I/O run elsewhere and report back.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::domain::StepError;
+use crate::dsl::{Delay, Step, StepKind, Transform, TransformAction};
+use crate::template::{self, Context, TemplateError};
+
+/// Most items a map step may iterate over.
+pub const MAX_MAP_ITEMS: usize = 10_000;
+
+/// What a step does when started.
+#[derive(Debug)]
+pub enum Started {
+    /// It finished at once.
+    Done(Result<Value, StepError>),
+    /// It waits until a time (a delay's end, an approval's timeout) or, with
+    /// `None`, for an outside event only.
+    Waiting { wake_at: Option<DateTime<Utc>> },
+    /// A map step: its items, each run through the sub-graph.
+    Iterate(Vec<Value>),
+}
+
+fn template_error(e: TemplateError) -> StepError {
+    StepError::permanent("template_error", e.message)
+}
+
+pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
+    match &step.kind {
+        StepKind::Transform(t) => Started::Done(transform(t, ctx)),
+        StepKind::Condition(c) => Started::Done(
+            template::eval_condition(&c.expression, ctx)
+                .map(|result| json!({ "result": result }))
+                .map_err(template_error),
+        ),
+        StepKind::Delay(Delay::For(d)) => Started::Waiting {
+            wake_at: Some(now + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX)),
+        },
+        StepKind::Delay(Delay::Until(src)) => match until(src, ctx, now) {
+            Ok(at) => Started::Waiting { wake_at: Some(at) },
+            Err(e) => Started::Done(Err(e)),
+        },
+        StepKind::Approval(_) => Started::Waiting {
+            wake_at: step
+                .timeout
+                .map(|t| now + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)),
+        },
+        StepKind::Map(m) => match template::render_value(&m.items, ctx).map_err(template_error) {
+            Ok(Value::Array(items)) if items.len() <= MAX_MAP_ITEMS => Started::Iterate(items),
+            Ok(Value::Array(items)) => Started::Done(Err(StepError::permanent(
+                "too_many_items",
+                format!("the map has {} items; the limit is {MAX_MAP_ITEMS}", items.len()),
+            ))),
+            Ok(other) => Started::Done(Err(StepError::permanent(
+                "items_not_a_list",
+                format!("`items` must produce a list, but produced {}", short_json(&other)),
+            ))),
+            Err(e) => Started::Done(Err(e)),
+        },
+    }
+}
+
+fn until(src: &str, ctx: &Context, now: DateTime<Utc>) -> Result<DateTime<Utc>, StepError> {
+    let v = template::render_string(src, ctx).map_err(template_error)?;
+    let s = v.as_str().ok_or_else(|| {
+        StepError::permanent("invalid_timestamp", format!("`until` produced {}, not a timestamp", short_json(&v)))
+    })?;
+    let at = DateTime::parse_from_rfc3339(s)
+        .map_err(|e| StepError::permanent("invalid_timestamp", format!("`{s}` is not an RFC 3339 timestamp: {e}")))?
+        .with_timezone(&Utc);
+    let limit = now + chrono::Duration::from_std(crate::dsl::MAX_DURATION).unwrap_or(chrono::Duration::MAX);
+    if at > limit {
+        return Err(StepError::permanent("delay_too_long", format!("`{s}` is more than a year away")));
+    }
+    Ok(at)
+}
+
+fn transform(t: &Transform, ctx: &Context) -> Result<Value, StepError> {
+    match &t.action {
+        TransformAction::Template => template::render_value(&t.inputs, ctx).map_err(template_error),
+        TransformAction::Expression(e) => template::eval_expression(e, ctx).map_err(template_error),
+        TransformAction::ExtractJson | TransformAction::ParseJson => {
+            let inputs = template::render_value(&t.inputs, ctx).map_err(template_error)?;
+            let text = match inputs.get("text") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => return Ok(other.clone()),
+                None => return Err(StepError::permanent("missing_input", "`inputs.text` is missing")),
+            };
+            if t.action == TransformAction::ParseJson {
+                serde_json::from_str(&text)
+                    .map_err(|e| StepError::permanent("invalid_json", format!("`inputs.text` is not JSON: {e}")))
+            } else {
+                extract_json(&text).ok_or_else(|| {
+                    StepError::permanent("extract_json_failed", format!("no JSON object or array found in: {}", short(&text)))
+                })
+            }
+        }
+    }
+}
+
+/// The first JSON object or array inside free text, such as an LLM reply
+/// that wraps JSON in prose or a ```json fence.
+pub fn extract_json(text: &str) -> Option<Value> {
+    if let Ok(v @ (Value::Object(_) | Value::Array(_))) = serde_json::from_str::<Value>(text.trim()) {
+        return Some(v);
+    }
+    for (i, c) in text.char_indices() {
+        if c != '{' && c != '[' {
+            continue;
+        }
+        let mut stream = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
+        if let Some(Ok(v)) = stream.next() {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn short(s: &str) -> String {
+    if s.chars().count() <= 200 {
+        s.to_owned()
+    } else {
+        format!("{}...", s.chars().take(197).collect::<String>())
+    }
+}
+
+fn short_json(v: &Value) -> String {
+    short(&v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_json_from_prose_and_fences() {
+        assert_eq!(extract_json(r#"{"a": 1}"#), Some(json!({"a": 1})));
+        assert_eq!(
+            extract_json("Sure! Here it is:\n```json\n{\"draft\": \"Hi {there}\"}\n```\nAnything else?"),
+            Some(json!({"draft": "Hi {there}"}))
+        );
+        assert_eq!(extract_json("list: [1, 2] done"), Some(json!([1, 2])));
+        assert_eq!(extract_json("a {broken and then {\"ok\": true}"), Some(json!({"ok": true})));
+        assert_eq!(extract_json("no json here"), None);
+    }
+}

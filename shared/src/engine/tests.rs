@@ -1,0 +1,151 @@
+use chrono::{Duration, TimeZone, Utc};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::dag::Records;
+use crate::domain::{RunStatus, StepStatus};
+use crate::dsl::{parse_workflow, Workflow};
+
+fn wf(v: Value) -> Workflow {
+    parse_workflow(&v).unwrap()
+}
+
+fn t0() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn info(input: &Value) -> RunInfo<'_> {
+    RunInfo { run_id: "run_test", workflow_id: "wf_test", version: 1, input }
+}
+
+#[test]
+fn a_chain_of_pure_steps_completes_in_one_call() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "a", "type": "transform", "inputs": {"n": "{{ trigger.n }}"}},
+        {"id": "b", "type": "transform", "expression": "a.n * 2"},
+        {"id": "c", "type": "transformation", "action": "extract_json", "inputs": {"text": "Result: {\"value\": {{ b }}}"}}
+    ]}));
+    let input = json!({"n": 21});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0());
+    assert_eq!(adv.status, RunStatus::Completed);
+    assert_eq!(adv.output, Some(json!({"value": 42})));
+    assert_eq!(recs["b"].output, Some(json!(42)));
+    assert_eq!(adv.changed.len(), 3);
+}
+
+#[test]
+fn conditions_choose_a_branch() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "check", "type": "condition", "expression": "trigger.amount > 100", "then": ["big"], "else": ["small"]},
+        {"id": "big", "type": "transform", "inputs": "manual review"},
+        {"id": "small", "type": "transform", "inputs": "auto approve"},
+        {"id": "done", "type": "transform", "inputs": "{{ big or small }}", "if": "trigger.amount >= 0"}
+    ]}));
+    for (amount, taken, skipped) in [(500, "big", "small"), (5, "small", "big")] {
+        let input = json!({"amount": amount});
+        let mut recs = Records::new();
+        let adv = advance(&w, info(&input), &mut recs, t0());
+        assert_eq!(adv.status, RunStatus::Completed);
+        assert_eq!(recs[taken].status, StepStatus::Succeeded);
+        assert_eq!(recs[skipped].status, StepStatus::Skipped);
+        assert!(recs[skipped].reason.as_deref().unwrap().contains("branch not taken"));
+        assert_eq!(adv.output, recs[taken].output);
+    }
+}
+
+#[test]
+fn delays_wait_then_finish() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "wait", "type": "delay", "duration": "1h"},
+        {"id": "after", "type": "transform", "inputs": "{{ wait.waited_until }}"}
+    ]}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0());
+    assert_eq!(adv.status, RunStatus::Waiting);
+    assert_eq!(adv.wake_at, Some(t0() + Duration::hours(1)));
+    let adv = advance(&w, info(&input), &mut recs, t0() + Duration::minutes(59));
+    assert_eq!(adv.status, RunStatus::Waiting);
+    assert!(adv.changed.is_empty());
+    let adv = advance(&w, info(&input), &mut recs, t0() + Duration::hours(1));
+    assert_eq!(adv.status, RunStatus::Completed);
+    assert_eq!(recs["wait"].attempts.len(), 1);
+}
+
+#[test]
+fn approvals_wait_for_completion_or_time_out() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "ok", "type": "approval", "timeout": "1d"},
+        {"id": "act", "type": "transform", "inputs": {"approved": "{{ ok.approved }}"}}
+    ]}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0());
+    assert_eq!(adv.status, RunStatus::Waiting);
+    assert_eq!(recs["ok"].status, StepStatus::Waiting);
+
+    // Completed from outside, as the API does.
+    let mut done = recs.clone();
+    let r = done.get_mut("ok").unwrap();
+    r.status = StepStatus::Succeeded;
+    r.output = Some(json!({"approved": true}));
+    let adv = advance(&w, info(&input), &mut done, t0() + Duration::minutes(5));
+    assert_eq!(adv.status, RunStatus::Completed);
+    assert_eq!(adv.output, Some(json!({"approved": true})));
+
+    // Nobody answers.
+    let adv = advance(&w, info(&input), &mut recs, t0() + Duration::days(1));
+    assert_eq!(adv.status, RunStatus::Failed);
+    assert_eq!(adv.error.as_ref().unwrap().code, "approval_timeout");
+    assert_eq!(recs["act"].status, StepStatus::Cancelled);
+}
+
+#[test]
+fn maps_collect_outputs_in_order() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "each", "type": "map", "items": "{{ trigger.xs }}", "concurrency": 2, "steps": [
+            {"id": "sq", "type": "transform", "expression": "item * item"},
+            {"id": "fmt", "type": "transform", "inputs": "{{ index }}:{{ sq }}"}
+        ]},
+        {"id": "labels", "type": "map", "items": "{{ each }}", "step": {"id": "up", "type": "transform", "expression": "item | upper"}, "output": "{{ up }}!"}
+    ]}));
+    let input = json!({"xs": [3, 1, 2]});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0());
+    assert_eq!(adv.status, RunStatus::Completed, "{adv:?}");
+    assert_eq!(recs["each"].output, Some(json!(["0:9", "1:1", "2:4"])));
+    assert_eq!(recs["each.1.sq"].output, Some(json!(1)));
+    assert_eq!(adv.output, Some(json!(["0:9!", "1:1!", "2:4!"])));
+
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&json!({"xs": "nope"})), &mut recs, t0());
+    assert_eq!(adv.status, RunStatus::Failed);
+    assert!(adv.error.unwrap().message.contains("must produce a list"));
+}
+
+#[test]
+fn continue_on_error_lets_dependents_see_the_error() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "parse", "type": "transform", "action": "parse_json", "inputs": {"text": "not json"}, "continue_on_error": true},
+        {"id": "fallback", "type": "transform", "inputs": "{{ parse.error.code }}"}
+    ]}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0());
+    assert_eq!(adv.status, RunStatus::Completed);
+    assert_eq!(adv.output, Some(json!("invalid_json")));
+    assert_eq!(recs["parse"].status, StepStatus::Failed);
+}
+
+#[test]
+fn missing_input_fails_the_step_with_a_clear_message() {
+    let w = wf(json!({"name": "t", "steps": [{"id": "a", "type": "transform", "inputs": "{{ trigger.email_id }}"}]}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0());
+    assert_eq!(adv.status, RunStatus::Failed);
+    let err = adv.error.unwrap();
+    assert!(err.message.contains("step `a` failed") && err.message.contains("trigger.email_id"), "{err:?}");
+    assert_eq!(recs["a"].attempts.len(), 1, "template errors are not retried");
+}
