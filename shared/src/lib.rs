@@ -6,3 +6,5 @@ pub mod dsl;
 pub mod template;
 pub mod dag;
 pub mod engine;
+pub mod adapters;
+pub mod ports;

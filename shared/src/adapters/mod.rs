@@ -1,0 +1,3 @@
+//! Adapters behind the ports.
+
+pub mod sqlite;

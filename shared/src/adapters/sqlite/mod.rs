@@ -1,0 +1,76 @@
+//! The embedded store: every port backed by one SQLite file.
+
+mod db;
+mod runs;
+mod schema;
+mod tenants;
+mod workflows;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use db::Db;
+
+/// Implements every store port on one SQLite database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Arc<Db>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database at `path`;
+    /// `:memory:` gives a private in-memory database.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Ok(Self { db: Db::open(path)? })
+    }
+}
+
+/// Reads a page of `limit` rows fetched as `limit + 1`: the extra row only
+/// tells whether another page exists.
+fn paginate<T>(mut rows: Vec<T>, limit: u32, position: impl Fn(&T) -> String) -> crate::ports::Page<T> {
+    let limit = limit as usize;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| crate::ports::Cursor::from_position(&position(r)))
+    } else {
+        None
+    };
+    crate::ports::Page { items: rows, next_cursor }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::contract;
+
+    #[tokio::test]
+    async fn passes_the_store_contract_on_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("weft.db")).unwrap();
+        contract::run_all(contract::Stores::from_one(Arc::new(store))).await;
+    }
+
+    #[tokio::test]
+    async fn passes_the_store_contract_in_memory() {
+        let store = SqliteStore::open(Path::new(":memory:")).unwrap();
+        contract::run_all(contract::Stores::from_one(Arc::new(store))).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.db");
+        let ws = crate::domain::Workspace {
+            id: crate::domain::WorkspaceId::generate(),
+            name: "w".into(),
+            created_at: chrono::Utc::now(),
+        };
+        {
+            use crate::ports::WorkspaceStore;
+            SqliteStore::open(&path).unwrap().create_workspace(&ws).await.unwrap();
+        }
+        use crate::ports::WorkspaceStore;
+        let again = SqliteStore::open(&path).unwrap();
+        assert_eq!(again.get_workspace(&ws.id).await.unwrap(), Some(ws));
+    }
+}

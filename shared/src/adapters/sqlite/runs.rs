@@ -1,0 +1,182 @@
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::tenants::insert_or_conflict;
+use super::{paginate, SqliteStore};
+use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
+use crate::ports::{
+    ActiveRunIndex, CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite, StoreError, StoreResult,
+};
+
+fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> StoreResult<()> {
+    insert_or_conflict(
+        tx.execute(
+            "INSERT INTO runs (workspace_id, id, workflow_id, status, revision, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                run.workspace_id.as_str(),
+                run.id.as_str(),
+                run.workflow_id.as_str(),
+                run.status.as_str(),
+                run.revision as i64,
+                serde_json::to_string(run)?
+            ],
+        ),
+        "run",
+    )
+}
+
+fn claim_key(tx: &Transaction<'_>, run: &RunRecord, claim: &IdempotencyClaim, now: DateTime<Utc>) -> StoreResult<Option<CreateRun>> {
+    let existing: Option<(String, String, String)> = tx
+        .query_row(
+            "SELECT request_hash, run_id, expires_at FROM idempotency_keys WHERE workspace_id = ?1 AND key = ?2",
+            params![run.workspace_id.as_str(), claim.key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    if let Some((request_hash, run_id, expires_at)) = existing {
+        let live = DateTime::parse_from_rfc3339(&expires_at).map(|e| e.with_timezone(&Utc) > now).unwrap_or(false);
+        if live {
+            return Ok(Some(CreateRun::Existing { run_id: RunId::from_string(run_id), request_hash }));
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO idempotency_keys (workspace_id, key, request_hash, run_id, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![run.workspace_id.as_str(), claim.key, claim.request_hash, run.id.as_str(), claim.expires_at.to_rfc3339()],
+    )?;
+    Ok(None)
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn create_run(&self, run: &RunRecord, claim: Option<&IdempotencyClaim>) -> StoreResult<CreateRun> {
+        let (run, claim) = (run.clone(), claim.cloned());
+        let now = Utc::now();
+        self.db
+            .write(move |tx| {
+                if let Some(claim) = &claim {
+                    if let Some(existing) = claim_key(tx, &run, claim, now)? {
+                        return Ok(existing);
+                    }
+                }
+                insert_run(tx, &run)?;
+                Ok(CreateRun::Created)
+            })
+            .await
+    }
+
+    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .read(move |c| {
+                let data: Option<String> = c
+                    .prepare_cached("SELECT data FROM runs WHERE workspace_id = ?1 AND id = ?2")?
+                    .query_row(params![ws, id], |r| r.get(0))
+                    .optional()?;
+                Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
+            })
+            .await
+    }
+
+    async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached("SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2")?;
+                let rows = stmt
+                    .query_map(params![ws, id], |r| r.get::<_, String>(0))?
+                    .map(|d| Ok(serde_json::from_str::<StepRecord>(&d?)?))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn list_runs(&self, ws: &WorkspaceId, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<RunRecord>> {
+        let ws = ws.to_string();
+        // Ids are ULIDs: ordering by id is ordering by creation time.
+        let before = page.cursor.as_ref().map_or_else(|| "~".to_owned(), |c| c.position().to_owned());
+        let status = filter.status.map(|s| s.as_str().to_owned());
+        let workflow = filter.workflow_id.as_ref().map(|w| w.to_string());
+        let limit = page.limit;
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT data FROM runs WHERE workspace_id = ?1 AND id < ?2 \
+                     AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR workflow_id = ?4) \
+                     ORDER BY id DESC LIMIT ?5",
+                )?;
+                let rows = stmt
+                    .query_map(params![ws, before, status, workflow, limit + 1], |r| r.get::<_, String>(0))?
+                    .map(|d| Ok(serde_json::from_str::<RunRecord>(&d?)?))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(paginate(rows, limit, |r| r.id.to_string()))
+            })
+            .await
+    }
+
+    async fn save_run(&self, w: &RunWrite) -> StoreResult<()> {
+        let run = serde_json::to_string(&w.run)?;
+        let steps = w.steps.iter().map(|s| Ok((s.key.clone(), serde_json::to_string(s)?))).collect::<StoreResult<Vec<_>>>()?;
+        let logs = w.logs.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
+        let (ws, id, status, revision) = (w.run.workspace_id.to_string(), w.run.id.to_string(), w.run.status.as_str(), w.run.revision as i64);
+        self.db
+            .write(move |tx| {
+                let n = tx
+                    .prepare_cached("UPDATE runs SET status = ?3, revision = ?4, data = ?5 WHERE workspace_id = ?1 AND id = ?2 AND revision = ?6")?
+                    .execute(params![ws, id, status, revision, run, revision - 1])?;
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("run {id} is not at revision {}", revision - 1)));
+                }
+                let mut put = tx.prepare_cached("INSERT OR REPLACE INTO steps (workspace_id, run_id, key, data) VALUES (?1, ?2, ?3, ?4)")?;
+                for (key, data) in &steps {
+                    put.execute(params![ws, id, key, data])?;
+                }
+                let mut log = tx.prepare_cached("INSERT INTO run_logs (workspace_id, run_id, data) VALUES (?1, ?2, ?3)")?;
+                for data in &logs {
+                    log.execute(params![ws, id, data])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_logs(&self, ws: &WorkspaceId, id: &RunId, page: &PageRequest) -> StoreResult<Page<LogEntry>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        let after: i64 = page.cursor.as_ref().and_then(|c| c.position().parse().ok()).unwrap_or(0);
+        let limit = page.limit;
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT seq, data FROM run_logs WHERE workspace_id = ?1 AND run_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+                )?;
+                let rows = stmt
+                    .query_map(params![ws, id, after, limit + 1], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                    .map(|row| {
+                        let (seq, d) = row?;
+                        Ok((seq, serde_json::from_str::<LogEntry>(&d)?))
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
+                let page = paginate(rows, limit, |(seq, _)| seq.to_string());
+                Ok(Page { items: page.items.into_iter().map(|(_, l)| l).collect(), next_cursor: page.next_cursor })
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl ActiveRunIndex for SqliteStore {
+    async fn active_runs(&self) -> StoreResult<Vec<(WorkspaceId, RunId)>> {
+        self.db
+            .read(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT workspace_id, id FROM runs WHERE status IN ('PENDING', 'RUNNING', 'WAITING')",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| Ok((WorkspaceId::from_string(r.get::<_, String>(0)?), RunId::from_string(r.get::<_, String>(1)?))))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+}

@@ -1,0 +1,78 @@
+//! The schema, versioned with `user_version`.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE workspaces (
+    id          TEXT PRIMARY KEY,
+    data        TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE api_keys (
+    key_hash     TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    data         TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE workflows (
+    workspace_id   TEXT NOT NULL,
+    id             TEXT NOT NULL,
+    latest_version INTEGER NOT NULL,
+    archived_at    TEXT,
+    data           TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, id)
+) STRICT;
+
+CREATE TABLE workflow_versions (
+    workspace_id TEXT NOT NULL,
+    workflow_id  TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, workflow_id, version)
+) STRICT;
+
+CREATE TABLE runs (
+    workspace_id TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    workflow_id  TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    revision     INTEGER NOT NULL,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, id)
+) STRICT;
+CREATE INDEX runs_by_workflow ON runs (workspace_id, workflow_id, id);
+CREATE INDEX runs_active ON runs (status) WHERE status IN ('PENDING', 'RUNNING', 'WAITING');
+
+CREATE TABLE steps (
+    workspace_id TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, run_id, key)
+) STRICT;
+
+CREATE TABLE run_logs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    workspace_id TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    data         TEXT NOT NULL
+) STRICT;
+CREATE INDEX run_logs_by_run ON run_logs (workspace_id, run_id, seq);
+
+CREATE TABLE idempotency_keys (
+    workspace_id TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    expires_at   TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, key)
+) STRICT;
+"#];
+
+pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let current: usize = c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        c.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+
+use super::SqliteStore;
+use crate::domain::{ApiKeyRecord, Workspace, WorkspaceId};
+use crate::ports::{ApiKeyStore, StoreError, StoreResult, WorkspaceStore};
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+pub(super) fn insert_or_conflict(res: rusqlite::Result<usize>, what: &str) -> StoreResult<()> {
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("{what} already exists"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[async_trait]
+impl WorkspaceStore for SqliteStore {
+    async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()> {
+        let data = serde_json::to_string(ws)?;
+        let id = ws.id.to_string();
+        self.db
+            .write(move |tx| insert_or_conflict(tx.execute("INSERT INTO workspaces (id, data) VALUES (?1, ?2)", params![id, data]), "workspace"))
+            .await
+    }
+
+    async fn get_workspace(&self, id: &WorkspaceId) -> StoreResult<Option<Workspace>> {
+        let id = id.to_string();
+        self.db
+            .read(move |c| {
+                let data: Option<String> = c
+                    .query_row("SELECT data FROM workspaces WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()?;
+                Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        let data = serde_json::to_string(key)?;
+        let (hash, ws) = (key.key_hash.clone(), key.workspace_id.to_string());
+        self.db
+            .write(move |tx| {
+                insert_or_conflict(
+                    tx.execute("INSERT INTO api_keys (key_hash, workspace_id, data) VALUES (?1, ?2, ?3)", params![hash, ws, data]),
+                    "API key",
+                )
+            })
+            .await
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let hash = key_hash.to_owned();
+        self.db
+            .read(move |c| {
+                let data: Option<String> = c
+                    .query_row("SELECT data FROM api_keys WHERE key_hash = ?1", [hash], |r| r.get(0))
+                    .optional()?;
+                Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
+            })
+            .await
+    }
+}

@@ -1,0 +1,137 @@
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension};
+
+use super::tenants::insert_or_conflict;
+use super::{paginate, SqliteStore};
+use crate::domain::{WorkflowId, WorkflowSummary, WorkflowVersion, WorkspaceId};
+use crate::ports::{Page, PageRequest, StoreError, StoreResult, WorkflowStore};
+
+fn summary(v: &WorkflowVersion, created_at: DateTime<Utc>) -> WorkflowSummary {
+    WorkflowSummary {
+        workspace_id: v.workspace_id.clone(),
+        id: v.id.clone(),
+        name: v.name.clone(),
+        latest_version: v.version,
+        created_at,
+        updated_at: v.created_at,
+    }
+}
+
+#[async_trait]
+impl WorkflowStore for SqliteStore {
+    async fn create_workflow(&self, v: &WorkflowVersion) -> StoreResult<()> {
+        let data = serde_json::to_string(v)?;
+        let sum = serde_json::to_string(&summary(v, v.created_at))?;
+        let (ws, id, version) = (v.workspace_id.to_string(), v.id.to_string(), v.version);
+        self.db
+            .write(move |tx| {
+                insert_or_conflict(
+                    tx.execute(
+                        "INSERT INTO workflows (workspace_id, id, latest_version, data) VALUES (?1, ?2, ?3, ?4)",
+                        params![ws, id, version, sum],
+                    ),
+                    &format!("workflow `{id}`"),
+                )?;
+                tx.execute(
+                    "INSERT INTO workflow_versions (workspace_id, workflow_id, version, data) VALUES (?1, ?2, ?3, ?4)",
+                    params![ws, id, version, data],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn add_version(&self, v: &WorkflowVersion) -> StoreResult<()> {
+        let data = serde_json::to_string(v)?;
+        let (ws, id, version) = (v.workspace_id.to_string(), v.id.to_string(), v.version);
+        let v = v.clone();
+        self.db
+            .write(move |tx| {
+                let row: Option<String> = tx
+                    .query_row(
+                        "SELECT data FROM workflows WHERE workspace_id = ?1 AND id = ?2 AND archived_at IS NULL AND latest_version = ?3",
+                        params![ws, id, version - 1],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(row) = row else {
+                    return Err(StoreError::Conflict(format!("workflow `{id}` is not at version {}", version - 1)));
+                };
+                let old: WorkflowSummary = serde_json::from_str(&row)?;
+                let sum = serde_json::to_string(&summary(&v, old.created_at))?;
+                tx.execute(
+                    "UPDATE workflows SET latest_version = ?3, data = ?4 WHERE workspace_id = ?1 AND id = ?2",
+                    params![ws, id, version, sum],
+                )?;
+                tx.execute(
+                    "INSERT INTO workflow_versions (workspace_id, workflow_id, version, data) VALUES (?1, ?2, ?3, ?4)",
+                    params![ws, id, version, data],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_workflow(&self, ws: &WorkspaceId, id: &WorkflowId, version: Option<u32>) -> StoreResult<Option<WorkflowVersion>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .read(move |c| {
+                let row: Option<(i64, Option<String>)> = c
+                    .query_row(
+                        "SELECT latest_version, archived_at FROM workflows WHERE workspace_id = ?1 AND id = ?2",
+                        params![ws, id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((latest, archived_at)) = row else { return Ok(None) };
+                let version = version.map_or(latest, i64::from);
+                let data: Option<String> = c
+                    .query_row(
+                        "SELECT data FROM workflow_versions WHERE workspace_id = ?1 AND workflow_id = ?2 AND version = ?3",
+                        params![ws, id, version],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(data) = data else { return Ok(None) };
+                let mut v: WorkflowVersion = serde_json::from_str(&data)?;
+                v.archived_at = archived_at
+                    .map(|a| DateTime::parse_from_rfc3339(&a).map(|d| d.with_timezone(&Utc)))
+                    .transpose()
+                    .map_err(|e| StoreError::Unavailable(format!("corrupt archived_at: {e}")))?;
+                Ok(Some(v))
+            })
+            .await
+    }
+
+    async fn list_workflows(&self, ws: &WorkspaceId, page: &PageRequest) -> StoreResult<Page<WorkflowSummary>> {
+        let ws = ws.to_string();
+        let after = page.cursor.as_ref().map(|c| c.position().to_owned()).unwrap_or_default();
+        let limit = page.limit;
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT data FROM workflows WHERE workspace_id = ?1 AND archived_at IS NULL AND id > ?2 ORDER BY id LIMIT ?3",
+                )?;
+                let rows = stmt
+                    .query_map(params![ws, after, limit + 1], |r| r.get::<_, String>(0))?
+                    .map(|d| Ok(serde_json::from_str::<WorkflowSummary>(&d?)?))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(paginate(rows, limit, |w| w.id.to_string()))
+            })
+            .await
+    }
+
+    async fn archive_workflow(&self, ws: &WorkspaceId, id: &WorkflowId, at: DateTime<Utc>) -> StoreResult<bool> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .write(move |tx| {
+                let n = tx.execute(
+                    "UPDATE workflows SET archived_at = ?3 WHERE workspace_id = ?1 AND id = ?2 AND archived_at IS NULL",
+                    params![ws, id, at.to_rfc3339()],
+                )?;
+                Ok(n == 1)
+            })
+            .await
+    }
+}

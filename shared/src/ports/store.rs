@@ -1,0 +1,110 @@
+//! Store ports, one trait per table. Every call about tenant data takes the
+//! workspace id, so no call can reach another workspace's items.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::page::{Page, PageRequest};
+use crate::domain::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write lost: the item changed or already exists.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The backend failed; the message is for logs, not for clients.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait WorkspaceStore: Send + Sync {
+    async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()>;
+    async fn get_workspace(&self, id: &WorkspaceId) -> StoreResult<Option<Workspace>>;
+}
+
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// Fails with Conflict if a key with the same hash exists.
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    /// The one lookup not scoped by workspace: the key is what names it.
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+}
+
+#[async_trait]
+pub trait WorkflowStore: Send + Sync {
+    /// Stores version 1 of a new workflow; Conflict if the id is taken.
+    async fn create_workflow(&self, v: &WorkflowVersion) -> StoreResult<()>;
+    /// Stores `v.version`, which must be the latest version + 1 of a workflow
+    /// that is not archived; Conflict otherwise.
+    async fn add_version(&self, v: &WorkflowVersion) -> StoreResult<()>;
+    /// The given version, or the latest. Archived workflows are returned too
+    /// (with `archived_at`), because their runs stay readable.
+    async fn get_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+        version: Option<u32>,
+    ) -> StoreResult<Option<WorkflowVersion>>;
+    /// Workflows that are not archived, by id.
+    async fn list_workflows(&self, ws: &WorkspaceId, page: &PageRequest) -> StoreResult<Page<WorkflowSummary>>;
+    /// False if there was no such live workflow.
+    async fn archive_workflow(&self, ws: &WorkspaceId, id: &WorkflowId, at: DateTime<Utc>) -> StoreResult<bool>;
+}
+
+/// An Idempotency-Key claim stored with the run it created.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    /// A digest of the request, to tell a retry from a different request.
+    pub request_hash: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CreateRun {
+    Created,
+    /// The key was already claimed (and has not expired).
+    Existing { run_id: RunId, request_hash: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub workflow_id: Option<WorkflowId>,
+}
+
+/// One conditional write of a run: its row, changed steps and new log lines.
+#[derive(Clone, Debug)]
+pub struct RunWrite {
+    /// The new row; its `revision` must be the stored revision + 1.
+    pub run: RunRecord,
+    pub steps: Vec<StepRecord>,
+    pub logs: Vec<LogEntry>,
+}
+
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Inserts a new run, claiming the idempotency key if one is given.
+    async fn create_run(&self, run: &RunRecord, claim: Option<&IdempotencyClaim>) -> StoreResult<CreateRun>;
+    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>>;
+    /// Every step record of a run.
+    async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>>;
+    /// Newest first.
+    async fn list_runs(&self, ws: &WorkspaceId, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<RunRecord>>;
+    /// Applies the write if the stored revision is `w.run.revision - 1`;
+    /// Conflict otherwise.
+    async fn save_run(&self, w: &RunWrite) -> StoreResult<()>;
+    /// Oldest first.
+    async fn list_logs(&self, ws: &WorkspaceId, id: &RunId, page: &PageRequest) -> StoreResult<Page<LogEntry>>;
+}
+
+/// Runs that are not finished, across workspaces: what the embedded
+/// orchestrator must resume after a restart. (On AWS, Step Functions holds
+/// this state.)
+#[async_trait]
+pub trait ActiveRunIndex: Send + Sync {
+    async fn active_runs(&self) -> StoreResult<Vec<(WorkspaceId, RunId)>>;
+}
