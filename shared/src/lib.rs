@@ -1,10 +1,14 @@
 //! Weft's core: the workflow definition language, the DAG engine, the ports
 //! between the core and the world with their adapters, and the HTTP API.
 
+pub mod adapters;
+pub mod api;
+pub mod app;
+pub mod dag;
 pub mod domain;
 pub mod dsl;
-pub mod template;
-pub mod dag;
 pub mod engine;
-pub mod adapters;
+pub mod orchestrator;
+pub mod platform;
 pub mod ports;
+pub mod template;

@@ -16,7 +16,15 @@ const FUEL: u64 = 50_000;
 pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
 
 /// Global functions MiniJinja provides; they are not references to steps.
-const BUILTIN_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug", "loop", "super", "self"];
+const BUILTIN_GLOBALS: &[&str] = &[
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+    "loop",
+    "super",
+    "self",
+];
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
@@ -138,11 +146,17 @@ pub fn context_from_json(v: &Value) -> Context {
 fn to_json(source: &str, v: minijinja::Value) -> Result<Value, TemplateError> {
     if v.is_undefined() {
         return Err(TemplateError {
-            message: format!("`{}` refers to a value that is not defined", shorten(source)),
+            message: format!(
+                "`{}` refers to a value that is not defined",
+                shorten(source)
+            ),
         });
     }
     serde_json::to_value(&v).map_err(|e| TemplateError {
-        message: format!("`{}` produced a value that is not JSON: {e}", shorten(source)),
+        message: format!(
+            "`{}` produced a value that is not JSON: {e}",
+            shorten(source)
+        ),
     })
 }
 
@@ -163,7 +177,10 @@ pub fn eval_condition(source: &str, ctx: &Context) -> Result<bool, TemplateError
     let v = expr.eval(ctx).map_err(|e| TemplateError::new(source, &e))?;
     if v.is_undefined() {
         return Err(TemplateError {
-            message: format!("`{}` refers to a value that is not defined", shorten(source)),
+            message: format!(
+                "`{}` refers to a value that is not defined",
+                shorten(source)
+            ),
         });
     }
     Ok(v.is_true())
@@ -227,7 +244,10 @@ mod tests {
     #[test]
     fn whole_value_keeps_json_type() {
         assert_eq!(render_string("{{trigger.n}}", &ctx()).unwrap(), json!(3));
-        assert_eq!(render_string(" {{ trigger.tags }} ", &ctx()).unwrap(), json!(["a", "b"]));
+        assert_eq!(
+            render_string(" {{ trigger.tags }} ", &ctx()).unwrap(),
+            json!(["a", "b"])
+        );
         assert_eq!(
             render_string("Re: {{step_1.body}}", &ctx()).unwrap(),
             json!("Re: hello")
@@ -248,7 +268,10 @@ mod tests {
     #[test]
     fn references_are_root_names() {
         let refs = template_references("{{step_1.body}} and {{ trigger.x }}").unwrap();
-        assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["step_1", "trigger"]);
+        assert_eq!(
+            refs.into_iter().collect::<Vec<_>>(),
+            vec!["step_1", "trigger"]
+        );
         let refs = expression_references("step_2.score > 0.5 and range(3)").unwrap();
         assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["step_2"]);
     }
@@ -261,7 +284,8 @@ mod tests {
 
     #[test]
     fn runaway_templates_are_stopped() {
-        let err = render_string("{% for i in range(100000) %}{{ i }}{% endfor %}", &ctx()).unwrap_err();
+        let err =
+            render_string("{% for i in range(100000) %}{{ i }}{% endfor %}", &ctx()).unwrap_err();
         assert!(err.message.contains("too expensive"), "{}", err.message);
     }
 

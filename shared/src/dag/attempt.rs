@@ -10,7 +10,12 @@ use crate::dsl::{RetryPolicy, Workflow};
 /// Marks the start of a new attempt.
 pub fn begin_attempt(rec: &mut StepRecord, now: DateTime<Utc>) {
     let number = rec.attempts.len() as u32 + 1;
-    rec.attempts.push(Attempt { number, started_at: now, finished_at: None, error: None });
+    rec.attempts.push(Attempt {
+        number,
+        started_at: now,
+        finished_at: None,
+        error: None,
+    });
     rec.status = StepStatus::Running;
     rec.started_at.get_or_insert(now);
     rec.retry_at = None;
@@ -44,7 +49,8 @@ pub fn finish_attempt(
             if error.retryable && tried < policy.max_attempts {
                 let wait = backoff(policy, tried, seed);
                 rec.status = StepStatus::Pending;
-                rec.retry_at = Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX));
+                rec.retry_at =
+                    Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX));
             } else {
                 rec.status = StepStatus::Failed;
                 rec.finished_at = Some(now);
@@ -57,7 +63,9 @@ pub fn finish_attempt(
 
 /// The wait before retry number `failed_attempts` (1 after the first failure).
 pub fn backoff(policy: &RetryPolicy, failed_attempts: u32, seed: &str) -> Duration {
-    let exp = policy.multiplier.powi(failed_attempts.saturating_sub(1).min(64) as i32);
+    let exp = policy
+        .multiplier
+        .powi(failed_attempts.saturating_sub(1).min(64) as i32);
     let base = (policy.initial_interval.as_secs_f64() * exp).min(policy.max_interval.as_secs_f64());
     // A repeatable fraction in [-1, 1) from the seed: FNV-1a, because the
     // standard library's hasher is not promised to be stable across releases.
@@ -74,11 +82,19 @@ pub fn backoff(policy: &RetryPolicy, failed_attempts: u32, seed: &str) -> Durati
 /// Ends every step that has not finished: those recorded become cancelled,
 /// and top-level steps never reached get a cancelled record, so a finished
 /// run shows what became of each step.
-pub fn close_open_steps(wf: &Workflow, recs: &mut Records, now: DateTime<Utc>, reason: &str) -> Vec<String> {
+pub fn close_open_steps(
+    wf: &Workflow,
+    recs: &mut Records,
+    now: DateTime<Utc>,
+    reason: &str,
+) -> Vec<String> {
     let mut changed = Vec::new();
     for step in &wf.steps {
         if !recs.contains_key(&step.id) {
-            recs.insert(step.id.clone(), StepRecord::new(&step.id, step.kind.type_name()));
+            recs.insert(
+                step.id.clone(),
+                StepRecord::new(&step.id, step.kind.type_name()),
+            );
         }
     }
     for (key, rec) in recs.iter_mut() {

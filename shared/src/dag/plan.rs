@@ -27,7 +27,10 @@ pub enum Decision {
 pub enum Outcome {
     Completed,
     /// `key` is the step whose failure ended the run.
-    Failed { key: String, error: StepError },
+    Failed {
+        key: String,
+        error: StepError,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -68,10 +71,16 @@ pub fn plan(wf: &Workflow, recs: &Records, now: DateTime<Utc>) -> Plan {
     let mut p = Plan::default();
     match plan_scope(&wf.steps, "", recs, now, &mut p) {
         Scope::Done => {
-            p = Plan { outcome: Some(Outcome::Completed), ..Plan::default() };
+            p = Plan {
+                outcome: Some(Outcome::Completed),
+                ..Plan::default()
+            };
         }
         Scope::Failed { key, error } => {
-            p = Plan { outcome: Some(Outcome::Failed { key, error }), ..Plan::default() };
+            p = Plan {
+                outcome: Some(Outcome::Failed { key, error }),
+                ..Plan::default()
+            };
         }
         Scope::Active => {}
     }
@@ -82,7 +91,13 @@ fn status_of(recs: &Records, key: &str) -> StepStatus {
     recs.get(key).map_or(StepStatus::Pending, |r| r.status)
 }
 
-fn plan_scope(steps: &[Step], prefix: &str, recs: &Records, now: DateTime<Utc>, p: &mut Plan) -> Scope {
+fn plan_scope(
+    steps: &[Step],
+    prefix: &str,
+    recs: &Records,
+    now: DateTime<Utc>,
+    p: &mut Plan,
+) -> Scope {
     let mut done = true;
     for step in steps {
         let key = format!("{prefix}{}", step.id);
@@ -166,21 +181,34 @@ fn ready(step: &Step, prefix: &str, recs: &Records, key: String) -> Option<Decis
         }
     }
     if all_skipped {
-        return Some(Decision::Skip { key, reason: "all of its dependencies were skipped".into() });
+        return Some(Decision::Skip {
+            key,
+            reason: "all of its dependencies were skipped".into(),
+        });
     }
     Some(Decision::Start { key })
 }
 
 /// A running map: iterations start in order, at most `concurrency` unfinished
 /// at once; the map ends when all have finished or one has failed.
-fn plan_map(map: &Map, key: &str, rec: &StepRecord, recs: &Records, now: DateTime<Utc>, p: &mut Plan) {
+fn plan_map(
+    map: &Map,
+    key: &str,
+    rec: &StepRecord,
+    recs: &Records,
+    now: DateTime<Utc>,
+    p: &mut Plan,
+) {
     let n = rec.items.as_ref().map_or(0, Vec::len);
     let mut inner = Plan::default();
     let mut open = 0;
     let mut all_done = true;
     for i in 0..n {
         let prefix = format!("{key}.{i}.");
-        let started = map.steps.iter().any(|s| recs.contains_key(&format!("{prefix}{}", s.id)));
+        let started = map
+            .steps
+            .iter()
+            .any(|s| recs.contains_key(&format!("{prefix}{}", s.id)));
         if !started && open >= map.concurrency {
             // Iterations start in order, so none after this one has started.
             all_done = false;
@@ -205,7 +233,9 @@ fn plan_map(map: &Map, key: &str, rec: &StepRecord, recs: &Records, now: DateTim
         }
     }
     if all_done {
-        p.decisions.push(Decision::CompleteMap { key: key.to_owned() });
+        p.decisions.push(Decision::CompleteMap {
+            key: key.to_owned(),
+        });
     } else {
         p.absorb(inner);
     }

@@ -3,7 +3,7 @@ use serde_json::json;
 
 use super::*;
 use crate::domain::{StepError, StepRecord, StepStatus};
-use crate::dsl::{parse_workflow, RetryPolicy, Workflow};
+use crate::dsl::{RetryPolicy, Workflow, parse_workflow};
 
 fn wf(v: serde_json::Value) -> Workflow {
     parse_workflow(&v).unwrap()
@@ -67,7 +67,10 @@ fn branch_not_taken_is_skipped_and_skipping_propagates() {
         {"id": "join", "type": "transform", "depends_on": ["yes", "no"]}
     ]}));
     let mut recs = Records::new();
-    recs.insert("check".into(), rec("check", StepStatus::Succeeded, json!({"result": true})));
+    recs.insert(
+        "check".into(),
+        rec("check", StepStatus::Succeeded, json!({"result": true})),
+    );
     let p = plan(&w, &recs, t0());
     assert_eq!(starts(&p), vec!["yes"]);
     assert_eq!(skips(&p), vec!["no"]);
@@ -94,7 +97,9 @@ fn a_failure_ends_the_run_unless_continue_on_error() {
     recs.insert("c".into(), c);
     let p = plan(&w, &recs, t0());
     assert!(p.decisions.is_empty());
-    assert!(matches!(p.outcome, Some(Outcome::Failed { ref key, ref error }) if key == "c" && error.code == "boom"));
+    assert!(
+        matches!(p.outcome, Some(Outcome::Failed { ref key, ref error }) if key == "c" && error.code == "boom")
+    );
 }
 
 #[test]
@@ -105,7 +110,13 @@ fn retries_follow_the_policy_and_are_due_later() {
     let policy = &w.steps[0].retry;
     let mut r = StepRecord::new("a", "transform");
     begin_attempt(&mut r, t0());
-    finish_attempt(&mut r, policy, Err(StepError::transient("flaky", "try again")), t0(), "run.a");
+    finish_attempt(
+        &mut r,
+        policy,
+        Err(StepError::transient("flaky", "try again")),
+        t0(),
+        "run.a",
+    );
     assert_eq!(r.status, StepStatus::Pending);
     assert_eq!(r.retry_at, Some(t0() + Duration::seconds(10)));
     let mut recs = Records::new();
@@ -113,20 +124,41 @@ fn retries_follow_the_policy_and_are_due_later() {
     let p = plan(&w, &recs, t0() + Duration::seconds(5));
     assert!(p.decisions.is_empty());
     assert_eq!(p.next_wake, Some(t0() + Duration::seconds(10)));
-    assert_eq!(starts(&plan(&w, &recs, t0() + Duration::seconds(10))), vec!["a"]);
+    assert_eq!(
+        starts(&plan(&w, &recs, t0() + Duration::seconds(10))),
+        vec!["a"]
+    );
 
     begin_attempt(&mut r, t0() + Duration::seconds(10));
-    finish_attempt(&mut r, policy, Err(StepError::transient("flaky", "again")), t0() + Duration::seconds(10), "run.a");
+    finish_attempt(
+        &mut r,
+        policy,
+        Err(StepError::transient("flaky", "again")),
+        t0() + Duration::seconds(10),
+        "run.a",
+    );
     assert_eq!(r.retry_at, Some(t0() + Duration::seconds(30)));
     begin_attempt(&mut r, t0() + Duration::seconds(30));
-    finish_attempt(&mut r, policy, Err(StepError::transient("flaky", "third")), t0() + Duration::seconds(30), "run.a");
+    finish_attempt(
+        &mut r,
+        policy,
+        Err(StepError::transient("flaky", "third")),
+        t0() + Duration::seconds(30),
+        "run.a",
+    );
     assert_eq!(r.status, StepStatus::Failed);
     assert_eq!(r.attempts.len(), 3);
 
     // A permanent error is not retried at all.
     let mut r = StepRecord::new("a", "transform");
     begin_attempt(&mut r, t0());
-    finish_attempt(&mut r, policy, Err(StepError::permanent("bad", "no")), t0(), "run.a");
+    finish_attempt(
+        &mut r,
+        policy,
+        Err(StepError::permanent("bad", "no")),
+        t0(),
+        "run.a",
+    );
     assert_eq!(r.status, StepStatus::Failed);
 }
 
@@ -142,7 +174,10 @@ fn backoff_is_capped_and_jitter_is_bounded_and_repeatable() {
     for n in 1..10 {
         let d = backoff(&p, n, "seed").as_secs_f64();
         let base = (2f64.powi(n as i32 - 1)).min(60.0);
-        assert!(d >= base * 0.8 - 1e-9 && d <= (base * 1.2).min(60.0) + 1e-9, "attempt {n}: {d}");
+        assert!(
+            d >= base * 0.8 - 1e-9 && d <= (base * 1.2).min(60.0) + 1e-9,
+            "attempt {n}: {d}"
+        );
         assert_eq!(backoff(&p, n, "seed"), backoff(&p, n, "seed"));
     }
 }
@@ -179,17 +214,31 @@ fn map_iterations_respect_concurrency_and_finish_in_order() {
         recs.insert(k.into(), r);
     }
     assert!(starts(&plan(&w, &recs, t0())).is_empty());
-    recs.insert("m.1.wait".into(), rec("m.1.wait", StepStatus::Succeeded, json!(2)));
+    recs.insert(
+        "m.1.wait".into(),
+        rec("m.1.wait", StepStatus::Succeeded, json!(2)),
+    );
     assert_eq!(starts(&plan(&w, &recs, t0())), vec!["m.2.wait"]);
-    recs.insert("m.0.wait".into(), rec("m.0.wait", StepStatus::Succeeded, json!(1)));
-    recs.insert("m.2.wait".into(), rec("m.2.wait", StepStatus::Succeeded, json!(3)));
-    assert_eq!(plan(&w, &recs, t0()).decisions, vec![Decision::CompleteMap { key: "m".into() }]);
+    recs.insert(
+        "m.0.wait".into(),
+        rec("m.0.wait", StepStatus::Succeeded, json!(1)),
+    );
+    recs.insert(
+        "m.2.wait".into(),
+        rec("m.2.wait", StepStatus::Succeeded, json!(3)),
+    );
+    assert_eq!(
+        plan(&w, &recs, t0()).decisions,
+        vec![Decision::CompleteMap { key: "m".into() }]
+    );
 
     let mut failed = rec("m.2.wait", StepStatus::Failed, json!(null));
     failed.error = Some(StepError::permanent("approval_timeout", "nobody answered"));
     recs.insert("m.2.wait".into(), failed);
     let p = plan(&w, &recs, t0());
-    assert!(matches!(&p.decisions[..], [Decision::FailMap { key, error }] if key == "m" && error.message.contains("iteration 2")));
+    assert!(
+        matches!(&p.decisions[..], [Decision::FailMap { key, error }] if key == "m" && error.message.contains("iteration 2"))
+    );
 }
 
 #[test]

@@ -11,7 +11,9 @@ pub fn is_valid_user_id(s: &str) -> bool {
         && s.len() <= 64
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
 }
 
 macro_rules! id_type {
@@ -25,7 +27,11 @@ macro_rules! id_type {
 
             /// A new random id.
             pub fn generate() -> Self {
-                Self(format!("{}{}", $prefix, ulid::Ulid::new().to_string().to_lowercase()))
+                Self(format!(
+                    "{}{}",
+                    $prefix,
+                    ulid::Ulid::new().to_string().to_lowercase()
+                ))
             }
 
             /// Wraps an id read from storage or a URL. Ids are opaque; lookups

@@ -10,8 +10,11 @@ pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 pub fn parse_duration(v: &Value) -> Result<Duration, String> {
     let d = match v {
-        Value::String(s) => humantime::parse_duration(s.trim())
-            .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h 30m\", \"7days\""))?,
+        Value::String(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+            format!(
+                "`{s}` is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h 30m\", \"7days\""
+            )
+        })?,
         Value::Number(n) => {
             let secs = n
                 .as_f64()
@@ -19,7 +22,12 @@ pub fn parse_duration(v: &Value) -> Result<Duration, String> {
                 .ok_or_else(|| format!("{n} is not a non-negative number of seconds"))?;
             Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())?
         }
-        other => return Err(format!("expected a duration such as \"30s\", found {}", kind(other))),
+        other => {
+            return Err(format!(
+                "expected a duration such as \"30s\", found {}",
+                kind(other)
+            ));
+        }
     };
     if d > MAX_DURATION {
         return Err(format!(
@@ -49,9 +57,18 @@ mod tests {
 
     #[test]
     fn parses_common_forms() {
-        assert_eq!(parse_duration(&json!("30s")).unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration(&json!("1h 30m")).unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration(&json!(1.5)).unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration(&json!("30s")).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse_duration(&json!("1h 30m")).unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_duration(&json!(1.5)).unwrap(),
+            Duration::from_millis(1500)
+        );
         assert!(parse_duration(&json!("2years")).is_err());
         assert!(parse_duration(&json!("soon")).is_err());
         assert!(parse_duration(&json!(-1)).is_err());

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::definition::Branch;
 use super::definition::StepKind;
-use super::parse::{is_builtin_name, Parsed};
+use super::parse::{Parsed, is_builtin_name};
 use super::path::{Path, ValidationError};
 
 /// A name a step uses: from a template, an expression or `depends_on`.
@@ -33,21 +33,41 @@ pub(super) fn resolve_scope(
 
     let mut branch_of: HashMap<String, Branch> = HashMap::new();
     for s in steps.iter() {
-        let StepKind::Condition(c) = &s.step.kind else { continue };
-        for (list, when, field) in [(&c.then_steps, true, "then"), (&c.else_steps, false, "else")] {
+        let StepKind::Condition(c) = &s.step.kind else {
+            continue;
+        };
+        for (list, when, field) in [
+            (&c.then_steps, true, "then"),
+            (&c.else_steps, false, "else"),
+        ] {
             for (i, id) in list.iter().enumerate() {
                 let at = s.path.key(field).index(i);
                 if id == &s.step.id {
-                    errors.push(ValidationError::new(&at, "a condition cannot branch to itself"));
+                    errors.push(ValidationError::new(
+                        &at,
+                        "a condition cannot branch to itself",
+                    ));
                 } else if !local.contains(id) {
                     errors.push(ValidationError::new(&at, match ids.get(id) {
                         Some(_) => format!("`{id}` is not at the same level as this condition; a branch can only list steps beside it"),
                         None => format!("branch lists unknown step `{id}`"),
                     }));
                 } else if let Some(b) = branch_of.get(id) {
-                    errors.push(ValidationError::new(&at, format!("`{id}` is already on a branch of condition `{}`", b.condition)));
+                    errors.push(ValidationError::new(
+                        &at,
+                        format!(
+                            "`{id}` is already on a branch of condition `{}`",
+                            b.condition
+                        ),
+                    ));
                 } else {
-                    branch_of.insert(id.clone(), Branch { condition: s.step.id.clone(), when });
+                    branch_of.insert(
+                        id.clone(),
+                        Branch {
+                            condition: s.step.id.clone(),
+                            when,
+                        },
+                    );
                 }
             }
         }
@@ -116,8 +136,21 @@ pub(super) fn resolve_scope(
 }
 
 fn check_cycles(steps: &[Parsed], errors: &mut Vec<ValidationError>) {
-    let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.step.id.as_str(), i)).collect();
-    let mut indegree: Vec<usize> = steps.iter().map(|s| s.step.depends_on.iter().filter(|d| index.contains_key(d.as_str())).count()).collect();
+    let index: HashMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.step.id.as_str(), i))
+        .collect();
+    let mut indegree: Vec<usize> = steps
+        .iter()
+        .map(|s| {
+            s.step
+                .depends_on
+                .iter()
+                .filter(|d| index.contains_key(d.as_str()))
+                .count()
+        })
+        .collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
     for (i, s) in steps.iter().enumerate() {
         for d in &s.step.depends_on {
@@ -159,10 +192,17 @@ fn check_cycles(steps: &[Parsed], errors: &mut Vec<ValidationError>) {
             if let Some(pos) = trail.iter().position(|&t| t == next) {
                 let cycle = &trail[pos..];
                 if cycle.iter().all(|c| !reported.contains(c)) {
-                    let names: Vec<&str> = cycle.iter().chain(std::iter::once(&next)).map(|&c| steps[c].step.id.as_str()).collect();
+                    let names: Vec<&str> = cycle
+                        .iter()
+                        .chain(std::iter::once(&next))
+                        .map(|&c| steps[c].step.id.as_str())
+                        .collect();
                     errors.push(ValidationError::new(
                         &steps[next].path,
-                        format!("dependency cycle: {} (each step waits for the next)", names.join(" → ")),
+                        format!(
+                            "dependency cycle: {} (each step waits for the next)",
+                            names.join(" → ")
+                        ),
                     ));
                 }
                 reported.extend(cycle.iter().copied());

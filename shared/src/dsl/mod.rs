@@ -7,8 +7,8 @@ mod parse;
 mod path;
 
 pub use definition::*;
-pub use duration::{parse_duration, MAX_DURATION};
-pub use parse::{parse_workflow, step_ids, MAX_DEFINITION_BYTES, MAX_MAP_CONCURRENCY, MAX_STEPS};
+pub use duration::{MAX_DURATION, parse_duration};
+pub use parse::{MAX_DEFINITION_BYTES, MAX_MAP_CONCURRENCY, MAX_STEPS, parse_workflow, step_ids};
 pub use path::{Path, ValidationError};
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use serde_json::{Map as JsonMap, Value};
 
 use super::definition::*;
 use super::duration::{kind, parse_duration};
-use super::graph::{resolve_scope, Ref};
+use super::graph::{Ref, resolve_scope};
 use super::path::{Path, ValidationError};
 use crate::domain::ids::is_valid_user_id;
 use crate::template;
@@ -22,10 +22,31 @@ pub const MAX_MAP_CONCURRENCY: usize = 1000;
 pub const MAX_ATTEMPTS: u32 = 100;
 
 /// Names that templates use for things other than steps.
-pub const RESERVED_NAMES: &[&str] = &["trigger", "run", "item", "index", "secrets", "env", "workflow"];
+pub const RESERVED_NAMES: &[&str] = &[
+    "trigger", "run", "item", "index", "secrets", "env", "workflow",
+];
 
-const TOP_FIELDS: &[&str] = &["id", "name", "version", "description", "steps", "output", "input_schema", "metadata"];
-const COMMON_FIELDS: &[&str] = &["id", "type", "name", "description", "depends_on", "if", "retry", "timeout", "continue_on_error"];
+const TOP_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "version",
+    "description",
+    "steps",
+    "output",
+    "input_schema",
+    "metadata",
+];
+const COMMON_FIELDS: &[&str] = &[
+    "id",
+    "type",
+    "name",
+    "description",
+    "depends_on",
+    "if",
+    "retry",
+    "timeout",
+    "continue_on_error",
+];
 
 /// A step as parsed, before references are resolved into dependencies.
 pub(super) struct Parsed {
@@ -62,10 +83,16 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
     let Some(obj) = v.as_object() else {
         return Err(vec![ValidationError::new(
             &root,
-            format!("a workflow definition must be a JSON object, found {}", kind(v)),
+            format!(
+                "a workflow definition must be a JSON object, found {}",
+                kind(v)
+            ),
         )]);
     };
-    let mut p = Parser { errors: Vec::new(), count: 0 };
+    let mut p = Parser {
+        errors: Vec::new(),
+        count: 0,
+    };
     unknown_fields(&mut p, obj, &root, TOP_FIELDS, "workflow");
 
     let id = opt_string(&mut p, obj, &root, "id");
@@ -83,7 +110,10 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         Some(other) => {
-            p.err(&root.key("version"), format!("expected a version label (string), found {}", kind(other)));
+            p.err(
+                &root.key("version"),
+                format!("expected a version label (string), found {}", kind(other)),
+            );
             None
         }
     };
@@ -92,7 +122,10 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
     let input_schema = obj.get("input_schema").cloned();
     if let Some(schema) = &input_schema {
         if let Err(e) = jsonschema::validator_for(schema) {
-            p.err(&root.key("input_schema"), format!("not a valid JSON Schema: {e}"));
+            p.err(
+                &root.key("input_schema"),
+                format!("not a valid JSON Schema: {e}"),
+            );
         }
     }
 
@@ -104,7 +137,10 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
             Vec::new()
         }
         Some(other) => {
-            p.err(&steps_path, format!("expected an array of steps, found {}", kind(other)));
+            p.err(
+                &steps_path,
+                format!("expected an array of steps, found {}", kind(other)),
+            );
             Vec::new()
         }
         None => {
@@ -113,7 +149,13 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
         }
     };
     if p.count > MAX_STEPS {
-        p.err(&steps_path, format!("the workflow has {} steps; the limit is {MAX_STEPS}", p.count));
+        p.err(
+            &steps_path,
+            format!(
+                "the workflow has {} steps; the limit is {MAX_STEPS}",
+                p.count
+            ),
+        );
     }
 
     let output = obj.get("output").cloned();
@@ -132,7 +174,13 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
     for r in &output_refs {
         match scopes.get(&r.name) {
             Some(scope) if scope.is_empty() => {}
-            Some(scope) => p.err(&r.path, format!("`{}` runs inside map `{}`; use that map's output instead", r.name, scope[0])),
+            Some(scope) => p.err(
+                &r.path,
+                format!(
+                    "`{}` runs inside map `{}`; use that map's output instead",
+                    r.name, scope[0]
+                ),
+            ),
             None if r.name == "trigger" || r.name == "run" => {}
             None => p.err(&r.path, format!("references unknown step `{}`", r.name)),
         }
@@ -162,14 +210,22 @@ impl Parsed {
     }
 }
 
-fn check_ids(p: &mut Parser, steps: &[Parsed], scope: &[String], seen: &mut HashMap<String, Vec<String>>) {
+fn check_ids(
+    p: &mut Parser,
+    steps: &[Parsed],
+    scope: &[String],
+    seen: &mut HashMap<String, Vec<String>>,
+) {
     for s in steps {
         let id = &s.step.id;
         if id.is_empty() {
             continue;
         }
         if RESERVED_NAMES.contains(&id.as_str()) {
-            p.err(&s.path.key("id"), format!("`{id}` is a reserved name; choose another step id"));
+            p.err(
+                &s.path.key("id"),
+                format!("`{id}` is a reserved name; choose another step id"),
+            );
         } else if seen.contains_key(id) {
             p.err(&s.path.key("id"), format!("duplicate step id `{id}`"));
         } else {
@@ -204,7 +260,10 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
             String::new()
         }
         Some(other) => {
-            p.err(&path.key("id"), format!("expected a string, found {}", kind(other)));
+            p.err(
+                &path.key("id"),
+                format!("expected a string, found {}", kind(other)),
+            );
             String::new()
         }
         None => {
@@ -215,7 +274,10 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
     let type_name = match obj.get("type") {
         Some(Value::String(s)) => s.as_str(),
         Some(other) => {
-            p.err(&path.key("type"), format!("expected a string, found {}", kind(other)));
+            p.err(
+                &path.key("type"),
+                format!("expected a string, found {}", kind(other)),
+            );
             return None;
         }
         None => {
@@ -228,22 +290,32 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
     let mut subs = Vec::new();
     let mut inner_refs = Vec::new();
     let kind = match type_name {
-        "transform" | "transformation" => parse_transform(p, obj, path, &mut refs).map(StepKind::Transform),
+        "transform" | "transformation" => {
+            parse_transform(p, obj, path, &mut refs).map(StepKind::Transform)
+        }
         "condition" => parse_condition(p, obj, path, &mut refs).map(StepKind::Condition),
-        "map" | "loop" | "foreach" => parse_map(p, obj, path, &mut refs, &mut subs, &mut inner_refs).map(StepKind::Map),
+        "map" | "loop" | "foreach" => {
+            parse_map(p, obj, path, &mut refs, &mut subs, &mut inner_refs).map(StepKind::Map)
+        }
         "delay" | "sleep" => parse_delay(p, obj, path, &mut refs).map(StepKind::Delay),
         "approval" => parse_approval(p, obj, path).map(StepKind::Approval),
         "integration" => {
             let service = obj.get("service").and_then(Value::as_str).unwrap_or("");
             if service.is_empty() {
-                p.err(&path.key("service"), "an integration step needs a `service` (the connector to use)");
+                p.err(
+                    &path.key("service"),
+                    "an integration step needs a `service` (the connector to use)",
+                );
             } else {
                 p.err(&path.key("service"), format!("unknown connector `{service}`: no integration connectors are installed on this server"));
             }
             None
         }
         "llm" | "http" => {
-            p.err(&path.key("type"), format!("step type `{type_name}` is not available on this server yet"));
+            p.err(
+                &path.key("type"),
+                format!("step type `{type_name}` is not available on this server yet"),
+            );
             None
         }
         other => {
@@ -259,18 +331,35 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
             for (i, d) in items.iter().enumerate() {
                 match d.as_str() {
                     Some(s) => {
-                        refs.push(Ref { name: s.to_owned(), path: path.key("depends_on").index(i), explicit: true });
+                        refs.push(Ref {
+                            name: s.to_owned(),
+                            path: path.key("depends_on").index(i),
+                            explicit: true,
+                        });
                         depends_on.push(s.to_owned());
                     }
-                    None => p.err(&path.key("depends_on").index(i), format!("expected a step id, found {}", super::duration::kind(d))),
+                    None => p.err(
+                        &path.key("depends_on").index(i),
+                        format!("expected a step id, found {}", super::duration::kind(d)),
+                    ),
                 }
             }
         }
         Some(Value::String(s)) => {
-            refs.push(Ref { name: s.clone(), path: path.key("depends_on"), explicit: true });
+            refs.push(Ref {
+                name: s.clone(),
+                path: path.key("depends_on"),
+                explicit: true,
+            });
             depends_on.push(s.clone());
         }
-        Some(other) => p.err(&path.key("depends_on"), format!("expected an array of step ids, found {}", super::duration::kind(other))),
+        Some(other) => p.err(
+            &path.key("depends_on"),
+            format!(
+                "expected an array of step ids, found {}",
+                super::duration::kind(other)
+            ),
+        ),
     }
 
     let when = match obj.get("if") {
@@ -281,7 +370,13 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
         }
         Some(Value::Bool(b)) => Some(b.to_string()),
         Some(other) => {
-            p.err(&path.key("if"), format!("expected an expression (string), found {}", super::duration::kind(other)));
+            p.err(
+                &path.key("if"),
+                format!(
+                    "expected an expression (string), found {}",
+                    super::duration::kind(other)
+                ),
+            );
             None
         }
     };
@@ -297,7 +392,13 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
-            p.err(&path.key("continue_on_error"), format!("expected true or false, found {}", super::duration::kind(other)));
+            p.err(
+                &path.key("continue_on_error"),
+                format!(
+                    "expected true or false, found {}",
+                    super::duration::kind(other)
+                ),
+            );
             false
         }
     };
@@ -308,7 +409,13 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
         .chain(type_fields(&kind))
         .copied()
         .collect();
-    unknown_fields(p, obj, path, &allowed, &format!("{} step", kind.type_name()));
+    unknown_fields(
+        p,
+        obj,
+        path,
+        &allowed,
+        &format!("{} step", kind.type_name()),
+    );
 
     Some(Parsed {
         step: Step {
@@ -338,20 +445,40 @@ fn type_fields(kind: &StepKind) -> &'static [&'static str] {
     }
 }
 
-fn unknown_fields(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, allowed: &[&str], what: &str) {
+fn unknown_fields(
+    p: &mut Parser,
+    obj: &JsonMap<String, Value>,
+    path: &Path,
+    allowed: &[&str],
+    what: &str,
+) {
     for k in obj.keys() {
         if !allowed.contains(&k.as_str()) {
-            p.err(&path.key(k), format!("unknown field `{k}` for a {what}; expected one of {}", allowed.join(", ")));
+            p.err(
+                &path.key(k),
+                format!(
+                    "unknown field `{k}` for a {what}; expected one of {}",
+                    allowed.join(", ")
+                ),
+            );
         }
     }
 }
 
-fn opt_string(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, field: &str) -> Option<String> {
+fn opt_string(
+    p: &mut Parser,
+    obj: &JsonMap<String, Value>,
+    path: &Path,
+    field: &str,
+) -> Option<String> {
     match obj.get(field) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
-            p.err(&path.key(field), format!("expected a string, found {}", kind(other)));
+            p.err(
+                &path.key(field),
+                format!("expected a string, found {}", kind(other)),
+            );
             None
         }
     }
@@ -360,7 +487,11 @@ fn opt_string(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, field: 
 fn collect_refs(p: &mut Parser, v: &Value, path: &Path, refs: &mut Vec<Ref>) {
     match v {
         Value::String(s) if template::is_template(s) => match template::template_references(s) {
-            Ok(names) => refs.extend(names.into_iter().map(|name| Ref { name, path: path.clone(), explicit: false })),
+            Ok(names) => refs.extend(names.into_iter().map(|name| Ref {
+                name,
+                path: path.clone(),
+                explicit: false,
+            })),
             Err(e) => p.err(path, format!("invalid template: {e}")),
         },
         Value::Array(items) => {
@@ -379,14 +510,31 @@ fn collect_refs(p: &mut Parser, v: &Value, path: &Path, refs: &mut Vec<Ref>) {
 
 fn expr_refs(p: &mut Parser, src: &str, path: &Path, refs: &mut Vec<Ref>) {
     match template::expression_references(src) {
-        Ok(names) => refs.extend(names.into_iter().map(|name| Ref { name, path: path.clone(), explicit: false })),
+        Ok(names) => refs.extend(names.into_iter().map(|name| Ref {
+            name,
+            path: path.clone(),
+            explicit: false,
+        })),
         Err(e) => p.err(path, format!("invalid expression: {e}")),
     }
 }
 
-fn parse_transform(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, refs: &mut Vec<Ref>) -> Option<Transform> {
-    let inputs = obj.get("inputs").or_else(|| obj.get("value")).cloned().unwrap_or(Value::Null);
-    let inputs_path = if obj.contains_key("inputs") { path.key("inputs") } else { path.key("value") };
+fn parse_transform(
+    p: &mut Parser,
+    obj: &JsonMap<String, Value>,
+    path: &Path,
+    refs: &mut Vec<Ref>,
+) -> Option<Transform> {
+    let inputs = obj
+        .get("inputs")
+        .or_else(|| obj.get("value"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let inputs_path = if obj.contains_key("inputs") {
+        path.key("inputs")
+    } else {
+        path.key("value")
+    };
     collect_refs(p, &inputs, &inputs_path, refs);
     let expression = opt_string(p, obj, path, "expression");
     if let Some(e) = &expression {
@@ -402,7 +550,10 @@ fn parse_transform(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, re
         (Some("extract_json"), None) => TransformAction::ExtractJson,
         (Some("parse_json"), None) => TransformAction::ParseJson,
         (Some(a @ ("template" | "extract_json" | "parse_json")), Some(_)) => {
-            p.err(&path.key("expression"), format!("`expression` cannot be combined with action `{a}`"));
+            p.err(
+                &path.key("expression"),
+                format!("`expression` cannot be combined with action `{a}`"),
+            );
             return None;
         }
         (Some(other), _) => {
@@ -410,10 +561,15 @@ fn parse_transform(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, re
             return None;
         }
     };
-    if matches!(action, TransformAction::ExtractJson | TransformAction::ParseJson)
-        && inputs.get("text").is_none()
+    if matches!(
+        action,
+        TransformAction::ExtractJson | TransformAction::ParseJson
+    ) && inputs.get("text").is_none()
     {
-        p.err(&inputs_path, "this action reads `inputs.text`; add a `text` input");
+        p.err(
+            &inputs_path,
+            "this action reads `inputs.text`; add a `text` input",
+        );
     }
     if obj.get("action").is_some_and(|a| !a.is_string()) {
         p.err(&path.key("action"), "expected a string");
@@ -430,23 +586,37 @@ fn id_list(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, field: &st
             .filter_map(|(i, v)| match v.as_str() {
                 Some(s) => Some(s.to_owned()),
                 None => {
-                    p.err(&path.key(field).index(i), format!("expected a step id, found {}", kind(v)));
+                    p.err(
+                        &path.key(field).index(i),
+                        format!("expected a step id, found {}", kind(v)),
+                    );
                     None
                 }
             })
             .collect(),
         Some(other) => {
-            p.err(&path.key(field), format!("expected an array of step ids, found {}", kind(other)));
+            p.err(
+                &path.key(field),
+                format!("expected an array of step ids, found {}", kind(other)),
+            );
             Vec::new()
         }
     }
 }
 
-fn parse_condition(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, refs: &mut Vec<Ref>) -> Option<Condition> {
+fn parse_condition(
+    p: &mut Parser,
+    obj: &JsonMap<String, Value>,
+    path: &Path,
+    refs: &mut Vec<Ref>,
+) -> Option<Condition> {
     let expression = match obj.get("expression") {
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
-            p.err(&path.key("expression"), format!("expected an expression (string), found {}", kind(other)));
+            p.err(
+                &path.key("expression"),
+                format!("expected an expression (string), found {}", kind(other)),
+            );
             return None;
         }
         None => {
@@ -458,9 +628,16 @@ fn parse_condition(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, re
     let then_steps = id_list(p, obj, path, "then");
     let else_steps = id_list(p, obj, path, "else");
     if then_steps.is_empty() && else_steps.is_empty() {
-        p.err(path, "a condition step needs `then` and/or `else`: the ids of the steps each branch runs");
+        p.err(
+            path,
+            "a condition step needs `then` and/or `else`: the ids of the steps each branch runs",
+        );
     }
-    Some(Condition { expression, then_steps, else_steps })
+    Some(Condition {
+        expression,
+        then_steps,
+        else_steps,
+    })
 }
 
 fn parse_map(
@@ -472,14 +649,23 @@ fn parse_map(
     inner_refs: &mut Vec<Ref>,
 ) -> Option<Map> {
     let Some(items) = obj.get("items").cloned() else {
-        p.err(path, "a map step needs `items`: a template producing a list, e.g. \"{{ trigger.rows }}\"");
+        p.err(
+            path,
+            "a map step needs `items`: a template producing a list, e.g. \"{{ trigger.rows }}\"",
+        );
         return None;
     };
     match &items {
         Value::Array(_) => {}
         Value::String(s) if template::is_template(s) => {}
         other => {
-            p.err(&path.key("items"), format!("expected a list or a template producing one, found {}", kind(other)));
+            p.err(
+                &path.key("items"),
+                format!(
+                    "expected a list or a template producing one, found {}",
+                    kind(other)
+                ),
+            );
         }
     }
     collect_refs(p, &items, &path.key("items"), refs);
@@ -488,7 +674,10 @@ fn parse_map(
         Some(v) => match v.as_u64() {
             Some(n) if (1..=MAX_MAP_CONCURRENCY as u64).contains(&n) => n as usize,
             _ => {
-                p.err(&path.key("concurrency"), format!("expected a whole number from 1 to {MAX_MAP_CONCURRENCY}"));
+                p.err(
+                    &path.key("concurrency"),
+                    format!("expected a whole number from 1 to {MAX_MAP_CONCURRENCY}"),
+                );
                 1
             }
         },
@@ -504,16 +693,29 @@ fn parse_map(
         }
         (None, Some(_)) => p.err(&path.key("steps"), "expected a non-empty array of steps"),
         (Some(_), Some(_)) => p.err(path, "give either `step` or `steps`, not both"),
-        (None, None) => p.err(path, "a map step needs `step` (one step) or `steps` (a sub-graph) to run for each item"),
+        (None, None) => p.err(
+            path,
+            "a map step needs `step` (one step) or `steps` (a sub-graph) to run for each item",
+        ),
     }
     let output = obj.get("output").cloned();
     if let Some(o) = &output {
         collect_refs(p, o, &path.key("output"), inner_refs);
     }
-    Some(Map { items, concurrency, steps: Vec::new(), output })
+    Some(Map {
+        items,
+        concurrency,
+        steps: Vec::new(),
+        output,
+    })
 }
 
-fn parse_delay(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, refs: &mut Vec<Ref>) -> Option<Delay> {
+fn parse_delay(
+    p: &mut Parser,
+    obj: &JsonMap<String, Value>,
+    path: &Path,
+    refs: &mut Vec<Ref>,
+) -> Option<Delay> {
     match (obj.get("duration"), obj.get("until")) {
         (Some(d), None) => match parse_duration(d) {
             Ok(d) => Some(Delay::For(d)),
@@ -526,12 +728,21 @@ fn parse_delay(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, refs: 
             if template::is_template(u) {
                 collect_refs(p, &Value::String(u.clone()), &path.key("until"), refs);
             } else if chrono::DateTime::parse_from_rfc3339(u).is_err() {
-                p.err(&path.key("until"), format!("`{u}` is not an RFC 3339 timestamp such as 2026-01-31T09:00:00Z"));
+                p.err(
+                    &path.key("until"),
+                    format!("`{u}` is not an RFC 3339 timestamp such as 2026-01-31T09:00:00Z"),
+                );
             }
             Some(Delay::Until(u.clone()))
         }
         (None, Some(other)) => {
-            p.err(&path.key("until"), format!("expected an RFC 3339 timestamp (string), found {}", kind(other)));
+            p.err(
+                &path.key("until"),
+                format!(
+                    "expected an RFC 3339 timestamp (string), found {}",
+                    kind(other)
+                ),
+            );
             None
         }
         (Some(_), Some(_)) => {
@@ -539,14 +750,19 @@ fn parse_delay(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path, refs: 
             None
         }
         (None, None) => {
-            p.err(path, "a delay step needs `duration` (e.g. \"10m\") or `until` (a timestamp)");
+            p.err(
+                path,
+                "a delay step needs `duration` (e.g. \"10m\") or `until` (a timestamp)",
+            );
             None
         }
     }
 }
 
 fn parse_approval(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path) -> Option<Approval> {
-    Some(Approval { message: opt_string(p, obj, path, "message") })
+    Some(Approval {
+        message: opt_string(p, obj, path, "message"),
+    })
 }
 
 fn parse_retry(p: &mut Parser, v: Option<&Value>, path: &Path) -> RetryPolicy {
@@ -559,14 +775,33 @@ fn parse_retry(p: &mut Parser, v: Option<&Value>, path: &Path) -> RetryPolicy {
             return policy;
         }
     };
-    unknown_fields(p, obj, path, &["max_attempts", "initial_interval", "multiplier", "backoff_coefficient", "max_interval", "jitter"], "retry policy");
+    unknown_fields(
+        p,
+        obj,
+        path,
+        &[
+            "max_attempts",
+            "initial_interval",
+            "multiplier",
+            "backoff_coefficient",
+            "max_interval",
+            "jitter",
+        ],
+        "retry policy",
+    );
     if let Some(v) = obj.get("max_attempts") {
         match v.as_u64() {
             Some(n) if (1..=MAX_ATTEMPTS as u64).contains(&n) => policy.max_attempts = n as u32,
-            _ => p.err(&path.key("max_attempts"), format!("expected a whole number from 1 to {MAX_ATTEMPTS}")),
+            _ => p.err(
+                &path.key("max_attempts"),
+                format!("expected a whole number from 1 to {MAX_ATTEMPTS}"),
+            ),
         }
     }
-    for (field, slot) in [("initial_interval", &mut policy.initial_interval), ("max_interval", &mut policy.max_interval)] {
+    for (field, slot) in [
+        ("initial_interval", &mut policy.initial_interval),
+        ("max_interval", &mut policy.max_interval),
+    ] {
         if let Some(v) = obj.get(field) {
             match parse_duration(v) {
                 Ok(d) => *slot = d,
@@ -574,7 +809,13 @@ fn parse_retry(p: &mut Parser, v: Option<&Value>, path: &Path) -> RetryPolicy {
             }
         }
     }
-    let mult = obj.get("multiplier").map(|v| ("multiplier", v)).or_else(|| obj.get("backoff_coefficient").map(|v| ("backoff_coefficient", v)));
+    let mult = obj
+        .get("multiplier")
+        .map(|v| ("multiplier", v))
+        .or_else(|| {
+            obj.get("backoff_coefficient")
+                .map(|v| ("backoff_coefficient", v))
+        });
     if let Some((field, v)) = mult {
         match v.as_f64() {
             Some(m) if (1.0..=10.0).contains(&m) => policy.multiplier = m,
@@ -586,12 +827,18 @@ fn parse_retry(p: &mut Parser, v: Option<&Value>, path: &Path) -> RetryPolicy {
             Value::Bool(b) => policy.jitter = if *b { 0.2 } else { 0.0 },
             _ => match v.as_f64() {
                 Some(j) if (0.0..=1.0).contains(&j) => policy.jitter = j,
-                _ => p.err(&path.key("jitter"), "expected true/false or a fraction from 0 to 1"),
+                _ => p.err(
+                    &path.key("jitter"),
+                    "expected true/false or a fraction from 0 to 1",
+                ),
             },
         }
     }
     if policy.max_interval < policy.initial_interval {
-        p.err(&path.key("max_interval"), "max_interval is shorter than initial_interval");
+        p.err(
+            &path.key("max_interval"),
+            "max_interval is shorter than initial_interval",
+        );
     }
     policy
 }

@@ -37,7 +37,9 @@ impl Path {
                     s.push('.');
                     s.push_str(k);
                 }
-                Segment::Key(k) => s.push_str(&format!("[{}]", serde_json::Value::from(k.as_str()))),
+                Segment::Key(k) => {
+                    s.push_str(&format!("[{}]", serde_json::Value::from(k.as_str())))
+                }
                 Segment::Index(i) => s.push_str(&format!("[{i}]")),
             }
         }

@@ -7,19 +7,28 @@ fn errors(v: serde_json::Value) -> Vec<ValidationError> {
 }
 
 fn has(errs: &[ValidationError], path: &str, needle: &str) -> bool {
-    errs.iter().any(|e| e.path == path && e.message.contains(needle))
+    errs.iter()
+        .any(|e| e.path == path && e.message.contains(needle))
 }
 
 #[test]
 fn the_original_example_parses_and_names_the_unknown_connector() {
-    let errs = errors(json!({"id": "wf_email_draft", "name": "Draft Email Response", "version": "1.0",
+    let errs = errors(
+        json!({"id": "wf_email_draft", "name": "Draft Email Response", "version": "1.0",
      "steps": [
       {"id": "step_1", "type": "integration", "service": "gmail", "action": "read_email", "inputs": {"email_id": "{{trigger.email_id}}"}},
       {"id": "step_2", "type": "llm", "model": "gpt-4", "prompt": "Draft a response to this email:\n\n{{step_1.body}}", "inputs": {"context": {"company": "{{user.company}}"}}},
       {"id": "step_3", "type": "transformation", "action": "extract_json", "inputs": {"text": "{{step_2.response}}"}},
-      {"id": "step_4", "type": "integration", "service": "gmail", "action": "save_draft", "inputs": {"to": "{{step_1.from}}", "subject": "Re: {{step_1.subject}}", "body": "{{step_3.draft}}"}}]}));
-    assert!(has(&errs, "$.steps[0].service", "unknown connector `gmail`"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[3].service", "unknown connector `gmail`"), "{errs:#?}");
+      {"id": "step_4", "type": "integration", "service": "gmail", "action": "save_draft", "inputs": {"to": "{{step_1.from}}", "subject": "Re: {{step_1.subject}}", "body": "{{step_3.draft}}"}}]}),
+    );
+    assert!(
+        has(&errs, "$.steps[0].service", "unknown connector `gmail`"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[3].service", "unknown connector `gmail`"),
+        "{errs:#?}"
+    );
     assert!(has(&errs, "$.steps[1].type", "`llm`"), "{errs:#?}");
 }
 
@@ -44,8 +53,17 @@ fn cycles_are_named() {
         {"id": "c", "type": "transform", "inputs": "{{ b }}"},
         {"id": "d", "type": "transform", "inputs": "{{ d }}"}
     ]}));
-    assert!(errs.iter().any(|e| e.message.contains("dependency cycle") && e.message.contains("a") && e.message.contains("b") && e.message.contains("c")), "{errs:#?}");
-    assert!(has(&errs, "$.steps[3].inputs", "depends on itself"), "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.message.contains("dependency cycle")
+            && e.message.contains("a")
+            && e.message.contains("b")
+            && e.message.contains("c")),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[3].inputs", "depends on itself"),
+        "{errs:#?}"
+    );
 }
 
 #[test]
@@ -59,20 +77,48 @@ fn every_error_is_listed_with_its_path() {
         {"id": "e", "type": "transform", "inputs": {"v": "{{ ghost.x }}"}, "tmeout": "1s"}
     ]}));
     assert!(has(&errs, "$.colour", "unknown field"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[1].id", "duplicate step id `a`"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[2].type", "unknown step type `teleport`"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[3].depends_on[0]", "unknown step `nope`"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[3].retry.max_attempts", "1 to"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[4].duration", "not a duration"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[5].inputs.v", "unknown step `ghost`"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[5].tmeout", "unknown field"), "{errs:#?}");
-    assert_eq!(errs.iter().find(|e| e.path == "$.steps[5].tmeout").unwrap().pointer, "/steps/5/tmeout");
+    assert!(
+        has(&errs, "$.steps[1].id", "duplicate step id `a`"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[2].type", "unknown step type `teleport`"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[3].depends_on[0]", "unknown step `nope`"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[3].retry.max_attempts", "1 to"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[4].duration", "not a duration"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[5].inputs.v", "unknown step `ghost`"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[5].tmeout", "unknown field"),
+        "{errs:#?}"
+    );
+    assert_eq!(
+        errs.iter()
+            .find(|e| e.path == "$.steps[5].tmeout")
+            .unwrap()
+            .pointer,
+        "/steps/5/tmeout"
+    );
 }
 
 #[test]
 fn oversized_definitions_are_refused() {
     let big = "x".repeat(MAX_DEFINITION_BYTES);
-    let errs = errors(json!({"name": "t", "steps": [{"id": "a", "type": "transform", "inputs": big}]}));
+    let errs =
+        errors(json!({"name": "t", "steps": [{"id": "a", "type": "transform", "inputs": big}]}));
     assert!(errs[0].message.contains("limit"), "{errs:#?}");
 }
 
@@ -85,8 +131,20 @@ fn conditions_add_branch_dependencies() {
     ]}))
     .unwrap();
     assert_eq!(wf.steps[1].depends_on, vec!["check"]);
-    assert_eq!(wf.steps[1].branch, Some(Branch { condition: "check".into(), when: true }));
-    assert_eq!(wf.steps[2].branch, Some(Branch { condition: "check".into(), when: false }));
+    assert_eq!(
+        wf.steps[1].branch,
+        Some(Branch {
+            condition: "check".into(),
+            when: true
+        })
+    );
+    assert_eq!(
+        wf.steps[2].branch,
+        Some(Branch {
+            condition: "check".into(),
+            when: false
+        })
+    );
 }
 
 #[test]
@@ -102,7 +160,9 @@ fn map_scopes() {
     ]}))
     .unwrap();
     assert_eq!(wf.steps[2].depends_on, vec!["k", "src"]);
-    let StepKind::Map(m) = &wf.steps[2].kind else { panic!("map") };
+    let StepKind::Map(m) = &wf.steps[2].kind else {
+        panic!("map")
+    };
     assert_eq!(m.steps[1].depends_on, vec!["double"]);
     assert!(wf.step_by_key("each.1.label").is_some());
     assert!(wf.step_by_key("each.x.label").is_none());
@@ -111,13 +171,24 @@ fn map_scopes() {
         {"id": "each", "type": "map", "items": [1], "step": {"id": "inner", "type": "transform", "inputs": "{{ each }}"}},
         {"id": "out", "type": "transform", "inputs": "{{ inner }} {{ item }}"}
     ]}));
-    assert!(has(&errs, "$.steps[0].step.inputs", "depends on itself"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[1].inputs", "runs inside map `each`"), "{errs:#?}");
-    assert!(has(&errs, "$.steps[1].inputs", "only defined inside a map"), "{errs:#?}");
+    assert!(
+        has(&errs, "$.steps[0].step.inputs", "depends on itself"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[1].inputs", "runs inside map `each`"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[1].inputs", "only defined inside a map"),
+        "{errs:#?}"
+    );
 }
 
 #[test]
 fn input_schema_must_be_valid() {
-    let errs = errors(json!({"name": "t", "input_schema": {"type": "nonsense"}, "steps": [{"id": "a", "type": "transform"}]}));
+    let errs = errors(
+        json!({"name": "t", "input_schema": {"type": "nonsense"}, "steps": [{"id": "a", "type": "transform"}]}),
+    );
     assert!(has(&errs, "$.input_schema", "JSON Schema"), "{errs:#?}");
 }

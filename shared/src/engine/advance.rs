@@ -6,9 +6,9 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::context::{context_for, scope_values, sink_output, RunInfo};
+use super::context::{RunInfo, context_for, scope_values, sink_output};
 use super::steps::{self, Started};
 use crate::dag::{self, Decision, Outcome, Records};
 use crate::domain::{LogEntry, LogLevel, RunStatus, StepError, StepRecord, StepStatus};
@@ -32,7 +32,12 @@ pub struct Advanced {
     pub logs: Vec<LogEntry>,
 }
 
-pub fn advance(wf: &Workflow, info: RunInfo<'_>, recs: &mut Records, now: DateTime<Utc>) -> Advanced {
+pub fn advance(
+    wf: &Workflow,
+    info: RunInfo<'_>,
+    recs: &mut Records,
+    now: DateTime<Utc>,
+) -> Advanced {
     let mut changed = BTreeSet::new();
     let mut logs = Vec::new();
     let mut applied = 0;
@@ -43,12 +48,27 @@ pub fn advance(wf: &Workflow, info: RunInfo<'_>, recs: &mut Records, now: DateTi
         }
         if plan.decisions.is_empty() || applied >= MAX_DECISIONS_PER_CALL {
             let more = !plan.decisions.is_empty();
-            let status = if plan.running || more || !plan.waiting { RunStatus::Running } else { RunStatus::Waiting };
+            let status = if plan.running || more || !plan.waiting {
+                RunStatus::Running
+            } else {
+                RunStatus::Waiting
+            };
             if !more && !plan.running && !plan.waiting && plan.next_wake.is_none() {
                 // Nothing runs, waits or is due: no rule should leave a run
                 // here, but if one did the run must not hang silently.
                 let error = StepError::permanent("stuck", "the run cannot make progress");
-                return finish(wf, info, recs, now, Outcome::Failed { key: String::new(), error }, changed, logs);
+                return finish(
+                    wf,
+                    info,
+                    recs,
+                    now,
+                    Outcome::Failed {
+                        key: String::new(),
+                        error,
+                    },
+                    changed,
+                    logs,
+                );
             }
             return Advanced {
                 status,
@@ -79,9 +99,19 @@ fn finish(
         Outcome::Completed => match run_output(wf, info, recs) {
             Ok(output) => {
                 logs.push(LogEntry::new(LogLevel::Info, None, "run completed"));
-                return Advanced { status: RunStatus::Completed, output: Some(output), error: None, wake_at: None, changed, logs };
+                return Advanced {
+                    status: RunStatus::Completed,
+                    output: Some(output),
+                    error: None,
+                    wake_at: None,
+                    changed,
+                    logs,
+                };
             }
-            Err(e) => StepError::permanent("output_error", format!("the workflow's output could not be built: {}", e.message)),
+            Err(e) => StepError::permanent(
+                "output_error",
+                format!("the workflow's output could not be built: {}", e.message),
+            ),
         },
         Outcome::Failed { key, error } if key.is_empty() => error,
         Outcome::Failed { key, error } => StepError {
@@ -91,13 +121,31 @@ fn finish(
         },
     };
     changed.extend(dag::close_open_steps(wf, recs, now, "the run failed"));
-    logs.push(LogEntry::new(LogLevel::Error, None, format!("run failed: {}", failure.message)));
-    Advanced { status: RunStatus::Failed, output: None, error: Some(failure), wake_at: None, changed, logs }
+    logs.push(LogEntry::new(
+        LogLevel::Error,
+        None,
+        format!("run failed: {}", failure.message),
+    ));
+    Advanced {
+        status: RunStatus::Failed,
+        output: None,
+        error: Some(failure),
+        wake_at: None,
+        changed,
+        logs,
+    }
 }
 
-fn run_output(wf: &Workflow, info: RunInfo<'_>, recs: &Records) -> Result<Value, template::TemplateError> {
+fn run_output(
+    wf: &Workflow,
+    info: RunInfo<'_>,
+    recs: &Records,
+) -> Result<Value, template::TemplateError> {
     match &wf.output {
-        Some(t) => template::render_value(t, &context_from_json(&Value::Object(scope_values(wf, info, recs, "")))),
+        Some(t) => template::render_value(
+            t,
+            &context_from_json(&Value::Object(scope_values(wf, info, recs, ""))),
+        ),
         None => Ok(sink_output(&wf.steps, "", recs)),
     }
 }
@@ -112,7 +160,9 @@ fn apply(
     logs: &mut Vec<LogEntry>,
 ) {
     let key = match &decision {
-        Decision::Start { key } | Decision::Skip { key, .. } | Decision::Wake { key } => key.clone(),
+        Decision::Start { key } | Decision::Skip { key, .. } | Decision::Wake { key } => {
+            key.clone()
+        }
         Decision::CompleteMap { key } | Decision::FailMap { key, .. } => key.clone(),
     };
     let Some(step) = wf.step_by_key(&key) else {
@@ -123,15 +173,23 @@ fn apply(
     changed.insert(key.clone());
     match decision {
         Decision::Skip { reason, .. } => {
-            let rec = recs.entry(key.clone()).or_insert_with(|| StepRecord::new(&key, step.kind.type_name()));
+            let rec = recs
+                .entry(key.clone())
+                .or_insert_with(|| StepRecord::new(&key, step.kind.type_name()));
             rec.status = StepStatus::Skipped;
             rec.finished_at = Some(now);
-            logs.push(LogEntry::new(LogLevel::Info, Some(&key), format!("skipped: {reason}")));
+            logs.push(LogEntry::new(
+                LogLevel::Info,
+                Some(&key),
+                format!("skipped: {reason}"),
+            ));
             rec.reason = Some(reason);
         }
         Decision::Start { .. } => {
             let ctx = context_for(wf, info, recs, &key);
-            let rec = recs.entry(key.clone()).or_insert_with(|| StepRecord::new(&key, step.kind.type_name()));
+            let rec = recs
+                .entry(key.clone())
+                .or_insert_with(|| StepRecord::new(&key, step.kind.type_name()));
             if let Some(cond) = &step.when {
                 match template::eval_condition(cond, &ctx) {
                     Ok(true) => {}
@@ -139,14 +197,23 @@ fn apply(
                         rec.status = StepStatus::Skipped;
                         rec.finished_at = Some(now);
                         let reason = format!("`if` was false: {cond}");
-                        logs.push(LogEntry::new(LogLevel::Info, Some(&key), format!("skipped: {reason}")));
+                        logs.push(LogEntry::new(
+                            LogLevel::Info,
+                            Some(&key),
+                            format!("skipped: {reason}"),
+                        ));
                         rec.reason = Some(reason);
                         return;
                     }
                     Err(e) => {
                         dag::begin_attempt(rec, now);
-                        let err = StepError::permanent("template_error", format!("`if`: {}", e.message));
-                        logs.push(LogEntry::new(LogLevel::Error, Some(&key), format!("failed: {}", err.message)));
+                        let err =
+                            StepError::permanent("template_error", format!("`if`: {}", e.message));
+                        logs.push(LogEntry::new(
+                            LogLevel::Error,
+                            Some(&key),
+                            format!("failed: {}", err.message),
+                        ));
                         dag::finish_attempt(rec, &step.retry, Err(err), now, &seed);
                         return;
                     }
@@ -160,7 +227,9 @@ fn apply(
                     rec.status = StepStatus::Waiting;
                     rec.wake_at = wake_at;
                     let msg = match (&step.kind, wake_at) {
-                        (StepKind::Approval(_), Some(t)) => format!("waiting for approval (times out at {})", t.to_rfc3339()),
+                        (StepKind::Approval(_), Some(t)) => {
+                            format!("waiting for approval (times out at {})", t.to_rfc3339())
+                        }
                         (StepKind::Approval(_), None) => "waiting for approval".to_owned(),
                         (_, Some(t)) => format!("waiting until {}", t.to_rfc3339()),
                         (_, None) => "waiting".to_owned(),
@@ -168,7 +237,11 @@ fn apply(
                     logs.push(LogEntry::new(LogLevel::Info, Some(&key), msg));
                 }
                 Started::Iterate(items) => {
-                    logs.push(LogEntry::new(LogLevel::Info, Some(&key), format!("started (attempt {attempt}) over {} items", items.len())));
+                    logs.push(LogEntry::new(
+                        LogLevel::Info,
+                        Some(&key),
+                        format!("started (attempt {attempt}) over {} items", items.len()),
+                    ));
                     if items.is_empty() {
                         rec.items = Some(items);
                         record_result(rec, step, Ok(json!([])), now, &seed, logs);
@@ -179,7 +252,9 @@ fn apply(
             }
         }
         Decision::Wake { .. } => {
-            let Some(rec) = recs.get_mut(&key) else { return };
+            let Some(rec) = recs.get_mut(&key) else {
+                return;
+            };
             let result = match &step.kind {
                 StepKind::Approval(_) => Err(StepError::permanent(
                     "approval_timeout",
@@ -190,14 +265,29 @@ fn apply(
             record_result(rec, step, result, now, &seed, logs);
         }
         Decision::CompleteMap { .. } => {
-            let StepKind::Map(map) = &step.kind else { return };
-            let n = recs.get(&key).and_then(|r| r.items.as_ref()).map_or(0, Vec::len);
+            let StepKind::Map(map) = &step.kind else {
+                return;
+            };
+            let n = recs
+                .get(&key)
+                .and_then(|r| r.items.as_ref())
+                .map_or(0, Vec::len);
             let outputs: Result<Vec<Value>, StepError> = (0..n)
                 .map(|i| {
                     let prefix = format!("{key}.{i}.");
                     match &map.output {
-                        Some(t) => template::render_value(t, &context_from_json(&Value::Object(scope_values(wf, info, recs, &prefix))))
-                            .map_err(|e| StepError::permanent("template_error", format!("map output: {}", e.message))),
+                        Some(t) => template::render_value(
+                            t,
+                            &context_from_json(&Value::Object(scope_values(
+                                wf, info, recs, &prefix,
+                            ))),
+                        )
+                        .map_err(|e| {
+                            StepError::permanent(
+                                "template_error",
+                                format!("map output: {}", e.message),
+                            )
+                        }),
                         None => Ok(sink_output(&map.steps, &prefix, recs)),
                     }
                 })
@@ -239,12 +329,24 @@ fn record_result(
     let started = rec.attempts.last().map_or(now, |a| a.started_at);
     let ms = (now - started).num_milliseconds();
     let line = match &result {
-        Ok(_) => LogEntry::new(LogLevel::Info, Some(&rec.key), format!("succeeded (attempt {attempt}, {ms} ms)")),
-        Err(e) => LogEntry::new(LogLevel::Error, Some(&rec.key), format!("failed (attempt {attempt}): {e}")),
+        Ok(_) => LogEntry::new(
+            LogLevel::Info,
+            Some(&rec.key),
+            format!("succeeded (attempt {attempt}, {ms} ms)"),
+        ),
+        Err(e) => LogEntry::new(
+            LogLevel::Error,
+            Some(&rec.key),
+            format!("failed (attempt {attempt}): {e}"),
+        ),
     };
     logs.push(line);
     dag::finish_attempt(rec, &step.retry, result, now, seed);
     if let Some(at) = rec.retry_at {
-        logs.push(LogEntry::new(LogLevel::Warn, Some(&rec.key), format!("retrying at {}", at.to_rfc3339())));
+        logs.push(LogEntry::new(
+            LogLevel::Warn,
+            Some(&rec.key),
+            format!("retrying at {}", at.to_rfc3339()),
+        ));
     }
 }

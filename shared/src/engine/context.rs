@@ -2,12 +2,12 @@
 //! outputs of steps already finished, and inside a map iteration `item`,
 //! `index` and the iteration's own steps.
 
-use serde_json::{json, Map as JsonMap, Value};
+use serde_json::{Map as JsonMap, Value, json};
 
 use crate::dag::Records;
 use crate::domain::{StepRecord, StepStatus};
 use crate::dsl::{Step, StepKind, Workflow};
-use crate::template::{context_from_json, Context};
+use crate::template::{Context, context_from_json};
 
 /// The run facts every step can read.
 #[derive(Clone, Copy, Debug)]
@@ -39,7 +39,12 @@ fn add_scope(steps: &[Step], prefix: &str, recs: &Records, out: &mut JsonMap<Str
 
 /// The names visible inside `scope`: "" for the top level, `m.3.` inside
 /// iteration 3 of map `m` (nesting repeats the pattern).
-pub fn scope_values(wf: &Workflow, info: RunInfo<'_>, recs: &Records, scope: &str) -> JsonMap<String, Value> {
+pub fn scope_values(
+    wf: &Workflow,
+    info: RunInfo<'_>,
+    recs: &Records,
+    scope: &str,
+) -> JsonMap<String, Value> {
     let mut out = JsonMap::new();
     out.insert("trigger".into(), info.input.clone());
     out.insert(
@@ -52,7 +57,11 @@ pub fn scope_values(wf: &Workflow, info: RunInfo<'_>, recs: &Records, scope: &st
     let mut prefix = String::new();
     for pair in segs.chunks(2) {
         let [map_id, index] = pair else { break };
-        let Some(Step { kind: StepKind::Map(map), .. }) = steps.iter().find(|s| s.id == *map_id) else {
+        let Some(Step {
+            kind: StepKind::Map(map),
+            ..
+        }) = steps.iter().find(|s| s.id == *map_id)
+        else {
             break;
         };
         let map_key = format!("{prefix}{map_id}");

@@ -4,8 +4,8 @@ mod advance;
 mod context;
 pub mod steps;
 
-pub use advance::{advance, Advanced};
-pub use context::{context_for, value_of, RunInfo};
+pub use advance::{Advanced, advance};
+pub use context::{RunInfo, context_for, value_of};
 
 #[cfg(test)]
 mod tests;

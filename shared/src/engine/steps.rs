@@ -3,7 +3,7 @@
 //! inline; steps that do I/O run elsewhere and report back.
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::domain::StepError;
 use crate::dsl::{Delay, Step, StepKind, Transform, TransformAction};
@@ -52,11 +52,17 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
             Ok(Value::Array(items)) if items.len() <= MAX_MAP_ITEMS => Started::Iterate(items),
             Ok(Value::Array(items)) => Started::Done(Err(StepError::permanent(
                 "too_many_items",
-                format!("the map has {} items; the limit is {MAX_MAP_ITEMS}", items.len()),
+                format!(
+                    "the map has {} items; the limit is {MAX_MAP_ITEMS}",
+                    items.len()
+                ),
             ))),
             Ok(other) => Started::Done(Err(StepError::permanent(
                 "items_not_a_list",
-                format!("`items` must produce a list, but produced {}", short_json(&other)),
+                format!(
+                    "`items` must produce a list, but produced {}",
+                    short_json(&other)
+                ),
             ))),
             Err(e) => Started::Done(Err(e)),
         },
@@ -66,14 +72,26 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
 fn until(src: &str, ctx: &Context, now: DateTime<Utc>) -> Result<DateTime<Utc>, StepError> {
     let v = template::render_string(src, ctx).map_err(template_error)?;
     let s = v.as_str().ok_or_else(|| {
-        StepError::permanent("invalid_timestamp", format!("`until` produced {}, not a timestamp", short_json(&v)))
+        StepError::permanent(
+            "invalid_timestamp",
+            format!("`until` produced {}, not a timestamp", short_json(&v)),
+        )
     })?;
     let at = DateTime::parse_from_rfc3339(s)
-        .map_err(|e| StepError::permanent("invalid_timestamp", format!("`{s}` is not an RFC 3339 timestamp: {e}")))?
+        .map_err(|e| {
+            StepError::permanent(
+                "invalid_timestamp",
+                format!("`{s}` is not an RFC 3339 timestamp: {e}"),
+            )
+        })?
         .with_timezone(&Utc);
-    let limit = now + chrono::Duration::from_std(crate::dsl::MAX_DURATION).unwrap_or(chrono::Duration::MAX);
+    let limit =
+        now + chrono::Duration::from_std(crate::dsl::MAX_DURATION).unwrap_or(chrono::Duration::MAX);
     if at > limit {
-        return Err(StepError::permanent("delay_too_long", format!("`{s}` is more than a year away")));
+        return Err(StepError::permanent(
+            "delay_too_long",
+            format!("`{s}` is more than a year away"),
+        ));
     }
     Ok(at)
 }
@@ -87,14 +105,23 @@ fn transform(t: &Transform, ctx: &Context) -> Result<Value, StepError> {
             let text = match inputs.get("text") {
                 Some(Value::String(s)) => s.clone(),
                 Some(other) => return Ok(other.clone()),
-                None => return Err(StepError::permanent("missing_input", "`inputs.text` is missing")),
+                None => {
+                    return Err(StepError::permanent(
+                        "missing_input",
+                        "`inputs.text` is missing",
+                    ));
+                }
             };
             if t.action == TransformAction::ParseJson {
-                serde_json::from_str(&text)
-                    .map_err(|e| StepError::permanent("invalid_json", format!("`inputs.text` is not JSON: {e}")))
+                serde_json::from_str(&text).map_err(|e| {
+                    StepError::permanent("invalid_json", format!("`inputs.text` is not JSON: {e}"))
+                })
             } else {
                 extract_json(&text).ok_or_else(|| {
-                    StepError::permanent("extract_json_failed", format!("no JSON object or array found in: {}", short(&text)))
+                    StepError::permanent(
+                        "extract_json_failed",
+                        format!("no JSON object or array found in: {}", short(&text)),
+                    )
                 })
             }
         }
@@ -104,7 +131,8 @@ fn transform(t: &Transform, ctx: &Context) -> Result<Value, StepError> {
 /// The first JSON object or array inside free text, such as an LLM reply
 /// that wraps JSON in prose or a ```json fence.
 pub fn extract_json(text: &str) -> Option<Value> {
-    if let Ok(v @ (Value::Object(_) | Value::Array(_))) = serde_json::from_str::<Value>(text.trim()) {
+    if let Ok(v @ (Value::Object(_) | Value::Array(_))) = serde_json::from_str::<Value>(text.trim())
+    {
         return Some(v);
     }
     for (i, c) in text.char_indices() {
@@ -139,11 +167,16 @@ mod tests {
     fn extracts_json_from_prose_and_fences() {
         assert_eq!(extract_json(r#"{"a": 1}"#), Some(json!({"a": 1})));
         assert_eq!(
-            extract_json("Sure! Here it is:\n```json\n{\"draft\": \"Hi {there}\"}\n```\nAnything else?"),
+            extract_json(
+                "Sure! Here it is:\n```json\n{\"draft\": \"Hi {there}\"}\n```\nAnything else?"
+            ),
             Some(json!({"draft": "Hi {there}"}))
         );
         assert_eq!(extract_json("list: [1, 2] done"), Some(json!([1, 2])));
-        assert_eq!(extract_json("a {broken and then {\"ok\": true}"), Some(json!({"ok": true})));
+        assert_eq!(
+            extract_json("a {broken and then {\"ok\": true}"),
+            Some(json!({"ok": true}))
+        );
         assert_eq!(extract_json("no json here"), None);
     }
 }

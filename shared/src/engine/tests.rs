@@ -1,10 +1,10 @@
 use chrono::{Duration, TimeZone, Utc};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::*;
 use crate::dag::Records;
 use crate::domain::{RunStatus, StepStatus};
-use crate::dsl::{parse_workflow, Workflow};
+use crate::dsl::{Workflow, parse_workflow};
 
 fn wf(v: Value) -> Workflow {
     parse_workflow(&v).unwrap()
@@ -15,7 +15,12 @@ fn t0() -> chrono::DateTime<Utc> {
 }
 
 fn info(input: &Value) -> RunInfo<'_> {
-    RunInfo { run_id: "run_test", workflow_id: "wf_test", version: 1, input }
+    RunInfo {
+        run_id: "run_test",
+        workflow_id: "wf_test",
+        version: 1,
+        input,
+    }
 }
 
 #[test]
@@ -49,7 +54,13 @@ fn conditions_choose_a_branch() {
         assert_eq!(adv.status, RunStatus::Completed);
         assert_eq!(recs[taken].status, StepStatus::Succeeded);
         assert_eq!(recs[skipped].status, StepStatus::Skipped);
-        assert!(recs[skipped].reason.as_deref().unwrap().contains("branch not taken"));
+        assert!(
+            recs[skipped]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("branch not taken")
+        );
         assert_eq!(adv.output, recs[taken].output);
     }
 }
@@ -140,12 +151,21 @@ fn continue_on_error_lets_dependents_see_the_error() {
 
 #[test]
 fn missing_input_fails_the_step_with_a_clear_message() {
-    let w = wf(json!({"name": "t", "steps": [{"id": "a", "type": "transform", "inputs": "{{ trigger.email_id }}"}]}));
+    let w = wf(
+        json!({"name": "t", "steps": [{"id": "a", "type": "transform", "inputs": "{{ trigger.email_id }}"}]}),
+    );
     let input = json!({});
     let mut recs = Records::new();
     let adv = advance(&w, info(&input), &mut recs, t0());
     assert_eq!(adv.status, RunStatus::Failed);
     let err = adv.error.unwrap();
-    assert!(err.message.contains("step `a` failed") && err.message.contains("trigger.email_id"), "{err:?}");
-    assert_eq!(recs["a"].attempts.len(), 1, "template errors are not retried");
+    assert!(
+        err.message.contains("step `a` failed") && err.message.contains("trigger.email_id"),
+        "{err:?}"
+    );
+    assert_eq!(
+        recs["a"].attempts.len(),
+        1,
+        "template errors are not retried"
+    );
 }

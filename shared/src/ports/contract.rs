@@ -24,7 +24,12 @@ impl Stores {
     where
         S: WorkspaceStore + ApiKeyStore + WorkflowStore + RunStore + 'static,
     {
-        Self { workspaces: s.clone(), api_keys: s.clone(), workflows: s.clone(), runs: s }
+        Self {
+            workspaces: s.clone(),
+            api_keys: s.clone(),
+            workflows: s.clone(),
+            runs: s,
+        }
     }
 }
 
@@ -73,9 +78,16 @@ fn run(ws: &WorkspaceId, workflow: &str) -> RunRecord {
 }
 
 async fn workspaces_and_keys(s: &Stores) {
-    let w = Workspace { id: ws(), name: "acme".into(), created_at: Utc::now() };
+    let w = Workspace {
+        id: ws(),
+        name: "acme".into(),
+        created_at: Utc::now(),
+    };
     s.workspaces.create_workspace(&w).await.unwrap();
-    assert_eq!(s.workspaces.get_workspace(&w.id).await.unwrap(), Some(w.clone()));
+    assert_eq!(
+        s.workspaces.get_workspace(&w.id).await.unwrap(),
+        Some(w.clone())
+    );
     assert_eq!(s.workspaces.get_workspace(&ws()).await.unwrap(), None);
 
     let key = ApiKeyRecord {
@@ -87,50 +99,138 @@ async fn workspaces_and_keys(s: &Stores) {
         created_at: Utc::now(),
     };
     s.api_keys.insert_api_key(&key).await.unwrap();
-    assert!(matches!(s.api_keys.insert_api_key(&key).await, Err(StoreError::Conflict(_))));
-    assert_eq!(s.api_keys.find_api_key(&key.key_hash).await.unwrap(), Some(key));
+    assert!(matches!(
+        s.api_keys.insert_api_key(&key).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.api_keys.find_api_key(&key.key_hash).await.unwrap(),
+        Some(key)
+    );
     assert_eq!(s.api_keys.find_api_key("nope").await.unwrap(), None);
 }
 
 async fn workflows_are_versioned_and_isolated(s: &Stores) {
     let (a, b) = (ws(), ws());
     let id = WorkflowId::from_string("wf_x");
-    s.workflows.create_workflow(&version(&a, "wf_x", 1)).await.unwrap();
-    assert!(matches!(s.workflows.create_workflow(&version(&a, "wf_x", 1)).await, Err(StoreError::Conflict(_))));
+    s.workflows
+        .create_workflow(&version(&a, "wf_x", 1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.workflows.create_workflow(&version(&a, "wf_x", 1)).await,
+        Err(StoreError::Conflict(_))
+    ));
     // The same id in another workspace is another workflow.
-    s.workflows.create_workflow(&version(&b, "wf_x", 1)).await.unwrap();
+    s.workflows
+        .create_workflow(&version(&b, "wf_x", 1))
+        .await
+        .unwrap();
 
-    s.workflows.add_version(&version(&a, "wf_x", 2)).await.unwrap();
+    s.workflows
+        .add_version(&version(&a, "wf_x", 2))
+        .await
+        .unwrap();
     // A writer that read version 1 loses.
-    assert!(matches!(s.workflows.add_version(&version(&a, "wf_x", 2)).await, Err(StoreError::Conflict(_))));
-    assert!(matches!(s.workflows.add_version(&version(&a, "wf_x", 4)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.workflows.add_version(&version(&a, "wf_x", 2)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.workflows.add_version(&version(&a, "wf_x", 4)).await,
+        Err(StoreError::Conflict(_))
+    ));
 
-    let latest = s.workflows.get_workflow(&a, &id, None).await.unwrap().unwrap();
+    let latest = s
+        .workflows
+        .get_workflow(&a, &id, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(latest.version, 2);
-    let first = s.workflows.get_workflow(&a, &id, Some(1)).await.unwrap().unwrap();
+    let first = s
+        .workflows
+        .get_workflow(&a, &id, Some(1))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.definition["v"], 1);
-    assert_eq!(s.workflows.get_workflow(&a, &id, Some(9)).await.unwrap(), None);
-    assert_eq!(s.workflows.get_workflow(&b, &id, None).await.unwrap().unwrap().version, 1);
-    assert_eq!(s.workflows.get_workflow(&ws(), &id, None).await.unwrap(), None);
+    assert_eq!(
+        s.workflows.get_workflow(&a, &id, Some(9)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.workflows
+            .get_workflow(&b, &id, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        s.workflows.get_workflow(&ws(), &id, None).await.unwrap(),
+        None
+    );
 
-    let listed = s.workflows.list_workflows(&a, &PageRequest::first(10)).await.unwrap();
+    let listed = s
+        .workflows
+        .list_workflows(&a, &PageRequest::first(10))
+        .await
+        .unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].latest_version, 2);
 
-    assert!(s.workflows.archive_workflow(&a, &id, Utc::now()).await.unwrap());
-    assert!(!s.workflows.archive_workflow(&a, &id, Utc::now()).await.unwrap());
-    assert!(s.workflows.list_workflows(&a, &PageRequest::first(10)).await.unwrap().items.is_empty());
-    let archived = s.workflows.get_workflow(&a, &id, Some(1)).await.unwrap().unwrap();
+    assert!(
+        s.workflows
+            .archive_workflow(&a, &id, Utc::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.workflows
+            .archive_workflow(&a, &id, Utc::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.workflows
+            .list_workflows(&a, &PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let archived = s
+        .workflows
+        .get_workflow(&a, &id, Some(1))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(archived.archived_at.is_some());
-    assert!(matches!(s.workflows.add_version(&version(&a, "wf_x", 3)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.workflows.add_version(&version(&a, "wf_x", 3)).await,
+        Err(StoreError::Conflict(_))
+    ));
     // Archiving in one workspace leaves the other's alone.
-    assert_eq!(s.workflows.list_workflows(&b, &PageRequest::first(10)).await.unwrap().items.len(), 1);
+    assert_eq!(
+        s.workflows
+            .list_workflows(&b, &PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
 }
 
 async fn workflow_pages_visit_each_once(s: &Stores) {
     let w = ws();
     for i in 0..7 {
-        s.workflows.create_workflow(&version(&w, &format!("wf_{i}"), 1)).await.unwrap();
+        s.workflows
+            .create_workflow(&version(&w, &format!("wf_{i}"), 1))
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut page = PageRequest::first(3);
@@ -150,38 +250,77 @@ async fn workflow_pages_visit_each_once(s: &Stores) {
 async fn runs_use_conditional_writes(s: &Stores) {
     let w = ws();
     let mut r = run(&w, "wf_a");
-    assert_eq!(s.runs.create_run(&r, None).await.unwrap(), CreateRun::Created);
-    assert!(matches!(s.runs.create_run(&r, None).await, Err(StoreError::Conflict(_))));
+    assert_eq!(
+        s.runs.create_run(&r, None).await.unwrap(),
+        CreateRun::Created
+    );
+    assert!(matches!(
+        s.runs.create_run(&r, None).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(s.runs.get_run(&w, &r.id).await.unwrap(), Some(r.clone()));
-    assert_eq!(s.runs.get_run(&ws(), &r.id).await.unwrap(), None, "other workspaces cannot read it");
+    assert_eq!(
+        s.runs.get_run(&ws(), &r.id).await.unwrap(),
+        None,
+        "other workspaces cannot read it"
+    );
 
     let mut step = StepRecord::new("a", "transform");
     step.status = StepStatus::Succeeded;
     step.output = Some(json!({"ok": true}));
     r.status = RunStatus::Running;
     r.revision = 2;
-    let write = RunWrite { run: r.clone(), steps: vec![step.clone()], logs: vec![LogEntry::new(LogLevel::Info, Some("a"), "succeeded")] };
+    let write = RunWrite {
+        run: r.clone(),
+        steps: vec![step.clone()],
+        logs: vec![LogEntry::new(LogLevel::Info, Some("a"), "succeeded")],
+    };
     s.runs.save_run(&write).await.unwrap();
     // A second writer that read revision 1 must lose, and change nothing.
     let mut stale = write.clone();
     stale.run.status = RunStatus::Cancelled;
     stale.steps[0].status = StepStatus::Cancelled;
-    assert!(matches!(s.runs.save_run(&stale).await, Err(StoreError::Conflict(_))));
-    assert_eq!(s.runs.get_run(&w, &r.id).await.unwrap().unwrap().status, RunStatus::Running);
-    assert_eq!(s.runs.get_steps(&w, &r.id).await.unwrap(), vec![step.clone()]);
+    assert!(matches!(
+        s.runs.save_run(&stale).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.runs.get_run(&w, &r.id).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    assert_eq!(
+        s.runs.get_steps(&w, &r.id).await.unwrap(),
+        vec![step.clone()]
+    );
     assert!(s.runs.get_steps(&ws(), &r.id).await.unwrap().is_empty());
 
     // Writing a step again replaces it.
     step.output = Some(json!({"ok": false}));
     r.revision = 3;
-    s.runs.save_run(&RunWrite { run: r.clone(), steps: vec![step.clone()], logs: vec![] }).await.unwrap();
+    s.runs
+        .save_run(&RunWrite {
+            run: r.clone(),
+            steps: vec![step.clone()],
+            logs: vec![],
+        })
+        .await
+        .unwrap();
     assert_eq!(s.runs.get_steps(&w, &r.id).await.unwrap(), vec![step]);
 
     // A run in another workspace with a guessed id cannot be written.
     let mut foreign = r.clone();
     foreign.workspace_id = ws();
     foreign.revision = 4;
-    assert!(matches!(s.runs.save_run(&RunWrite { run: foreign, steps: vec![], logs: vec![] }).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.runs
+            .save_run(&RunWrite {
+                run: foreign,
+                steps: vec![],
+                logs: vec![]
+            })
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
 }
 
 async fn runs_list_newest_first_with_filters(s: &Stores) {
@@ -197,12 +336,19 @@ async fn runs_list_newest_first_with_filters(s: &Stores) {
         // Ids order by creation at millisecond precision.
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    s.runs.create_run(&run(&ws(), "wf_even"), None).await.unwrap();
+    s.runs
+        .create_run(&run(&ws(), "wf_even"), None)
+        .await
+        .unwrap();
 
     let mut seen = Vec::new();
     let mut page = PageRequest::first(2);
     loop {
-        let p = s.runs.list_runs(&w, &RunFilter::default(), &page).await.unwrap();
+        let p = s
+            .runs
+            .list_runs(&w, &RunFilter::default(), &page)
+            .await
+            .unwrap();
         seen.extend(p.items.into_iter().map(|r| r.id));
         match p.next_cursor {
             Some(c) => page.cursor = Some(c),
@@ -212,31 +358,76 @@ async fn runs_list_newest_first_with_filters(s: &Stores) {
     ids.reverse();
     assert_eq!(seen, ids);
 
-    let even = RunFilter { workflow_id: Some(WorkflowId::from_string("wf_even")), ..Default::default() };
-    assert_eq!(s.runs.list_runs(&w, &even, &PageRequest::first(10)).await.unwrap().items.len(), 3);
-    let done = RunFilter { status: Some(RunStatus::Completed), ..Default::default() };
-    let p = s.runs.list_runs(&w, &done, &PageRequest::first(10)).await.unwrap();
+    let even = RunFilter {
+        workflow_id: Some(WorkflowId::from_string("wf_even")),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.runs
+            .list_runs(&w, &even, &PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
+    let done = RunFilter {
+        status: Some(RunStatus::Completed),
+        ..Default::default()
+    };
+    let p = s
+        .runs
+        .list_runs(&w, &done, &PageRequest::first(10))
+        .await
+        .unwrap();
     assert_eq!(p.items.len(), 1);
     assert_eq!(p.items[0].id, ids[0]);
 }
 
 async fn idempotency_keys_are_scoped(s: &Stores) {
     let (a, b) = (ws(), ws());
-    let claim = IdempotencyClaim { key: "order-17".into(), request_hash: "h1".into(), expires_at: Utc::now() + Duration::hours(24) };
+    let claim = IdempotencyClaim {
+        key: "order-17".into(),
+        request_hash: "h1".into(),
+        expires_at: Utc::now() + Duration::hours(24),
+    };
     let first = run(&a, "wf");
-    assert_eq!(s.runs.create_run(&first, Some(&claim)).await.unwrap(), CreateRun::Created);
+    assert_eq!(
+        s.runs.create_run(&first, Some(&claim)).await.unwrap(),
+        CreateRun::Created
+    );
     let again = run(&a, "wf");
     assert_eq!(
         s.runs.create_run(&again, Some(&claim)).await.unwrap(),
-        CreateRun::Existing { run_id: first.id.clone(), request_hash: "h1".into() }
+        CreateRun::Existing {
+            run_id: first.id.clone(),
+            request_hash: "h1".into()
+        }
     );
-    assert_eq!(s.runs.get_run(&a, &again.id).await.unwrap(), None, "the retry created nothing");
+    assert_eq!(
+        s.runs.get_run(&a, &again.id).await.unwrap(),
+        None,
+        "the retry created nothing"
+    );
     // Another workspace may use the same key.
-    assert_eq!(s.runs.create_run(&run(&b, "wf"), Some(&claim)).await.unwrap(), CreateRun::Created);
+    assert_eq!(
+        s.runs
+            .create_run(&run(&b, "wf"), Some(&claim))
+            .await
+            .unwrap(),
+        CreateRun::Created
+    );
     // An expired claim no longer holds.
-    let old = IdempotencyClaim { key: "old".into(), request_hash: "h".into(), expires_at: Utc::now() - Duration::seconds(1) };
+    let old = IdempotencyClaim {
+        key: "old".into(),
+        request_hash: "h".into(),
+        expires_at: Utc::now() - Duration::seconds(1),
+    };
     s.runs.create_run(&run(&a, "wf"), Some(&old)).await.unwrap();
-    assert_eq!(s.runs.create_run(&run(&a, "wf"), Some(&old)).await.unwrap(), CreateRun::Created);
+    assert_eq!(
+        s.runs.create_run(&run(&a, "wf"), Some(&old)).await.unwrap(),
+        CreateRun::Created
+    );
 }
 
 async fn logs_page_in_order(s: &Stores) {
@@ -244,8 +435,17 @@ async fn logs_page_in_order(s: &Stores) {
     let mut r = run(&w, "wf");
     s.runs.create_run(&r, None).await.unwrap();
     r.revision = 2;
-    let logs: Vec<LogEntry> = (0..5).map(|i| LogEntry::new(LogLevel::Info, None, format!("line {i}"))).collect();
-    s.runs.save_run(&RunWrite { run: r.clone(), steps: vec![], logs }).await.unwrap();
+    let logs: Vec<LogEntry> = (0..5)
+        .map(|i| LogEntry::new(LogLevel::Info, None, format!("line {i}")))
+        .collect();
+    s.runs
+        .save_run(&RunWrite {
+            run: r.clone(),
+            steps: vec![],
+            logs,
+        })
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let mut page = PageRequest::first(2);
     loop {
@@ -256,6 +456,16 @@ async fn logs_page_in_order(s: &Stores) {
             None => break,
         }
     }
-    assert_eq!(seen, (0..5).map(|i| format!("line {i}")).collect::<Vec<_>>());
-    assert!(s.runs.list_logs(&ws(), &r.id, &PageRequest::first(10)).await.unwrap().items.is_empty());
+    assert_eq!(
+        seen,
+        (0..5).map(|i| format!("line {i}")).collect::<Vec<_>>()
+    );
+    assert!(
+        s.runs
+            .list_logs(&ws(), &r.id, &PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }

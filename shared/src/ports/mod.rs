@@ -2,10 +2,12 @@
 //! embedded adapter (SQLite, in-process) and, for the AWS deployment, an AWS
 //! one; `contract` holds the tests every store adapter must pass.
 
+mod driver;
 mod page;
 mod store;
 
-pub use page::{Cursor, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
+pub use driver::{DriverError, RunDriver};
+pub use page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, Page, PageRequest};
 pub use store::*;
 
 #[cfg(any(test, feature = "contract-tests"))]

@@ -49,9 +49,18 @@ pub trait WorkflowStore: Send + Sync {
         version: Option<u32>,
     ) -> StoreResult<Option<WorkflowVersion>>;
     /// Workflows that are not archived, by id.
-    async fn list_workflows(&self, ws: &WorkspaceId, page: &PageRequest) -> StoreResult<Page<WorkflowSummary>>;
+    async fn list_workflows(
+        &self,
+        ws: &WorkspaceId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<WorkflowSummary>>;
     /// False if there was no such live workflow.
-    async fn archive_workflow(&self, ws: &WorkspaceId, id: &WorkflowId, at: DateTime<Utc>) -> StoreResult<bool>;
+    async fn archive_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 }
 
 /// An Idempotency-Key claim stored with the run it created.
@@ -67,7 +76,10 @@ pub struct IdempotencyClaim {
 pub enum CreateRun {
     Created,
     /// The key was already claimed (and has not expired).
-    Existing { run_id: RunId, request_hash: String },
+    Existing {
+        run_id: RunId,
+        request_hash: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -88,17 +100,31 @@ pub struct RunWrite {
 #[async_trait]
 pub trait RunStore: Send + Sync {
     /// Inserts a new run, claiming the idempotency key if one is given.
-    async fn create_run(&self, run: &RunRecord, claim: Option<&IdempotencyClaim>) -> StoreResult<CreateRun>;
+    async fn create_run(
+        &self,
+        run: &RunRecord,
+        claim: Option<&IdempotencyClaim>,
+    ) -> StoreResult<CreateRun>;
     async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>>;
     /// Every step record of a run.
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>>;
     /// Newest first.
-    async fn list_runs(&self, ws: &WorkspaceId, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<RunRecord>>;
+    async fn list_runs(
+        &self,
+        ws: &WorkspaceId,
+        filter: &RunFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RunRecord>>;
     /// Applies the write if the stored revision is `w.run.revision - 1`;
     /// Conflict otherwise.
     async fn save_run(&self, w: &RunWrite) -> StoreResult<()>;
     /// Oldest first.
-    async fn list_logs(&self, ws: &WorkspaceId, id: &RunId, page: &PageRequest) -> StoreResult<Page<LogEntry>>;
+    async fn list_logs(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<LogEntry>>;
 }
 
 /// Runs that are not finished, across workspaces: what the embedded

@@ -48,7 +48,8 @@ impl Db {
         let writer = if memory {
             Connection::open_in_memory()?
         } else {
-            Connection::open(path).with_context(|| format!("opening database {}", path.display()))?
+            Connection::open(path)
+                .with_context(|| format!("opening database {}", path.display()))?
         };
         configure(&writer).context("configuring the database")?;
         super::schema::migrate(&writer).context("creating the database schema")?;
@@ -63,7 +64,10 @@ impl Db {
                 readers.push(r);
             }
         }
-        Ok(Arc::new(Self { writer: Mutex::new(writer), readers: Mutex::new(readers) }))
+        Ok(Arc::new(Self {
+            writer: Mutex::new(writer),
+            readers: Mutex::new(readers),
+        }))
     }
 
     /// Runs `f` in one immediate transaction, committed if it returns Ok.
@@ -74,7 +78,10 @@ impl Db {
     {
         let db = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let mut conn = db.writer.lock().map_err(|_| StoreError::Unavailable("database lock poisoned".into()))?;
+            let mut conn = db
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Unavailable("database lock poisoned".into()))?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
@@ -102,7 +109,10 @@ impl Db {
                     out
                 }
                 None => {
-                    let conn = db.writer.lock().map_err(|_| StoreError::Unavailable("database lock poisoned".into()))?;
+                    let conn = db
+                        .writer
+                        .lock()
+                        .map_err(|_| StoreError::Unavailable("database lock poisoned".into()))?;
                     f(&conn)
                 }
             }

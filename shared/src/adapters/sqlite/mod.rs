@@ -21,21 +21,31 @@ impl SqliteStore {
     /// Opens (creating and migrating if needed) the database at `path`;
     /// `:memory:` gives a private in-memory database.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        Ok(Self { db: Db::open(path)? })
+        Ok(Self {
+            db: Db::open(path)?,
+        })
     }
 }
 
 /// Reads a page of `limit` rows fetched as `limit + 1`: the extra row only
 /// tells whether another page exists.
-fn paginate<T>(mut rows: Vec<T>, limit: u32, position: impl Fn(&T) -> String) -> crate::ports::Page<T> {
+fn paginate<T>(
+    mut rows: Vec<T>,
+    limit: u32,
+    position: impl Fn(&T) -> String,
+) -> crate::ports::Page<T> {
     let limit = limit as usize;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
-        rows.last().map(|r| crate::ports::Cursor::from_position(&position(r)))
+        rows.last()
+            .map(|r| crate::ports::Cursor::from_position(&position(r)))
     } else {
         None
     };
-    crate::ports::Page { items: rows, next_cursor }
+    crate::ports::Page {
+        items: rows,
+        next_cursor,
+    }
 }
 
 #[cfg(test)]
@@ -67,7 +77,11 @@ mod tests {
         };
         {
             use crate::ports::WorkspaceStore;
-            SqliteStore::open(&path).unwrap().create_workspace(&ws).await.unwrap();
+            SqliteStore::open(&path)
+                .unwrap()
+                .create_workspace(&ws)
+                .await
+                .unwrap();
         }
         use crate::ports::WorkspaceStore;
         let again = SqliteStore::open(&path).unwrap();

@@ -1,12 +1,13 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::tenants::insert_or_conflict;
-use super::{paginate, SqliteStore};
+use super::{SqliteStore, paginate};
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
-    ActiveRunIndex, CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite, StoreError, StoreResult,
+    ActiveRunIndex, CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite,
+    StoreError, StoreResult,
 };
 
 fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> StoreResult<()> {
@@ -26,7 +27,12 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> StoreResult<()> {
     )
 }
 
-fn claim_key(tx: &Transaction<'_>, run: &RunRecord, claim: &IdempotencyClaim, now: DateTime<Utc>) -> StoreResult<Option<CreateRun>> {
+fn claim_key(
+    tx: &Transaction<'_>,
+    run: &RunRecord,
+    claim: &IdempotencyClaim,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<CreateRun>> {
     let existing: Option<(String, String, String)> = tx
         .query_row(
             "SELECT request_hash, run_id, expires_at FROM idempotency_keys WHERE workspace_id = ?1 AND key = ?2",
@@ -35,9 +41,14 @@ fn claim_key(tx: &Transaction<'_>, run: &RunRecord, claim: &IdempotencyClaim, no
         )
         .optional()?;
     if let Some((request_hash, run_id, expires_at)) = existing {
-        let live = DateTime::parse_from_rfc3339(&expires_at).map(|e| e.with_timezone(&Utc) > now).unwrap_or(false);
+        let live = DateTime::parse_from_rfc3339(&expires_at)
+            .map(|e| e.with_timezone(&Utc) > now)
+            .unwrap_or(false);
         if live {
-            return Ok(Some(CreateRun::Existing { run_id: RunId::from_string(run_id), request_hash }));
+            return Ok(Some(CreateRun::Existing {
+                run_id: RunId::from_string(run_id),
+                request_hash,
+            }));
         }
     }
     tx.execute(
@@ -49,7 +60,11 @@ fn claim_key(tx: &Transaction<'_>, run: &RunRecord, claim: &IdempotencyClaim, no
 
 #[async_trait]
 impl RunStore for SqliteStore {
-    async fn create_run(&self, run: &RunRecord, claim: Option<&IdempotencyClaim>) -> StoreResult<CreateRun> {
+    async fn create_run(
+        &self,
+        run: &RunRecord,
+        claim: Option<&IdempotencyClaim>,
+    ) -> StoreResult<CreateRun> {
         let (run, claim) = (run.clone(), claim.cloned());
         let now = Utc::now();
         self.db
@@ -82,7 +97,9 @@ impl RunStore for SqliteStore {
         let (ws, id) = (ws.to_string(), id.to_string());
         self.db
             .read(move |c| {
-                let mut stmt = c.prepare_cached("SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2")?;
+                let mut stmt = c.prepare_cached(
+                    "SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2",
+                )?;
                 let rows = stmt
                     .query_map(params![ws, id], |r| r.get::<_, String>(0))?
                     .map(|d| Ok(serde_json::from_str::<StepRecord>(&d?)?))
@@ -92,10 +109,18 @@ impl RunStore for SqliteStore {
             .await
     }
 
-    async fn list_runs(&self, ws: &WorkspaceId, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<RunRecord>> {
+    async fn list_runs(
+        &self,
+        ws: &WorkspaceId,
+        filter: &RunFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RunRecord>> {
         let ws = ws.to_string();
         // Ids are ULIDs: ordering by id is ordering by creation time.
-        let before = page.cursor.as_ref().map_or_else(|| "~".to_owned(), |c| c.position().to_owned());
+        let before = page
+            .cursor
+            .as_ref()
+            .map_or_else(|| "~".to_owned(), |c| c.position().to_owned());
         let status = filter.status.map(|s| s.as_str().to_owned());
         let workflow = filter.workflow_id.as_ref().map(|w| w.to_string());
         let limit = page.limit;
@@ -107,7 +132,9 @@ impl RunStore for SqliteStore {
                      ORDER BY id DESC LIMIT ?5",
                 )?;
                 let rows = stmt
-                    .query_map(params![ws, before, status, workflow, limit + 1], |r| r.get::<_, String>(0))?
+                    .query_map(params![ws, before, status, workflow, limit + 1], |r| {
+                        r.get::<_, String>(0)
+                    })?
                     .map(|d| Ok(serde_json::from_str::<RunRecord>(&d?)?))
                     .collect::<StoreResult<Vec<_>>>()?;
                 Ok(paginate(rows, limit, |r| r.id.to_string()))
@@ -117,9 +144,22 @@ impl RunStore for SqliteStore {
 
     async fn save_run(&self, w: &RunWrite) -> StoreResult<()> {
         let run = serde_json::to_string(&w.run)?;
-        let steps = w.steps.iter().map(|s| Ok((s.key.clone(), serde_json::to_string(s)?))).collect::<StoreResult<Vec<_>>>()?;
-        let logs = w.logs.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
-        let (ws, id, status, revision) = (w.run.workspace_id.to_string(), w.run.id.to_string(), w.run.status.as_str(), w.run.revision as i64);
+        let steps = w
+            .steps
+            .iter()
+            .map(|s| Ok((s.key.clone(), serde_json::to_string(s)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let logs = w
+            .logs
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (ws, id, status, revision) = (
+            w.run.workspace_id.to_string(),
+            w.run.id.to_string(),
+            w.run.status.as_str(),
+            w.run.revision as i64,
+        );
         self.db
             .write(move |tx| {
                 let n = tx
@@ -141,9 +181,18 @@ impl RunStore for SqliteStore {
             .await
     }
 
-    async fn list_logs(&self, ws: &WorkspaceId, id: &RunId, page: &PageRequest) -> StoreResult<Page<LogEntry>> {
+    async fn list_logs(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<LogEntry>> {
         let (ws, id) = (ws.to_string(), id.to_string());
-        let after: i64 = page.cursor.as_ref().and_then(|c| c.position().parse().ok()).unwrap_or(0);
+        let after: i64 = page
+            .cursor
+            .as_ref()
+            .and_then(|c| c.position().parse().ok())
+            .unwrap_or(0);
         let limit = page.limit;
         self.db
             .read(move |c| {

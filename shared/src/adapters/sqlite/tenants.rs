@@ -1,5 +1,5 @@
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use crate::domain::{ApiKeyRecord, Workspace, WorkspaceId};
@@ -12,7 +12,9 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 pub(super) fn insert_or_conflict(res: rusqlite::Result<usize>, what: &str) -> StoreResult<()> {
     match res {
         Ok(_) => Ok(()),
-        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("{what} already exists"))),
+        Err(e) if is_unique_violation(&e) => {
+            Err(StoreError::Conflict(format!("{what} already exists")))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -23,7 +25,15 @@ impl WorkspaceStore for SqliteStore {
         let data = serde_json::to_string(ws)?;
         let id = ws.id.to_string();
         self.db
-            .write(move |tx| insert_or_conflict(tx.execute("INSERT INTO workspaces (id, data) VALUES (?1, ?2)", params![id, data]), "workspace"))
+            .write(move |tx| {
+                insert_or_conflict(
+                    tx.execute(
+                        "INSERT INTO workspaces (id, data) VALUES (?1, ?2)",
+                        params![id, data],
+                    ),
+                    "workspace",
+                )
+            })
             .await
     }
 
@@ -32,7 +42,9 @@ impl WorkspaceStore for SqliteStore {
         self.db
             .read(move |c| {
                 let data: Option<String> = c
-                    .query_row("SELECT data FROM workspaces WHERE id = ?1", [id], |r| r.get(0))
+                    .query_row("SELECT data FROM workspaces WHERE id = ?1", [id], |r| {
+                        r.get(0)
+                    })
                     .optional()?;
                 Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
             })
@@ -48,7 +60,10 @@ impl ApiKeyStore for SqliteStore {
         self.db
             .write(move |tx| {
                 insert_or_conflict(
-                    tx.execute("INSERT INTO api_keys (key_hash, workspace_id, data) VALUES (?1, ?2, ?3)", params![hash, ws, data]),
+                    tx.execute(
+                        "INSERT INTO api_keys (key_hash, workspace_id, data) VALUES (?1, ?2, ?3)",
+                        params![hash, ws, data],
+                    ),
                     "API key",
                 )
             })
@@ -60,7 +75,11 @@ impl ApiKeyStore for SqliteStore {
         self.db
             .read(move |c| {
                 let data: Option<String> = c
-                    .query_row("SELECT data FROM api_keys WHERE key_hash = ?1", [hash], |r| r.get(0))
+                    .query_row(
+                        "SELECT data FROM api_keys WHERE key_hash = ?1",
+                        [hash],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
             })

@@ -1,9 +1,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{OptionalExtension, params};
 
 use super::tenants::insert_or_conflict;
-use super::{paginate, SqliteStore};
+use super::{SqliteStore, paginate};
 use crate::domain::{WorkflowId, WorkflowSummary, WorkflowVersion, WorkspaceId};
 use crate::ports::{Page, PageRequest, StoreError, StoreResult, WorkflowStore};
 
@@ -73,7 +73,12 @@ impl WorkflowStore for SqliteStore {
             .await
     }
 
-    async fn get_workflow(&self, ws: &WorkspaceId, id: &WorkflowId, version: Option<u32>) -> StoreResult<Option<WorkflowVersion>> {
+    async fn get_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+        version: Option<u32>,
+    ) -> StoreResult<Option<WorkflowVersion>> {
         let (ws, id) = (ws.to_string(), id.to_string());
         self.db
             .read(move |c| {
@@ -104,9 +109,17 @@ impl WorkflowStore for SqliteStore {
             .await
     }
 
-    async fn list_workflows(&self, ws: &WorkspaceId, page: &PageRequest) -> StoreResult<Page<WorkflowSummary>> {
+    async fn list_workflows(
+        &self,
+        ws: &WorkspaceId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<WorkflowSummary>> {
         let ws = ws.to_string();
-        let after = page.cursor.as_ref().map(|c| c.position().to_owned()).unwrap_or_default();
+        let after = page
+            .cursor
+            .as_ref()
+            .map(|c| c.position().to_owned())
+            .unwrap_or_default();
         let limit = page.limit;
         self.db
             .read(move |c| {
@@ -122,7 +135,12 @@ impl WorkflowStore for SqliteStore {
             .await
     }
 
-    async fn archive_workflow(&self, ws: &WorkspaceId, id: &WorkflowId, at: DateTime<Utc>) -> StoreResult<bool> {
+    async fn archive_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         let (ws, id) = (ws.to_string(), id.to_string());
         self.db
             .write(move |tx| {

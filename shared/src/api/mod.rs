@@ -1,0 +1,80 @@
+//! The REST API: one axum Router, served by `weft dev` and, on AWS, by the
+//! API function under `lambda_http`.
+
+mod extract;
+mod problem;
+mod runs;
+mod workflows;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use problem::{CONTENT_TYPE as PROBLEM_CONTENT_TYPE, Problem};
+
+use crate::app::App;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route(
+            "/v1/workflows",
+            post(workflows::create).get(workflows::list),
+        )
+        .route(
+            "/v1/workflows/{id}",
+            get(workflows::get)
+                .put(workflows::update)
+                .delete(workflows::archive),
+        )
+        .route("/v1/workflows/{id}/runs", post(runs::start))
+        .route("/v1/runs", get(runs::list))
+        .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/runs/{id}/logs", get(runs::logs))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route(
+            "/v1/runs/{id}/steps/{step_id}/complete",
+            post(runs::complete_step),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+                "something went wrong on our side; the error was logged",
+            )
+            .into_response()
+        }))
+        .with_state(app)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn not_found() -> Response {
+    Problem::not_found("no such endpoint; see the README for the API").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this endpoint does not accept that HTTP method",
+    )
+    .into_response()
+}

@@ -1,0 +1,134 @@
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::extract::{Auth, JsonBody, OptionalJsonBody, Params};
+use super::problem::Problem;
+use crate::app::{App, views};
+use crate::domain::{RunId, RunStatus, WorkflowId};
+use crate::ports::RunFilter;
+
+pub async fn start(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Problem> {
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?,
+        ),
+        None => None,
+    };
+    let (run, replayed) = app
+        .start_run(&who.workspace_id, &WorkflowId::from_string(id), body, key)
+        .await?;
+    let mut res = (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/runs/{}", run.id))],
+        Json(views::run_accepted(&run)),
+    )
+        .into_response();
+    if replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(res)
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    params: Params,
+) -> Result<Response, Problem> {
+    params.only(&["limit", "cursor", "status", "workflow_id"])?;
+    let status = params
+        .get("status")
+        .map(|s| RunStatus::parse(s).ok_or_else(|| Problem::bad_request(format!("unknown status `{s}`; expected PENDING, RUNNING, WAITING, COMPLETED, FAILED or CANCELLED"))))
+        .transpose()?;
+    let filter = RunFilter {
+        status,
+        workflow_id: params.get("workflow_id").map(WorkflowId::from_string),
+    };
+    let page = app
+        .list_runs(&who.workspace_id, &filter, &params.page()?)
+        .await?;
+    Ok(Json(json!({
+        "items": page.items.iter().map(views::run_summary).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor.map(|c| c.encode()),
+    }))
+    .into_response())
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let view = app
+        .get_run(&who.workspace_id, &RunId::from_string(id))
+        .await?;
+    Ok(Json(views::run(&view)).into_response())
+}
+
+pub async fn logs(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, Problem> {
+    params.only(&["limit", "cursor"])?;
+    let page = app
+        .run_logs(&who.workspace_id, &RunId::from_string(id), &params.page()?)
+        .await?;
+    Ok(Json(json!({
+        "items": page.items.iter().map(views::log).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor.map(|c| c.encode()),
+    }))
+    .into_response())
+}
+
+pub async fn cancel(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let view = app
+        .cancel_run(&who.workspace_id, &RunId::from_string(id))
+        .await?;
+    Ok(Json(views::run(&view)).into_response())
+}
+
+pub async fn complete_step(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path((id, step)): Path<(String, String)>,
+    OptionalJsonBody(body): OptionalJsonBody,
+) -> Result<Response, Problem> {
+    let output = match body {
+        None => json!({}),
+        Some(Value::Object(mut m)) => {
+            if let Some(k) = m.keys().find(|k| *k != "output") {
+                return Err(Problem::bad_request(format!(
+                    "unknown field `{k}`; send {{\"output\": {{...}}}}"
+                )));
+            }
+            m.remove("output").unwrap_or_else(|| json!({}))
+        }
+        Some(_) => {
+            return Err(Problem::bad_request(
+                "the body must be a JSON object such as {\"output\": {\"approved\": true}}",
+            ));
+        }
+    };
+    let view = app
+        .complete_step(&who.workspace_id, &RunId::from_string(id), &step, output)
+        .await?;
+    Ok(Json(views::run(&view)).into_response())
+}

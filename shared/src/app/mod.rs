@@ -1,0 +1,27 @@
+//! The application: every operation the API offers, written once against the
+//! ports, so the embedded server and the AWS API function behave the same.
+
+mod auth;
+mod definitions;
+mod error;
+mod runs;
+pub mod views;
+mod workflows;
+
+use std::sync::Arc;
+
+pub use auth::{Principal, generate_api_key, hash_api_key};
+pub use definitions::{DefinitionCache, DefinitionError};
+pub use error::AppError;
+pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
+
+use crate::ports::{ApiKeyStore, RunDriver, RunStore, WorkflowStore, WorkspaceStore};
+
+pub struct App {
+    pub workspaces: Arc<dyn WorkspaceStore>,
+    pub api_keys: Arc<dyn ApiKeyStore>,
+    pub workflows: Arc<dyn WorkflowStore>,
+    pub runs: Arc<dyn RunStore>,
+    pub driver: Arc<dyn RunDriver>,
+    pub definitions: Arc<DefinitionCache>,
+}

@@ -1,0 +1,129 @@
+use chrono::Utc;
+use serde_json::Value;
+
+use super::{App, AppError};
+use crate::domain::{WorkflowId, WorkflowSummary, WorkflowVersion, WorkspaceId};
+use crate::dsl::{Path, ValidationError, Workflow, parse_workflow};
+use crate::ports::{Page, PageRequest, StoreError};
+
+fn validate(def: &Value) -> Result<Workflow, AppError> {
+    parse_workflow(def).map_err(AppError::InvalidDefinition)
+}
+
+impl App {
+    pub async fn create_workflow(
+        &self,
+        ws: &WorkspaceId,
+        def: Value,
+    ) -> Result<WorkflowVersion, AppError> {
+        let wf = validate(&def)?;
+        let id = wf
+            .id
+            .as_deref()
+            .map_or_else(WorkflowId::generate, WorkflowId::from_string);
+        let v = WorkflowVersion {
+            workspace_id: ws.clone(),
+            id: id.clone(),
+            version: 1,
+            name: wf.name,
+            definition: def,
+            created_at: Utc::now(),
+            archived_at: None,
+        };
+        match self.workflows.create_workflow(&v).await {
+            Ok(()) => Ok(v),
+            Err(StoreError::Conflict(_)) => Err(AppError::Conflict(format!(
+                "workflow `{id}` already exists; PUT /v1/workflows/{id} stores a new version of it"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn update_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+        def: Value,
+    ) -> Result<WorkflowVersion, AppError> {
+        let wf = validate(&def)?;
+        if wf.id.as_deref().is_some_and(|d| d != id.as_str()) {
+            return Err(AppError::InvalidDefinition(vec![ValidationError::new(
+                &Path::root().key("id"),
+                format!(
+                    "the definition's id must match the workflow being updated (`{id}`), or be left out"
+                ),
+            )]));
+        }
+        let latest = self.live_workflow(ws, id).await?;
+        let v = WorkflowVersion {
+            workspace_id: ws.clone(),
+            id: id.clone(),
+            version: latest.version + 1,
+            name: wf.name,
+            definition: def,
+            created_at: Utc::now(),
+            archived_at: None,
+        };
+        match self.workflows.add_version(&v).await {
+            Ok(()) => Ok(v),
+            Err(StoreError::Conflict(_)) => Err(AppError::Conflict(format!(
+                "workflow `{id}` changed while this version was being stored; fetch it and try again"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn live_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+    ) -> Result<WorkflowVersion, AppError> {
+        match self.workflows.get_workflow(ws, id, None).await? {
+            Some(v) if v.archived_at.is_none() => Ok(v),
+            _ => Err(AppError::NotFound(format!("workflow `{id}` not found"))),
+        }
+    }
+
+    /// The latest version, or a given one; archived workflows are not found.
+    pub async fn get_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+        version: Option<u32>,
+    ) -> Result<WorkflowVersion, AppError> {
+        let latest = self.live_workflow(ws, id).await?;
+        match version {
+            None => Ok(latest),
+            Some(n) => self
+                .workflows
+                .get_workflow(ws, id, Some(n))
+                .await?
+                .ok_or_else(|| {
+                    AppError::NotFound(format!(
+                        "workflow `{id}` has no version {n} (latest is {})",
+                        latest.version
+                    ))
+                }),
+        }
+    }
+
+    pub async fn list_workflows(
+        &self,
+        ws: &WorkspaceId,
+        page: &PageRequest,
+    ) -> Result<Page<WorkflowSummary>, AppError> {
+        Ok(self.workflows.list_workflows(ws, page).await?)
+    }
+
+    pub async fn archive_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+    ) -> Result<(), AppError> {
+        if self.workflows.archive_workflow(ws, id, Utc::now()).await? {
+            Ok(())
+        } else {
+            Err(AppError::NotFound(format!("workflow `{id}` not found")))
+        }
+    }
+}

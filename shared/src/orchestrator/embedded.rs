@@ -1,0 +1,293 @@
+//! The in-process orchestrator: a thin loop around `engine::advance`.
+//!
+//! Each run is driven by at most one task at a time. A wake-up (run created,
+//! approval completed, timer due) either starts that task or, if it is busy,
+//! asks it to go round once more. Every step result is committed before the
+//! run moves on, so after a crash `resume_all` picks every unfinished run up
+//! from its stored state: steps that succeeded are never executed again and
+//! timers keep their stored due times.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::app::DefinitionCache;
+use crate::dag::Records;
+use crate::domain::*;
+use crate::engine::{RunInfo, advance};
+use crate::ports::{
+    ActiveRunIndex, DriverError, RunDriver, RunStore, RunWrite, StoreError, WorkflowStore,
+};
+
+/// Runs advanced at the same time.
+const PARALLEL_RUNS: usize = 64;
+
+type RunKey = (WorkspaceId, RunId);
+
+pub struct Embedded {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runs: Arc<dyn RunStore>,
+    workflows: Arc<dyn WorkflowStore>,
+    definitions: Arc<DefinitionCache>,
+    /// Runs being driven; `true` means "go round again when done".
+    active: Mutex<HashMap<RunKey, bool>>,
+    /// The earliest timer already set for each run.
+    timers: Mutex<HashMap<RunKey, DateTime<Utc>>>,
+    permits: Semaphore,
+    me: Weak<Inner>,
+}
+
+impl Embedded {
+    pub fn new(
+        runs: Arc<dyn RunStore>,
+        workflows: Arc<dyn WorkflowStore>,
+        definitions: Arc<DefinitionCache>,
+    ) -> Self {
+        let inner = Arc::new_cyclic(|me| Inner {
+            runs,
+            workflows,
+            definitions,
+            active: Mutex::new(HashMap::new()),
+            timers: Mutex::new(HashMap::new()),
+            permits: Semaphore::new(PARALLEL_RUNS),
+            me: me.clone(),
+        });
+        Self { inner }
+    }
+
+    /// Picks up every unfinished run, as after a restart.
+    pub async fn resume_all(&self, index: &dyn ActiveRunIndex) -> Result<usize, StoreError> {
+        let runs = index.active_runs().await?;
+        let n = runs.len();
+        for (ws, run) in runs {
+            self.inner.wake((ws, run));
+        }
+        Ok(n)
+    }
+
+    /// True when no run is being advanced right now.
+    pub fn is_idle(&self) -> bool {
+        self.inner
+            .active
+            .lock()
+            .map(|a| a.is_empty())
+            .unwrap_or(false)
+    }
+}
+
+#[async_trait]
+impl RunDriver for Embedded {
+    async fn start(&self, ws: &WorkspaceId, run: &RunId) -> Result<(), DriverError> {
+        self.inner.wake((ws.clone(), run.clone()));
+        Ok(())
+    }
+
+    async fn poke(&self, ws: &WorkspaceId, run: &RunId) -> Result<(), DriverError> {
+        self.inner.wake((ws.clone(), run.clone()));
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn wake(&self, key: RunKey) {
+        let Ok(mut active) = self.active.lock() else {
+            return;
+        };
+        if let Some(again) = active.get_mut(&key) {
+            *again = true;
+            return;
+        }
+        active.insert(key.clone(), false);
+        drop(active);
+        let Some(me) = self.me.upgrade() else { return };
+        let span = tracing::info_span!("run", workspace_id = %key.0, run_id = %key.1);
+        tokio::spawn(async move { me.drive(key).await }.instrument(span));
+    }
+
+    async fn drive(self: Arc<Self>, key: RunKey) {
+        loop {
+            let wake_at = match self.permits.acquire().await {
+                Ok(_permit) => self.tick(&key).await,
+                Err(_) => return,
+            };
+            match wake_at {
+                Ok(Some(at)) => self.set_timer(&key, at),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "advancing the run failed; retrying in 5s");
+                    self.set_timer(&key, Utc::now() + chrono::Duration::seconds(5));
+                }
+            }
+            let Ok(mut active) = self.active.lock() else {
+                return;
+            };
+            match active.get_mut(&key) {
+                Some(again) if *again => *again = false,
+                _ => {
+                    active.remove(&key);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn set_timer(&self, key: &RunKey, at: DateTime<Utc>) {
+        let now = Utc::now();
+        if at <= now {
+            if let Ok(mut active) = self.active.lock() {
+                if let Some(again) = active.get_mut(key) {
+                    *again = true;
+                }
+            }
+            return;
+        }
+        if let Ok(mut timers) = self.timers.lock() {
+            match timers.get(key) {
+                Some(existing) if *existing <= at => return,
+                _ => timers.insert(key.clone(), at),
+            };
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let key = key.clone();
+        let wait = (at - now).to_std().unwrap_or_default();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Ok(mut timers) = me.timers.lock() {
+                if timers.get(&key) == Some(&at) {
+                    timers.remove(&key);
+                }
+            }
+            me.wake(key);
+        });
+    }
+
+    /// Loads the run, advances it and commits the result. Returns when the
+    /// run wants to be looked at again.
+    async fn tick(&self, (ws, id): &RunKey) -> anyhow::Result<Option<DateTime<Utc>>> {
+        use anyhow::Context as _;
+        loop {
+            let Some(mut run) = self.runs.get_run(ws, id).await.context("reading the run")? else {
+                return Ok(None);
+            };
+            if run.status.is_terminal() {
+                return Ok(None);
+            }
+            let mut recs: Records = self
+                .runs
+                .get_steps(ws, id)
+                .await
+                .context("reading the steps")?
+                .into_iter()
+                .map(|s| (s.key.clone(), s))
+                .collect();
+            let now = Utc::now();
+            let mut logs = Vec::new();
+            let advanced = match self
+                .definitions
+                .get(
+                    self.workflows.as_ref(),
+                    ws,
+                    &run.workflow_id,
+                    run.workflow_version,
+                )
+                .await
+            {
+                Ok(wf) => {
+                    let info = RunInfo {
+                        run_id: id.as_str(),
+                        workflow_id: run.workflow_id.as_str(),
+                        version: run.workflow_version,
+                        input: &run.input,
+                    };
+                    Some((advance(&wf, info, &mut recs, now), wf))
+                }
+                Err(crate::app::DefinitionError::Store(e)) => {
+                    return Err(e).context("loading the workflow");
+                }
+                Err(e) => {
+                    run.status = RunStatus::Failed;
+                    run.error = Some(StepError::permanent(
+                        "definition_unavailable",
+                        e.to_string(),
+                    ));
+                    run.finished_at = Some(now);
+                    run.wake_at = None;
+                    None
+                }
+            };
+            if run.status == RunStatus::Pending {
+                run.started_at = Some(now);
+                logs.push(LogEntry::new(
+                    LogLevel::Info,
+                    None,
+                    format!(
+                        "run started (workflow {} v{})",
+                        run.workflow_id, run.workflow_version
+                    ),
+                ));
+            }
+            let mut changed = Vec::new();
+            if let Some((adv, _wf)) = &advanced {
+                let before = (run.status, run.wake_at);
+                run.status = adv.status;
+                run.wake_at = adv.wake_at;
+                if adv.status.is_terminal() {
+                    run.finished_at = Some(now);
+                    run.output = adv.output.clone();
+                    run.error = adv.error.clone();
+                }
+                if adv.changed.is_empty() && logs.is_empty() && before == (run.status, run.wake_at)
+                {
+                    return Ok(run.wake_at);
+                }
+                changed = adv
+                    .changed
+                    .iter()
+                    .filter_map(|k| recs.get(k).cloned())
+                    .collect();
+                for l in &adv.logs {
+                    tracing::debug!(
+                        step_id = l.step_id.as_deref().unwrap_or(""),
+                        "{}",
+                        l.message
+                    );
+                }
+                logs.extend(adv.logs.iter().cloned());
+            }
+            run.revision += 1;
+            let terminal = run.status.is_terminal();
+            let write = RunWrite {
+                run,
+                steps: changed,
+                logs,
+            };
+            match self.runs.save_run(&write).await {
+                Ok(()) => {
+                    if terminal {
+                        let r = &write.run;
+                        let ms = r
+                            .started_at
+                            .zip(r.finished_at)
+                            .map(|(a, b)| (b - a).num_milliseconds());
+                        tracing::info!(
+                            status = r.status.as_str(),
+                            duration_ms = ms,
+                            "run finished"
+                        );
+                    }
+                    return Ok(write.run.wake_at);
+                }
+                // Someone else (a cancel, an approval) wrote first: read again.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e).context("saving the run"),
+            }
+        }
+    }
+}

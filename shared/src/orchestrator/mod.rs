@@ -1,0 +1,6 @@
+//! Drivers of runs. The embedded one lives here; the AWS deployment drives
+//! runs with Step Functions calling the same `engine::advance`.
+
+mod embedded;
+
+pub use embedded::Embedded;

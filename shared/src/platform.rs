@@ -1,0 +1,156 @@
+//! The embedded platform: every port on one SQLite file, the in-process
+//! orchestrator, and the API router, wired together. `weft dev`, the tests
+//! and the benchmark all start Weft through this.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::sqlite::SqliteStore;
+use crate::app::{App, DefinitionCache, generate_api_key, hash_api_key};
+use crate::domain::{ApiKeyId, ApiKeyRecord, Role, Workspace, WorkspaceId};
+use crate::orchestrator::Embedded;
+use crate::ports::{ApiKeyStore, StoreError, WorkspaceStore};
+
+pub struct Platform {
+    pub app: Arc<App>,
+    pub orchestrator: Arc<Embedded>,
+    pub store: SqliteStore,
+}
+
+/// The development workspace and the key that acts for it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevCredentials {
+    pub workspace_id: WorkspaceId,
+    pub api_key: String,
+    /// True when this start created the workspace.
+    #[serde(skip)]
+    pub created: bool,
+}
+
+impl Platform {
+    /// Opens the database at `db` (`:memory:` for a throwaway one) and
+    /// resumes every unfinished run found there.
+    pub async fn open(db: &Path) -> anyhow::Result<Self> {
+        let store = SqliteStore::open(db)?;
+        let shared = Arc::new(store.clone());
+        let definitions = Arc::new(DefinitionCache::default());
+        let orchestrator = Arc::new(Embedded::new(
+            shared.clone(),
+            shared.clone(),
+            definitions.clone(),
+        ));
+        let app = Arc::new(App {
+            workspaces: shared.clone(),
+            api_keys: shared.clone(),
+            workflows: shared.clone(),
+            runs: shared.clone(),
+            driver: orchestrator.clone(),
+            definitions,
+        });
+        let resumed = orchestrator
+            .resume_all(shared.as_ref())
+            .await
+            .context("resuming unfinished runs")?;
+        if resumed > 0 {
+            tracing::info!(runs = resumed, "resumed unfinished runs");
+        }
+        Ok(Self {
+            app,
+            orchestrator,
+            store,
+        })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        crate::api::router(self.app.clone())
+    }
+
+    /// Creates a workspace with an owner key; returns the key.
+    pub async fn create_workspace(
+        &self,
+        name: &str,
+        key: Option<String>,
+    ) -> anyhow::Result<(WorkspaceId, String)> {
+        let ws = Workspace {
+            id: WorkspaceId::generate(),
+            name: name.to_owned(),
+            created_at: Utc::now(),
+        };
+        self.store.create_workspace(&ws).await?;
+        let key = key.unwrap_or_else(generate_api_key);
+        self.add_key(&ws.id, &key).await?;
+        Ok((ws.id, key))
+    }
+
+    async fn add_key(&self, ws: &WorkspaceId, key: &str) -> anyhow::Result<()> {
+        let rec = ApiKeyRecord {
+            id: ApiKeyId::generate(),
+            workspace_id: ws.clone(),
+            name: "owner".into(),
+            role: Role::Owner,
+            key_hash: hash_api_key(key),
+            created_at: Utc::now(),
+        };
+        match self.store.insert_api_key(&rec).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict(_)) => match self.store.find_api_key(&rec.key_hash).await? {
+                Some(existing) if existing.workspace_id == *ws => Ok(()),
+                _ => anyhow::bail!("that API key already belongs to another workspace"),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The development workspace of a data directory, created on first use.
+    /// Its key is kept in `<data_dir>/dev-credentials.json` (readable by the
+    /// owner only) so later starts can print it again; `key`, if given (from
+    /// `WEFT_DEV_API_KEY`), is made a valid key for it.
+    pub async fn dev_credentials(
+        &self,
+        data_dir: &Path,
+        key: Option<String>,
+    ) -> anyhow::Result<DevCredentials> {
+        let file = data_dir.join("dev-credentials.json");
+        let mut creds = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice::<DevCredentials>(&bytes)
+                .with_context(|| format!("reading {}", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (workspace_id, api_key) =
+                    self.create_workspace("Development", key.clone()).await?;
+                let creds = DevCredentials {
+                    workspace_id,
+                    api_key,
+                    created: true,
+                };
+                write_private(&file, &serde_json::to_vec_pretty(&creds)?)?;
+                creds
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
+        if let Some(k) = key.filter(|k| *k != creds.api_key) {
+            self.add_key(&creds.workspace_id, &k).await?;
+            creds.api_key = k;
+        }
+        Ok(creds)
+    }
+}
+
+fn write_private(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use weft::platform::Platform;
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "Weft: AI workflow automation backend")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Weft embedded in one process: API, orchestrator and a SQLite file.
+    Dev {
+        /// Where the database and development credentials live.
+        #[arg(long, default_value = ".weft", env = "WEFT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Port to listen on (0 picks a free one).
+        #[arg(long, default_value_t = 8080, env = "WEFT_PORT")]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1", env = "WEFT_HOST")]
+        host: std::net::IpAddr,
+    },
+    /// Check a workflow definition file and list every problem in it.
+    Validate {
+        /// The JSON file (`-` for standard input).
+        file: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev {
+            data_dir,
+            port,
+            host,
+        } => dev(data_dir, SocketAddr::new(host, port)),
+        Command::Validate { file } => validate(&file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs() {
+    // Structured JSON on stderr; `WEFT_LOG` filters (e.g. `debug`, `warn`).
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+}
+
+fn dev(data_dir: PathBuf, addr: SocketAddr) -> anyhow::Result<ExitCode> {
+    init_logs();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let platform = Platform::open(&data_dir.join("weft.db")).await?;
+        let key = std::env::var("WEFT_DEV_API_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty());
+        let creds = platform.dev_credentials(&data_dir, key).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        print_banner(&creds, local, &data_dir);
+        axum::serve(listener, platform.router())
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_banner(
+    creds: &weft::platform::DevCredentials,
+    addr: SocketAddr,
+    data_dir: &std::path::Path,
+) {
+    let base = format!("http://{addr}");
+    let first = if creds.created {
+        "created a development workspace"
+    } else {
+        "using the development workspace"
+    };
+    println!(
+        "Weft is running at {base}  ({first} {ws}; data in {dir})\n\
+         \n\
+         API key (owner): {key}\n\
+         \n\
+         Try it:\n\
+         \x20 export WEFT_URL={base} WEFT_KEY={key}\n\
+         \x20 curl -s $WEFT_URL/v1/health\n\
+         \x20 curl -s -H \"Authorization: Bearer $WEFT_KEY\" $WEFT_URL/v1/workflows\n",
+        ws = creds.workspace_id,
+        dir = data_dir.display(),
+        key = creds.api_key,
+    );
+}
+
+fn validate(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", file.display()))?;
+    match weft::dsl::parse_workflow(&value) {
+        Ok(wf) => {
+            println!(
+                "{}: valid ({} steps)",
+                file.display(),
+                weft::dsl::step_ids(&wf).len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprintln!("{}: {} problem(s):", file.display(), errors.len());
+            for e in errors {
+                eprintln!("  {e}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
