@@ -136,11 +136,11 @@ pub(super) fn resolve_scope(
 }
 
 fn check_cycles(steps: &[Parsed], errors: &mut Vec<ValidationError>) {
-    let index: HashMap<&str, usize> = steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.step.id.as_str(), i))
-        .collect();
+    // A duplicated id (reported elsewhere) means its first occurrence.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        index.entry(s.step.id.as_str()).or_insert(i);
+    }
     let mut indegree: Vec<usize> = steps
         .iter()
         .map(|s| {
