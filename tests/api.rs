@@ -3,7 +3,7 @@
 mod common;
 
 use common::spawn_app;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 fn simple(id: Option<&str>) -> Value {
     let mut v = json!({"name": "Simple", "steps": [{"id": "a", "type": "transform", "inputs": "{{ trigger.x }}"}]});
@@ -27,7 +27,12 @@ async fn health_needs_no_key_and_everything_else_does() {
         assert_eq!(r.headers["www-authenticate"], "Bearer");
     }
     assert_eq!(app.get("/v1/nowhere").await.status, 404);
-    assert_eq!(app.call("PATCH", "/v1/workflows", None, Some(&app.key), &[]).await.status, 405);
+    assert_eq!(
+        app.call("PATCH", "/v1/workflows", None, Some(&app.key), &[])
+            .await
+            .status,
+        405
+    );
 }
 
 #[tokio::test]
@@ -38,38 +43,72 @@ async fn workflows_are_versioned_listed_and_archived() {
     assert_eq!(r.body["id"], "wf_demo");
     assert_eq!(r.body["version"], 1);
     assert_eq!(r.headers["location"], "/v1/workflows/wf_demo");
-    assert_eq!(app.post("/v1/workflows", simple(Some("wf_demo"))).await.status, 409);
+    assert_eq!(
+        app.post("/v1/workflows", simple(Some("wf_demo")))
+            .await
+            .status,
+        409
+    );
 
     // Without an id the server picks a random one.
     let generated = app.create_workflow(simple(None)).await;
-    assert!(generated.starts_with("wf_") && generated.len() > 20, "{generated}");
+    assert!(
+        generated.starts_with("wf_") && generated.len() > 20,
+        "{generated}"
+    );
 
     let mut v2 = simple(None);
     v2["name"] = json!("Simple v2");
     let r = app.put("/v1/workflows/wf_demo", v2).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["version"], 2);
-    assert_eq!(app.get("/v1/workflows/wf_demo").await.body["name"], "Simple v2");
-    assert_eq!(app.get("/v1/workflows/wf_demo?version=1").await.body["name"], "Simple");
+    assert_eq!(
+        app.get("/v1/workflows/wf_demo").await.body["name"],
+        "Simple v2"
+    );
+    assert_eq!(
+        app.get("/v1/workflows/wf_demo?version=1").await.body["name"],
+        "Simple"
+    );
     assert_eq!(app.get("/v1/workflows/wf_demo?version=7").await.status, 404);
     assert_eq!(app.get("/v1/workflows/wf_demo?version=x").await.status, 400);
     // The body's id must match the URL's.
-    let r = app.put("/v1/workflows/wf_demo", simple(Some("other"))).await;
+    let r = app
+        .put("/v1/workflows/wf_demo", simple(Some("other")))
+        .await;
     assert_eq!(r.status, 422);
     assert_eq!(r.body["errors"][0]["path"], "$.id");
 
     // A run on the old version, then archive: the run stays readable.
-    let r = app.post("/v1/workflows/wf_demo/runs", json!({"input": {"x": 1}, "version": 1})).await;
+    let r = app
+        .post(
+            "/v1/workflows/wf_demo/runs",
+            json!({"input": {"x": 1}, "version": 1}),
+        )
+        .await;
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.body["workflow_version"], 1);
     let run = r.body["run_id"].as_str().unwrap().to_owned();
     let done = app.wait_finished(&run).await;
     assert_eq!(done["status"], "COMPLETED");
 
-    assert_eq!(app.call("DELETE", "/v1/workflows/wf_demo", None, Some(&app.key), &[]).await.status, 204);
+    assert_eq!(
+        app.call("DELETE", "/v1/workflows/wf_demo", None, Some(&app.key), &[])
+            .await
+            .status,
+        204
+    );
     assert_eq!(app.get("/v1/workflows/wf_demo").await.status, 404);
-    assert_eq!(app.post("/v1/workflows/wf_demo/runs", json!({"input": {}})).await.status, 404);
-    assert_eq!(app.get(&format!("/v1/runs/{run}")).await.body["status"], "COMPLETED");
+    assert_eq!(
+        app.post("/v1/workflows/wf_demo/runs", json!({"input": {}}))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run}")).await.body["status"],
+        "COMPLETED"
+    );
     let listed = app.get("/v1/workflows").await.body;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 }
@@ -84,7 +123,13 @@ async fn listings_paginate_with_opaque_cursors() {
     let mut path = "/v1/workflows?limit=2".to_owned();
     loop {
         let page = app.get(&path).await.body;
-        seen.extend(page["items"].as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["id"].as_str().unwrap().to_owned()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => path = format!("/v1/workflows?limit=2&cursor={c}"),
             None => break,
@@ -106,9 +151,20 @@ async fn listings_paginate_with_opaque_cursors() {
         app.wait_finished(r).await;
     }
     let page = app.get("/v1/runs?workflow_id=wf_0&limit=2").await.body;
-    let ids: Vec<&str> = page["items"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [runs[2].as_str(), runs[1].as_str()], "newest first");
-    let next = app.get(&format!("/v1/runs?workflow_id=wf_0&limit=2&cursor={}", page["next_cursor"].as_str().unwrap())).await.body;
+    let next = app
+        .get(&format!(
+            "/v1/runs?workflow_id=wf_0&limit=2&cursor={}",
+            page["next_cursor"].as_str().unwrap()
+        ))
+        .await
+        .body;
     assert_eq!(next["items"][0]["run_id"], runs[0].as_str());
     assert_eq!(next["next_cursor"], Value::Null);
     let failed = app.get("/v1/runs?status=failed").await.body;
@@ -123,34 +179,88 @@ async fn idempotency_keys_replay_refuse_and_stay_in_their_workspace() {
     app.create_workflow(simple(Some("wf_i"))).await;
     let key = [("idempotency-key", "order-42")];
     let body = json!({"input": {"x": 1}});
-    let first = app.call("POST", "/v1/workflows/wf_i/runs", Some(body.clone()), Some(&app.key), &key).await;
+    let first = app
+        .call(
+            "POST",
+            "/v1/workflows/wf_i/runs",
+            Some(body.clone()),
+            Some(&app.key),
+            &key,
+        )
+        .await;
     assert_eq!(first.status, 202);
     assert!(first.headers.get("idempotent-replayed").is_none());
-    let again = app.call("POST", "/v1/workflows/wf_i/runs", Some(body.clone()), Some(&app.key), &key).await;
+    let again = app
+        .call(
+            "POST",
+            "/v1/workflows/wf_i/runs",
+            Some(body.clone()),
+            Some(&app.key),
+            &key,
+        )
+        .await;
     assert_eq!(again.status, 202);
     assert_eq!(again.body, first.body, "a replay gets the first response");
     assert_eq!(again.headers["idempotent-replayed"], "true");
-    let other = app.call("POST", "/v1/workflows/wf_i/runs", Some(json!({"input": {"x": 2}})), Some(&app.key), &key).await;
+    let other = app
+        .call(
+            "POST",
+            "/v1/workflows/wf_i/runs",
+            Some(json!({"input": {"x": 2}})),
+            Some(&app.key),
+            &key,
+        )
+        .await;
     assert_eq!(other.status, 422);
     assert_eq!(other.body["type"], "/problems/idempotency-key-reused");
     let runs = app.get("/v1/runs").await.body;
-    assert_eq!(runs["items"].as_array().unwrap().len(), 1, "only one run was created");
+    assert_eq!(
+        runs["items"].as_array().unwrap().len(),
+        1,
+        "only one run was created"
+    );
 
     // The same key in another workspace is independent.
     let b = app.other_workspace().await;
-    app.call("POST", "/v1/workflows", Some(simple(Some("wf_i"))), Some(&b), &[]).await;
-    let theirs = app.call("POST", "/v1/workflows/wf_i/runs", Some(body), Some(&b), &key).await;
+    app.call(
+        "POST",
+        "/v1/workflows",
+        Some(simple(Some("wf_i"))),
+        Some(&b),
+        &[],
+    )
+    .await;
+    let theirs = app
+        .call(
+            "POST",
+            "/v1/workflows/wf_i/runs",
+            Some(body),
+            Some(&b),
+            &key,
+        )
+        .await;
     assert_eq!(theirs.status, 202);
     assert_ne!(theirs.body["run_id"], first.body["run_id"]);
 
-    let bad = app.call("POST", "/v1/workflows/wf_i/runs", Some(json!({})), Some(&app.key), &[("idempotency-key", "")]).await;
+    let bad = app
+        .call(
+            "POST",
+            "/v1/workflows/wf_i/runs",
+            Some(json!({})),
+            Some(&app.key),
+            &[("idempotency-key", "")],
+        )
+        .await;
     assert_eq!(bad.status, 400);
 }
 
 #[tokio::test]
 async fn one_workspace_cannot_see_or_touch_another() {
     let app = spawn_app().await;
-    app.create_workflow(json!({"id": "wf_private", "name": "p", "steps": [{"id": "ask", "type": "approval"}]})).await;
+    app.create_workflow(
+        json!({"id": "wf_private", "name": "p", "steps": [{"id": "ask", "type": "approval"}]}),
+    )
+    .await;
     let run = app.start_run("wf_private", json!({"secret": "a"})).await;
     app.wait_run(&run, |b| b["status"] == "WAITING").await;
 
@@ -160,18 +270,77 @@ async fn one_workspace_cannot_see_or_touch_another() {
         let app = &app;
         async move { app.call(method, &path, body, Some(&intruder), &[]).await }
     };
-    assert_eq!(as_b("GET", "/v1/workflows/wf_private".into(), None).await.status, 404);
-    assert_eq!(as_b("GET", format!("/v1/runs/{run}"), None).await.status, 404);
-    assert_eq!(as_b("GET", format!("/v1/runs/{run}/logs"), None).await.status, 404);
-    assert_eq!(as_b("POST", format!("/v1/runs/{run}/cancel"), Some(json!({}))).await.status, 404);
-    assert_eq!(as_b("POST", format!("/v1/runs/{run}/steps/ask/complete"), Some(json!({"output": {}}))).await.status, 404);
-    assert_eq!(as_b("POST", "/v1/workflows/wf_private/runs".into(), Some(json!({}))).await.status, 404);
-    assert_eq!(as_b("PUT", "/v1/workflows/wf_private".into(), Some(simple(None))).await.status, 404);
-    assert_eq!(as_b("DELETE", "/v1/workflows/wf_private".into(), None).await.status, 404);
-    assert!(as_b("GET", "/v1/runs".into(), None).await.body["items"].as_array().unwrap().is_empty());
-    assert!(as_b("GET", "/v1/workflows".into(), None).await.body["items"].as_array().unwrap().is_empty());
+    assert_eq!(
+        as_b("GET", "/v1/workflows/wf_private".into(), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        as_b("GET", format!("/v1/runs/{run}"), None).await.status,
+        404
+    );
+    assert_eq!(
+        as_b("GET", format!("/v1/runs/{run}/logs"), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        as_b("POST", format!("/v1/runs/{run}/cancel"), Some(json!({})))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        as_b(
+            "POST",
+            format!("/v1/runs/{run}/steps/ask/complete"),
+            Some(json!({"output": {}}))
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        as_b(
+            "POST",
+            "/v1/workflows/wf_private/runs".into(),
+            Some(json!({}))
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        as_b("PUT", "/v1/workflows/wf_private".into(), Some(simple(None)))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        as_b("DELETE", "/v1/workflows/wf_private".into(), None)
+            .await
+            .status,
+        404
+    );
+    assert!(
+        as_b("GET", "/v1/runs".into(), None).await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        as_b("GET", "/v1/workflows".into(), None).await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     // And the owner's run is untouched.
-    assert_eq!(app.get(&format!("/v1/runs/{run}")).await.body["status"], "WAITING");
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run}")).await.body["status"],
+        "WAITING"
+    );
 }
 
 #[tokio::test]
@@ -188,30 +357,56 @@ async fn bad_definitions_and_bodies_are_refused_clearly() {
     assert_eq!(r.status, 422);
     assert_eq!(r.body["type"], "/problems/invalid-definition");
     let errors = r.body["errors"].as_array().unwrap();
-    assert!(errors.iter().any(|e| e["path"] == "$.steps[0].service" && e["message"].as_str().unwrap().contains("gmail")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e["path"] == "$.steps[0].service"
+            && e["message"].as_str().unwrap().contains("gmail")),
+        "{errors:?}"
+    );
 
-    let r = app.post("/v1/workflows", json!({"name": "cyc", "steps": [
+    let r = app
+        .post(
+            "/v1/workflows",
+            json!({"name": "cyc", "steps": [
         {"id": "a", "type": "transform", "inputs": "{{ b }}"},
         {"id": "b", "type": "transform", "inputs": "{{ a }}"},
-        {"id": "a", "type": "transform"}]})).await;
+        {"id": "a", "type": "transform"}]}),
+        )
+        .await;
     assert_eq!(r.status, 422);
     let text = r.body["errors"].to_string();
-    assert!(text.contains("dependency cycle") && text.contains("duplicate step id"), "{text}");
+    assert!(
+        text.contains("dependency cycle") && text.contains("duplicate step id"),
+        "{text}"
+    );
 
     let huge = json!({"name": "big", "steps": [{"id": "a", "type": "transform", "inputs": "x".repeat(300 * 1024)}]});
     let r = app.post("/v1/workflows", huge).await;
     assert_eq!(r.status, 422);
-    assert!(r.body["errors"][0]["message"].as_str().unwrap().contains("limit"));
-    let r = app.post("/v1/workflows", json!({"name": "x".repeat(2 * 1024 * 1024)})).await;
+    assert!(
+        r.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit")
+    );
+    let r = app
+        .post(
+            "/v1/workflows",
+            json!({"name": "x".repeat(2 * 1024 * 1024)}),
+        )
+        .await;
     assert_eq!(r.status, 413);
 
-    let r = app.call("POST", "/v1/workflows", None, Some(&app.key), &[]).await;
+    let r = app
+        .call("POST", "/v1/workflows", None, Some(&app.key), &[])
+        .await;
     assert_eq!(r.status, 400);
     let r = app.post("/v1/workflows", json!([1, 2])).await;
     assert_eq!(r.status, 422);
 
     app.create_workflow(simple(Some("wf_ok"))).await;
-    let r = app.post("/v1/workflows/wf_ok/runs", json!({"inputs": {}})).await;
+    let r = app
+        .post("/v1/workflows/wf_ok/runs", json!({"inputs": {}}))
+        .await;
     assert_eq!(r.status, 422);
     assert_eq!(r.body["errors"][0]["path"], "$.inputs");
 }
@@ -242,11 +437,41 @@ async fn run_details_have_steps_counts_and_logs() {
     }
     let logs = app.get(&format!("/v1/runs/{run}/logs")).await.body;
     let items = logs["items"].as_array().unwrap();
-    assert!(items.iter().any(|l| l["step_id"] == "big" && l["message"].as_str().unwrap().contains("skipped")), "{items:?}");
-    assert!(items.iter().all(|l| l["timestamp"].is_string() && l["level"].is_string()));
+    assert!(
+        items
+            .iter()
+            .any(|l| l["step_id"] == "big" && l["message"].as_str().unwrap().contains("skipped")),
+        "{items:?}"
+    );
+    assert!(
+        items
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["level"].is_string())
+    );
 
     // Completing a step that is not waiting, or does not exist.
-    assert_eq!(app.post(&format!("/v1/runs/{run}/steps/a/complete"), json!({"output": {}})).await.status, 409);
-    assert_eq!(app.post(&format!("/v1/runs/{run}/steps/zz/complete"), json!({"output": {}})).await.status, 404);
-    assert_eq!(app.post(&format!("/v1/runs/{run}/cancel"), json!({})).await.status, 409);
+    assert_eq!(
+        app.post(
+            &format!("/v1/runs/{run}/steps/a/complete"),
+            json!({"output": {}})
+        )
+        .await
+        .status,
+        409
+    );
+    assert_eq!(
+        app.post(
+            &format!("/v1/runs/{run}/steps/zz/complete"),
+            json!({"output": {}})
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        app.post(&format!("/v1/runs/{run}/cancel"), json!({}))
+            .await
+            .status,
+        409
+    );
 }

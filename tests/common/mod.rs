@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use weft::platform::Platform;
 
 pub struct TestApp {
@@ -24,28 +24,60 @@ pub struct Reply {
 
 pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let platform = std::sync::Arc::new(Platform::open(&dir.path().join("weft.db")).await.expect("open platform"));
-    let (_, key) = platform.create_workspace("test", None).await.expect("workspace");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let platform = std::sync::Arc::new(
+        Platform::open(&dir.path().join("weft.db"))
+            .await
+            .expect("open platform"),
+    );
+    let (_, key) = platform
+        .create_workspace("test", None)
+        .await
+        .expect("workspace");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let router = platform.router();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    TestApp { base, key, client: reqwest::Client::new(), platform: Some(platform), _dir: Some(dir) }
+    TestApp {
+        base,
+        key,
+        client: reqwest::Client::new(),
+        platform: Some(platform),
+        _dir: Some(dir),
+    }
 }
 
 impl TestApp {
     /// A client for a Weft already running elsewhere.
     pub fn external(base: &str, key: &str) -> Self {
-        TestApp { base: base.trim_end_matches('/').to_owned(), key: key.to_owned(), client: reqwest::Client::new(), platform: None, _dir: None }
+        TestApp {
+            base: base.trim_end_matches('/').to_owned(),
+            key: key.to_owned(),
+            client: reqwest::Client::new(),
+            platform: None,
+            _dir: None,
+        }
     }
 
     /// Another workspace on the same server, with its own key.
     pub async fn other_workspace(&self) -> String {
         let platform = self.platform.as_ref().expect("an embedded platform");
-        platform.create_workspace("other", None).await.expect("workspace").1
+        platform
+            .create_workspace("other", None)
+            .await
+            .expect("workspace")
+            .1
     }
 
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>, key: Option<&str>, headers: &[(&str, &str)]) -> Reply {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(k) = key {
@@ -61,25 +93,46 @@ impl TestApp {
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let text = res.text().await.expect("body");
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if status >= 400 {
-            let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-            assert_eq!(ct, "application/problem+json", "every error is problem+json: {status} {body}");
-            assert_eq!(body["status"], json!(status), "problem status matches: {body}");
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            assert_eq!(
+                ct, "application/problem+json",
+                "every error is problem+json: {status} {body}"
+            );
+            assert_eq!(
+                body["status"],
+                json!(status),
+                "problem status matches: {body}"
+            );
         }
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.call("GET", path, None, Some(&self.key.clone()), &[]).await
+        self.call("GET", path, None, Some(&self.key.clone()), &[])
+            .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {
-        self.call("POST", path, Some(body), Some(&self.key.clone()), &[]).await
+        self.call("POST", path, Some(body), Some(&self.key.clone()), &[])
+            .await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> Reply {
-        self.call("PUT", path, Some(body), Some(&self.key.clone()), &[]).await
+        self.call("PUT", path, Some(body), Some(&self.key.clone()), &[])
+            .await
     }
 
     pub async fn create_workflow(&self, def: Value) -> String {
@@ -89,7 +142,12 @@ impl TestApp {
     }
 
     pub async fn start_run(&self, workflow: &str, input: Value) -> String {
-        let r = self.post(&format!("/v1/workflows/{workflow}/runs"), json!({ "input": input })).await;
+        let r = self
+            .post(
+                &format!("/v1/workflows/{workflow}/runs"),
+                json!({ "input": input }),
+            )
+            .await;
         assert_eq!(r.status, 202, "{}", r.body);
         r.body["run_id"].as_str().expect("run_id").to_owned()
     }
@@ -103,16 +161,29 @@ impl TestApp {
             if done(&r.body) {
                 return r.body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "run did not reach the expected state: {}", r.body);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run did not reach the expected state: {}",
+                r.body
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub async fn wait_finished(&self, run: &str) -> Value {
-        self.wait_run(run, |b| matches!(b["status"].as_str(), Some("COMPLETED" | "FAILED" | "CANCELLED"))).await
+        self.wait_run(run, |b| {
+            matches!(
+                b["status"].as_str(),
+                Some("COMPLETED" | "FAILED" | "CANCELLED")
+            )
+        })
+        .await
     }
 }
 
 pub fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["steps"].as_array().and_then(|s| s.iter().find(|s| s["id"] == id)).unwrap_or(&Value::Null)
+    run["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .unwrap_or(&Value::Null)
 }

@@ -42,7 +42,6 @@ pub fn finish_attempt(
             rec.output = Some(output);
             rec.error = None;
             rec.finished_at = Some(now);
-            rec.wake_at = None;
         }
         Err(error) => {
             let tried = rec.attempts.len() as u32;
@@ -55,7 +54,6 @@ pub fn finish_attempt(
                 rec.status = StepStatus::Failed;
                 rec.finished_at = Some(now);
             }
-            rec.wake_at = None;
             rec.error = Some(error);
         }
     }

@@ -41,6 +41,7 @@ struct Inner {
     /// The earliest timer already set for each run.
     timers: Mutex<HashMap<RunKey, DateTime<Utc>>>,
     permits: Semaphore,
+    finished: tokio::sync::broadcast::Sender<(RunKey, RunStatus)>,
     me: Weak<Inner>,
 }
 
@@ -57,6 +58,7 @@ impl Embedded {
             active: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
             permits: Semaphore::new(PARALLEL_RUNS),
+            finished: tokio::sync::broadcast::channel(4096).0,
             me: me.clone(),
         });
         Self { inner }
@@ -72,13 +74,11 @@ impl Embedded {
         Ok(n)
     }
 
-    /// True when no run is being advanced right now.
-    pub fn is_idle(&self) -> bool {
-        self.inner
-            .active
-            .lock()
-            .map(|a| a.is_empty())
-            .unwrap_or(false)
+    /// Announces each run this orchestrator finishes (completed or failed).
+    pub fn subscribe_finished(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<((WorkspaceId, RunId), RunStatus)> {
+        self.inner.finished.subscribe()
     }
 }
 
@@ -281,6 +281,7 @@ impl Inner {
                             duration_ms = ms,
                             "run finished"
                         );
+                        let _ = self.finished.send(((ws.clone(), id.clone()), r.status));
                     }
                     return Ok(write.run.wake_at);
                 }

@@ -1,0 +1,139 @@
+//! A run survives `kill -9` of the `weft dev` process: after a restart it
+//! resumes where it stood, finished steps are not executed again, timers
+//! keep their time and approvals can still be completed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestApp, step};
+use serde_json::json;
+
+const KEY: &str = "weft_crash_test_key_0123456789abcdefghij";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["dev", "--port", "0", "--data-dir"])
+        .arg(dir)
+        .env("WEFT_DEV_API_KEY", KEY)
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weft dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a banner line").expect("readable");
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the banner names the URL")
+        .to_owned();
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+impl Server {
+    fn kill_9(mut self) {
+        // Child::kill sends SIGKILL on Unix: no shutdown code runs.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn runs_resume_after_kill_9() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+
+    app.create_workflow(json!({"id": "wf_crash", "name": "Crash", "steps": [
+        {"id": "before", "type": "transform", "inputs": {"n": "{{ trigger.n }}"}},
+        {"id": "nap", "type": "delay", "duration": "3s", "depends_on": ["before"]},
+        {"id": "after", "type": "transform", "inputs": "{{ before.n + 1 }}", "depends_on": ["nap"]}
+    ]}))
+    .await;
+    app.create_workflow(json!({"id": "wf_gate", "name": "Gate", "steps": [
+        {"id": "ask", "type": "approval"},
+        {"id": "then", "type": "transform", "inputs": "{{ ask.ok }}"}
+    ]}))
+    .await;
+    let timed = app.start_run("wf_crash", json!({"n": 41})).await;
+    let gated = app.start_run("wf_gate", json!({})).await;
+    let waiting = app
+        .wait_run(&timed, |b| step(b, "nap")["status"] == "waiting")
+        .await;
+    app.wait_run(&gated, |b| b["status"] == "WAITING").await;
+    let before = step(&waiting, "before").clone();
+    let wake_at = step(&waiting, "nap")["wake_at"].clone();
+    let killed_at = Instant::now();
+
+    server.kill_9();
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+
+    let done = app.wait_finished(&timed).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["output"], 42);
+    let after_restart = step(&done, "before");
+    assert_eq!(
+        after_restart["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "a finished step never runs again"
+    );
+    assert_eq!(after_restart["started_at"], before["started_at"]);
+    assert_eq!(after_restart["output"], before["output"]);
+    assert_eq!(
+        step(&done, "nap")["wake_at"],
+        wake_at,
+        "the timer kept its time"
+    );
+    let nap_end =
+        chrono::DateTime::parse_from_rfc3339(step(&done, "nap")["finished_at"].as_str().unwrap())
+            .unwrap();
+    let due = chrono::DateTime::parse_from_rfc3339(wake_at.as_str().unwrap()).unwrap();
+    assert!(nap_end >= due, "the delay did not end early");
+    assert!(killed_at.elapsed() < Duration::from_secs(15));
+
+    // The approval is still waiting and can be completed on the new process.
+    let r = app
+        .post(
+            &format!("/v1/runs/{gated}/steps/ask/complete"),
+            json!({"output": {"ok": "yes"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = app.wait_finished(&gated).await;
+    assert_eq!(done["status"], "COMPLETED");
+    assert_eq!(done["output"], "yes");
+}
+
+#[tokio::test]
+async fn the_dev_key_and_workspace_survive_restarts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+    app.create_workflow(
+        json!({"id": "wf_keep", "name": "Keep", "steps": [{"id": "a", "type": "transform"}]}),
+    )
+    .await;
+    server.kill_9();
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+    assert_eq!(app.get("/v1/workflows/wf_keep").await.status, 200);
+}
