@@ -179,16 +179,13 @@ fn check_cycles(steps: &[Parsed], errors: &mut Vec<ValidationError>) {
         }
         let mut trail = vec![start];
         let mut cur = start;
-        loop {
-            let Some(next) = steps[cur]
-                .step
-                .depends_on
-                .iter()
-                .filter_map(|d| index.get(d.as_str()).copied())
-                .find(|&j| !done[j])
-            else {
-                break;
-            };
+        while let Some(next) = steps[cur]
+            .step
+            .depends_on
+            .iter()
+            .filter_map(|d| index.get(d.as_str()).copied())
+            .find(|&j| !done[j])
+        {
             if let Some(pos) = trail.iter().position(|&t| t == next) {
                 let cycle = &trail[pos..];
                 if cycle.iter().all(|c| !reported.contains(c)) {

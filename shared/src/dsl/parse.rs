@@ -96,10 +96,10 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
     unknown_fields(&mut p, obj, &root, TOP_FIELDS, "workflow");
 
     let id = opt_string(&mut p, obj, &root, "id");
-    if let Some(id) = &id {
-        if !is_valid_user_id(id) {
-            p.err(&root.key("id"), format!("`{id}` is not a valid id: use 1-64 letters, digits, `_` or `-`, starting with a letter or `_`"));
-        }
+    if let Some(id) = &id
+        && !is_valid_user_id(id)
+    {
+        p.err(&root.key("id"), format!("`{id}` is not a valid id: use 1-64 letters, digits, `_` or `-`, starting with a letter or `_`"));
     }
     let name = opt_string(&mut p, obj, &root, "name");
     if name.is_none() && id.is_none() {
@@ -120,13 +120,13 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
     let description = opt_string(&mut p, obj, &root, "description");
 
     let input_schema = obj.get("input_schema").cloned();
-    if let Some(schema) = &input_schema {
-        if let Err(e) = jsonschema::validator_for(schema) {
-            p.err(
-                &root.key("input_schema"),
-                format!("not a valid JSON Schema: {e}"),
-            );
-        }
+    if let Some(schema) = &input_schema
+        && let Err(e) = jsonschema::validator_for(schema)
+    {
+        p.err(
+            &root.key("input_schema"),
+            format!("not a valid JSON Schema: {e}"),
+        );
     }
 
     let steps_path = root.key("steps");

@@ -105,10 +105,10 @@ pub fn sink_output(steps: &[Step], prefix: &str, recs: &Records) -> Value {
     let mut out = JsonMap::new();
     for s in sinks {
         let rec = recs.get(&format!("{prefix}{}", s.id));
-        if rec.is_some_and(|r| r.status != StepStatus::Skipped) {
-            if let Some(v) = value(s) {
-                out.insert(s.id.clone(), v);
-            }
+        if rec.is_some_and(|r| r.status != StepStatus::Skipped)
+            && let Some(v) = value(s)
+        {
+            out.insert(s.id.clone(), v);
         }
     }
     Value::Object(out)

@@ -141,10 +141,10 @@ impl Inner {
     fn set_timer(&self, key: &RunKey, at: DateTime<Utc>) {
         let now = Utc::now();
         if at <= now {
-            if let Ok(mut active) = self.active.lock() {
-                if let Some(again) = active.get_mut(key) {
-                    *again = true;
-                }
+            if let Ok(mut active) = self.active.lock()
+                && let Some(again) = active.get_mut(key)
+            {
+                *again = true;
             }
             return;
         }
@@ -159,10 +159,10 @@ impl Inner {
         let wait = (at - now).to_std().unwrap_or_default();
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            if let Ok(mut timers) = me.timers.lock() {
-                if timers.get(&key) == Some(&at) {
-                    timers.remove(&key);
-                }
+            if let Ok(mut timers) = me.timers.lock()
+                && timers.get(&key) == Some(&at)
+            {
+                timers.remove(&key);
             }
             me.wake(key);
         });

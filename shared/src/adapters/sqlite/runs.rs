@@ -69,10 +69,10 @@ impl RunStore for SqliteStore {
         let now = Utc::now();
         self.db
             .write(move |tx| {
-                if let Some(claim) = &claim {
-                    if let Some(existing) = claim_key(tx, &run, claim, now)? {
-                        return Ok(existing);
-                    }
+                if let Some(claim) = &claim
+                    && let Some(existing) = claim_key(tx, &run, claim, now)?
+                {
+                    return Ok(existing);
                 }
                 insert_run(tx, &run)?;
                 Ok(CreateRun::Created)
