@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use weft::platform::Platform;
+use weft::platform::{Platform, PlatformConfig};
 
 #[derive(Parser)]
 #[command(name = "weft", version, about = "Weft: AI workflow automation backend")]
@@ -27,6 +27,11 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1", env = "WEFT_HOST")]
         host: std::net::IpAddr,
+        /// Internal address ranges HTTP steps may reach anyway, comma-separated
+        /// (e.g. `127.0.0.0/8` to call services on this machine). By default
+        /// loopback, link-local and private ranges are refused.
+        #[arg(long, default_value = "", env = "WEFT_EGRESS_ALLOW")]
+        egress_allow: String,
     },
     /// Check a workflow definition file and list every problem in it.
     Validate {
@@ -42,7 +47,15 @@ pub fn main() -> ExitCode {
             data_dir,
             port,
             host,
-        } => dev(data_dir, SocketAddr::new(host, port)),
+            egress_allow,
+        } => match weft::adapters::http::EgressPolicy::allowing(&egress_allow) {
+            Ok(egress) => dev(
+                data_dir,
+                SocketAddr::new(host, port),
+                PlatformConfig { egress },
+            ),
+            Err(e) => Err(anyhow::anyhow!("--egress-allow: {e}")),
+        },
         Command::Validate { file } => validate(&file),
     };
     match result {
@@ -67,7 +80,7 @@ fn init_logs() {
         .init();
 }
 
-fn dev(data_dir: PathBuf, addr: SocketAddr) -> anyhow::Result<ExitCode> {
+fn dev(data_dir: PathBuf, addr: SocketAddr, config: PlatformConfig) -> anyhow::Result<ExitCode> {
     init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -75,7 +88,7 @@ fn dev(data_dir: PathBuf, addr: SocketAddr) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let platform = Platform::open(&data_dir.join("weft.db")).await?;
+        let platform = Platform::open_with(&data_dir.join("weft.db"), config).await?;
         let key = std::env::var("WEFT_DEV_API_KEY")
             .ok()
             .filter(|k| !k.trim().is_empty());

@@ -9,11 +9,14 @@ use anyhow::Context as _;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
+
+use crate::adapters::http::{EgressPolicy, HttpExecutor};
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::{App, DefinitionCache, generate_api_key, hash_api_key};
 use crate::domain::{ApiKeyId, ApiKeyRecord, Role, Workspace, WorkspaceId};
 use crate::orchestrator::Embedded;
-use crate::ports::{ApiKeyStore, StoreError, WorkspaceStore};
+use crate::ports::{ApiKeyStore, StepExecutor, StoreError, WorkspaceStore};
 
 pub struct Platform {
     pub app: Arc<App>,
@@ -31,10 +34,22 @@ pub struct DevCredentials {
     pub created: bool,
 }
 
+/// Settings of the embedded platform.
+#[derive(Clone, Debug, Default)]
+pub struct PlatformConfig {
+    /// Which destinations HTTP steps may reach.
+    pub egress: EgressPolicy,
+}
+
 impl Platform {
-    /// Opens the database at `db` (`:memory:` for a throwaway one) and
-    /// resumes every unfinished run found there.
+    /// Opens the database at `db` (`:memory:` for a throwaway one) with the
+    /// default settings.
     pub async fn open(db: &Path) -> anyhow::Result<Self> {
+        Self::open_with(db, PlatformConfig::default()).await
+    }
+
+    /// Opens the database at `db` and resumes every unfinished run found there.
+    pub async fn open_with(db: &Path, config: PlatformConfig) -> anyhow::Result<Self> {
         let store = SqliteStore::open(db)?;
         let shared = Arc::new(store.clone());
         let definitions = Arc::new(DefinitionCache::default());
@@ -42,6 +57,7 @@ impl Platform {
             shared.clone(),
             shared.clone(),
             definitions.clone(),
+            executors(&config)?,
         ));
         let app = Arc::new(App {
             workspaces: shared.clone(),
@@ -137,6 +153,15 @@ impl Platform {
         }
         Ok(creds)
     }
+}
+
+fn executors(config: &PlatformConfig) -> anyhow::Result<HashMap<String, Arc<dyn StepExecutor>>> {
+    let mut map: HashMap<String, Arc<dyn StepExecutor>> = HashMap::new();
+    map.insert(
+        "http".into(),
+        Arc::new(HttpExecutor::new(config.egress.clone())?),
+    );
+    Ok(map)
 }
 
 fn write_private(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {

@@ -2,10 +2,12 @@
 //! temporary SQLite file, and an HTTP client for it.
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use weft::platform::Platform;
+use weft::platform::{Platform, PlatformConfig};
 
 pub struct TestApp {
     pub base: String,
@@ -22,10 +24,17 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// The embedded platform, allowed to call services on 127.0.0.1 (the tests'
+/// own upstream servers).
 pub async fn spawn_app() -> TestApp {
+    let egress = weft::adapters::http::EgressPolicy::allowing("127.0.0.0/8").expect("policy");
+    spawn_app_with(PlatformConfig { egress }).await
+}
+
+pub async fn spawn_app_with(config: PlatformConfig) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let platform = std::sync::Arc::new(
-        Platform::open(&dir.path().join("weft.db"))
+        Platform::open_with(&dir.path().join("weft.db"), config)
             .await
             .expect("open platform"),
     );

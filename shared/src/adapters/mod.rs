@@ -1,3 +1,4 @@
 //! Adapters behind the ports.
 
+pub mod http;
 pub mod sqlite;

@@ -46,7 +46,12 @@ pub fn finish_attempt(
         Err(error) => {
             let tried = rec.attempts.len() as u32;
             if error.retryable && tried < policy.max_attempts {
-                let wait = backoff(policy, tried, seed);
+                let mut wait = backoff(policy, tried, seed);
+                if let Some(after) = error.retry_after_secs.filter(|s| s.is_finite() && *s > 0.0) {
+                    wait = wait.max(Duration::from_secs_f64(
+                        after.min(crate::dsl::MAX_DURATION.as_secs_f64()),
+                    ));
+                }
                 rec.status = StepStatus::Pending;
                 rec.retry_at =
                     Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX));

@@ -78,6 +78,10 @@ pub struct StepError {
     pub message: String,
     #[serde(default)]
     pub retryable: bool,
+    /// How long the other side asked us to wait before trying again
+    /// (`Retry-After`); the retry waits at least this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<f64>,
 }
 
 impl StepError {
@@ -86,6 +90,7 @@ impl StepError {
             code: code.to_owned(),
             message: message.into(),
             retryable: false,
+            retry_after_secs: None,
         }
     }
 
@@ -94,6 +99,7 @@ impl StepError {
             code: code.to_owned(),
             message: message.into(),
             retryable: true,
+            retry_after_secs: None,
         }
     }
 }

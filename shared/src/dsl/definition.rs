@@ -50,9 +50,15 @@ pub enum StepKind {
     Map(Map),
     Delay(Delay),
     Approval(Approval),
+    Http(Http),
 }
 
 impl StepKind {
+    /// Steps that do I/O run outside the planner, through a step executor.
+    pub fn is_external(&self) -> bool {
+        matches!(self, Self::Http(_))
+    }
+
     /// The canonical type name recorded with the step.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -61,6 +67,7 @@ impl StepKind {
             Self::Map(_) => "map",
             Self::Delay(_) => "delay",
             Self::Approval(_) => "approval",
+            Self::Http(_) => "http",
         }
     }
 }
@@ -106,6 +113,16 @@ pub enum Delay {
     For(Duration),
     /// A template producing an RFC 3339 timestamp.
     Until(String),
+}
+
+/// An HTTP request; every field may hold templates.
+#[derive(Clone, Debug)]
+pub struct Http {
+    pub method: String,
+    pub url: String,
+    pub query: Value,
+    pub headers: Value,
+    pub body: Option<Value>,
 }
 
 #[derive(Clone, Debug)]

@@ -299,6 +299,7 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
         }
         "delay" | "sleep" => parse_delay(p, obj, path, &mut refs).map(StepKind::Delay),
         "approval" => parse_approval(p, obj, path).map(StepKind::Approval),
+        "http" => parse_http(p, obj, path, &mut refs).map(StepKind::Http),
         "integration" => {
             let service = obj.get("service").and_then(Value::as_str).unwrap_or("");
             if service.is_empty() {
@@ -311,7 +312,7 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
             }
             None
         }
-        "llm" | "http" => {
+        "llm" => {
             p.err(
                 &path.key("type"),
                 format!("step type `{type_name}` is not available on this server yet"),
@@ -319,7 +320,7 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
             None
         }
         other => {
-            p.err(&path.key("type"), format!("unknown step type `{other}`; expected one of transform, condition, map, delay, approval"));
+            p.err(&path.key("type"), format!("unknown step type `{other}`; expected one of transform, condition, map, delay, approval, http"));
             None
         }
     };
@@ -442,6 +443,7 @@ fn type_fields(kind: &StepKind) -> &'static [&'static str] {
         StepKind::Map(_) => &["items", "concurrency", "step", "steps", "output"],
         StepKind::Delay(_) => &["duration", "until"],
         StepKind::Approval(_) => &["message"],
+        StepKind::Http(_) => &["method", "url", "query", "headers", "body"],
     }
 }
 
@@ -757,6 +759,79 @@ fn parse_delay(
             None
         }
     }
+}
+
+const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+fn parse_http(
+    p: &mut Parser,
+    obj: &JsonMap<String, Value>,
+    path: &Path,
+    refs: &mut Vec<Ref>,
+) -> Option<Http> {
+    let method = match obj.get("method") {
+        None | Some(Value::Null) => "GET".to_owned(),
+        Some(Value::String(m)) if HTTP_METHODS.contains(&m.to_ascii_uppercase().as_str()) => {
+            m.to_ascii_uppercase()
+        }
+        Some(other) => {
+            p.err(
+                &path.key("method"),
+                format!("expected one of {}, found {other}", HTTP_METHODS.join(", ")),
+            );
+            return None;
+        }
+    };
+    let url = match obj.get("url") {
+        Some(Value::String(u)) => u.clone(),
+        Some(other) => {
+            p.err(
+                &path.key("url"),
+                format!("expected a URL (string), found {}", kind(other)),
+            );
+            return None;
+        }
+        None => {
+            p.err(path, "an http step needs a `url`");
+            return None;
+        }
+    };
+    if !(template::is_template(&url) || url.starts_with("http://") || url.starts_with("https://")) {
+        p.err(
+            &path.key("url"),
+            format!("`{url}` is not an http:// or https:// URL"),
+        );
+    }
+    collect_refs(p, &Value::String(url.clone()), &path.key("url"), refs);
+    let mut object_field = |field: &str| -> Value {
+        let v = obj.get(field).cloned().unwrap_or(Value::Null);
+        match &v {
+            Value::Null | Value::Object(_) => {}
+            Value::String(s) if template::is_template(s) => {}
+            other => p.err(
+                &path.key(field),
+                format!(
+                    "expected an object of names to values, found {}",
+                    kind(other)
+                ),
+            ),
+        }
+        collect_refs(p, &v, &path.key(field), refs);
+        v
+    };
+    let query = object_field("query");
+    let headers = object_field("headers");
+    let body = obj.get("body").cloned();
+    if let Some(b) = &body {
+        collect_refs(p, b, &path.key("body"), refs);
+    }
+    Some(Http {
+        method,
+        url,
+        query,
+        headers,
+        body,
+    })
 }
 
 fn parse_approval(p: &mut Parser, obj: &JsonMap<String, Value>, path: &Path) -> Option<Approval> {

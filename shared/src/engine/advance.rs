@@ -30,6 +30,30 @@ pub struct Advanced {
     /// Keys of the step records this call changed (to be persisted).
     pub changed: BTreeSet<String>,
     pub logs: Vec<LogEntry>,
+    /// Attempts of I/O steps to hand to their executors once the changes
+    /// are stored.
+    pub dispatch: Vec<Dispatch>,
+}
+
+/// Default limit for one attempt of an I/O step without a `timeout`.
+pub const DEFAULT_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// An attempt of an I/O step, ready for its executor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatch {
+    pub key: String,
+    pub step_type: String,
+    pub attempt: u32,
+    pub request: Value,
+    pub timeout: std::time::Duration,
+}
+
+/// What applying decisions produced: changed records, log lines, dispatches.
+#[derive(Default)]
+struct Effects {
+    changed: BTreeSet<String>,
+    logs: Vec<LogEntry>,
+    dispatch: Vec<Dispatch>,
 }
 
 pub fn advance(
@@ -38,21 +62,15 @@ pub fn advance(
     recs: &mut Records,
     now: DateTime<Utc>,
 ) -> Advanced {
-    let mut changed = BTreeSet::new();
-    let mut logs = Vec::new();
+    let mut fx = Effects::default();
     let mut applied = 0;
     loop {
         let plan = dag::plan(wf, recs, now);
         if let Some(outcome) = plan.outcome {
-            return finish(wf, info, recs, now, outcome, changed, logs);
+            return finish(wf, info, recs, now, outcome, fx);
         }
         if plan.decisions.is_empty() || applied >= MAX_DECISIONS_PER_CALL {
             let more = !plan.decisions.is_empty();
-            let status = if plan.running || more || !plan.waiting {
-                RunStatus::Running
-            } else {
-                RunStatus::Waiting
-            };
             if !more && !plan.running && !plan.waiting && plan.next_wake.is_none() {
                 // Nothing runs, waits or is due: no rule should leave a run
                 // here, but if one did the run must not hang silently.
@@ -66,22 +84,27 @@ pub fn advance(
                         key: String::new(),
                         error,
                     },
-                    changed,
-                    logs,
+                    fx,
                 );
             }
+            let status = if plan.running || more || !plan.waiting {
+                RunStatus::Running
+            } else {
+                RunStatus::Waiting
+            };
             return Advanced {
                 status,
                 output: None,
                 error: None,
                 wake_at: if more { Some(now) } else { plan.next_wake },
-                changed,
-                logs,
+                changed: fx.changed,
+                logs: fx.logs,
+                dispatch: fx.dispatch,
             };
         }
         for d in plan.decisions {
             applied += 1;
-            apply(wf, info, recs, now, d, &mut changed, &mut logs);
+            apply(wf, info, recs, now, d, &mut fx);
         }
     }
 }
@@ -92,9 +115,13 @@ fn finish(
     recs: &mut Records,
     now: DateTime<Utc>,
     outcome: Outcome,
-    mut changed: BTreeSet<String>,
-    mut logs: Vec<LogEntry>,
+    fx: Effects,
 ) -> Advanced {
+    let Effects {
+        mut changed,
+        mut logs,
+        ..
+    } = fx;
     let failure = match outcome {
         Outcome::Completed => match run_output(wf, info, recs) {
             Ok(output) => {
@@ -106,6 +133,7 @@ fn finish(
                     wake_at: None,
                     changed,
                     logs,
+                    dispatch: Vec::new(),
                 };
             }
             Err(e) => StepError::permanent(
@@ -118,8 +146,11 @@ fn finish(
             code: error.code.clone(),
             message: format!("step `{key}` failed: {}", error.message),
             retryable: false,
+            retry_after_secs: None,
         },
     };
+    // Dispatches made in this call are dropped with the run: their steps
+    // are cancelled here and never handed to an executor.
     changed.extend(dag::close_open_steps(wf, recs, now, "the run failed"));
     logs.push(LogEntry::new(
         LogLevel::Error,
@@ -133,6 +164,7 @@ fn finish(
         wake_at: None,
         changed,
         logs,
+        dispatch: Vec::new(),
     }
 }
 
@@ -156,9 +188,13 @@ fn apply(
     recs: &mut Records,
     now: DateTime<Utc>,
     decision: Decision,
-    changed: &mut BTreeSet<String>,
-    logs: &mut Vec<LogEntry>,
+    fx: &mut Effects,
 ) {
+    let Effects {
+        changed,
+        logs,
+        dispatch,
+    } = fx;
     let key = match &decision {
         Decision::Start { key } | Decision::Skip { key, .. } | Decision::Wake { key } => {
             key.clone()
@@ -223,6 +259,20 @@ fn apply(
             let attempt = rec.attempts.len();
             match steps::start(step, &ctx, now) {
                 Started::Done(result) => record_result(rec, step, result, now, &seed, logs),
+                Started::External(request) => {
+                    logs.push(LogEntry::new(
+                        LogLevel::Info,
+                        Some(&key),
+                        format!("started (attempt {attempt})"),
+                    ));
+                    dispatch.push(Dispatch {
+                        key: key.clone(),
+                        step_type: step.kind.type_name().to_owned(),
+                        attempt: attempt as u32,
+                        request,
+                        timeout: step.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
+                    });
+                }
                 Started::Waiting { wake_at } => {
                     rec.status = StepStatus::Waiting;
                     rec.wake_at = wake_at;

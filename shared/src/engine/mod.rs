@@ -1,11 +1,14 @@
-//! Carries out the DAG core's decisions for the steps that need no I/O.
+//! Carries out the DAG core's decisions: pure steps inline, I/O steps handed
+//! out as dispatches whose results come back through `record_external`.
 
 mod advance;
 mod context;
+mod external;
 pub mod steps;
 
-pub use advance::{Advanced, advance};
+pub use advance::{Advanced, DEFAULT_STEP_TIMEOUT, Dispatch, advance};
 pub use context::{RunInfo, context_for, value_of};
+pub use external::{interrupt_orphans, record_external};
 
 #[cfg(test)]
 mod tests;

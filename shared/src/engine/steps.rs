@@ -22,6 +22,8 @@ pub enum Started {
     Waiting { wake_at: Option<DateTime<Utc>> },
     /// A map step: its items, each run through the sub-graph.
     Iterate(Vec<Value>),
+    /// A step that does I/O: the fully rendered request for its executor.
+    External(Value),
 }
 
 fn template_error(e: TemplateError) -> StepError {
@@ -48,6 +50,10 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
                 .timeout
                 .map(|t| now + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)),
         },
+        StepKind::Http(h) => Started::External(match http_request(h, ctx) {
+            Ok(req) => req,
+            Err(e) => return Started::Done(Err(e)),
+        }),
         StepKind::Map(m) => match template::render_value(&m.items, ctx).map_err(template_error) {
             Ok(Value::Array(items)) if items.len() <= MAX_MAP_ITEMS => Started::Iterate(items),
             Ok(Value::Array(items)) => Started::Done(Err(StepError::permanent(
@@ -67,6 +73,17 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
             Err(e) => Started::Done(Err(e)),
         },
     }
+}
+
+fn http_request(h: &crate::dsl::Http, ctx: &Context) -> Result<Value, StepError> {
+    let render = |v: &Value| template::render_value(v, ctx).map_err(template_error);
+    Ok(json!({
+        "method": h.method,
+        "url": render(&Value::String(h.url.clone()))?,
+        "query": render(&h.query)?,
+        "headers": render(&h.headers)?,
+        "body": h.body.as_ref().map(render).transpose()?,
+    }))
 }
 
 fn until(src: &str, ctx: &Context, now: DateTime<Utc>) -> Result<DateTime<Utc>, StepError> {

@@ -7,7 +7,7 @@
 //! from its stored state: steps that succeeded are never executed again and
 //! timers keep their stored due times.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
@@ -18,9 +18,10 @@ use tracing::Instrument;
 use crate::app::DefinitionCache;
 use crate::dag::Records;
 use crate::domain::*;
-use crate::engine::{RunInfo, advance};
+use crate::engine::{Dispatch, RunInfo, advance, interrupt_orphans, record_external};
 use crate::ports::{
-    ActiveRunIndex, DriverError, RunDriver, RunStore, RunWrite, StoreError, WorkflowStore,
+    ActiveRunIndex, DriverError, RunDriver, RunStore, RunWrite, StepCall, StepExecutor, StoreError,
+    WorkflowStore,
 };
 
 /// Runs advanced at the same time.
@@ -41,6 +42,10 @@ struct Inner {
     /// The earliest timer already set for each run.
     timers: Mutex<HashMap<RunKey, DateTime<Utc>>>,
     permits: Semaphore,
+    /// Executors of I/O steps, by step type.
+    executors: HashMap<String, Arc<dyn StepExecutor>>,
+    /// Attempts of I/O steps being executed now: (run, step key, attempt).
+    in_flight: Mutex<HashSet<(RunKey, String, u32)>>,
     finished: tokio::sync::broadcast::Sender<(RunKey, RunStatus)>,
     me: Weak<Inner>,
 }
@@ -50,6 +55,7 @@ impl Embedded {
         runs: Arc<dyn RunStore>,
         workflows: Arc<dyn WorkflowStore>,
         definitions: Arc<DefinitionCache>,
+        executors: HashMap<String, Arc<dyn StepExecutor>>,
     ) -> Self {
         let inner = Arc::new_cyclic(|me| Inner {
             runs,
@@ -58,6 +64,8 @@ impl Embedded {
             active: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
             permits: Semaphore::new(PARALLEL_RUNS),
+            executors,
+            in_flight: Mutex::new(HashSet::new()),
             finished: tokio::sync::broadcast::channel(4096).0,
             me: me.clone(),
         });
@@ -170,7 +178,8 @@ impl Inner {
 
     /// Loads the run, advances it and commits the result. Returns when the
     /// run wants to be looked at again.
-    async fn tick(&self, (ws, id): &RunKey) -> anyhow::Result<Option<DateTime<Utc>>> {
+    async fn tick(&self, key: &RunKey) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let (ws, id) = key;
         use anyhow::Context as _;
         loop {
             let Some(mut run) = self.runs.get_run(ws, id).await.context("reading the run")? else {
@@ -189,7 +198,7 @@ impl Inner {
                 .collect();
             let now = Utc::now();
             let mut logs = Vec::new();
-            let advanced = match self
+            let wf = match self
                 .definitions
                 .get(
                     self.workflows.as_ref(),
@@ -199,15 +208,7 @@ impl Inner {
                 )
                 .await
             {
-                Ok(wf) => {
-                    let info = RunInfo {
-                        run_id: id.as_str(),
-                        workflow_id: run.workflow_id.as_str(),
-                        version: run.workflow_version,
-                        input: &run.input,
-                    };
-                    Some((advance(&wf, info, &mut recs, now), wf))
-                }
+                Ok(wf) => Some(wf),
                 Err(crate::app::DefinitionError::Store(e)) => {
                     return Err(e).context("loading the workflow");
                 }
@@ -234,7 +235,23 @@ impl Inner {
                 ));
             }
             let mut changed = Vec::new();
-            if let Some((adv, _wf)) = &advanced {
+            let mut dispatch = Vec::new();
+            if let Some(wf) = &wf {
+                let mut keys = interrupt_orphans(
+                    wf,
+                    &mut recs,
+                    id.as_str(),
+                    now,
+                    |k, a| self.is_in_flight(key, k, a),
+                    &mut logs,
+                );
+                let info = RunInfo {
+                    run_id: id.as_str(),
+                    workflow_id: run.workflow_id.as_str(),
+                    version: run.workflow_version,
+                    input: &run.input,
+                };
+                let adv = advance(wf, info, &mut recs, now);
                 let before = (run.status, run.wake_at);
                 run.status = adv.status;
                 run.wake_at = adv.wake_at;
@@ -243,15 +260,15 @@ impl Inner {
                     run.output = adv.output.clone();
                     run.error = adv.error.clone();
                 }
-                if adv.changed.is_empty() && logs.is_empty() && before == (run.status, run.wake_at)
+                keys.extend(adv.changed);
+                if keys.is_empty()
+                    && logs.is_empty()
+                    && adv.logs.is_empty()
+                    && before == (run.status, run.wake_at)
                 {
                     return Ok(run.wake_at);
                 }
-                changed = adv
-                    .changed
-                    .iter()
-                    .filter_map(|k| recs.get(k).cloned())
-                    .collect();
+                changed = keys.iter().filter_map(|k| recs.get(k).cloned()).collect();
                 for l in &adv.logs {
                     tracing::debug!(
                         step_id = l.step_id.as_deref().unwrap_or(""),
@@ -259,7 +276,8 @@ impl Inner {
                         l.message
                     );
                 }
-                logs.extend(adv.logs.iter().cloned());
+                logs.extend(adv.logs);
+                dispatch = adv.dispatch;
             }
             run.revision += 1;
             let terminal = run.status.is_terminal();
@@ -268,6 +286,9 @@ impl Inner {
                 steps: changed,
                 logs,
             };
+            // Claimed before the write, so no tick in between takes them for
+            // attempts a dead process left behind.
+            self.set_in_flight(key, &dispatch, true);
             match self.runs.save_run(&write).await {
                 Ok(()) => {
                     if terminal {
@@ -281,13 +302,151 @@ impl Inner {
                             duration_ms = ms,
                             "run finished"
                         );
-                        let _ = self.finished.send(((ws.clone(), id.clone()), r.status));
+                        let _ = self.finished.send((key.clone(), r.status));
+                    }
+                    for d in dispatch {
+                        self.execute(key.clone(), d);
                     }
                     return Ok(write.run.wake_at);
                 }
-                // Someone else (a cancel, an approval) wrote first: read again.
+                // Someone else (a cancel, an approval, a step result) wrote
+                // first: read again.
+                Err(StoreError::Conflict(_)) => {
+                    self.set_in_flight(key, &dispatch, false);
+                    continue;
+                }
+                Err(e) => {
+                    self.set_in_flight(key, &dispatch, false);
+                    return Err(e).context("saving the run");
+                }
+            }
+        }
+    }
+
+    fn is_in_flight(&self, run: &RunKey, step: &str, attempt: u32) -> bool {
+        self.in_flight
+            .lock()
+            .map(|f| f.contains(&(run.clone(), step.to_owned(), attempt)))
+            .unwrap_or(false)
+    }
+
+    fn set_in_flight(&self, run: &RunKey, dispatch: &[Dispatch], on: bool) {
+        if dispatch.is_empty() {
+            return;
+        }
+        if let Ok(mut f) = self.in_flight.lock() {
+            for d in dispatch {
+                let entry = (run.clone(), d.key.clone(), d.attempt);
+                if on {
+                    f.insert(entry);
+                } else {
+                    f.remove(&entry);
+                }
+            }
+        }
+    }
+
+    /// Runs one attempt of an I/O step on its executor, records the result
+    /// and wakes the run.
+    fn execute(&self, run: RunKey, d: Dispatch) {
+        let Some(me) = self.me.upgrade() else { return };
+        let executor = self.executors.get(&d.step_type).cloned();
+        let span =
+            tracing::info_span!("step", workspace_id = %run.0, run_id = %run.1, step_id = %d.key);
+        tokio::spawn(
+            async move {
+                let call = StepCall {
+                    workspace_id: run.0.clone(),
+                    run_id: run.1.clone(),
+                    step_key: d.key.clone(),
+                    step_type: d.step_type.clone(),
+                    attempt: d.attempt,
+                    request: d.request.clone(),
+                    timeout: d.timeout,
+                };
+                let result = match executor {
+                    None => Err(StepError::permanent(
+                        "no_executor",
+                        format!("this server cannot run `{}` steps", d.step_type),
+                    )),
+                    Some(e) => match tokio::time::timeout(d.timeout, e.execute(&call)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(StepError::transient(
+                            "timeout",
+                            format!("the attempt took longer than its timeout of {}", humantime::format_duration(d.timeout)),
+                        )),
+                    },
+                };
+                if let Err(e) = me.record(&run, &d, result).await {
+                    tracing::error!(error = %e, "recording a step result failed; the attempt will be retried");
+                }
+                me.set_in_flight(&run, std::slice::from_ref(&d), false);
+                me.wake(run);
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn record(
+        &self,
+        (ws, id): &RunKey,
+        d: &Dispatch,
+        result: Result<serde_json::Value, StepError>,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        loop {
+            let Some(mut run) = self.runs.get_run(ws, id).await.context("reading the run")? else {
+                return Ok(());
+            };
+            if run.status.is_terminal() {
+                return Ok(());
+            }
+            let wf = self
+                .definitions
+                .get(
+                    self.workflows.as_ref(),
+                    ws,
+                    &run.workflow_id,
+                    run.workflow_version,
+                )
+                .await
+                .context("loading the workflow")?;
+            let mut recs: Records = self
+                .runs
+                .get_steps(ws, id)
+                .await
+                .context("reading the steps")?
+                .into_iter()
+                .map(|s| (s.key.clone(), s))
+                .collect();
+            let now = Utc::now();
+            let Some(line) = record_external(
+                &wf,
+                &mut recs,
+                id.as_str(),
+                &d.key,
+                d.attempt,
+                result.clone(),
+                now,
+            ) else {
+                return Ok(());
+            };
+            tracing::info!(step_id = %d.key, "{}", line.message);
+            run.revision += 1;
+            run.wake_at = Some(now);
+            let steps = recs.get(&d.key).cloned().into_iter().collect();
+            match self
+                .runs
+                .save_run(&RunWrite {
+                    run,
+                    steps,
+                    logs: vec![line],
+                })
+                .await
+            {
+                Ok(()) => return Ok(()),
                 Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e).context("saving the run"),
+                Err(e) => return Err(e).context("saving the step result"),
             }
         }
     }

@@ -3,10 +3,12 @@
 //! one; `contract` holds the tests every store adapter must pass.
 
 mod driver;
+mod executor;
 mod page;
 mod store;
 
 pub use driver::{DriverError, RunDriver};
+pub use executor::{StepCall, StepExecutor};
 pub use page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, Page, PageRequest};
 pub use store::*;
 

@@ -1,0 +1,8 @@
+//! Outbound HTTP: the `http` step's executor and the egress guard every
+//! outbound call goes through.
+
+mod egress;
+mod executor;
+
+pub use egress::{EgressDenied, EgressPolicy};
+pub use executor::{HttpExecutor, MAX_RESPONSE_BYTES};

@@ -1,0 +1,111 @@
+//! A real HTTP server for tests of outbound steps: echoes requests, fails on
+//! demand, redirects, stalls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Calls(Mutex<HashMap<String, u32>>);
+
+impl Calls {
+    fn bump(&self, key: &str) -> u32 {
+        let mut m = self.0.lock().expect("lock");
+        let n = m.entry(key.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
+}
+
+/// Starts the server on 127.0.0.1 and returns its base URL.
+pub async fn spawn() -> String {
+    let calls = Arc::new(Calls::default());
+    let app = Router::new()
+        .route("/echo", any(echo))
+        .route("/flaky/{key}/{failures}", any(flaky))
+        .route("/limited/{key}", any(limited))
+        .route("/status/{code}", any(status))
+        .route("/slow/{ms}", any(slow))
+        .route("/redirect", any(redirect))
+        .route("/big", any(big))
+        .with_state(calls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+async fn echo(
+    method: Method,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: String,
+) -> Json<Value> {
+    let json_body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    Json(json!({
+        "method": method.as_str(),
+        "query": q,
+        "x_api_key": headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+        "content_type": headers.get("content-type").and_then(|v| v.to_str().ok()),
+        "text": body,
+        "json": json_body,
+    }))
+}
+
+/// Fails with 503 `failures` times per key, then answers 200.
+async fn flaky(
+    State(calls): State<Arc<Calls>>,
+    Path((key, failures)): Path<(String, u32)>,
+) -> Response {
+    let n = calls.bump(&key);
+    if n <= failures {
+        (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response()
+    } else {
+        Json(json!({"ok": true, "calls": n})).into_response()
+    }
+}
+
+/// Answers 429 with `Retry-After: 1` once per key, then 200.
+async fn limited(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Response {
+    if calls.bump(&key) == 1 {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            "slow down",
+        )
+            .into_response()
+    } else {
+        Json(json!({"ok": true})).into_response()
+    }
+}
+
+async fn status(Path(code): Path<u16>) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT),
+        format!("status {code}"),
+    )
+        .into_response()
+}
+
+async fn slow(Path(ms): Path<u64>) -> Json<Value> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Json(json!({"slept_ms": ms}))
+}
+
+async fn redirect(Query(q): Query<HashMap<String, String>>) -> Response {
+    let to = q.get("to").cloned().unwrap_or_default();
+    (StatusCode::FOUND, [("location", to)]).into_response()
+}
+
+async fn big() -> String {
+    "x".repeat(6 * 1024 * 1024)
+}

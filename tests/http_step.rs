@@ -1,0 +1,193 @@
+//! The `http` step against a real upstream server: requests built from
+//! templates, retries of transient failures, Retry-After, permanent errors,
+//! timeouts, and refusal of internal destinations.
+
+mod common;
+
+use common::{spawn_app, spawn_app_with, step, upstream};
+use serde_json::{Value, json};
+use weft::platform::PlatformConfig;
+
+fn attempts(run: &Value, id: &str) -> Vec<Value> {
+    step(run, id)["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn ts(v: &Value) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().expect("timestamp")).expect("rfc3339")
+}
+
+#[tokio::test]
+async fn requests_are_built_from_templates_and_responses_flow_on() {
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    app.create_workflow(json!({"id": "wf_http", "name": "call", "steps": [
+        {"id": "call", "type": "http", "method": "post", "url": "{{ trigger.base }}/echo",
+         "query": {"q": "{{ trigger.term }}", "n": 2}, "headers": {"x-api-key": "k-{{ trigger.term }}"},
+         "body": {"term": "{{ trigger.term }}", "tags": "{{ trigger.tags }}"}},
+        {"id": "use", "type": "transform", "inputs": {"status": "{{ call.status }}", "echoed": "{{ call.body.json }}", "q": "{{ call.body.query.q }}"}}
+    ]}))
+    .await;
+    let run = app
+        .start_run(
+            "wf_http",
+            json!({"base": up, "term": "rust", "tags": ["a", "b"]}),
+        )
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(
+        done["output"],
+        json!({"status": 200, "echoed": {"term": "rust", "tags": ["a", "b"]}, "q": "rust"})
+    );
+    let call = step(&done, "call");
+    assert_eq!(call["output"]["body"]["method"], "POST");
+    assert_eq!(call["output"]["body"]["x_api_key"], "k-rust");
+    assert_eq!(call["output"]["body"]["query"]["n"], "2");
+    assert_eq!(call["output"]["body"]["content_type"], "application/json");
+    assert_eq!(
+        call["output"]["headers"]["content-type"],
+        "application/json"
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_per_the_step_policy() {
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    let def = |attempts: u32| {
+        json!({"name": "flaky", "steps": [
+            {"id": "call", "type": "http", "url": "{{ trigger.url }}",
+             "retry": {"max_attempts": attempts, "initial_interval": "50ms", "jitter": 0}}
+        ]})
+    };
+    let ok = app.create_workflow(def(3)).await;
+    let run = app
+        .start_run(&ok, json!({"url": format!("{up}/flaky/a/2")}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let tries = attempts(&done, "call");
+    assert_eq!(tries.len(), 3);
+    assert_eq!(tries[0]["error"]["code"], "http_503");
+    assert!(tries[2]["error"].is_null());
+    assert_eq!(step(&done, "call")["output"]["body"]["calls"], 3);
+
+    let short = app.create_workflow(def(2)).await;
+    let run = app
+        .start_run(&short, json!({"url": format!("{up}/flaky/b/5")}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "FAILED");
+    assert_eq!(attempts(&done, "call").len(), 2);
+    assert_eq!(done["error"]["code"], "http_503");
+    let logs = app
+        .get(&format!("/v1/runs/{run}/logs"))
+        .await
+        .body
+        .to_string();
+    assert!(logs.contains("retrying at"), "{logs}");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    let wf = app.create_workflow(json!({"name": "limited", "steps": [
+        {"id": "call", "type": "http", "url": "{{ trigger.url }}", "retry": {"max_attempts": 2, "initial_interval": "10ms", "jitter": 0}}
+    ]}))
+    .await;
+    let run = app
+        .start_run(&wf, json!({"url": format!("{up}/limited/x")}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let tries = attempts(&done, "call");
+    assert_eq!(tries[0]["error"]["code"], "http_429");
+    let waited = ts(&tries[1]["started_at"]) - ts(&tries[0]["finished_at"]);
+    assert!(waited.num_milliseconds() >= 1000, "waited only {waited}");
+}
+
+#[tokio::test]
+async fn client_errors_are_permanent_and_timeouts_transient() {
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    let wf = app
+        .create_workflow(json!({"name": "errors", "steps": [
+            {"id": "call", "type": "http", "url": "{{ trigger.url }}", "timeout": "300ms",
+             "retry": {"max_attempts": 2, "initial_interval": "10ms"}}
+        ]}))
+        .await;
+    let run = app
+        .start_run(&wf, json!({"url": format!("{up}/status/404")}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "FAILED");
+    assert_eq!(done["error"]["code"], "http_404");
+    assert_eq!(attempts(&done, "call").len(), 1, "a 404 is not retried");
+
+    let run = app
+        .start_run(&wf, json!({"url": format!("{up}/slow/3000")}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "FAILED");
+    assert_eq!(done["error"]["code"], "timeout");
+    assert_eq!(attempts(&done, "call").len(), 2, "a timeout is retried");
+
+    let run = app
+        .start_run(&wf, json!({"url": format!("{up}/big")}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["error"]["code"], "response_too_large");
+}
+
+#[tokio::test]
+async fn internal_destinations_are_refused() {
+    let up = upstream::spawn().await;
+    let port = up.rsplit(':').next().expect("port").to_owned();
+    // The default policy: nothing internal, loopback included.
+    let app = spawn_app_with(PlatformConfig::default()).await;
+    let wf = app.create_workflow(json!({"name": "ssrf", "steps": [
+        {"id": "call", "type": "http", "url": "{{ trigger.url }}", "retry": {"max_attempts": 3, "initial_interval": "10ms"}}
+    ]}))
+    .await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("http://localhost:{port}/echo"),
+        format!("http://127.0.0.1:{port}/echo"),
+        format!("http://[::1]:{port}/echo"),
+        "file:///etc/passwd".to_owned(),
+    ] {
+        let run = app.start_run(&wf, json!({ "url": url })).await;
+        let done = app.wait_finished(&run).await;
+        assert_eq!(done["status"], "FAILED", "{url}: {done}");
+        assert_eq!(done["error"]["code"], "egress_denied", "{url}: {done}");
+        assert_eq!(
+            attempts(&done, "call").len(),
+            1,
+            "{url}: refusals are permanent"
+        );
+    }
+
+    // Loopback allowed (as in development), but a redirect to a private
+    // address is still refused.
+    let app = spawn_app().await;
+    let wf = app.create_workflow(json!({"name": "redirect", "steps": [{"id": "call", "type": "http", "url": "{{ trigger.url }}"}]})).await;
+    let run = app
+        .start_run(
+            &wf,
+            json!({"url": format!("{up}/redirect?to=http://10.0.0.1/admin")}),
+        )
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["error"]["code"], "egress_denied", "{done}");
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10.0.0.1")
+    );
+    // A redirect to an allowed place is followed.
+    let run = app
+        .start_run(&wf, json!({"url": format!("{up}/redirect?to={up}/echo")}))
+        .await;
+    assert_eq!(app.wait_finished(&run).await["status"], "COMPLETED");
+}
