@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, step};
+use common::{TestApp, step, upstream};
 use serde_json::json;
 
 const KEY: &str = "weft_crash_test_key_0123456789abcdefghij";
@@ -23,6 +23,7 @@ fn start(dir: &std::path::Path) -> Server {
         .args(["dev", "--port", "0", "--data-dir"])
         .arg(dir)
         .env("WEFT_DEV_API_KEY", KEY)
+        .env("WEFT_EGRESS_ALLOW", "127.0.0.0/8")
         .env("WEFT_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -136,4 +137,32 @@ async fn the_dev_key_and_workspace_survive_restarts() {
     let server = start(dir.path());
     let app = TestApp::external(&server.base, KEY);
     assert_eq!(app.get("/v1/workflows/wf_keep").await.status, 200);
+}
+
+#[tokio::test]
+async fn an_http_call_in_flight_at_the_crash_is_retried() {
+    let up = upstream::spawn().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+    app.create_workflow(json!({"id": "wf_call", "name": "Call", "steps": [
+        {"id": "call", "type": "http", "url": "{{ trigger.url }}", "timeout": "20s",
+         "retry": {"max_attempts": 3, "initial_interval": "100ms"}},
+        {"id": "after", "type": "transform", "inputs": "{{ call.body.slept_ms }}"}
+    ]}))
+    .await;
+    let run = app.start_run("wf_call", json!({"url": format!("{up}/slow/1500")})).await;
+    app.wait_run(&run, |b| step(b, "call")["status"] == "running").await;
+    server.kill_9();
+
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["output"], 1500);
+    let attempts = step(&done, "call")["attempts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["error"]["code"], "interrupted");
+    assert!(attempts[1]["error"].is_null());
+    drop(server);
 }
