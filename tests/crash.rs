@@ -151,8 +151,11 @@ async fn an_http_call_in_flight_at_the_crash_is_retried() {
         {"id": "after", "type": "transform", "inputs": "{{ call.body.slept_ms }}"}
     ]}))
     .await;
-    let run = app.start_run("wf_call", json!({"url": format!("{up}/slow/1500")})).await;
-    app.wait_run(&run, |b| step(b, "call")["status"] == "running").await;
+    let run = app
+        .start_run("wf_call", json!({"url": format!("{up}/slow/1500")}))
+        .await;
+    app.wait_run(&run, |b| step(b, "call")["status"] == "running")
+        .await;
     server.kill_9();
 
     let server = start(dir.path());
@@ -160,7 +163,10 @@ async fn an_http_call_in_flight_at_the_crash_is_retried() {
     let done = app.wait_finished(&run).await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(done["output"], 1500);
-    let attempts = step(&done, "call")["attempts"].as_array().cloned().unwrap_or_default();
+    let attempts = step(&done, "call")["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(attempts[0]["error"]["code"], "interrupted");
     assert!(attempts[1]["error"].is_null());

@@ -3,6 +3,10 @@
 //! only HTTP, so the same files run against any Weft: the embedded one it
 //! starts itself, or another given by WEFT_SCENARIO_URL and
 //! WEFT_SCENARIO_KEY (such as the AWS deployment).
+//!
+//! In a scenario file, `$UPSTREAM` is replaced by the base URL of a real HTTP
+//! server the runner starts on 127.0.0.1 (see tests/common/upstream.rs), and
+//! `$UNIQUE` by a string unique to this run of the suite.
 
 mod common;
 
@@ -23,6 +27,14 @@ async fn scenarios() {
             _ => spawn_app().await,
         },
     );
+    let upstream = Arc::new(common::upstream::spawn().await);
+    let unique = Arc::new(format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("scenario dir")
@@ -33,13 +45,16 @@ async fn scenarios() {
     let tasks: Vec<_> = files
         .into_iter()
         .map(|f| {
-            let app = app.clone();
+            let (app, upstream, unique) = (app.clone(), upstream.clone(), unique.clone());
             tokio::spawn(async move {
                 let name = f
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let text = std::fs::read_to_string(&f).map_err(|e| format!("{name}: {e}"))?;
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| format!("{name}: {e}"))?
+                    .replace("$UPSTREAM", &upstream)
+                    .replace("$UNIQUE", &unique);
                 let scenario: Value =
                     serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
                 run_scenario(&app, &scenario)
