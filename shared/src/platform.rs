@@ -66,6 +66,7 @@ impl Platform {
             runs: shared.clone(),
             driver: orchestrator.clone(),
             definitions,
+            auth_cache: Default::default(),
         });
         let resumed = orchestrator
             .resume_all(shared.as_ref())

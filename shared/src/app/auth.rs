@@ -1,3 +1,7 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use rand::distr::{Alphanumeric, SampleString};
 use sha2::{Digest, Sha256};
 
@@ -24,20 +28,57 @@ pub fn hash_api_key(key: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Keys recently found valid, so most requests skip the store. A key
+/// removed from the store stays usable here for up to `AUTH_CACHE_TTL`;
+/// unknown keys are never cached.
+#[derive(Default)]
+pub struct AuthCache {
+    entries: Mutex<HashMap<String, (Principal, Instant)>>,
+}
+
+pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(30);
+const AUTH_CACHE_CAPACITY: usize = 10_000;
+
+impl AuthCache {
+    fn get(&self, hash: &str) -> Option<Principal> {
+        let entries = self.entries.lock().ok()?;
+        let (p, at) = entries.get(hash)?;
+        (at.elapsed() < AUTH_CACHE_TTL).then(|| p.clone())
+    }
+
+    fn put(&self, hash: String, p: Principal) {
+        if let Ok(mut e) = self.entries.lock() {
+            if e.len() >= AUTH_CACHE_CAPACITY {
+                e.retain(|_, (_, at)| at.elapsed() < AUTH_CACHE_TTL);
+                if e.len() >= AUTH_CACHE_CAPACITY {
+                    e.clear();
+                }
+            }
+            e.insert(hash, (p, Instant::now()));
+        }
+    }
+}
+
 impl App {
     pub async fn authenticate(&self, key: &str) -> Result<Principal, AppError> {
         if key.is_empty() || key.len() > 200 {
             return Err(AppError::Unauthorized);
         }
+        let hash = hash_api_key(key);
+        if let Some(p) = self.auth_cache.get(&hash) {
+            return Ok(p);
+        }
         let rec = self
             .api_keys
-            .find_api_key(&hash_api_key(key))
+            .find_api_key(&hash)
             .await?
             .ok_or(AppError::Unauthorized)?;
-        Ok(Principal {
+        let p = Principal {
             workspace_id: rec.workspace_id,
             key_id: rec.id,
             role: rec.role,
-        })
+        };
+        self.auth_cache.put(hash, p.clone());
+        Ok(p)
     }
 }

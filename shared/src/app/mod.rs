@@ -10,7 +10,7 @@ mod workflows;
 
 use std::sync::Arc;
 
-pub use auth::{Principal, generate_api_key, hash_api_key};
+pub use auth::{AuthCache, Principal, generate_api_key, hash_api_key};
 pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
@@ -24,4 +24,5 @@ pub struct App {
     pub runs: Arc<dyn RunStore>,
     pub driver: Arc<dyn RunDriver>,
     pub definitions: Arc<DefinitionCache>,
+    pub auth_cache: AuthCache,
 }

@@ -218,18 +218,12 @@ impl App {
     }
 
     pub async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<RunView, AppError> {
-        let run = self
+        let (run, steps) = self
             .runs
-            .get_run(ws, id)
+            .load_run(ws, id)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("run `{id}` not found")))?;
-        let recs: Records = self
-            .runs
-            .get_steps(ws, id)
-            .await?
-            .into_iter()
-            .map(|s| (s.key.clone(), s))
-            .collect();
+        let recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
         let wf = self.definition(&run).await?;
         let steps = ordered(&wf, recs, !run.status.is_terminal());
         Ok(RunView { run, steps })
@@ -272,18 +266,12 @@ impl App {
         ) -> Result<(Vec<String>, Vec<LogEntry>), AppError>,
     {
         for _ in 0..WRITE_ATTEMPTS {
-            let mut run = self
+            let (mut run, steps) = self
                 .runs
-                .get_run(ws, id)
+                .load_run(ws, id)
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("run `{id}` not found")))?;
-            let mut recs: Records = self
-                .runs
-                .get_steps(ws, id)
-                .await?
-                .into_iter()
-                .map(|s| (s.key.clone(), s))
-                .collect();
+            let mut recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
             let wf = self.definition(&run).await?;
             let (changed, logs) = change(&wf, &mut run, &mut recs)?;
             run.revision += 1;

@@ -182,20 +182,18 @@ impl Inner {
         let (ws, id) = key;
         use anyhow::Context as _;
         loop {
-            let Some(mut run) = self.runs.get_run(ws, id).await.context("reading the run")? else {
+            let Some((mut run, steps)) = self
+                .runs
+                .load_run(ws, id)
+                .await
+                .context("reading the run")?
+            else {
                 return Ok(None);
             };
             if run.status.is_terminal() {
                 return Ok(None);
             }
-            let mut recs: Records = self
-                .runs
-                .get_steps(ws, id)
-                .await
-                .context("reading the steps")?
-                .into_iter()
-                .map(|s| (s.key.clone(), s))
-                .collect();
+            let mut recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
             let now = Utc::now();
             let mut logs = Vec::new();
             let wf = match self
@@ -395,7 +393,12 @@ impl Inner {
     ) -> anyhow::Result<()> {
         use anyhow::Context as _;
         loop {
-            let Some(mut run) = self.runs.get_run(ws, id).await.context("reading the run")? else {
+            let Some((mut run, steps)) = self
+                .runs
+                .load_run(ws, id)
+                .await
+                .context("reading the run")?
+            else {
                 return Ok(());
             };
             if run.status.is_terminal() {
@@ -411,14 +414,7 @@ impl Inner {
                 )
                 .await
                 .context("loading the workflow")?;
-            let mut recs: Records = self
-                .runs
-                .get_steps(ws, id)
-                .await
-                .context("reading the steps")?
-                .into_iter()
-                .map(|s| (s.key.clone(), s))
-                .collect();
+            let mut recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
             let now = Utc::now();
             let Some(line) = record_external(
                 &wf,

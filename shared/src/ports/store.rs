@@ -108,6 +108,18 @@ pub trait RunStore: Send + Sync {
     async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>>;
     /// Every step record of a run.
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>>;
+    /// A run with all its steps, read together (one query where the store
+    /// allows it: the orchestrator does this on every tick).
+    async fn load_run(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
+        let Some(run) = self.get_run(ws, id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((run, self.get_steps(ws, id).await?)))
+    }
     /// Newest first.
     async fn list_runs(
         &self,

@@ -109,6 +109,32 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    async fn load_run(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .read(move |c| {
+                let data: Option<String> = c
+                    .prepare_cached("SELECT data FROM runs WHERE workspace_id = ?1 AND id = ?2")?
+                    .query_row(params![ws, id], |r| r.get(0))
+                    .optional()?;
+                let Some(data) = data else { return Ok(None) };
+                let run: RunRecord = serde_json::from_str(&data)?;
+                let mut stmt = c.prepare_cached(
+                    "SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2",
+                )?;
+                let steps = stmt
+                    .query_map(params![ws, id], |r| r.get::<_, String>(0))?
+                    .map(|d| Ok(serde_json::from_str::<StepRecord>(&d?)?))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(Some((run, steps)))
+            })
+            .await
+    }
+
     async fn list_runs(
         &self,
         ws: &WorkspaceId,
