@@ -52,7 +52,10 @@ pub fn main() -> ExitCode {
             Ok(egress) => dev(
                 data_dir,
                 SocketAddr::new(host, port),
-                PlatformConfig { egress },
+                PlatformConfig {
+                    egress,
+                    master_key: None,
+                },
             ),
             Err(e) => Err(anyhow::anyhow!("--egress-allow: {e}")),
         },
@@ -88,6 +91,12 @@ fn dev(data_dir: PathBuf, addr: SocketAddr, config: PlatformConfig) -> anyhow::R
     rt.block_on(async move {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
+        let mut config = config;
+        let env_key = std::env::var("WEFT_MASTER_KEY").ok();
+        config.master_key = Some(weft::platform::load_master_key(
+            &data_dir,
+            env_key.as_deref(),
+        )?);
         let platform = Platform::open_with(&data_dir.join("weft.db"), config).await?;
         let key = std::env::var("WEFT_DEV_API_KEY")
             .ok()

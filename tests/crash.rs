@@ -125,18 +125,31 @@ async fn runs_resume_after_kill_9() {
 }
 
 #[tokio::test]
-async fn the_dev_key_and_workspace_survive_restarts() {
+async fn the_dev_key_workspace_and_secrets_survive_restarts() {
     let dir = tempfile::tempdir().expect("dir");
     let server = start(dir.path());
     let app = TestApp::external(&server.base, KEY);
-    app.create_workflow(
-        json!({"id": "wf_keep", "name": "Keep", "steps": [{"id": "a", "type": "transform"}]}),
-    )
+    app.create_workflow(json!({"id": "wf_keep", "name": "Keep", "steps": [
+        {"id": "call", "type": "http", "url": "{{ trigger.base }}/check-key", "headers": {"x-api-key": "{{ secrets.API_KEY }}"}}
+    ]}))
     .await;
+    assert_eq!(
+        app.put("/v1/secrets/API_KEY", json!({"value": "s3cret-value-42"}))
+            .await
+            .status,
+        200
+    );
     server.kill_9();
     let server = start(dir.path());
     let app = TestApp::external(&server.base, KEY);
     assert_eq!(app.get("/v1/workflows/wf_keep").await.status, 200);
+    // The secret is still readable: the master key file kept its key.
+    let up = upstream::spawn().await;
+    let run = app.start_run("wf_keep", json!({"base": up})).await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(step(&done, "call")["output"]["body"]["authorized"], true);
+    drop(server);
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! orchestrator, and the API router, wired together. `weft dev`, the tests
 //! and the benchmark all start Weft through this.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::adapters::http::{EgressPolicy, HttpExecutor};
-use crate::adapters::sqlite::SqliteStore;
+use crate::adapters::sqlite::{MasterKey, SqliteStore};
 use crate::app::{App, DefinitionCache, generate_api_key, hash_api_key};
 use crate::domain::{ApiKeyId, ApiKeyRecord, Role, Workspace, WorkspaceId};
 use crate::orchestrator::Embedded;
-use crate::ports::{ApiKeyStore, StepExecutor, StoreError, WorkspaceStore};
+use crate::ports::{ApiKeyStore, SecretStore, StepExecutor, StoreError, WorkspaceStore};
 
 pub struct Platform {
     pub app: Arc<App>,
@@ -39,6 +39,8 @@ pub struct DevCredentials {
 pub struct PlatformConfig {
     /// Which destinations HTTP steps may reach.
     pub egress: EgressPolicy,
+    /// Encrypts workspace secrets at rest; without it secrets are unavailable.
+    pub master_key: Option<MasterKey>,
 }
 
 impl Platform {
@@ -50,20 +52,24 @@ impl Platform {
 
     /// Opens the database at `db` and resumes every unfinished run found there.
     pub async fn open_with(db: &Path, config: PlatformConfig) -> anyhow::Result<Self> {
-        let store = SqliteStore::open(db)?;
+        let mut store = SqliteStore::open(db)?;
+        if let Some(k) = &config.master_key {
+            store = store.with_master_key(k.clone());
+        }
         let shared = Arc::new(store.clone());
         let definitions = Arc::new(DefinitionCache::default());
         let orchestrator = Arc::new(Embedded::new(
             shared.clone(),
             shared.clone(),
             definitions.clone(),
-            executors(&config)?,
+            executors(&config, shared.clone())?,
         ));
         let app = Arc::new(App {
             workspaces: shared.clone(),
             api_keys: shared.clone(),
             workflows: shared.clone(),
             runs: shared.clone(),
+            secrets: shared.clone(),
             driver: orchestrator.clone(),
             definitions,
             auth_cache: Default::default(),
@@ -156,16 +162,49 @@ impl Platform {
     }
 }
 
-fn executors(config: &PlatformConfig) -> anyhow::Result<HashMap<String, Arc<dyn StepExecutor>>> {
+fn executors(
+    config: &PlatformConfig,
+    secrets: Arc<dyn SecretStore>,
+) -> anyhow::Result<HashMap<String, Arc<dyn StepExecutor>>> {
     let mut map: HashMap<String, Arc<dyn StepExecutor>> = HashMap::new();
     map.insert(
         "http".into(),
-        Arc::new(HttpExecutor::new(config.egress.clone())?),
+        Arc::new(HttpExecutor::new(config.egress.clone(), secrets)?),
     );
     Ok(map)
 }
 
-fn write_private(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
+/// The master key for secrets at rest: `WEFT_MASTER_KEY` (base64 of 32
+/// bytes) if given, otherwise `<data_dir>/master.key`, created on first use
+/// and readable by the owner only. Losing it loses every stored secret.
+pub fn load_master_key(data_dir: &Path, from_env: Option<&str>) -> anyhow::Result<MasterKey> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let decode = |text: &str, what: &str| -> anyhow::Result<MasterKey> {
+        let bytes = STANDARD
+            .decode(text.trim())
+            .with_context(|| format!("{what} is not base64"))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{what} must be 32 bytes (base64 of 32 random bytes)"))?;
+        Ok(MasterKey::from_bytes(key))
+    };
+    if let Some(text) = from_env.filter(|t| !t.trim().is_empty()) {
+        return decode(text, "WEFT_MASTER_KEY");
+    }
+    let file = data_dir.join("master.key");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => decode(&text, &file.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = MasterKey::generate();
+            write_private(&file, STANDARD.encode(key.bytes()).as_bytes())?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

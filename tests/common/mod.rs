@@ -28,10 +28,17 @@ pub struct Reply {
 /// own upstream servers).
 pub async fn spawn_app() -> TestApp {
     let egress = weft::adapters::http::EgressPolicy::allowing("127.0.0.0/8").expect("policy");
-    spawn_app_with(PlatformConfig { egress }).await
+    spawn_app_with(PlatformConfig {
+        egress,
+        master_key: None,
+    })
+    .await
 }
 
-pub async fn spawn_app_with(config: PlatformConfig) -> TestApp {
+pub async fn spawn_app_with(mut config: PlatformConfig) -> TestApp {
+    config
+        .master_key
+        .get_or_insert_with(weft::adapters::sqlite::MasterKey::generate);
     let dir = tempfile::tempdir().expect("temp dir");
     let platform = std::sync::Arc::new(
         Platform::open_with(&dir.path().join("weft.db"), config)

@@ -35,6 +35,8 @@ pub async fn spawn() -> String {
         .route("/slow/{ms}", any(slow))
         .route("/redirect", any(redirect))
         .route("/big", any(big))
+        .route("/check-key", any(check_key))
+        .route("/reject", any(reject))
         .with_state(calls);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -108,4 +110,24 @@ async fn redirect(Query(q): Query<HashMap<String, String>>) -> Response {
 
 async fn big() -> String {
     "x".repeat(6 * 1024 * 1024)
+}
+
+/// Says whether `x-api-key` is the expected test secret, and echoes it back
+/// (as careless services do).
+async fn check_key(headers: HeaderMap) -> Json<Value> {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Json(json!({"authorized": key == "s3cret-value-42", "you_sent": key}))
+}
+
+/// A 400 whose body repeats the key it was sent.
+async fn reject(headers: HeaderMap) -> Response {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (StatusCode::BAD_REQUEST, format!("invalid key {key}")).into_response()
 }

@@ -4,6 +4,7 @@
 mod extract;
 mod problem;
 mod runs;
+mod secrets;
 mod workflows;
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -39,6 +40,11 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(workflows::archive),
         )
         .route("/v1/workflows/{id}/runs", post(runs::start))
+        .route("/v1/secrets", get(secrets::list))
+        .route(
+            "/v1/secrets/{name}",
+            put(secrets::put).delete(secrets::delete),
+        )
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/logs", get(runs::logs))

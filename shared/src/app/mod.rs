@@ -5,6 +5,7 @@ mod auth;
 mod definitions;
 mod error;
 mod runs;
+mod secrets;
 pub mod views;
 mod workflows;
 
@@ -15,13 +16,14 @@ pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
 
-use crate::ports::{ApiKeyStore, RunDriver, RunStore, WorkflowStore, WorkspaceStore};
+use crate::ports::{ApiKeyStore, RunDriver, RunStore, SecretStore, WorkflowStore, WorkspaceStore};
 
 pub struct App {
     pub workspaces: Arc<dyn WorkspaceStore>,
     pub api_keys: Arc<dyn ApiKeyStore>,
     pub workflows: Arc<dyn WorkflowStore>,
     pub runs: Arc<dyn RunStore>,
+    pub secrets: Arc<dyn SecretStore>,
     pub driver: Arc<dyn RunDriver>,
     pub definitions: Arc<DefinitionCache>,
     pub auth_cache: AuthCache,

@@ -124,3 +124,8 @@ pub fn log(l: &LogEntry) -> Value {
         "message": l.message,
     })
 }
+
+/// A secret: its name and times, never its value.
+pub fn secret(m: &crate::ports::SecretMeta) -> Value {
+    json!({"name": m.name, "created_at": m.created_at, "updated_at": m.updated_at})
+}

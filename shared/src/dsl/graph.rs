@@ -90,6 +90,15 @@ pub(super) fn resolve_scope(
         }
         let mut deps = BTreeSet::new();
         for r in refs {
+            if r.name == "secrets" {
+                if !s.step.kind.is_external() {
+                    errors.push(ValidationError::new(
+                        &r.path,
+                        "`secrets` can only be used in http steps (secret values never enter run state)",
+                    ));
+                }
+                continue;
+            }
             if is_builtin_name(&r.name, in_map) {
                 continue;
             }

@@ -76,7 +76,10 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
 }
 
 fn http_request(h: &crate::dsl::Http, ctx: &Context) -> Result<Value, StepError> {
-    let render = |v: &Value| template::render_value(v, ctx).map_err(template_error);
+    // `secrets.NAME` renders to a placeholder the executor resolves.
+    let ctx =
+        minijinja::context! { secrets => crate::secret_refs::template_object(), ..ctx.clone() };
+    let render = |v: &Value| template::render_value(v, &ctx).map_err(template_error);
     Ok(json!({
         "method": h.method,
         "url": render(&Value::String(h.url.clone()))?,

@@ -17,18 +17,20 @@ pub struct Stores {
     pub api_keys: Arc<dyn ApiKeyStore>,
     pub workflows: Arc<dyn WorkflowStore>,
     pub runs: Arc<dyn RunStore>,
+    pub secrets: Arc<dyn SecretStore>,
 }
 
 impl Stores {
     pub fn from_one<S>(s: Arc<S>) -> Self
     where
-        S: WorkspaceStore + ApiKeyStore + WorkflowStore + RunStore + 'static,
+        S: WorkspaceStore + ApiKeyStore + WorkflowStore + RunStore + SecretStore + 'static,
     {
         Self {
             workspaces: s.clone(),
             api_keys: s.clone(),
             workflows: s.clone(),
-            runs: s,
+            runs: s.clone(),
+            secrets: s,
         }
     }
 }
@@ -41,6 +43,54 @@ pub async fn run_all(s: Stores) {
     runs_list_newest_first_with_filters(&s).await;
     idempotency_keys_are_scoped(&s).await;
     logs_page_in_order(&s).await;
+    secrets_are_write_only_and_isolated(&s).await;
+}
+
+async fn secrets_are_write_only_and_isolated(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let first = s
+        .secrets
+        .put_secret(&a, "API_KEY", "s3cret-1")
+        .await
+        .unwrap();
+    s.secrets.put_secret(&a, "OTHER", "o").await.unwrap();
+    assert_eq!(
+        s.secrets
+            .get_secret(&a, "API_KEY")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("s3cret-1")
+    );
+    let again = s
+        .secrets
+        .put_secret(&a, "API_KEY", "s3cret-2")
+        .await
+        .unwrap();
+    assert_eq!(again.created_at, first.created_at);
+    assert!(again.updated_at >= first.updated_at);
+    assert_eq!(
+        s.secrets
+            .get_secret(&a, "API_KEY")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("s3cret-2")
+    );
+    let names: Vec<String> = s
+        .secrets
+        .list_secrets(&a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["API_KEY", "OTHER"]);
+    assert_eq!(s.secrets.get_secret(&b, "API_KEY").await.unwrap(), None);
+    assert!(s.secrets.list_secrets(&b).await.unwrap().is_empty());
+    assert!(!s.secrets.delete_secret(&b, "API_KEY").await.unwrap());
+    assert!(s.secrets.delete_secret(&a, "API_KEY").await.unwrap());
+    assert_eq!(s.secrets.get_secret(&a, "API_KEY").await.unwrap(), None);
 }
 
 fn ws() -> WorkspaceId {

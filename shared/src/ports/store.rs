@@ -146,3 +146,28 @@ pub trait RunStore: Send + Sync {
 pub trait ActiveRunIndex: Send + Sync {
     async fn active_runs(&self) -> StoreResult<Vec<(WorkspaceId, RunId)>>;
 }
+
+/// A secret as listed: never its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretMeta {
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// Creates or replaces a secret.
+    async fn put_secret(
+        &self,
+        ws: &WorkspaceId,
+        name: &str,
+        value: &str,
+    ) -> StoreResult<SecretMeta>;
+    /// By name.
+    async fn list_secrets(&self, ws: &WorkspaceId) -> StoreResult<Vec<SecretMeta>>;
+    /// False if there was no such secret.
+    async fn delete_secret(&self, ws: &WorkspaceId, name: &str) -> StoreResult<bool>;
+    /// The value, for the executors of I/O steps only.
+    async fn get_secret(&self, ws: &WorkspaceId, name: &str) -> StoreResult<Option<String>>;
+}

@@ -11,7 +11,8 @@ use serde_json::{Map as JsonMap, Value, json};
 
 use super::egress::{EgressDenied, EgressPolicy, GuardedResolver};
 use crate::domain::StepError;
-use crate::ports::{StepCall, StepExecutor};
+use crate::ports::{SecretStore, StepCall, StepExecutor};
+use crate::secret_refs;
 
 /// Largest response body read.
 pub const MAX_RESPONSE_BYTES: usize = 5 * 1024 * 1024;
@@ -20,10 +21,11 @@ const MAX_REDIRECTS: usize = 10;
 pub struct HttpExecutor {
     client: reqwest::Client,
     policy: Arc<EgressPolicy>,
+    secrets: Arc<dyn SecretStore>,
 }
 
 impl HttpExecutor {
-    pub fn new(policy: EgressPolicy) -> anyhow::Result<Self> {
+    pub fn new(policy: EgressPolicy, secrets: Arc<dyn SecretStore>) -> anyhow::Result<Self> {
         let policy = Arc::new(policy);
         let redirect_policy = Arc::clone(&policy);
         let client = reqwest::Client::builder()
@@ -45,7 +47,11 @@ impl HttpExecutor {
             }))
             .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client, policy })
+        Ok(Self {
+            client,
+            policy,
+            secrets,
+        })
     }
 }
 
@@ -127,7 +133,46 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<f64> {
 #[async_trait]
 impl StepExecutor for HttpExecutor {
     async fn execute(&self, call: &StepCall) -> Result<Value, StepError> {
-        let req = &call.request;
+        let mut request = call.request.clone();
+        let mut names = Vec::new();
+        secret_refs::referenced(&request, &mut names);
+        let mut pairs = Vec::with_capacity(names.len());
+        for name in names {
+            match self.secrets.get_secret(&call.workspace_id, &name).await {
+                Ok(Some(v)) => pairs.push((name, v)),
+                Ok(None) => {
+                    return Err(StepError::permanent(
+                        "secret_not_found",
+                        format!(
+                            "secret `{name}` is not set in this workspace (PUT /v1/secrets/{name} sets it)"
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(StepError::transient(
+                        "secrets_unavailable",
+                        format!("secrets could not be read: {e}"),
+                    ));
+                }
+            }
+        }
+        secret_refs::substitute(&mut request, &pairs);
+        let values: Vec<String> = pairs.into_iter().map(|(_, v)| v).collect();
+        match self.send(call, &request).await {
+            Ok(mut out) => {
+                secret_refs::redact(&mut out, &values);
+                Ok(out)
+            }
+            Err(mut e) => {
+                e.message = secret_refs::redact_str(&e.message, &values);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl HttpExecutor {
+    async fn send(&self, call: &StepCall, req: &Value) -> Result<Value, StepError> {
         let method = Method::from_bytes(req["method"].as_str().unwrap_or("GET").as_bytes())
             .map_err(|_| bad_request("invalid HTTP method"))?;
         let url_text = as_text(&req["url"]);

@@ -3,6 +3,8 @@
 mod db;
 mod runs;
 mod schema;
+mod sealed;
+mod secrets;
 mod tenants;
 mod workflows;
 
@@ -15,14 +17,24 @@ use db::Db;
 #[derive(Clone)]
 pub struct SqliteStore {
     db: Arc<Db>,
+    /// Wraps the workspaces' data keys; secrets are unavailable without it.
+    master: Option<MasterKey>,
 }
+
+pub use sealed::MasterKey;
 
 impl SqliteStore {
     /// Opens (creating and migrating if needed) the database at `path`;
     /// `:memory:` gives a private in-memory database.
+    pub fn with_master_key(mut self, key: MasterKey) -> Self {
+        self.master = Some(key);
+        self
+    }
+
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         Ok(Self {
             db: Db::open(path)?,
+            master: None,
         })
     }
 }
@@ -56,13 +68,17 @@ mod tests {
     #[tokio::test]
     async fn passes_the_store_contract_on_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("weft.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("weft.db"))
+            .unwrap()
+            .with_master_key(MasterKey::generate());
         contract::run_all(contract::Stores::from_one(Arc::new(store))).await;
     }
 
     #[tokio::test]
     async fn passes_the_store_contract_in_memory() {
-        let store = SqliteStore::open(Path::new(":memory:")).unwrap();
+        let store = SqliteStore::open(Path::new(":memory:"))
+            .unwrap()
+            .with_master_key(MasterKey::generate());
         contract::run_all(contract::Stores::from_one(Arc::new(store))).await;
     }
 

@@ -2,7 +2,8 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE workspaces (
     id          TEXT PRIMARY KEY,
     data        TEXT NOT NULL
@@ -67,7 +68,23 @@ CREATE TABLE idempotency_keys (
     expires_at   TEXT NOT NULL,
     PRIMARY KEY (workspace_id, key)
 ) STRICT;
-"#];
+"#,
+    r#"
+CREATE TABLE workspace_keys (
+    workspace_id TEXT PRIMARY KEY,
+    wrapped      BLOB NOT NULL
+) STRICT;
+
+CREATE TABLE secrets (
+    workspace_id TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    sealed       BLOB NOT NULL,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, name)
+) STRICT;
+"#,
+];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
     let current: usize = c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;

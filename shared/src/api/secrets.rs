@@ -1,0 +1,35 @@
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::extract::{Auth, JsonBody};
+use super::problem::Problem;
+use crate::app::{App, views};
+
+pub async fn put(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Problem> {
+    let meta = app.put_secret(&who.workspace_id, &name, body).await?;
+    Ok(Json(views::secret(&meta)).into_response())
+}
+
+pub async fn list(State(app): State<Arc<App>>, Auth(who): Auth) -> Result<Response, Problem> {
+    let items = app.list_secrets(&who.workspace_id).await?;
+    Ok(Json(json!({"items": items.iter().map(views::secret).collect::<Vec<_>>()})).into_response())
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    app.delete_secret(&who.workspace_id, &name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
