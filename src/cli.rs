@@ -55,6 +55,7 @@ pub fn main() -> ExitCode {
                 PlatformConfig {
                     egress,
                     master_key: None,
+                    llm: weft::adapters::llm::LlmConfig::from_env(),
                 },
             ),
             Err(e) => Err(anyhow::anyhow!("--egress-allow: {e}")),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::adapters::http::{EgressPolicy, HttpExecutor};
+use crate::adapters::llm::{LlmConfig, LlmExecutor};
 use crate::adapters::sqlite::{MasterKey, SqliteStore};
 use crate::app::{App, DefinitionCache, generate_api_key, hash_api_key};
 use crate::domain::{ApiKeyId, ApiKeyRecord, Role, Workspace, WorkspaceId};
@@ -41,6 +42,8 @@ pub struct PlatformConfig {
     pub egress: EgressPolicy,
     /// Encrypts workspace secrets at rest; without it secrets are unavailable.
     pub master_key: Option<MasterKey>,
+    /// LLM providers for `llm` steps.
+    pub llm: LlmConfig,
 }
 
 impl Platform {
@@ -169,7 +172,15 @@ fn executors(
     let mut map: HashMap<String, Arc<dyn StepExecutor>> = HashMap::new();
     map.insert(
         "http".into(),
-        Arc::new(HttpExecutor::new(config.egress.clone(), secrets)?),
+        Arc::new(HttpExecutor::new(config.egress.clone(), secrets.clone())?),
+    );
+    map.insert(
+        "llm".into(),
+        Arc::new(LlmExecutor::new(
+            config.egress.clone(),
+            secrets,
+            config.llm.clone(),
+        )?),
     );
     Ok(map)
 }

@@ -96,6 +96,40 @@ pub fn redact_str(s: &str, values: &[String]) -> String {
     out
 }
 
+/// Resolves the placeholders in an executor's request from the workspace's
+/// secrets. Returns the values used, to redact from whatever is returned.
+pub async fn resolve(
+    secrets: &dyn crate::ports::SecretStore,
+    ws: &crate::domain::WorkspaceId,
+    request: &mut Value,
+) -> Result<Vec<String>, crate::domain::StepError> {
+    use crate::domain::StepError;
+    let mut names = Vec::new();
+    referenced(request, &mut names);
+    let mut pairs = Vec::with_capacity(names.len());
+    for name in names {
+        match secrets.get_secret(ws, &name).await {
+            Ok(Some(v)) => pairs.push((name, v)),
+            Ok(None) => {
+                return Err(StepError::permanent(
+                    "secret_not_found",
+                    format!(
+                        "secret `{name}` is not set in this workspace (PUT /v1/secrets/{name} sets it)"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(StepError::transient(
+                    "secrets_unavailable",
+                    format!("secrets could not be read: {e}"),
+                ));
+            }
+        }
+    }
+    substitute(request, &pairs);
+    Ok(pairs.into_iter().map(|(_, v)| v).collect())
+}
+
 fn map_strings(v: &mut Value, f: &dyn Fn(&str) -> String) {
     match v {
         Value::String(s) => *s = f(s),

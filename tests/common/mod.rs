@@ -2,6 +2,7 @@
 //! temporary SQLite file, and an HTTP client for it.
 #![allow(dead_code)]
 
+pub mod providers;
 pub mod upstream;
 
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub async fn spawn_app() -> TestApp {
     let egress = weft::adapters::http::EgressPolicy::allowing("127.0.0.0/8").expect("policy");
     spawn_app_with(PlatformConfig {
         egress,
-        master_key: None,
+        ..Default::default()
     })
     .await
 }

@@ -1,4 +1,5 @@
 //! Adapters behind the ports.
 
 pub mod http;
+pub mod llm;
 pub mod sqlite;

@@ -51,12 +51,13 @@ pub enum StepKind {
     Delay(Delay),
     Approval(Approval),
     Http(Http),
+    Llm(Llm),
 }
 
 impl StepKind {
     /// Steps that do I/O run outside the planner, through a step executor.
     pub fn is_external(&self) -> bool {
-        matches!(self, Self::Http(_))
+        matches!(self, Self::Http(_) | Self::Llm(_))
     }
 
     /// The canonical type name recorded with the step.
@@ -68,6 +69,7 @@ impl StepKind {
             Self::Delay(_) => "delay",
             Self::Approval(_) => "approval",
             Self::Http(_) => "http",
+            Self::Llm(_) => "llm",
         }
     }
 }
@@ -123,6 +125,33 @@ pub struct Http {
     pub query: Value,
     pub headers: Value,
     pub body: Option<Value>,
+}
+
+/// A model call. `provider` defaults to the server's default provider.
+#[derive(Clone, Debug)]
+pub struct Llm {
+    pub provider: Option<String>,
+    pub model: String,
+    /// `prompt` becomes one user message; or `messages` (a template or a
+    /// list of `{"role", "content"}`).
+    pub messages: Value,
+    pub system: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_tokens: u32,
+    /// Ask for JSON and parse the reply into the output's `json`.
+    pub json: bool,
+    /// Tried in order when a call fails with a rate limit, a server error,
+    /// a timeout or a too-long context.
+    pub fallback: Vec<ModelRef>,
+    /// A (cheaper) model for attempts after the first.
+    pub retry_model: Option<String>,
+    pub inputs: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelRef {
+    pub provider: Option<String>,
+    pub model: String,
 }
 
 #[derive(Clone, Debug)]

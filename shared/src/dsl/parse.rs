@@ -300,6 +300,7 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
         "delay" | "sleep" => parse_delay(p, obj, path, &mut refs).map(StepKind::Delay),
         "approval" => parse_approval(p, obj, path).map(StepKind::Approval),
         "http" => parse_http(p, obj, path, &mut refs).map(StepKind::Http),
+        "llm" => parse_llm(p, obj, path, &mut refs).map(StepKind::Llm),
         "integration" => {
             let service = obj.get("service").and_then(Value::as_str).unwrap_or("");
             if service.is_empty() {
@@ -312,15 +313,8 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
             }
             None
         }
-        "llm" => {
-            p.err(
-                &path.key("type"),
-                format!("step type `{type_name}` is not available on this server yet"),
-            );
-            None
-        }
         other => {
-            p.err(&path.key("type"), format!("unknown step type `{other}`; expected one of transform, condition, map, delay, approval, http"));
+            p.err(&path.key("type"), format!("unknown step type `{other}`; expected one of transform, condition, map, delay, approval, http, llm"));
             None
         }
     };
@@ -444,6 +438,19 @@ fn type_fields(kind: &StepKind) -> &'static [&'static str] {
         StepKind::Delay(_) => &["duration", "until"],
         StepKind::Approval(_) => &["message"],
         StepKind::Http(_) => &["method", "url", "query", "headers", "body"],
+        StepKind::Llm(_) => &[
+            "provider",
+            "model",
+            "prompt",
+            "messages",
+            "system",
+            "temperature",
+            "max_tokens",
+            "json",
+            "fallback",
+            "retry_model",
+            "inputs",
+        ],
     }
 }
 
@@ -831,6 +838,161 @@ fn parse_http(
         query,
         headers,
         body,
+    })
+}
+
+/// Providers an `llm` step can name.
+pub const LLM_PROVIDERS: &[&str] = &["openai", "anthropic", "gemini"];
+
+fn provider_field(p: &mut Parser, v: Option<&Value>, path: &Path) -> Option<String> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if LLM_PROVIDERS.contains(&s.as_str()) => Some(s.clone()),
+        Some(other) => {
+            p.err(
+                path,
+                format!(
+                    "unknown provider {other}; expected one of {}",
+                    LLM_PROVIDERS.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn parse_llm(
+    p: &mut Parser,
+    obj: &JsonMap<String, Value>,
+    path: &Path,
+    refs: &mut Vec<Ref>,
+) -> Option<Llm> {
+    let provider = provider_field(p, obj.get("provider"), &path.key("provider"));
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+        Some(_) => {
+            p.err(
+                &path.key("model"),
+                "expected a model name such as \"gpt-4o-mini\"",
+            );
+            return None;
+        }
+        None => {
+            p.err(path, "an llm step needs a `model`");
+            return None;
+        }
+    };
+    let messages = match (obj.get("prompt"), obj.get("messages")) {
+        (Some(Value::String(prompt)), None) => {
+            serde_json::json!([{"role": "user", "content": prompt}])
+        }
+        (None, Some(m @ Value::Array(_))) => m.clone(),
+        (None, Some(Value::String(t))) if template::is_template(t) => Value::String(t.clone()),
+        (Some(_), Some(_)) => {
+            p.err(path, "give either `prompt` or `messages`, not both");
+            return None;
+        }
+        (None, None) => {
+            p.err(path, "an llm step needs a `prompt` (or `messages`)");
+            return None;
+        }
+        (Some(_), None) => {
+            p.err(&path.key("prompt"), "expected a string");
+            return None;
+        }
+        (None, Some(_)) => {
+            p.err(
+                &path.key("messages"),
+                "expected a list of {\"role\", \"content\"} objects",
+            );
+            return None;
+        }
+    };
+    let messages_path = if obj.contains_key("prompt") {
+        path.key("prompt")
+    } else {
+        path.key("messages")
+    };
+    collect_refs(p, &messages, &messages_path, refs);
+    let system = opt_string(p, obj, path, "system");
+    if let Some(sys) = &system {
+        collect_refs(p, &Value::String(sys.clone()), &path.key("system"), refs);
+    }
+    let temperature = match obj.get("temperature") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(t) if (0.0..=2.0).contains(&t) => Some(t),
+            _ => {
+                p.err(&path.key("temperature"), "expected a number from 0 to 2");
+                None
+            }
+        },
+    };
+    let max_tokens = match obj.get("max_tokens") {
+        None | Some(Value::Null) => 1024,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=200_000).contains(&n) => n as u32,
+            _ => {
+                p.err(
+                    &path.key("max_tokens"),
+                    "expected a whole number from 1 to 200000",
+                );
+                1024
+            }
+        },
+    };
+    let json = match obj.get("json") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            p.err(&path.key("json"), "expected true or false");
+            false
+        }
+    };
+    let mut fallback = Vec::new();
+    match obj.get("fallback") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let at = path.key("fallback").index(i);
+                match item {
+                    Value::Object(m) => match m.get("model").and_then(Value::as_str) {
+                        Some(model) => fallback.push(ModelRef {
+                            provider: provider_field(p, m.get("provider"), &at.key("provider")),
+                            model: model.to_owned(),
+                        }),
+                        None => p.err(
+                            &at,
+                            "a fallback needs a `model` (and optionally a `provider`)",
+                        ),
+                    },
+                    Value::String(model) => fallback.push(ModelRef {
+                        provider: None,
+                        model: model.clone(),
+                    }),
+                    _ => p.err(&at, "expected {\"provider\": ..., \"model\": ...}"),
+                }
+            }
+        }
+        Some(_) => p.err(
+            &path.key("fallback"),
+            "expected a list of {\"provider\", \"model\"}",
+        ),
+    }
+    let retry_model = opt_string(p, obj, path, "retry_model");
+    let inputs = obj.get("inputs").cloned().unwrap_or(Value::Null);
+    collect_refs(p, &inputs, &path.key("inputs"), refs);
+    Some(Llm {
+        provider,
+        model,
+        messages,
+        system,
+        temperature,
+        max_tokens,
+        json,
+        fallback,
+        retry_model,
+        inputs,
     })
 }
 

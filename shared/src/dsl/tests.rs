@@ -29,7 +29,19 @@ fn the_original_example_parses_and_names_the_unknown_connector() {
         has(&errs, "$.steps[3].service", "unknown connector `gmail`"),
         "{errs:#?}"
     );
-    assert!(has(&errs, "$.steps[1].type", "`llm`"), "{errs:#?}");
+    // The llm step itself is valid; its `{{user.company}}` names nothing.
+    assert!(
+        !errs.iter().any(|e| e.path == "$.steps[1].type"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "$.steps[1].inputs.context.company",
+            "unknown step `user`"
+        ),
+        "{errs:#?}"
+    );
 }
 
 #[test]

@@ -54,6 +54,10 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
             Ok(req) => req,
             Err(e) => return Started::Done(Err(e)),
         }),
+        StepKind::Llm(l) => match llm_request(l, ctx) {
+            Ok(req) => Started::External(req),
+            Err(e) => Started::Done(Err(e)),
+        },
         StepKind::Map(m) => match template::render_value(&m.items, ctx).map_err(template_error) {
             Ok(Value::Array(items)) if items.len() <= MAX_MAP_ITEMS => Started::Iterate(items),
             Ok(Value::Array(items)) => Started::Done(Err(StepError::permanent(
@@ -86,6 +90,36 @@ fn http_request(h: &crate::dsl::Http, ctx: &Context) -> Result<Value, StepError>
         "query": render(&h.query)?,
         "headers": render(&h.headers)?,
         "body": h.body.as_ref().map(render).transpose()?,
+    }))
+}
+
+fn llm_request(l: &crate::dsl::Llm, ctx: &Context) -> Result<Value, StepError> {
+    let ctx =
+        minijinja::context! { secrets => crate::secret_refs::template_object(), ..ctx.clone() };
+    let render = |v: &Value| template::render_value(v, &ctx).map_err(template_error);
+    let messages = render(&l.messages)?;
+    let ok = messages.as_array().is_some_and(|m| {
+        !m.is_empty()
+            && m.iter()
+                .all(|x| x.get("role").is_some_and(Value::is_string) && x.get("content").is_some())
+    });
+    if !ok {
+        return Err(StepError::permanent(
+            "invalid_messages",
+            "`messages` must be a non-empty list of {\"role\", \"content\"} objects",
+        ));
+    }
+    Ok(json!({
+        "provider": l.provider,
+        "model": l.model,
+        "messages": messages,
+        "system": l.system.as_ref().map(|s| render(&Value::String(s.clone()))).transpose()?,
+        "temperature": l.temperature,
+        "max_tokens": l.max_tokens,
+        "json": l.json,
+        "fallback": l.fallback.iter().map(|f| json!({"provider": f.provider, "model": f.model})).collect::<Vec<_>>(),
+        "retry_model": l.retry_model,
+        "inputs": render(&l.inputs)?,
     }))
 }
 

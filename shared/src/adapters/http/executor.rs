@@ -24,31 +24,36 @@ pub struct HttpExecutor {
     secrets: Arc<dyn SecretStore>,
 }
 
+/// An HTTP client whose every connection passes the egress policy: host
+/// names through the guarded resolver, redirects through `check_url`. (IP
+/// literals skip DNS, so callers check the first URL with `check_url`.)
+pub fn guarded_client(policy: &Arc<EgressPolicy>) -> anyhow::Result<reqwest::Client> {
+    let redirect_policy = Arc::clone(policy);
+    Ok(reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver {
+            policy: Arc::clone(policy),
+        }))
+        .redirect(Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(EgressDenied(format!("more than {MAX_REDIRECTS} redirects")));
+            }
+            match check_url(attempt.url(), &redirect_policy) {
+                Ok(()) => attempt.follow(),
+                Err(e) => {
+                    let msg = format!("redirect to {} refused: {}", attempt.url(), e.0);
+                    attempt.error(EgressDenied(msg))
+                }
+            }
+        }))
+        .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
 impl HttpExecutor {
     pub fn new(policy: EgressPolicy, secrets: Arc<dyn SecretStore>) -> anyhow::Result<Self> {
         let policy = Arc::new(policy);
-        let redirect_policy = Arc::clone(&policy);
-        let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: Arc::clone(&policy),
-            }))
-            .redirect(Policy::custom(move |attempt| {
-                if attempt.previous().len() >= MAX_REDIRECTS {
-                    return attempt
-                        .error(EgressDenied(format!("more than {MAX_REDIRECTS} redirects")));
-                }
-                match check_url(attempt.url(), &redirect_policy) {
-                    Ok(()) => attempt.follow(),
-                    Err(e) => {
-                        let msg = format!("redirect to {} refused: {}", attempt.url(), e.0);
-                        attempt.error(EgressDenied(msg))
-                    }
-                }
-            }))
-            .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         Ok(Self {
-            client,
+            client: guarded_client(&policy)?,
             policy,
             secrets,
         })
@@ -56,7 +61,7 @@ impl HttpExecutor {
 }
 
 /// Scheme and IP-literal checks (host names are checked when resolved).
-fn check_url(url: &Url, policy: &EgressPolicy) -> Result<(), EgressDenied> {
+pub fn check_url(url: &Url, policy: &EgressPolicy) -> Result<(), EgressDenied> {
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(EgressDenied(format!(
             "`{}` URLs are not allowed; use http or https",
@@ -101,7 +106,7 @@ fn object(v: Option<&Value>, what: &str) -> Result<JsonMap<String, Value>, StepE
 }
 
 /// Finds an `EgressDenied` anywhere in an error's chain of causes.
-fn egress_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub fn egress_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(d) = err.downcast_ref::<EgressDenied>() {
@@ -112,7 +117,7 @@ fn egress_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<f64> {
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<f64> {
     let v = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
@@ -134,30 +139,8 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<f64> {
 impl StepExecutor for HttpExecutor {
     async fn execute(&self, call: &StepCall) -> Result<Value, StepError> {
         let mut request = call.request.clone();
-        let mut names = Vec::new();
-        secret_refs::referenced(&request, &mut names);
-        let mut pairs = Vec::with_capacity(names.len());
-        for name in names {
-            match self.secrets.get_secret(&call.workspace_id, &name).await {
-                Ok(Some(v)) => pairs.push((name, v)),
-                Ok(None) => {
-                    return Err(StepError::permanent(
-                        "secret_not_found",
-                        format!(
-                            "secret `{name}` is not set in this workspace (PUT /v1/secrets/{name} sets it)"
-                        ),
-                    ));
-                }
-                Err(e) => {
-                    return Err(StepError::transient(
-                        "secrets_unavailable",
-                        format!("secrets could not be read: {e}"),
-                    ));
-                }
-            }
-        }
-        secret_refs::substitute(&mut request, &pairs);
-        let values: Vec<String> = pairs.into_iter().map(|(_, v)| v).collect();
+        let values =
+            secret_refs::resolve(self.secrets.as_ref(), &call.workspace_id, &mut request).await?;
         match self.send(call, &request).await {
             Ok(mut out) => {
                 secret_refs::redact(&mut out, &values);

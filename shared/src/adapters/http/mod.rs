@@ -5,4 +5,6 @@ mod egress;
 mod executor;
 
 pub use egress::{EgressDenied, EgressPolicy};
-pub use executor::{HttpExecutor, MAX_RESPONSE_BYTES};
+pub use executor::{
+    HttpExecutor, MAX_RESPONSE_BYTES, check_url, egress_cause, guarded_client, retry_after,
+};

@@ -1,0 +1,57 @@
+//! Default list prices, USD per million tokens (input, output), matched by
+//! the longest model-name prefix. Prices change: these are defaults as
+//! published by the providers; a model not listed gets no cost.
+
+const PRICES: &[(&str, f64, f64)] = &[
+    ("gpt-4o-mini", 0.15, 0.60),
+    ("gpt-4o", 2.50, 10.00),
+    ("gpt-4.1-nano", 0.10, 0.40),
+    ("gpt-4.1-mini", 0.40, 1.60),
+    ("gpt-4.1", 2.00, 8.00),
+    ("gpt-4-turbo", 10.00, 30.00),
+    ("gpt-4", 30.00, 60.00),
+    ("gpt-3.5-turbo", 0.50, 1.50),
+    ("o3-mini", 1.10, 4.40),
+    ("o4-mini", 1.10, 4.40),
+    ("claude-3-haiku", 0.25, 1.25),
+    ("claude-3-5-haiku", 0.80, 4.00),
+    ("claude-3-5-sonnet", 3.00, 15.00),
+    ("claude-3-7-sonnet", 3.00, 15.00),
+    ("claude-sonnet-4", 3.00, 15.00),
+    ("claude-3-opus", 15.00, 75.00),
+    ("claude-opus-4", 15.00, 75.00),
+    ("gemini-1.5-flash", 0.075, 0.30),
+    ("gemini-1.5-pro", 1.25, 5.00),
+    ("gemini-2.0-flash", 0.10, 0.40),
+    ("gemini-2.5-flash", 0.30, 2.50),
+    ("gemini-2.5-pro", 1.25, 10.00),
+];
+
+/// (input, output) USD per million tokens.
+pub fn price(model: &str) -> Option<(f64, f64)> {
+    PRICES
+        .iter()
+        .filter(|(prefix, ..)| model.starts_with(prefix))
+        .max_by_key(|(prefix, ..)| prefix.len())
+        .map(|&(_, i, o)| (i, o))
+}
+
+pub fn cost_usd(model: &str, input_tokens: u64, output_tokens: u64) -> Option<f64> {
+    let (i, o) = price(model)?;
+    Some((input_tokens as f64 * i + output_tokens as f64 * o) / 1_000_000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins() {
+        assert_eq!(price("gpt-4o-mini-2024-07-18"), Some((0.15, 0.60)));
+        assert_eq!(price("gpt-4o-2024-08-06"), Some((2.50, 10.00)));
+        assert_eq!(price("gpt-4"), Some((30.00, 60.00)));
+        assert_eq!(price("llama3"), None);
+        let c = cost_usd("gpt-4", 1000, 500).unwrap();
+        assert!((c - 0.06).abs() < 1e-12, "{c}");
+    }
+}

@@ -1,0 +1,179 @@
+//! A real HTTP server speaking the providers' wire formats: OpenAI chat
+//! completions, Anthropic Messages and Gemini generateContent, with their
+//! documented error shapes. What a model does is chosen by its name:
+//! `…-ratelimited` answers 429 (with retry-after), `…-broken` a server error
+//! (Anthropic: 529 overloaded), `…-toolong` the provider's context-length
+//! error; any other model echoes the last user message. Keys are checked.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+pub const OPENAI_KEY: &str = "test-openai-key";
+pub const ANTHROPIC_KEY: &str = "test-anthropic-key";
+pub const GEMINI_KEY: &str = "test-gemini-key";
+
+#[derive(Default)]
+pub struct Log(Mutex<Vec<(String, String, Value)>>);
+
+type Shared = Arc<Log>;
+
+/// Starts the server; returns its base URL. `GET /calls` lists the
+/// (provider, model) pairs called, in order.
+pub async fn spawn() -> String {
+    let log: Shared = Arc::default();
+    let app = Router::new()
+        .route("/openai/v1/chat/completions", post(openai))
+        .route("/anthropic/v1/messages", post(anthropic))
+        .route("/gemini/v1beta/models/{call}", post(gemini))
+        .route("/calls", get(calls))
+        .with_state(log);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+async fn calls(State(log): State<Shared>) -> Json<Value> {
+    let calls = log.0.lock().expect("lock");
+    Json(json!(
+        calls
+            .iter()
+            .map(|(p, m, _)| format!("{p}/{m}"))
+            .collect::<Vec<_>>()
+    ))
+}
+
+fn record(log: &Shared, provider: &str, model: &str, body: &Value) {
+    log.0
+        .lock()
+        .expect("lock")
+        .push((provider.into(), model.into(), body.clone()));
+}
+
+fn reply_text(last_user: &str, json_mode: bool) -> String {
+    if json_mode {
+        format!("Here you go:\n```json\n{}\n```", json!({"echo": last_user}))
+    } else {
+        format!("echo: {last_user}")
+    }
+}
+
+async fn openai(
+    State(log): State<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    record(&log, "openai", &model, &body);
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {OPENAI_KEY}"))
+    {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}))).into_response();
+    }
+    if model.ends_with("-ratelimited") {
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], Json(json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}))).into_response();
+    }
+    if model.ends_with("-broken") {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "The server had an error", "type": "server_error"}})),
+        )
+            .into_response();
+    }
+    if model.ends_with("-toolong") {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "code": "context_length_exceeded"}}))).into_response();
+    }
+    let last = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let json_mode = body["response_format"]["type"] == "json_object";
+    Json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_text(&last, json_mode)}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
+    }))
+    .into_response()
+}
+
+async fn anthropic(
+    State(log): State<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    record(&log, "anthropic", &model, &body);
+    let key_ok = headers.get("x-api-key").and_then(|v| v.to_str().ok()) == Some(ANTHROPIC_KEY);
+    let version_ok = headers.get("anthropic-version").is_some();
+    if !key_ok || !version_ok || body["max_tokens"].as_u64().is_none() {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}))).into_response();
+    }
+    if model.ends_with("-ratelimited") {
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], Json(json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Number of requests has exceeded your rate limit"}}))).into_response();
+    }
+    if model.ends_with("-broken") {
+        return (StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), Json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))).into_response();
+    }
+    if model.ends_with("-toolong") {
+        return (StatusCode::BAD_REQUEST, Json(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 250000 tokens > 200000 maximum"}}))).into_response();
+    }
+    let last = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let json_mode = body["system"].as_str().is_some_and(|s| s.contains("JSON"));
+    Json(json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": reply_text(&last, json_mode)}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 1000, "output_tokens": 500}
+    }))
+    .into_response()
+}
+
+async fn gemini(
+    State(log): State<Shared>,
+    Path(call): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let model = call
+        .strip_suffix(":generateContent")
+        .unwrap_or(&call)
+        .to_owned();
+    record(&log, "gemini", &model, &body);
+    if headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) != Some(GEMINI_KEY) {
+        return (StatusCode::FORBIDDEN, Json(json!({"error": {"code": 403, "message": "API key not valid.", "status": "PERMISSION_DENIED"}}))).into_response();
+    }
+    if model.ends_with("-ratelimited") {
+        return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED"}}))).into_response();
+    }
+    if model.ends_with("-broken") {
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}}))).into_response();
+    }
+    if model.ends_with("-toolong") {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"code": 400, "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).", "status": "INVALID_ARGUMENT"}}))).into_response();
+    }
+    let last = body["contents"]
+        .as_array()
+        .and_then(|c| c.iter().rev().find(|x| x["role"] == "user"))
+        .and_then(|c| c["parts"][0]["text"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let json_mode = body["generationConfig"]["responseMimeType"] == "application/json";
+    Json(json!({
+        "candidates": [{"content": {"role": "model", "parts": [{"text": reply_text(&last, json_mode)}]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 1000, "candidatesTokenCount": 500, "totalTokenCount": 1500}
+    }))
+    .into_response()
+}
