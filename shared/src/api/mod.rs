@@ -113,3 +113,14 @@ async fn problem_instance(req: Request, next: Next) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
 }
+
+/// A page of a listing: `{"items": [...], "next_cursor": ...}`.
+fn page_json<T>(
+    page: crate::ports::Page<T>,
+    view: impl Fn(&T) -> serde_json::Value,
+) -> Json<serde_json::Value> {
+    Json(json!({
+        "items": page.items.iter().map(view).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor.map(|c| c.encode()),
+    }))
+}

@@ -59,11 +59,7 @@ pub async fn list(
     let page = app
         .list_runs(&who.workspace_id, &filter, &params.page()?)
         .await?;
-    Ok(Json(json!({
-        "items": page.items.iter().map(views::run_summary).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor.map(|c| c.encode()),
-    }))
-    .into_response())
+    Ok(super::page_json(page, views::run_summary).into_response())
 }
 
 pub async fn get(
@@ -87,11 +83,7 @@ pub async fn logs(
     let page = app
         .run_logs(&who.workspace_id, &RunId::from_string(id), &params.page()?)
         .await?;
-    Ok(Json(json!({
-        "items": page.items.iter().map(views::log).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor.map(|c| c.encode()),
-    }))
-    .into_response())
+    Ok(super::page_json(page, views::log).into_response())
 }
 
 pub async fn cancel(

@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::extract::{Auth, JsonBody, Params};
 use super::problem::Problem;
@@ -35,11 +34,7 @@ pub async fn list(
     let page = app
         .list_workflows(&who.workspace_id, &params.page()?)
         .await?;
-    Ok(Json(json!({
-        "items": page.items.iter().map(views::workflow_summary).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor.map(|c| c.encode()),
-    }))
-    .into_response())
+    Ok(super::page_json(page, views::workflow_summary).into_response())
 }
 
 pub async fn get(

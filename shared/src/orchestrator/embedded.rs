@@ -196,16 +196,7 @@ impl Inner {
             let mut recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
             let now = Utc::now();
             let mut logs = Vec::new();
-            let wf = match self
-                .definitions
-                .get(
-                    self.workflows.as_ref(),
-                    ws,
-                    &run.workflow_id,
-                    run.workflow_version,
-                )
-                .await
-            {
+            let wf = match self.definition(&run).await {
                 Ok(wf) => Some(wf),
                 Err(crate::app::DefinitionError::Store(e)) => {
                     return Err(e).context("loading the workflow");
@@ -321,6 +312,20 @@ impl Inner {
         }
     }
 
+    async fn definition(
+        &self,
+        run: &RunRecord,
+    ) -> Result<Arc<crate::dsl::Workflow>, crate::app::DefinitionError> {
+        self.definitions
+            .get(
+                self.workflows.as_ref(),
+                &run.workspace_id,
+                &run.workflow_id,
+                run.workflow_version,
+            )
+            .await
+    }
+
     fn is_in_flight(&self, run: &RunKey, step: &str, attempt: u32) -> bool {
         self.in_flight
             .lock()
@@ -405,13 +410,7 @@ impl Inner {
                 return Ok(());
             }
             let wf = self
-                .definitions
-                .get(
-                    self.workflows.as_ref(),
-                    ws,
-                    &run.workflow_id,
-                    run.workflow_version,
-                )
+                .definition(&run)
                 .await
                 .context("loading the workflow")?;
             let mut recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();

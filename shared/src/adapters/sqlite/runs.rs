@@ -58,6 +58,24 @@ fn claim_key(
     Ok(None)
 }
 
+fn read_run(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Option<RunRecord>> {
+    let data: Option<String> = c
+        .prepare_cached("SELECT data FROM runs WHERE workspace_id = ?1 AND id = ?2")?
+        .query_row(params![ws, id], |r| r.get(0))
+        .optional()?;
+    Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
+}
+
+fn read_steps(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Vec<StepRecord>> {
+    let mut stmt =
+        c.prepare_cached("SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2")?;
+    let rows = stmt
+        .query_map(params![ws, id], |r| r.get::<_, String>(0))?
+        .map(|d| Ok(serde_json::from_str::<StepRecord>(&d?)?))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(rows)
+}
+
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn create_run(
@@ -82,31 +100,12 @@ impl RunStore for SqliteStore {
 
     async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
         let (ws, id) = (ws.to_string(), id.to_string());
-        self.db
-            .read(move |c| {
-                let data: Option<String> = c
-                    .prepare_cached("SELECT data FROM runs WHERE workspace_id = ?1 AND id = ?2")?
-                    .query_row(params![ws, id], |r| r.get(0))
-                    .optional()?;
-                Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
-            })
-            .await
+        self.db.read(move |c| read_run(c, &ws, &id)).await
     }
 
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
         let (ws, id) = (ws.to_string(), id.to_string());
-        self.db
-            .read(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2",
-                )?;
-                let rows = stmt
-                    .query_map(params![ws, id], |r| r.get::<_, String>(0))?
-                    .map(|d| Ok(serde_json::from_str::<StepRecord>(&d?)?))
-                    .collect::<StoreResult<Vec<_>>>()?;
-                Ok(rows)
-            })
-            .await
+        self.db.read(move |c| read_steps(c, &ws, &id)).await
     }
 
     async fn load_run(
@@ -116,21 +115,9 @@ impl RunStore for SqliteStore {
     ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
         let (ws, id) = (ws.to_string(), id.to_string());
         self.db
-            .read(move |c| {
-                let data: Option<String> = c
-                    .prepare_cached("SELECT data FROM runs WHERE workspace_id = ?1 AND id = ?2")?
-                    .query_row(params![ws, id], |r| r.get(0))
-                    .optional()?;
-                let Some(data) = data else { return Ok(None) };
-                let run: RunRecord = serde_json::from_str(&data)?;
-                let mut stmt = c.prepare_cached(
-                    "SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2",
-                )?;
-                let steps = stmt
-                    .query_map(params![ws, id], |r| r.get::<_, String>(0))?
-                    .map(|d| Ok(serde_json::from_str::<StepRecord>(&d?)?))
-                    .collect::<StoreResult<Vec<_>>>()?;
-                Ok(Some((run, steps)))
+            .read(move |c| match read_run(c, &ws, &id)? {
+                Some(run) => Ok(Some((run, read_steps(c, &ws, &id)?))),
+                None => Ok(None),
             })
             .await
     }
