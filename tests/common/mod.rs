@@ -10,6 +10,16 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use weft::platform::{Platform, PlatformConfig};
 
+/// Serves `router` on a random port of 127.0.0.1; returns the base URL.
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
 pub struct TestApp {
     pub base: String,
     pub key: String,
@@ -50,12 +60,7 @@ pub async fn spawn_app_with(mut config: PlatformConfig) -> TestApp {
         .create_workspace("test", None)
         .await
         .expect("workspace");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let router = platform.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let base = serve(platform.router()).await;
     TestApp {
         base,
         key,

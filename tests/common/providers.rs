@@ -33,12 +33,7 @@ pub async fn spawn() -> String {
         .route("/gemini/v1beta/models/{call}", post(gemini))
         .route("/calls", get(calls))
         .with_state(log);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+    super::serve(app).await
 }
 
 async fn calls(State(log): State<Shared>) -> Json<Value> {

@@ -38,12 +38,7 @@ pub async fn spawn() -> String {
         .route("/check-key", any(check_key))
         .route("/reject", any(reject))
         .with_state(calls);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+    super::serve(app).await
 }
 
 async fn echo(

@@ -28,6 +28,21 @@ pub enum DefinitionError {
 }
 
 impl DefinitionCache {
+    /// The definition of the version a run is pinned to.
+    pub async fn for_run(
+        &self,
+        store: &dyn WorkflowStore,
+        run: &crate::domain::RunRecord,
+    ) -> Result<Arc<Workflow>, DefinitionError> {
+        self.get(
+            store,
+            &run.workspace_id,
+            &run.workflow_id,
+            run.workflow_version,
+        )
+        .await
+    }
+
     pub async fn get(
         &self,
         store: &dyn WorkflowStore,

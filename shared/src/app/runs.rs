@@ -92,12 +92,7 @@ fn ordered(wf: &Workflow, mut recs: Records, include_unstarted: bool) -> Vec<Ste
 impl App {
     async fn definition(&self, run: &RunRecord) -> Result<std::sync::Arc<Workflow>, AppError> {
         self.definitions
-            .get(
-                self.workflows.as_ref(),
-                &run.workspace_id,
-                &run.workflow_id,
-                run.workflow_version,
-            )
+            .for_run(self.workflows.as_ref(), run)
             .await
             .map_err(|e| {
                 AppError::Internal(format!("loading the definition of run {}: {e}", run.id))

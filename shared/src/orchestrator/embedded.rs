@@ -179,21 +179,12 @@ impl Inner {
     /// Loads the run, advances it and commits the result. Returns when the
     /// run wants to be looked at again.
     async fn tick(&self, key: &RunKey) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let (ws, id) = key;
+        let id = &key.1;
         use anyhow::Context as _;
         loop {
-            let Some((mut run, steps)) = self
-                .runs
-                .load_run(ws, id)
-                .await
-                .context("reading the run")?
-            else {
+            let Some((mut run, mut recs)) = self.load_active(key).await? else {
                 return Ok(None);
             };
-            if run.status.is_terminal() {
-                return Ok(None);
-            }
-            let mut recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
             let now = Utc::now();
             let mut logs = Vec::new();
             let wf = match self.definition(&run).await {
@@ -316,14 +307,27 @@ impl Inner {
         &self,
         run: &RunRecord,
     ) -> Result<Arc<crate::dsl::Workflow>, crate::app::DefinitionError> {
-        self.definitions
-            .get(
-                self.workflows.as_ref(),
-                &run.workspace_id,
-                &run.workflow_id,
-                run.workflow_version,
-            )
+        self.definitions.for_run(self.workflows.as_ref(), run).await
+    }
+
+    /// The run and its steps, unless it is gone or already finished.
+    async fn load_active(&self, (ws, id): &RunKey) -> anyhow::Result<Option<(RunRecord, Records)>> {
+        use anyhow::Context as _;
+        let Some((run, steps)) = self
+            .runs
+            .load_run(ws, id)
             .await
+            .context("reading the run")?
+        else {
+            return Ok(None);
+        };
+        if run.status.is_terminal() {
+            return Ok(None);
+        }
+        Ok(Some((
+            run,
+            steps.into_iter().map(|s| (s.key.clone(), s)).collect(),
+        )))
     }
 
     fn is_in_flight(&self, run: &RunKey, step: &str, attempt: u32) -> bool {
@@ -392,28 +396,20 @@ impl Inner {
 
     async fn record(
         &self,
-        (ws, id): &RunKey,
+        run_key: &RunKey,
         d: &Dispatch,
         result: Result<serde_json::Value, StepError>,
     ) -> anyhow::Result<()> {
         use anyhow::Context as _;
+        let id = &run_key.1;
         loop {
-            let Some((mut run, steps)) = self
-                .runs
-                .load_run(ws, id)
-                .await
-                .context("reading the run")?
-            else {
+            let Some((mut run, mut recs)) = self.load_active(run_key).await? else {
                 return Ok(());
             };
-            if run.status.is_terminal() {
-                return Ok(());
-            }
             let wf = self
                 .definition(&run)
                 .await
                 .context("loading the workflow")?;
-            let mut recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
             let now = Utc::now();
             let Some(line) = record_external(
                 &wf,

@@ -18,6 +18,20 @@ fn summary(v: &WorkflowVersion, created_at: DateTime<Utc>) -> WorkflowSummary {
     }
 }
 
+fn insert_version(
+    tx: &rusqlite::Transaction<'_>,
+    ws: &str,
+    id: &str,
+    version: u32,
+    data: &str,
+) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO workflow_versions (workspace_id, workflow_id, version, data) VALUES (?1, ?2, ?3, ?4)",
+        params![ws, id, version, data],
+    )?;
+    Ok(())
+}
+
 #[async_trait]
 impl WorkflowStore for SqliteStore {
     async fn create_workflow(&self, v: &WorkflowVersion) -> StoreResult<()> {
@@ -33,10 +47,7 @@ impl WorkflowStore for SqliteStore {
                     ),
                     &format!("workflow `{id}`"),
                 )?;
-                tx.execute(
-                    "INSERT INTO workflow_versions (workspace_id, workflow_id, version, data) VALUES (?1, ?2, ?3, ?4)",
-                    params![ws, id, version, data],
-                )?;
+                insert_version(tx, &ws, &id, version, &data)?;
                 Ok(())
             })
             .await
@@ -64,10 +75,7 @@ impl WorkflowStore for SqliteStore {
                     "UPDATE workflows SET latest_version = ?3, data = ?4 WHERE workspace_id = ?1 AND id = ?2",
                     params![ws, id, version, sum],
                 )?;
-                tx.execute(
-                    "INSERT INTO workflow_versions (workspace_id, workflow_id, version, data) VALUES (?1, ?2, ?3, ?4)",
-                    params![ws, id, version, data],
-                )?;
+                insert_version(tx, &ws, &id, version, &data)?;
                 Ok(())
             })
             .await
