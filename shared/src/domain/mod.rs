@@ -2,6 +2,7 @@
 
 pub mod ids;
 pub mod run;
+pub mod usage;
 pub mod workflow;
 pub mod workspace;
 
@@ -9,5 +10,6 @@ pub use ids::{ApiKeyId, RunId, WorkflowId, WorkspaceId};
 pub use run::{
     Attempt, LogEntry, LogLevel, RunRecord, RunStatus, StepError, StepRecord, StepStatus,
 };
+pub use usage::{CapHit, Caps, Charge, ModelPrice, Usage, UsageRow, WorkspaceSettings};
 pub use workflow::{WorkflowSummary, WorkflowVersion};
 pub use workspace::{ApiKeyRecord, Role, Workspace};

@@ -18,19 +18,33 @@ pub struct Stores {
     pub workflows: Arc<dyn WorkflowStore>,
     pub runs: Arc<dyn RunStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub settings: Arc<dyn SettingsStore>,
+    pub usage: Arc<dyn UsageStore>,
+    pub cache: Arc<dyn ResultCache>,
 }
 
 impl Stores {
     pub fn from_one<S>(s: Arc<S>) -> Self
     where
-        S: WorkspaceStore + ApiKeyStore + WorkflowStore + RunStore + SecretStore + 'static,
+        S: WorkspaceStore
+            + ApiKeyStore
+            + WorkflowStore
+            + RunStore
+            + SecretStore
+            + SettingsStore
+            + UsageStore
+            + ResultCache
+            + 'static,
     {
         Self {
             workspaces: s.clone(),
             api_keys: s.clone(),
             workflows: s.clone(),
             runs: s.clone(),
-            secrets: s,
+            secrets: s.clone(),
+            settings: s.clone(),
+            usage: s.clone(),
+            cache: s,
         }
     }
 }
@@ -44,6 +58,207 @@ pub async fn run_all(s: Stores) {
     idempotency_keys_are_scoped(&s).await;
     logs_page_in_order(&s).await;
     secrets_are_write_only_and_isolated(&s).await;
+    settings_default_and_isolated(&s).await;
+    budgets_reserve_atomically_and_settle(&s).await;
+    usage_totals_by_run_day_and_workflow(&s).await;
+    cache_entries_expire_and_are_isolated(&s).await;
+}
+
+async fn settings_default_and_isolated(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    assert_eq!(
+        s.settings.get_settings(&a).await.unwrap(),
+        WorkspaceSettings::default()
+    );
+    let mut set = WorkspaceSettings {
+        monthly_budget_usd: Some(25.0),
+        ..Default::default()
+    };
+    set.prices.insert(
+        "my-model".into(),
+        ModelPrice {
+            input_per_mtok: 1.0,
+            output_per_mtok: 2.0,
+        },
+    );
+    s.settings.put_settings(&a, &set).await.unwrap();
+    assert_eq!(s.settings.get_settings(&a).await.unwrap(), set);
+    assert_eq!(
+        s.settings.get_settings(&b).await.unwrap(),
+        WorkspaceSettings::default()
+    );
+    set.monthly_budget_usd = None;
+    s.settings.put_settings(&a, &set).await.unwrap();
+    assert_eq!(s.settings.get_settings(&a).await.unwrap(), set);
+}
+
+fn charge(ws: &WorkspaceId, run: &RunId, step: &str, try_index: u32) -> Charge {
+    Charge {
+        workspace_id: ws.clone(),
+        run_id: run.clone(),
+        workflow_id: WorkflowId::from_string("wf_a"),
+        step_key: step.into(),
+        attempt: 1,
+        try_index,
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        at: Utc::now(),
+    }
+}
+
+fn cost(usd: f64) -> Usage {
+    Usage {
+        calls: 1,
+        input_tokens: 100,
+        output_tokens: 10,
+        cost_usd: usd,
+        ..Default::default()
+    }
+}
+
+async fn budgets_reserve_atomically_and_settle(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let (r1, r2) = (RunId::generate(), RunId::generate());
+    let caps = Caps {
+        run_usd: Some(1.0),
+        month_usd: Some(1.5),
+    };
+    assert_eq!(
+        s.usage
+            .reserve(&charge(&a, &r1, "x", 0), 0.6, &caps)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // The open reservation counts: 0.6 + 0.6 passes the run's cap.
+    assert_eq!(
+        s.usage
+            .reserve(&charge(&a, &r1, "y", 0), 0.6, &caps)
+            .await
+            .unwrap(),
+        Err(CapHit::Run {
+            cap_usd: 1.0,
+            spent_usd: 0.6
+        })
+    );
+    // Settled for less than reserved: the difference is free again.
+    s.usage
+        .settle(&charge(&a, &r1, "x", 0), &cost(0.1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.usage
+            .reserve(&charge(&a, &r1, "y", 0), 0.6, &caps)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // The month counts every run of the workspace: 0.1 + 0.6 + 0.9 > 1.5.
+    match s
+        .usage
+        .reserve(&charge(&a, &r2, "x", 0), 0.9, &caps)
+        .await
+        .unwrap()
+    {
+        Err(CapHit::Month { cap_usd, spent_usd }) => {
+            assert_eq!(cap_usd, 1.5);
+            assert!((spent_usd - 0.7).abs() < 1e-9, "{spent_usd}");
+        }
+        other => panic!("expected the monthly cap, got {other:?}"),
+    }
+    // Another workspace has its own month.
+    assert_eq!(
+        s.usage
+            .reserve(&charge(&b, &r2, "x", 0), 0.9, &caps)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // Without caps anything goes.
+    assert_eq!(
+        s.usage
+            .reserve(&charge(&a, &r2, "z", 0), 100.0, &Caps::default())
+            .await
+            .unwrap(),
+        Ok(())
+    );
+}
+
+async fn usage_totals_by_run_day_and_workflow(s: &Stores) {
+    let a = ws();
+    let (r1, r2) = (RunId::generate(), RunId::generate());
+    s.usage
+        .settle(&charge(&a, &r1, "x", 0), &cost(0.25))
+        .await
+        .unwrap();
+    s.usage
+        .settle(&charge(&a, &r1, "x", 1), &cost(0.5))
+        .await
+        .unwrap();
+    // Settling the same call again replaces it.
+    s.usage
+        .settle(&charge(&a, &r1, "x", 1), &cost(0.5))
+        .await
+        .unwrap();
+    let hit = Usage {
+        calls: 1,
+        cost_saved_usd: 0.25,
+        cache_hits: 1,
+        ..Default::default()
+    };
+    let mut other = charge(&a, &r2, "x", 0);
+    other.workflow_id = WorkflowId::from_string("wf_b");
+    s.usage.settle(&other, &hit).await.unwrap();
+
+    let run = s.usage.run_usage(&a, &r1).await.unwrap();
+    assert_eq!(run.calls, 2);
+    assert_eq!(run.input_tokens, 200);
+    assert_eq!(run.output_tokens, 20);
+    assert!((run.cost_usd - 0.75).abs() < 1e-9);
+    assert_eq!(
+        s.usage.run_usage(&ws(), &r1).await.unwrap(),
+        Usage::default()
+    );
+
+    let today = Utc::now().date_naive();
+    let rows = s.usage.usage_by_day(&a, today, today).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].workflow_id.as_str(), "wf_a");
+    assert_eq!(rows[0].usage.calls, 2);
+    assert_eq!(rows[1].workflow_id.as_str(), "wf_b");
+    assert_eq!(rows[1].usage.cache_hits, 1);
+    assert!((rows[1].usage.cost_saved_usd - 0.25).abs() < 1e-9);
+    let yesterday = today - Duration::days(1);
+    assert!(
+        s.usage
+            .usage_by_day(&a, yesterday, yesterday)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn cache_entries_expire_and_are_isolated(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let now = Utc::now();
+    let v = json!({"response": "hi"});
+    s.cache
+        .put_cached(&a, "k1", &v, now + Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.cache.cached(&a, "k1", now).await.unwrap(),
+        Some(v.clone())
+    );
+    assert_eq!(s.cache.cached(&b, "k1", now).await.unwrap(), None);
+    assert_eq!(
+        s.cache
+            .cached(&a, "k1", now + Duration::hours(2))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(s.cache.cached(&a, "k2", now).await.unwrap(), None);
 }
 
 async fn secrets_are_write_only_and_isolated(s: &Stores) {

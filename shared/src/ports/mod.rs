@@ -6,11 +6,13 @@ mod driver;
 mod executor;
 mod page;
 mod store;
+mod usage;
 
 pub use driver::{DriverError, RunDriver};
 pub use executor::{StepCall, StepExecutor};
 pub use page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, Page, PageRequest};
 pub use store::*;
+pub use usage::{ResultCache, SettingsStore, UsageStore};
 
 #[cfg(any(test, feature = "contract-tests"))]
 pub mod contract;

@@ -6,6 +6,7 @@ mod schema;
 mod sealed;
 mod secrets;
 mod tenants;
+mod usage;
 mod workflows;
 
 use std::path::Path;

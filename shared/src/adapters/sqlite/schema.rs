@@ -84,6 +84,40 @@ CREATE TABLE secrets (
     PRIMARY KEY (workspace_id, name)
 ) STRICT;
 "#,
+    r#"
+CREATE TABLE workspace_settings (
+    workspace_id TEXT PRIMARY KEY,
+    data         TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE usage_charges (
+    workspace_id   TEXT NOT NULL,
+    run_id         TEXT NOT NULL,
+    step_key       TEXT NOT NULL,
+    attempt        INTEGER NOT NULL,
+    try_index      INTEGER NOT NULL,
+    workflow_id    TEXT NOT NULL,
+    day            TEXT NOT NULL,
+    provider       TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    settled        INTEGER NOT NULL,
+    input_tokens   INTEGER NOT NULL,
+    output_tokens  INTEGER NOT NULL,
+    cost_usd       REAL NOT NULL,
+    cost_saved_usd REAL NOT NULL,
+    cache_hit      INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, run_id, step_key, attempt, try_index)
+) STRICT;
+CREATE INDEX usage_by_day ON usage_charges (workspace_id, day);
+
+CREATE TABLE result_cache (
+    workspace_id TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    value        TEXT NOT NULL,
+    expires_at   TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, key)
+) STRICT;
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
