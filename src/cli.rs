@@ -48,17 +48,21 @@ pub fn main() -> ExitCode {
             port,
             host,
             egress_allow,
-        } => match weft::adapters::http::EgressPolicy::allowing(&egress_allow) {
-            Ok(egress) => dev(
+        } => match (
+            weft::adapters::http::EgressPolicy::allowing(&egress_allow),
+            weft::adapters::llm::LlmConfig::from_env(),
+        ) {
+            (Ok(egress), Ok(llm)) => dev(
                 data_dir,
                 SocketAddr::new(host, port),
                 PlatformConfig {
                     egress,
                     master_key: None,
-                    llm: weft::adapters::llm::LlmConfig::from_env(),
+                    llm,
                 },
             ),
-            Err(e) => Err(anyhow::anyhow!("--egress-allow: {e}")),
+            (Err(e), _) => Err(anyhow::anyhow!("--egress-allow: {e}")),
+            (_, Err(e)) => Err(e),
         },
         Command::Validate { file } => validate(&file),
     };

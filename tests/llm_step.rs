@@ -2,65 +2,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use common::{TestApp, providers, spawn_app_with, step};
-use serde_json::{Value, json};
-use weft::adapters::http::EgressPolicy;
-use weft::adapters::llm::LlmConfig;
-use weft::platform::PlatformConfig;
-
-async fn setup(with_keys: bool) -> (TestApp, String) {
-    let base = providers::spawn().await;
-    let llm = LlmConfig {
-        default_provider: "openai".into(),
-        base_urls: HashMap::from([
-            ("openai".into(), format!("{base}/openai/v1")),
-            ("anthropic".into(), format!("{base}/anthropic")),
-            ("gemini".into(), format!("{base}/gemini")),
-        ]),
-        operator_keys: HashMap::new(),
-    };
-    let egress = EgressPolicy::allowing("127.0.0.0/8").expect("policy");
-    let app = spawn_app_with(PlatformConfig {
-        egress,
-        llm,
-        ..Default::default()
-    })
-    .await;
-    if with_keys {
-        for (name, value) in [
-            ("OPENAI_API_KEY", providers::OPENAI_KEY),
-            ("ANTHROPIC_API_KEY", providers::ANTHROPIC_KEY),
-            ("GEMINI_API_KEY", providers::GEMINI_KEY),
-        ] {
-            assert_eq!(
-                app.put(&format!("/v1/secrets/{name}"), json!({"value": value}))
-                    .await
-                    .status,
-                200
-            );
-        }
-    }
-    (app, base)
-}
-
-async fn run_one(app: &TestApp, step_def: Value, input: Value) -> Value {
-    let wf = app
-        .create_workflow(json!({"name": "llm", "steps": [step_def]}))
-        .await;
-    let run = app.start_run(&wf, input).await;
-    app.wait_finished(&run).await
-}
-
-async fn calls(base: &str) -> Vec<String> {
-    reqwest::get(format!("{base}/calls"))
-        .await
-        .expect("calls")
-        .json()
-        .await
-        .expect("json")
-}
+use common::providers::{calls, run_one, setup};
+use common::{providers, step};
+use serde_json::json;
 
 #[tokio::test]
 async fn the_original_example_step_works_with_the_default_provider() {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::adapters::http::{EgressPolicy, HttpExecutor};
-use crate::adapters::llm::{LlmConfig, LlmExecutor};
+use crate::adapters::llm::{LlmConfig, LlmExecutor, Spending};
 use crate::adapters::sqlite::{MasterKey, SqliteStore};
 use crate::app::{App, DefinitionCache, generate_api_key, hash_api_key};
 use crate::domain::{ApiKeyId, ApiKeyRecord, Role, Workspace, WorkspaceId};
@@ -73,6 +73,8 @@ impl Platform {
             workflows: shared.clone(),
             runs: shared.clone(),
             secrets: shared.clone(),
+            settings: shared.clone(),
+            usage: shared.clone(),
             driver: orchestrator.clone(),
             definitions,
             auth_cache: Default::default(),
@@ -167,8 +169,14 @@ impl Platform {
 
 fn executors(
     config: &PlatformConfig,
-    secrets: Arc<dyn SecretStore>,
+    store: Arc<SqliteStore>,
 ) -> anyhow::Result<HashMap<String, Arc<dyn StepExecutor>>> {
+    let secrets: Arc<dyn SecretStore> = store.clone();
+    let spending = Spending {
+        settings: store.clone(),
+        usage: store.clone(),
+        cache: store,
+    };
     let mut map: HashMap<String, Arc<dyn StepExecutor>> = HashMap::new();
     map.insert(
         "http".into(),
@@ -180,6 +188,7 @@ fn executors(
             config.egress.clone(),
             secrets,
             config.llm.clone(),
+            spending,
         )?),
     );
     Ok(map)

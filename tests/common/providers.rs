@@ -13,13 +13,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use weft::adapters::http::EgressPolicy;
+use weft::adapters::llm::LlmConfig;
+use weft::platform::PlatformConfig;
+
+use super::{TestApp, spawn_app_with};
 
 pub const OPENAI_KEY: &str = "test-openai-key";
 pub const ANTHROPIC_KEY: &str = "test-anthropic-key";
 pub const GEMINI_KEY: &str = "test-gemini-key";
 
 #[derive(Default)]
-pub struct Log(Mutex<Vec<(String, String, Value)>>);
+pub struct Log(
+    Mutex<Vec<(String, String, Value)>>,
+    /// Scripted replies: a prompt containing the first string gets the second.
+    Mutex<Vec<(String, String)>>,
+);
 
 type Shared = Arc<Log>;
 
@@ -31,12 +40,84 @@ pub async fn spawn() -> String {
         .route("/openai/v1/chat/completions", post(openai))
         .route("/anthropic/v1/messages", post(anthropic))
         .route("/gemini/v1beta/models/{call}", post(gemini))
-        .route("/calls", get(calls))
+        .route("/calls", get(list_calls))
+        .route("/script", post(add_script))
         .with_state(log);
     super::serve(app).await
 }
 
-async fn calls(State(log): State<Shared>) -> Json<Value> {
+/// A platform whose providers are this server (plus `groq`, an added
+/// OpenAI-compatible provider at the same address with an operator key),
+/// with the workspace keys stored as secrets if `with_keys`.
+pub async fn setup(with_keys: bool) -> (TestApp, String) {
+    let base = spawn().await;
+    let mut llm = LlmConfig {
+        default_provider: "openai".into(),
+        base_urls: std::collections::HashMap::from([
+            ("openai".into(), format!("{base}/openai/v1")),
+            ("anthropic".into(), format!("{base}/anthropic")),
+            ("gemini".into(), format!("{base}/gemini")),
+        ]),
+        ..LlmConfig::default()
+    };
+    llm.add_compatible(&format!("groq={base}/openai/v1"))
+        .expect("provider");
+    llm.operator_keys.insert("groq".into(), OPENAI_KEY.into());
+    let egress = EgressPolicy::allowing("127.0.0.0/8").expect("policy");
+    let app = spawn_app_with(PlatformConfig {
+        egress,
+        llm,
+        ..Default::default()
+    })
+    .await;
+    if with_keys {
+        for (name, value) in [
+            ("OPENAI_API_KEY", OPENAI_KEY),
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
+            ("GEMINI_API_KEY", GEMINI_KEY),
+        ] {
+            assert_eq!(
+                app.put(&format!("/v1/secrets/{name}"), json!({"value": value}))
+                    .await
+                    .status,
+                200
+            );
+        }
+    }
+    (app, base)
+}
+
+/// Creates a one-step workflow, runs it with `input` and waits for the end.
+pub async fn run_one(app: &TestApp, step_def: Value, input: Value) -> Value {
+    let wf = app
+        .create_workflow(json!({"name": "llm", "steps": [step_def]}))
+        .await;
+    let run = app.start_run(&wf, input).await;
+    app.wait_finished(&run).await
+}
+
+/// The (provider/model) calls the server received, in order.
+pub async fn calls(base: &str) -> Vec<String> {
+    reqwest::get(format!("{base}/calls"))
+        .await
+        .expect("calls")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Makes every prompt containing `when` get `reply`.
+pub async fn script(base: &str, when: &str, reply: &str) {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/script"))
+        .json(&json!({"when": when, "reply": reply}))
+        .send()
+        .await
+        .expect("script");
+    assert_eq!(res.status(), 204);
+}
+
+async fn list_calls(State(log): State<Shared>) -> Json<Value> {
     let calls = log.0.lock().expect("lock");
     Json(json!(
         calls
@@ -53,7 +134,29 @@ fn record(log: &Shared, provider: &str, model: &str, body: &Value) {
         .push((provider.into(), model.into(), body.clone()));
 }
 
-fn reply_text(last_user: &str, json_mode: bool) -> String {
+/// `POST /script` with `{"when": "text in the prompt", "reply": "..."}`.
+async fn add_script(State(log): State<Shared>, Json(body): Json<Value>) -> StatusCode {
+    let (Some(when), Some(reply)) = (body["when"].as_str(), body["reply"].as_str()) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    log.1
+        .lock()
+        .expect("lock")
+        .push((when.to_owned(), reply.to_owned()));
+    StatusCode::NO_CONTENT
+}
+
+fn reply_text(log: &Shared, last_user: &str, json_mode: bool) -> String {
+    let scripted = log
+        .1
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(when, _)| last_user.contains(when.as_str()))
+        .map(|(_, r)| r.clone());
+    if let Some(reply) = scripted {
+        return reply;
+    }
     if json_mode {
         format!("Here you go:\n```json\n{}\n```", json!({"echo": last_user}))
     } else {
@@ -94,7 +197,7 @@ async fn openai(
     let json_mode = body["response_format"]["type"] == "json_object";
     Json(json!({
         "id": "chatcmpl-1", "object": "chat.completion", "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_text(&last, json_mode)}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_text(&log, &last, json_mode)}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
     }))
     .into_response()
@@ -129,7 +232,7 @@ async fn anthropic(
     let json_mode = body["system"].as_str().is_some_and(|s| s.contains("JSON"));
     Json(json!({
         "id": "msg_1", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": reply_text(&last, json_mode)}],
+        "content": [{"type": "text", "text": reply_text(&log, &last, json_mode)}],
         "stop_reason": "end_turn", "stop_sequence": null,
         "usage": {"input_tokens": 1000, "output_tokens": 500}
     }))
@@ -167,7 +270,7 @@ async fn gemini(
         .to_owned();
     let json_mode = body["generationConfig"]["responseMimeType"] == "application/json";
     Json(json!({
-        "candidates": [{"content": {"role": "model", "parts": [{"text": reply_text(&last, json_mode)}]}, "finishReason": "STOP", "index": 0}],
+        "candidates": [{"content": {"role": "model", "parts": [{"text": reply_text(&log, &last, json_mode)}]}, "finishReason": "STOP", "index": 0}],
         "usageMetadata": {"promptTokenCount": 1000, "candidatesTokenCount": 500, "totalTokenCount": 1500}
     }))
     .into_response()

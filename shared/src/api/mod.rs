@@ -5,6 +5,7 @@ mod extract;
 mod problem;
 mod runs;
 mod secrets;
+mod usage;
 mod workflows;
 
 use std::sync::Arc;
@@ -45,6 +46,11 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/secrets/{name}",
             put(secrets::put).delete(secrets::delete),
         )
+        .route(
+            "/v1/settings",
+            get(usage::get_settings).put(usage::put_settings),
+        )
+        .route("/v1/usage", get(usage::report))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/logs", get(runs::logs))

@@ -6,6 +6,7 @@ mod definitions;
 mod error;
 mod runs;
 mod secrets;
+mod usage;
 pub mod views;
 mod workflows;
 
@@ -16,7 +17,10 @@ pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
 
-use crate::ports::{ApiKeyStore, RunDriver, RunStore, SecretStore, WorkflowStore, WorkspaceStore};
+use crate::ports::{
+    ApiKeyStore, RunDriver, RunStore, SecretStore, SettingsStore, UsageStore, WorkflowStore,
+    WorkspaceStore,
+};
 
 pub struct App {
     pub workspaces: Arc<dyn WorkspaceStore>,
@@ -24,6 +28,8 @@ pub struct App {
     pub workflows: Arc<dyn WorkflowStore>,
     pub runs: Arc<dyn RunStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub settings: Arc<dyn SettingsStore>,
+    pub usage: Arc<dyn UsageStore>,
     pub driver: Arc<dyn RunDriver>,
     pub definitions: Arc<DefinitionCache>,
     pub auth_cache: AuthCache,

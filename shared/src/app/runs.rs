@@ -20,6 +20,8 @@ const WRITE_ATTEMPTS: usize = 8;
 pub struct RunView {
     pub run: RunRecord,
     pub steps: Vec<StepRecord>,
+    /// Model calls the run made, summed.
+    pub usage: Usage,
 }
 
 fn request_error(path: &Path, msg: impl Into<String>) -> AppError {
@@ -117,10 +119,10 @@ impl App {
         };
         let mut errors = Vec::new();
         for k in fields.keys() {
-            if k != "input" && k != "version" {
+            if !matches!(k.as_str(), "input" | "version" | "budget_usd") {
                 errors.push(ValidationError::new(
                     &Path::root().key(k),
-                    format!("unknown field `{k}`; expected `input` and optionally `version`"),
+                    format!("unknown field `{k}`; expected `input` and optionally `version` and `budget_usd`"),
                 ));
             }
         }
@@ -140,6 +142,25 @@ impl App {
                     errors.push(ValidationError::new(
                         &Path::root().key("version"),
                         "expected a version number (1, 2, ...)",
+                    ));
+                    None
+                }
+            },
+        };
+        let budget = match fields.get("budget_usd") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v
+                .as_f64()
+                .filter(|b| *b > 0.0 && *b <= crate::dsl::MAX_BUDGET_USD)
+            {
+                Some(b) => Some(b),
+                None => {
+                    errors.push(ValidationError::new(
+                        &Path::root().key("budget_usd"),
+                        format!(
+                            "expected an amount in USD above 0 and at most {}",
+                            crate::dsl::MAX_BUDGET_USD
+                        ),
                     ));
                     None
                 }
@@ -175,6 +196,7 @@ impl App {
             started_at: None,
             finished_at: None,
             wake_at: Some(now),
+            budget_usd: budget.or(wf.budget_usd),
             revision: 1,
         };
         let claim = idempotency.map(|key| {
@@ -221,7 +243,8 @@ impl App {
         let recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
         let wf = self.definition(&run).await?;
         let steps = ordered(&wf, recs, !run.status.is_terminal());
-        Ok(RunView { run, steps })
+        let usage = self.usage.run_usage(ws, id).await?;
+        Ok(RunView { run, steps, usage })
     }
 
     pub async fn list_runs(
@@ -288,7 +311,8 @@ impl App {
                         tracing::warn!(workspace_id = %ws, run_id = %id, error = %e, "run changed but the orchestrator was not told");
                     }
                     let steps = ordered(&wf, recs, !run.status.is_terminal());
-                    return Ok(RunView { run, steps });
+                    let usage = self.usage.run_usage(ws, id).await?;
+                    return Ok(RunView { run, steps, usage });
                 }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),

@@ -58,6 +58,7 @@ fn run_fields(r: &RunRecord) -> serde_json::Map<String, Value> {
         "started_at": r.started_at,
         "finished_at": r.finished_at,
         "duration_ms": ms_between(r.started_at, end),
+        "budget_usd": r.budget_usd,
     });
     match v {
         Value::Object(m) => m,
@@ -109,6 +110,7 @@ pub fn run(view: &RunView) -> Value {
             "pending": count(StepStatus::Pending),
         }),
     );
+    m.insert("usage".into(), json!(view.usage));
     m.insert(
         "steps".into(),
         Value::Array(view.steps.iter().map(step).collect()),

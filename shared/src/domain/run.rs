@@ -198,6 +198,9 @@ pub struct RunRecord {
     /// event such as an approval can move it).
     #[serde(default)]
     pub wake_at: Option<DateTime<Utc>>,
+    /// Most the run may spend on model calls, in USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
     /// Bumped on every write; writers condition on it (optimistic concurrency).
     pub revision: u64,
 }

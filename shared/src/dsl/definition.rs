@@ -19,6 +19,9 @@ pub struct Workflow {
     pub output: Option<Value>,
     /// JSON Schema the run input must satisfy.
     pub input_schema: Option<Value>,
+    /// Most a run may spend on model calls, in USD (a run can lower or raise
+    /// it when it starts).
+    pub budget_usd: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -146,6 +149,8 @@ pub struct Llm {
     /// A (cheaper) model for attempts after the first.
     pub retry_model: Option<String>,
     pub inputs: Value,
+    /// Reuse the output of an identical call made within this long.
+    pub cache_ttl: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -8,7 +8,9 @@ mod path;
 
 pub use definition::*;
 pub use duration::{MAX_DURATION, parse_duration};
-pub use parse::{MAX_DEFINITION_BYTES, MAX_MAP_CONCURRENCY, MAX_STEPS, parse_workflow, step_ids};
+pub use parse::{
+    MAX_BUDGET_USD, MAX_DEFINITION_BYTES, MAX_MAP_CONCURRENCY, MAX_STEPS, parse_workflow, step_ids,
+};
 pub use path::{Path, ValidationError};
 
 #[cfg(test)]

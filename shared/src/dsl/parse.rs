@@ -35,6 +35,7 @@ const TOP_FIELDS: &[&str] = &[
     "output",
     "input_schema",
     "metadata",
+    "budget_usd",
 ];
 const COMMON_FIELDS: &[&str] = &[
     "id",
@@ -129,6 +130,20 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
         );
     }
 
+    let budget_usd = match obj.get("budget_usd") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(b) if b > 0.0 && b <= MAX_BUDGET_USD => Some(b),
+            _ => {
+                p.err(
+                    &root.key("budget_usd"),
+                    format!("expected an amount in USD above 0 and at most {MAX_BUDGET_USD}"),
+                );
+                None
+            }
+        },
+    };
+
     let steps_path = root.key("steps");
     let mut parsed = match obj.get("steps") {
         Some(Value::Array(items)) if !items.is_empty() => parse_steps(&mut p, items, &steps_path),
@@ -197,6 +212,7 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
         steps: parsed.into_iter().map(Parsed::into_step).collect(),
         output,
         input_schema,
+        budget_usd,
     })
 }
 
@@ -450,6 +466,7 @@ fn type_fields(kind: &StepKind) -> &'static [&'static str] {
             "fallback",
             "retry_model",
             "inputs",
+            "cache",
         ],
     }
 }
@@ -843,16 +860,31 @@ fn parse_http(
 
 /// Providers an `llm` step can name.
 pub const LLM_PROVIDERS: &[&str] = &["openai", "anthropic", "gemini"];
+/// Largest per-run budget a workflow may set.
+pub const MAX_BUDGET_USD: f64 = 1_000_000.0;
+/// Longest an LLM result may be cached.
+pub const MAX_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Built-in providers and those an operator adds (OpenAI-compatible
+/// endpoints named in `WEFT_LLM_PROVIDERS`) share one name space.
+fn is_provider_name(s: &str) -> bool {
+    LLM_PROVIDERS.contains(&s)
+        || (!s.is_empty()
+            && s.len() <= 32
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'))
+}
 
 fn provider_field(p: &mut Parser, v: Option<&Value>, path: &Path) -> Option<String> {
     match v {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if LLM_PROVIDERS.contains(&s.as_str()) => Some(s.clone()),
+        Some(Value::String(s)) if is_provider_name(s) => Some(s.clone()),
         Some(other) => {
             p.err(
                 path,
                 format!(
-                    "unknown provider {other}; expected one of {}",
+                    "{other} is not a provider name; expected {} or the name of a provider the server adds (lowercase letters, digits, `_`, `-`)",
                     LLM_PROVIDERS.join(", ")
                 ),
             );
@@ -980,6 +1012,34 @@ fn parse_llm(
         ),
     }
     let retry_model = opt_string(p, obj, path, "retry_model");
+    let cache_ttl = match obj.get("cache") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(c)) => {
+            unknown_fields(p, c, &path.key("cache"), &["ttl"], "cache");
+            match c.get("ttl").map(parse_duration) {
+                Some(Ok(d)) if !d.is_zero() && d <= MAX_CACHE_TTL => Some(d),
+                Some(Ok(_)) => {
+                    p.err(
+                        &path.key("cache").key("ttl"),
+                        "expected a duration above 0 and at most 30 days",
+                    );
+                    None
+                }
+                Some(Err(e)) => {
+                    p.err(&path.key("cache").key("ttl"), e);
+                    None
+                }
+                None => {
+                    p.err(&path.key("cache"), "a cache needs a `ttl` such as \"1h\"");
+                    None
+                }
+            }
+        }
+        Some(_) => {
+            p.err(&path.key("cache"), "expected {\"ttl\": \"1h\"}");
+            None
+        }
+    };
     let inputs = obj.get("inputs").cloned().unwrap_or(Value::Null);
     collect_refs(p, &inputs, &path.key("inputs"), refs);
     Some(Llm {
@@ -993,6 +1053,7 @@ fn parse_llm(
         fallback,
         retry_model,
         inputs,
+        cache_ttl,
     })
 }
 

@@ -120,6 +120,7 @@ fn llm_request(l: &crate::dsl::Llm, ctx: &Context) -> Result<Value, StepError> {
         "fallback": l.fallback.iter().map(|f| json!({"provider": f.provider, "model": f.model})).collect::<Vec<_>>(),
         "retry_model": l.retry_model,
         "inputs": render(&l.inputs)?,
+        "cache_ttl_secs": l.cache_ttl.map(|d| d.as_secs()),
     }))
 }
 

@@ -285,7 +285,7 @@ impl Inner {
                         let _ = self.finished.send((key.clone(), r.status));
                     }
                     for d in dispatch {
-                        self.execute(key.clone(), d);
+                        self.execute(key.clone(), &write.run, d);
                     }
                     return Ok(write.run.wake_at);
                 }
@@ -355,8 +355,9 @@ impl Inner {
 
     /// Runs one attempt of an I/O step on its executor, records the result
     /// and wakes the run.
-    fn execute(&self, run: RunKey, d: Dispatch) {
+    fn execute(&self, run: RunKey, rec: &RunRecord, d: Dispatch) {
         let Some(me) = self.me.upgrade() else { return };
+        let (workflow_id, budget_usd) = (rec.workflow_id.clone(), rec.budget_usd);
         let executor = self.executors.get(&d.step_type).cloned();
         let span =
             tracing::info_span!("step", workspace_id = %run.0, run_id = %run.1, step_id = %d.key);
@@ -365,6 +366,8 @@ impl Inner {
                 let call = StepCall {
                     workspace_id: run.0.clone(),
                     run_id: run.1.clone(),
+                    workflow_id,
+                    budget_usd,
                     step_key: d.key.clone(),
                     step_type: d.step_type.clone(),
                     attempt: d.attempt,

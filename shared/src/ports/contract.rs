@@ -338,6 +338,7 @@ fn run(ws: &WorkspaceId, workflow: &str) -> RunRecord {
         started_at: None,
         finished_at: None,
         wake_at: None,
+        budget_usd: None,
         revision: 1,
     }
 }

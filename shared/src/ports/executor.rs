@@ -8,13 +8,17 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::{RunId, StepError, WorkspaceId};
+use crate::domain::{RunId, StepError, WorkflowId, WorkspaceId};
 
 /// One attempt of one step, with its templates already rendered.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepCall {
     pub workspace_id: WorkspaceId,
     pub run_id: RunId,
+    pub workflow_id: WorkflowId,
+    /// The run's spending cap for model calls, in USD.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
     pub step_key: String,
     pub step_type: String,
     pub attempt: u32,

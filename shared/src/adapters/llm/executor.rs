@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use reqwest::Url;
 use serde_json::{Value, json};
 
-use super::prices;
 use super::providers::{self, CallError, ErrorClass, Kind, Prompt, Reply};
+use super::{prices, spend};
 use crate::adapters::http::{EgressPolicy, check_url, egress_cause, guarded_client, retry_after};
-use crate::domain::{StepError, WorkspaceId};
-use crate::ports::{SecretStore, StepCall, StepExecutor};
+use crate::domain::{Caps, Charge, StepError, Usage, WorkspaceId, WorkspaceSettings};
+use crate::ports::{ResultCache, SecretStore, SettingsStore, StepCall, StepExecutor, UsageStore};
 use crate::secret_refs;
 
 /// Where each provider is reached and which provider a step without one uses.
@@ -26,6 +26,9 @@ pub struct LlmConfig {
     /// Keys the operator provides for every workspace, by provider name. A
     /// workspace's own secret (`OPENAI_API_KEY`, …) takes precedence.
     pub operator_keys: HashMap<String, String>,
+    /// Providers the operator adds, each an OpenAI-compatible endpoint (its
+    /// base URL in `base_urls`). Their key is optional: Ollama needs none.
+    pub compatible: Vec<String>,
 }
 
 impl Default for LlmConfig {
@@ -41,6 +44,7 @@ impl Default for LlmConfig {
                 ),
             ]),
             operator_keys: HashMap::new(),
+            compatible: Vec::new(),
         }
     }
 }
@@ -48,39 +52,96 @@ impl Default for LlmConfig {
 impl LlmConfig {
     /// The defaults, changed by `WEFT_LLM_DEFAULT_PROVIDER`,
     /// `WEFT_<PROVIDER>_BASE_URL` and `WEFT_<PROVIDER>_API_KEY` (provider:
-    /// OPENAI, ANTHROPIC, GEMINI).
-    pub fn from_env() -> Self {
+    /// OPENAI, ANTHROPIC, GEMINI, or one added), and
+    /// `WEFT_LLM_PROVIDERS=name=url,...`, which adds OpenAI-compatible
+    /// providers (Groq, Ollama, vLLM, ...) under names of their own.
+    pub fn from_env() -> anyhow::Result<Self> {
         let mut c = Self::default();
         if let Ok(p) = std::env::var("WEFT_LLM_DEFAULT_PROVIDER")
             && !p.trim().is_empty()
         {
             c.default_provider = p.trim().to_owned();
         }
-        for provider in ["openai", "anthropic", "gemini"] {
-            let up = provider.to_uppercase();
+        if let Ok(list) = std::env::var("WEFT_LLM_PROVIDERS") {
+            c.add_compatible(&list)?;
+        }
+        let names: Vec<String> = c.base_urls.keys().cloned().collect();
+        for provider in names {
+            let up = env_name(&provider);
             if let Ok(url) = std::env::var(format!("WEFT_{up}_BASE_URL")) {
-                c.base_urls.insert(provider.into(), url);
+                c.base_urls.insert(provider.clone(), url);
             }
             if let Ok(key) = std::env::var(format!("WEFT_{up}_API_KEY")) {
-                c.operator_keys.insert(provider.into(), key);
+                c.operator_keys.insert(provider, key);
             }
         }
-        c
+        Ok(c)
+    }
+
+    /// Adds OpenAI-compatible providers from `name=base-url,...`.
+    pub fn add_compatible(&mut self, list: &str) -> anyhow::Result<()> {
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, url) = entry.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("WEFT_LLM_PROVIDERS: `{entry}` should be name=base-url")
+            })?;
+            let (name, url) = (name.trim(), url.trim());
+            let valid = !name.is_empty()
+                && name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !valid || name.len() > 32 {
+                anyhow::bail!(
+                    "WEFT_LLM_PROVIDERS: `{name}` is not a provider name (lowercase letters, digits, `_`, `-`)"
+                );
+            }
+            if ["openai", "anthropic", "gemini"].contains(&name) {
+                anyhow::bail!(
+                    "WEFT_LLM_PROVIDERS: `{name}` is built in; set WEFT_{}_BASE_URL to move it",
+                    env_name(name)
+                );
+            }
+            Url::parse(url)
+                .map_err(|e| anyhow::anyhow!("WEFT_LLM_PROVIDERS: `{url}` is not a URL: {e}"))?;
+            self.base_urls.insert(name.to_owned(), url.to_owned());
+            self.compatible.push(name.to_owned());
+        }
+        Ok(())
+    }
+
+    fn kind(&self, provider: &str) -> Option<Kind> {
+        match provider {
+            "openai" => Some(Kind::OpenAi),
+            "anthropic" => Some(Kind::Anthropic),
+            "gemini" => Some(Kind::Gemini),
+            p if self.compatible.iter().any(|c| c == p) => Some(Kind::OpenAi),
+            _ => None,
+        }
+    }
+
+    /// Every provider a step may name.
+    pub fn providers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.base_urls.keys().cloned().collect();
+        v.sort();
+        v
     }
 }
 
-fn kind(provider: &str) -> Option<Kind> {
-    match provider {
-        "openai" => Some(Kind::OpenAi),
-        "anthropic" => Some(Kind::Anthropic),
-        "gemini" => Some(Kind::Gemini),
-        _ => None,
-    }
+fn env_name(provider: &str) -> String {
+    provider.to_uppercase().replace('-', "_")
 }
 
 /// The workspace secret holding a provider's key.
 pub fn key_secret_name(provider: &str) -> String {
-    format!("{}_API_KEY", provider.to_uppercase())
+    format!("{}_API_KEY", env_name(provider))
+}
+
+/// Where spending is checked and recorded.
+#[derive(Clone)]
+pub struct Spending {
+    pub settings: Arc<dyn SettingsStore>,
+    pub usage: Arc<dyn UsageStore>,
+    pub cache: Arc<dyn ResultCache>,
 }
 
 pub struct LlmExecutor {
@@ -88,6 +149,11 @@ pub struct LlmExecutor {
     policy: Arc<EgressPolicy>,
     secrets: Arc<dyn SecretStore>,
     config: LlmConfig,
+    spending: Spending,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StepError {
+    StepError::transient("store_unavailable", format!("{what}: {e}"))
 }
 
 impl LlmExecutor {
@@ -95,6 +161,7 @@ impl LlmExecutor {
         policy: EgressPolicy,
         secrets: Arc<dyn SecretStore>,
         config: LlmConfig,
+        spending: Spending,
     ) -> anyhow::Result<Self> {
         let policy = Arc::new(policy);
         Ok(Self {
@@ -102,13 +169,14 @@ impl LlmExecutor {
             policy,
             secrets,
             config,
+            spending,
         })
     }
 
-    async fn api_key(&self, ws: &WorkspaceId, provider: &str) -> Result<String, CallError> {
+    async fn api_key(&self, ws: &WorkspaceId, provider: &str) -> Result<Option<String>, CallError> {
         let name = key_secret_name(provider);
         match self.secrets.get_secret(ws, &name).await {
-            Ok(Some(k)) => return Ok(k),
+            Ok(Some(k)) => return Ok(Some(k)),
             Ok(None) => {}
             Err(e) => {
                 return Err(CallError {
@@ -118,9 +186,17 @@ impl LlmExecutor {
                 });
             }
         }
-        self.config.operator_keys.get(provider).cloned().ok_or_else(|| CallError {
+        if let Some(k) = self.config.operator_keys.get(provider) {
+            return Ok(Some(k.clone()));
+        }
+        if self.config.compatible.iter().any(|c| c == provider) {
+            return Ok(None);
+        }
+        Err(CallError {
             class: ErrorClass::Auth,
-            message: format!("no API key for {provider}: set the workspace secret {name} (PUT /v1/secrets/{name})"),
+            message: format!(
+                "no API key for {provider}: set the workspace secret {name} (PUT /v1/secrets/{name})"
+            ),
             retry_after: None,
         })
     }
@@ -137,10 +213,13 @@ impl LlmExecutor {
             message,
             retry_after: None,
         };
-        let kind = kind(provider).ok_or_else(|| {
+        let kind = self.config.kind(provider).ok_or_else(|| {
             fail(
                 ErrorClass::Invalid,
-                format!("unknown provider `{provider}`"),
+                format!(
+                    "provider `{provider}` is not configured on this server (it has: {})",
+                    self.config.providers().join(", ")
+                ),
             )
         })?;
         let base = self.config.base_urls.get(provider).ok_or_else(|| {
@@ -159,12 +238,13 @@ impl LlmExecutor {
         })?;
         check_url(&url, &self.policy).map_err(|e| fail(ErrorClass::EgressDenied, e.0))?;
         let mut req = self.client.post(url).timeout(timeout).json(&body);
-        req = match kind {
-            Kind::OpenAi => req.bearer_auth(&key),
-            Kind::Anthropic => req
-                .header("x-api-key", &key)
+        req = match (kind, key) {
+            (_, None) => req,
+            (Kind::OpenAi, Some(key)) => req.bearer_auth(key),
+            (Kind::Anthropic, Some(key)) => req
+                .header("x-api-key", key)
                 .header("anthropic-version", "2023-06-01"),
-            Kind::Gemini => req.header("x-goog-api-key", &key),
+            (Kind::Gemini, Some(key)) => req.header("x-goog-api-key", key),
         };
         let res = req.send().await.map_err(|e| {
             if let Some(why) = egress_cause(&e) {
@@ -217,20 +297,114 @@ impl LlmExecutor {
 #[async_trait]
 impl StepExecutor for LlmExecutor {
     async fn execute(&self, call: &StepCall) -> Result<Value, StepError> {
+        let ws = &call.workspace_id;
         let mut req = call.request.clone();
-        let values =
-            secret_refs::resolve(self.secrets.as_ref(), &call.workspace_id, &mut req).await?;
-        let mut result = self.run_chain(call, &req).await;
+        let values = secret_refs::resolve(self.secrets.as_ref(), ws, &mut req).await?;
+        let settings = self
+            .spending
+            .settings
+            .get_settings(ws)
+            .await
+            .map_err(|e| unavailable("the workspace settings could not be read", e))?;
+        let cache = req["cache_ttl_secs"]
+            .as_u64()
+            .map(|ttl| (spend::cache_key(&req), Duration::from_secs(ttl)));
+        if let Some((key, _)) = &cache
+            && let Some(hit) = self.cache_hit(call, key, &req["inputs"]).await?
+        {
+            return Ok(hit);
+        }
+        let mut result = self.run_chain(call, &req, &settings).await;
         match &mut result {
             Ok(out) => secret_refs::redact(out, &values),
             Err(e) => e.message = secret_refs::redact_str(&e.message, &values),
+        }
+        if let (Some((key, ttl)), Ok(out)) = (&cache, &result) {
+            let mut stored = out.clone();
+            if let Some(o) = stored.as_object_mut() {
+                o.remove("inputs");
+            }
+            let until = chrono::Utc::now()
+                + chrono::Duration::from_std(*ttl).unwrap_or(chrono::Duration::days(30));
+            if let Err(e) = self
+                .spending
+                .cache
+                .put_cached(ws, key, &stored, until)
+                .await
+            {
+                tracing::warn!(error = %e, "the result could not be cached");
+            }
         }
         result
     }
 }
 
 impl LlmExecutor {
-    async fn run_chain(&self, call: &StepCall, req: &Value) -> Result<Value, StepError> {
+    /// The stored output of an identical call, marked as a hit with the
+    /// cost it saved (and charged as a free call).
+    async fn cache_hit(
+        &self,
+        call: &StepCall,
+        key: &str,
+        inputs: &Value,
+    ) -> Result<Option<Value>, StepError> {
+        let now = chrono::Utc::now();
+        let found = self
+            .spending
+            .cache
+            .cached(&call.workspace_id, key, now)
+            .await
+            .map_err(|e| unavailable("the result cache could not be read", e))?;
+        let Some(mut out) = found else {
+            return Ok(None);
+        };
+        let saved = out["cost_usd"].as_f64().unwrap_or(0.0);
+        out["cached"] = json!(true);
+        out["cost_saved_usd"] = json!(saved);
+        out["cost_usd"] = json!(0.0);
+        if !inputs.is_null() {
+            out["inputs"] = inputs.clone();
+        }
+        let charge = self.charge(
+            call,
+            0,
+            out["provider"].as_str().unwrap_or_default(),
+            out["model"].as_str().unwrap_or_default(),
+        );
+        let used = Usage {
+            calls: 1,
+            cost_saved_usd: saved,
+            cache_hits: 1,
+            ..Usage::default()
+        };
+        self.spending
+            .usage
+            .settle(&charge, &used)
+            .await
+            .map_err(|e| unavailable("the usage ledger could not be written", e))?;
+        Ok(Some(out))
+    }
+
+    fn charge(&self, call: &StepCall, try_index: u32, provider: &str, model: &str) -> Charge {
+        Charge {
+            workspace_id: call.workspace_id.clone(),
+            run_id: call.run_id.clone(),
+            workflow_id: call.workflow_id.clone(),
+            step_key: call.step_key.clone(),
+            attempt: call.attempt,
+            try_index,
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            at: chrono::Utc::now(),
+        }
+    }
+
+    async fn run_chain(
+        &self,
+        call: &StepCall,
+        req: &Value,
+        settings: &WorkspaceSettings,
+    ) -> Result<Value, StepError> {
         let default = self.config.default_provider.as_str();
         let first_provider = req["provider"].as_str().unwrap_or(default).to_owned();
         let mut first_model = req["model"].as_str().unwrap_or_default().to_owned();
@@ -248,25 +422,70 @@ impl LlmExecutor {
         }
         let messages = req["messages"].as_array().cloned().unwrap_or_default();
         let system = req["system"].as_str();
+        let max_tokens = req["max_tokens"].as_u64().unwrap_or(1024) as u32;
+        let estimate = spend::estimated_input_tokens(system, &messages);
+        let caps = Caps {
+            run_usd: call.budget_usd,
+            month_usd: settings.monthly_budget_usd,
+        };
         let per_call = (call.timeout / chain.len() as u32).max(Duration::from_secs(1));
         let mut tries = Vec::new();
         let mut last: Option<CallError> = None;
-        for (provider, model) in &chain {
+        for (i, (provider, model)) in chain.iter().enumerate() {
+            let price = prices::price_with(model, &settings.prices);
+            let worst = spend::worst_case_usd(price, estimate, max_tokens);
+            let charge = self.charge(call, i as u32, provider, model);
+            let reserved = self
+                .spending
+                .usage
+                .reserve(&charge, worst, &caps)
+                .await
+                .map_err(|e| unavailable("the usage ledger could not be written", e))?;
+            if let Err(hit) = reserved {
+                return Err(spend::refusal(&hit, worst, provider, model, max_tokens));
+            }
             let prompt = Prompt {
                 model,
                 system,
                 messages: &messages,
                 temperature: req["temperature"].as_f64(),
-                max_tokens: req["max_tokens"].as_u64().unwrap_or(1024) as u32,
+                max_tokens,
                 json: req["json"].as_bool().unwrap_or(false),
             };
-            match self
+            let result = self
                 .call(&call.workspace_id, provider, &prompt, per_call)
-                .await
-            {
+                .await;
+            let used = match &result {
+                Ok(r) => Usage {
+                    calls: 1,
+                    input_tokens: r.input_tokens,
+                    output_tokens: r.output_tokens,
+                    cost_usd: prices::cost_with(price, r.input_tokens, r.output_tokens)
+                        .unwrap_or(0.0),
+                    ..Usage::default()
+                },
+                Err(_) => Usage {
+                    calls: 1,
+                    ..Usage::default()
+                },
+            };
+            if let Err(e) = self.spending.usage.settle(&charge, &used).await {
+                // The reservation stays at the worst case: spending is
+                // overstated, never understated.
+                tracing::warn!(error = %e, "settling a model call's cost failed");
+            }
+            match result {
                 Ok(reply) => {
                     tries.push(json!({"provider": provider, "model": model}));
-                    return output(provider, model, reply, prompt.json, tries, &req["inputs"]);
+                    return output(
+                        provider,
+                        model,
+                        reply,
+                        prompt.json,
+                        tries,
+                        &req["inputs"],
+                        price,
+                    );
                 }
                 Err(e) => {
                     tries.push(json!({"provider": provider, "model": model, "error": {"code": e.class.code(), "message": e.message}}));
@@ -311,6 +530,7 @@ fn output(
     json_mode: bool,
     tries: Vec<Value>,
     inputs: &Value,
+    price: Option<(f64, f64)>,
 ) -> Result<Value, StepError> {
     let mut out = json!({
         "response": reply.text,
@@ -318,7 +538,7 @@ fn output(
         "model": model,
         "finish_reason": reply.finish_reason,
         "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
-        "cost_usd": prices::cost_usd(model, reply.input_tokens, reply.output_tokens),
+        "cost_usd": prices::cost_with(price, reply.input_tokens, reply.output_tokens),
         "tries": tries,
     });
     if json_mode {

@@ -4,5 +4,6 @@
 mod executor;
 pub mod prices;
 mod providers;
+mod spend;
 
-pub use executor::{LlmConfig, LlmExecutor, key_secret_name};
+pub use executor::{LlmConfig, LlmExecutor, Spending, key_secret_name};

@@ -1,6 +1,11 @@
 //! Default list prices, USD per million tokens (input, output), matched by
 //! the longest model-name prefix. Prices change: these are defaults as
-//! published by the providers; a model not listed gets no cost.
+//! published by the providers; a workspace's own prices (its settings) take
+//! precedence, and a model priced nowhere gets no cost.
+
+use std::collections::BTreeMap;
+
+use crate::domain::ModelPrice;
 
 const PRICES: &[(&str, f64, f64)] = &[
     ("gpt-4o-mini", 0.15, 0.60),
@@ -36,8 +41,22 @@ pub fn price(model: &str) -> Option<(f64, f64)> {
         .map(|&(_, i, o)| (i, o))
 }
 
+/// The workspace's price for `model` if it set one (longest prefix), else
+/// the default.
+pub fn price_with(model: &str, own: &BTreeMap<String, ModelPrice>) -> Option<(f64, f64)> {
+    own.iter()
+        .filter(|(prefix, _)| model.starts_with(prefix.as_str()))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, p)| (p.input_per_mtok, p.output_per_mtok))
+        .or_else(|| price(model))
+}
+
 pub fn cost_usd(model: &str, input_tokens: u64, output_tokens: u64) -> Option<f64> {
-    let (i, o) = price(model)?;
+    cost_with(price(model), input_tokens, output_tokens)
+}
+
+pub fn cost_with(price: Option<(f64, f64)>, input_tokens: u64, output_tokens: u64) -> Option<f64> {
+    let (i, o) = price?;
     Some((input_tokens as f64 * i + output_tokens as f64 * o) / 1_000_000.0)
 }
 
@@ -53,5 +72,29 @@ mod tests {
         assert_eq!(price("llama3"), None);
         let c = cost_usd("gpt-4", 1000, 500).unwrap();
         assert!((c - 0.06).abs() < 1e-12, "{c}");
+    }
+
+    #[test]
+    fn a_workspace_price_overrides_the_default() {
+        let own = BTreeMap::from([
+            (
+                "gpt-4o".to_owned(),
+                ModelPrice {
+                    input_per_mtok: 1.0,
+                    output_per_mtok: 2.0,
+                },
+            ),
+            (
+                "llama".to_owned(),
+                ModelPrice {
+                    input_per_mtok: 0.0,
+                    output_per_mtok: 0.5,
+                },
+            ),
+        ]);
+        assert_eq!(price_with("gpt-4o-mini", &own), Some((1.0, 2.0)));
+        assert_eq!(price_with("llama3-70b", &own), Some((0.0, 0.5)));
+        assert_eq!(price_with("gpt-4", &own), Some((30.0, 60.0)));
+        assert_eq!(price_with("mistral", &own), None);
     }
 }

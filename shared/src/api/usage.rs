@@ -1,0 +1,39 @@
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::extract::{Auth, JsonBody, Params};
+use super::problem::Problem;
+use crate::app::App;
+
+pub async fn get_settings(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+) -> Result<Response, Problem> {
+    let s = app.get_settings(&who.workspace_id).await?;
+    Ok(Json(json!(s)).into_response())
+}
+
+pub async fn put_settings(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Problem> {
+    let s = app.put_settings(&who.workspace_id, &body).await?;
+    Ok(Json(json!(s)).into_response())
+}
+
+pub async fn report(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    params: Params,
+) -> Result<Response, Problem> {
+    params.only(&["from", "to"])?;
+    let report = app
+        .usage_report(&who.workspace_id, params.get("from"), params.get("to"))
+        .await?;
+    Ok(Json(report).into_response())
+}
