@@ -1,5 +1,9 @@
 //! Adapters behind the ports.
 
+#[cfg(feature = "aws")]
+pub mod dynamo;
 pub mod http;
 pub mod llm;
+#[cfg(feature = "aws")]
+pub mod secretsmanager;
 pub mod sqlite;

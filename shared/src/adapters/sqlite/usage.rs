@@ -9,6 +9,11 @@ use super::SqliteStore;
 use crate::domain::*;
 use crate::ports::{ResultCache, SettingsStore, StoreError, StoreResult, UsageStore};
 
+/// Fixed-width timestamps, so that string order is time order.
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 #[async_trait]
 impl SettingsStore for SqliteStore {
     async fn get_settings(&self, ws: &WorkspaceId) -> StoreResult<WorkspaceSettings> {
@@ -223,7 +228,7 @@ impl ResultCache for SqliteStore {
                     )
                     .optional()?;
                 match row {
-                    Some((value, expires)) if expires > now.to_rfc3339() => {
+                    Some((value, expires)) if expires > ts(now) => {
                         Ok(Some(serde_json::from_str(&value)?))
                     }
                     _ => Ok(None),
@@ -240,13 +245,13 @@ impl ResultCache for SqliteStore {
         expires_at: DateTime<Utc>,
     ) -> StoreResult<()> {
         let (ws, key, value) = (ws.to_string(), key.to_owned(), value.to_string());
-        let now = Utc::now().to_rfc3339();
+        let now = ts(Utc::now());
         self.db
             .write(move |tx| {
                 tx.execute(
                     "INSERT INTO result_cache (workspace_id, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (workspace_id, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-                    params![ws, key, value, expires_at.to_rfc3339()],
+                    params![ws, key, value, ts(expires_at)],
                 )?;
                 // Expired entries of the workspace go as new ones arrive.
                 tx.execute(

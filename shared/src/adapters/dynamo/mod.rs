@@ -1,0 +1,165 @@
+//! The AWS store: every store port on one DynamoDB table (`pk`, `sk`, and
+//! the index `gsi1` on `gsi1pk`/`gsi1sk`). Partition keys start with the
+//! workspace id, and each run is a partition of its own (run item, steps,
+//! logs, model-call charges), so a busy workspace spreads its step writes
+//! over as many partitions as it has runs. Records are stored as JSON in
+//! `data`, next to the attributes that keys and conditions need.
+
+mod runs;
+mod tenants;
+mod usage;
+mod workflows;
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::ports::{Cursor, StoreError, StoreResult};
+
+/// Implements the store ports on one DynamoDB table.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> StoreResult<&'a str> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v),
+        _ => Err(StoreError::Unavailable(format!(
+            "stored item lacks the string `{name}`"
+        ))),
+    }
+}
+
+fn get_n(item: &Item, name: &str) -> f64 {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().unwrap_or(0.0),
+        _ => 0.0,
+    }
+}
+
+fn data<T: serde::de::DeserializeOwned>(item: &Item) -> StoreResult<T> {
+    Ok(serde_json::from_str(get_s(item, "data")?)?)
+}
+
+/// Any SDK failure: a lost condition is a Conflict, the rest Unavailable.
+fn sdk<E, R>(e: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = e.code().unwrap_or_default().to_owned();
+    if code == "ConditionalCheckFailedException" {
+        return StoreError::Conflict("a conditional write lost".into());
+    }
+    match e.message() {
+        Some(msg) => StoreError::Unavailable(format!("DynamoDB: {code}: {msg}")),
+        None => StoreError::Unavailable(format!("DynamoDB: {}", DisplayErrorContext(&e))),
+    }
+}
+
+/// Which items of a cancelled transaction failed their condition.
+fn cancelled_conditions(
+    e: &SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+        impl std::fmt::Debug,
+    >,
+) -> Option<Vec<bool>> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
+    match e.as_service_error() {
+        Some(E::TransactionCanceledException(t)) => Some(
+            t.cancellation_reasons()
+                .iter()
+                .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Timestamps stored for comparison in conditions: fixed width, so that
+/// string order is time order.
+fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A cursor holding the position (a sort key) a listing continues after.
+fn cursor_after(position: &str) -> Cursor {
+    Cursor::from_position(position)
+}
+
+/// Creates the table as template.yaml declares it (for emulated AWS and
+/// tests; a deployment gets it from the stack).
+pub async fn create_table(client: &Client, name: &str) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+        Projection, ProjectionType, ScalarAttributeType,
+    };
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    let ks = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+    };
+    client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("pk")?)
+        .attribute_definitions(attr("sk")?)
+        .attribute_definitions(attr("gsi1pk")?)
+        .attribute_definitions(attr("gsi1sk")?)
+        .key_schema(ks("pk", KeyType::Hash)?)
+        .key_schema(ks("sk", KeyType::Range)?)
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("gsi1")
+                .key_schema(ks("gsi1pk", KeyType::Hash)?)
+                .key_schema(ks("gsi1sk", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()?,
+        )
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating table {name}: {}", DisplayErrorContext(&e)))?;
+    Ok(())
+}
+
+#[cfg(all(test, feature = "emulated-aws-tests"))]
+mod tests;

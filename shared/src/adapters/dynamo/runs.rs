@@ -1,0 +1,397 @@
+//! Runs: one partition per run (`{ws}#RUN#{id}`) holding the run item
+//! (`RUN`), its steps (`STEP#key`) and log lines (`LOG#revision#n`), so one
+//! Query loads a run with its steps. Listings use the index `gsi1`
+//! (`{ws}#RUNS`, run id: ULIDs sort by creation time).
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{Put, PutRequest, TransactWriteItem, Update, WriteRequest};
+use chrono::Utc;
+
+use super::{DynamoStore, Item, cancelled_conditions, cursor_after, data, get_s, key, n, s, sdk};
+use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
+use crate::ports::{
+    CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite, StoreError,
+    StoreResult,
+};
+
+/// Most items in one DynamoDB transaction.
+const MAX_TRANSACTION_ITEMS: usize = 100;
+
+fn run_pk(ws: &WorkspaceId, id: &RunId) -> String {
+    format!("{ws}#RUN#{id}")
+}
+
+fn build<T, E: std::fmt::Display>(r: Result<T, E>) -> StoreResult<T> {
+    r.map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+fn run_attrs(run: &RunRecord) -> StoreResult<Item> {
+    let mut item = key(run_pk(&run.workspace_id, &run.id), "RUN");
+    item.insert("data".into(), s(serde_json::to_string(run)?));
+    item.insert("revision".into(), n(run.revision));
+    item.insert("status".into(), s(run.status.as_str()));
+    item.insert("workflow_id".into(), s(run.workflow_id.as_str()));
+    item.insert("gsi1pk".into(), s(format!("{}#RUNS", run.workspace_id)));
+    item.insert("gsi1sk".into(), s(run.id.as_str()));
+    Ok(item)
+}
+
+fn step_item(run: &RunRecord, st: &StepRecord) -> StoreResult<Item> {
+    let mut item = key(
+        run_pk(&run.workspace_id, &run.id),
+        format!("STEP#{}", st.key),
+    );
+    item.insert("data".into(), s(serde_json::to_string(st)?));
+    Ok(item)
+}
+
+fn log_item(run: &RunRecord, i: usize, l: &LogEntry) -> StoreResult<Item> {
+    let mut item = key(
+        run_pk(&run.workspace_id, &run.id),
+        format!("LOG#{:012}#{i:05}", run.revision),
+    );
+    item.insert("data".into(), s(serde_json::to_string(l)?));
+    Ok(item)
+}
+
+impl DynamoStore {
+    /// Every item of a run partition between two sort keys.
+    pub(super) async fn query_run(
+        &self,
+        pk: String,
+        from: &str,
+        to: &str,
+    ) -> StoreResult<Vec<Item>> {
+        let mut all = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":a", s(from))
+                .expression_attribute_values(":b", s(to))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            all.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    async fn batch_put(&self, items: Vec<Item>) -> StoreResult<()> {
+        for chunk in items.chunks(25) {
+            let mut reqs: Vec<WriteRequest> = Vec::new();
+            for item in chunk {
+                let put = build(PutRequest::builder().set_item(Some(item.clone())).build())?;
+                reqs.push(WriteRequest::builder().put_request(put).build());
+            }
+            let mut pending = Some(reqs);
+            while let Some(r) = pending.take().filter(|r| !r.is_empty()) {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, r)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RunStore for DynamoStore {
+    async fn create_run(
+        &self,
+        run: &RunRecord,
+        claim: Option<&IdempotencyClaim>,
+    ) -> StoreResult<CreateRun> {
+        let put_run = build(
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(run_attrs(run)?))
+                .condition_expression("attribute_not_exists(pk)")
+                .build(),
+        )?;
+        let Some(claim) = claim else {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(put_run.item))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await
+                .map_err(sdk)?;
+            return Ok(CreateRun::Created);
+        };
+        let idem_key = key(format!("{}#IDEM#{}", run.workspace_id, claim.key), "IDEM");
+        loop {
+            let mut idem = idem_key.clone();
+            idem.insert("request_hash".into(), s(&claim.request_hash));
+            idem.insert("run_id".into(), s(run.id.as_str()));
+            idem.insert("expires_at".into(), s(super::ts(claim.expires_at)));
+            idem.insert("ttl".into(), n(claim.expires_at.timestamp()));
+            let put_idem = build(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(idem))
+                    .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                    .expression_attribute_values(":now", s(super::ts(Utc::now())))
+                    .build(),
+            )?;
+            let res = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().put(put_idem).build())
+                .transact_items(TransactWriteItem::builder().put(put_run.clone()).build())
+                .send()
+                .await;
+            let e = match res {
+                Ok(_) => return Ok(CreateRun::Created),
+                Err(e) => e,
+            };
+            match cancelled_conditions(&e) {
+                Some(failed) if failed.first() == Some(&true) => {
+                    let out = self
+                        .client
+                        .get_item()
+                        .table_name(&self.table)
+                        .set_key(Some(idem_key.clone()))
+                        .consistent_read(true)
+                        .send()
+                        .await
+                        .map_err(sdk)?;
+                    // Gone (expired and removed) in between: claim again.
+                    let Some(item) = out.item else { continue };
+                    return Ok(CreateRun::Existing {
+                        run_id: RunId::from_string(get_s(&item, "run_id")?),
+                        request_hash: get_s(&item, "request_hash")?.to_owned(),
+                    });
+                }
+                Some(failed) if failed.iter().any(|f| *f) => {
+                    return Err(StoreError::Conflict("run already exists".into()));
+                }
+                _ => return Err(sdk(e)),
+            }
+        }
+    }
+
+    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(run_pk(ws, id), "RUN")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        out.item.as_ref().map(data).transpose()
+    }
+
+    async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
+        self.query_run(run_pk(ws, id), "STEP#", "STEP$")
+            .await?
+            .iter()
+            .map(data)
+            .collect()
+    }
+
+    async fn load_run(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
+        // "RUN" sorts just before "STEP#…": one Query reads both.
+        let items = self.query_run(run_pk(ws, id), "RUN", "STEP$").await?;
+        let mut run = None;
+        let mut steps = Vec::new();
+        for item in &items {
+            if get_s(item, "sk")? == "RUN" {
+                run = Some(data::<RunRecord>(item)?);
+            } else if get_s(item, "sk")?.starts_with("STEP#") {
+                steps.push(data(item)?);
+            }
+        }
+        Ok(run.map(|r| (r, steps)))
+    }
+
+    async fn list_runs(
+        &self,
+        ws: &WorkspaceId,
+        filter: &RunFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RunRecord>> {
+        let before = page
+            .cursor
+            .as_ref()
+            .map_or_else(|| "~".to_owned(), |c| c.position().to_owned());
+        let want = page.limit as usize + 1;
+        let mut filters = Vec::new();
+        if filter.status.is_some() {
+            filters.push("#st = :st");
+        }
+        if filter.workflow_id.is_some() {
+            filters.push("workflow_id = :wf");
+        }
+        let mut runs: Vec<RunRecord> = Vec::new();
+        let mut start = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("gsi1")
+                .key_condition_expression("gsi1pk = :pk AND gsi1sk < :before")
+                .expression_attribute_values(":pk", s(format!("{ws}#RUNS")))
+                .expression_attribute_values(":before", s(before.clone()))
+                .scan_index_forward(false)
+                .limit(want as i32)
+                .set_exclusive_start_key(start.take());
+            if let Some(st) = filter.status {
+                q = q
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":st", s(st.as_str()));
+            }
+            if let Some(wf) = &filter.workflow_id {
+                q = q.expression_attribute_values(":wf", s(wf.as_str()));
+            }
+            if !filters.is_empty() {
+                q = q.filter_expression(filters.join(" AND "));
+            }
+            let out = q.send().await.map_err(sdk)?;
+            for item in out.items() {
+                runs.push(data(item)?);
+            }
+            match out.last_evaluated_key {
+                Some(k) if runs.len() < want => start = Some(k),
+                _ => break,
+            }
+        }
+        runs.truncate(want);
+        let next_cursor = if runs.len() > page.limit as usize {
+            runs.truncate(page.limit as usize);
+            runs.last().map(|r| cursor_after(r.id.as_str()))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: runs,
+            next_cursor,
+        })
+    }
+
+    async fn save_run(&self, w: &RunWrite) -> StoreResult<()> {
+        let run = &w.run;
+        let item = run_attrs(run)?;
+        let update = build(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(run_pk(&run.workspace_id, &run.id), "RUN")))
+                .update_expression("SET #d = :d, revision = :rev, #st = :st")
+                .condition_expression("revision = :prev")
+                .expression_attribute_names("#d", "data")
+                .expression_attribute_names("#st", "status")
+                .set_expression_attribute_values(Some(
+                    [
+                        (":d".to_owned(), item["data"].clone()),
+                        (":rev".to_owned(), n(run.revision)),
+                        (":st".to_owned(), s(run.status.as_str())),
+                        (":prev".to_owned(), n(run.revision.saturating_sub(1))),
+                    ]
+                    .into(),
+                ))
+                .build(),
+        )?;
+        let mut others = Vec::new();
+        for st in &w.steps {
+            others.push(step_item(run, st)?);
+        }
+        for (i, l) in w.logs.iter().enumerate() {
+            others.push(log_item(run, i, l)?);
+        }
+        // One transaction when it fits; otherwise the run's conditional
+        // update first (it decides who won), then the rest in batches.
+        let fits = others.len() < MAX_TRANSACTION_ITEMS;
+        let (inline, rest) = if fits {
+            (others, Vec::new())
+        } else {
+            (Vec::new(), others)
+        };
+        let mut tx = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build());
+        for item in inline {
+            let put = build(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .build(),
+            )?;
+            tx = tx.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        tx.send()
+            .await
+            .map_err(|e| match cancelled_conditions(&e) {
+                Some(failed) if failed.first() == Some(&true) => StoreError::Conflict(format!(
+                    "run {} is not at revision {}",
+                    run.id,
+                    run.revision.saturating_sub(1)
+                )),
+                _ => sdk(e),
+            })?;
+        self.batch_put(rest).await
+    }
+
+    async fn list_logs(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<LogEntry>> {
+        let after = page
+            .cursor
+            .as_ref()
+            .map_or_else(|| "LOG#".to_owned(), |c| c.position().to_owned());
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+            .expression_attribute_values(":pk", s(run_pk(ws, id)))
+            .expression_attribute_values(":a", s(format!("{after}!")))
+            .expression_attribute_values(":b", s("LOG$"))
+            .consistent_read(true)
+            .limit(page.limit as i32 + 1)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let mut rows: Vec<(String, LogEntry)> = Vec::new();
+        for item in out.items() {
+            rows.push((get_s(item, "sk")?.to_owned(), data(item)?));
+        }
+        let next_cursor = if rows.len() > page.limit as usize {
+            rows.truncate(page.limit as usize);
+            rows.last().map(|(sk, _)| cursor_after(sk))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: rows.into_iter().map(|(_, l)| l).collect(),
+            next_cursor,
+        })
+    }
+}

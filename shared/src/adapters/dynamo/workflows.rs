@@ -1,0 +1,252 @@
+//! Workflows: a head item per workflow (`{ws}#WF`, sk = id) with the latest
+//! version and archive mark, and an item per immutable version.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+use chrono::{DateTime, Utc};
+
+use super::{DynamoStore, Item, cancelled_conditions, cursor_after, data, get_n, key, n, s, sdk};
+use crate::domain::{WorkflowId, WorkflowSummary, WorkflowVersion, WorkspaceId};
+use crate::ports::{Page, PageRequest, StoreError, StoreResult, WorkflowStore};
+
+fn head_pk(ws: &WorkspaceId) -> String {
+    format!("{ws}#WF")
+}
+
+fn version_key(v: &WorkflowVersion) -> Item {
+    key(
+        format!("{}#WF#{}", v.workspace_id, v.id),
+        format!("V#{:010}", v.version),
+    )
+}
+
+fn summary(v: &WorkflowVersion, created_at: DateTime<Utc>) -> WorkflowSummary {
+    WorkflowSummary {
+        workspace_id: v.workspace_id.clone(),
+        id: v.id.clone(),
+        name: v.name.clone(),
+        latest_version: v.version,
+        created_at,
+        updated_at: v.created_at,
+    }
+}
+
+impl DynamoStore {
+    fn put_version(&self, v: &WorkflowVersion) -> StoreResult<TransactWriteItem> {
+        let mut item = version_key(v);
+        item.insert("data".into(), s(serde_json::to_string(v)?));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    async fn head(&self, ws: &WorkspaceId, id: &WorkflowId) -> StoreResult<Option<Item>> {
+        Ok(self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(head_pk(ws), id.as_str())))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?
+            .item)
+    }
+}
+
+fn conflict_if_cancelled(
+    e: aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+        impl std::fmt::Debug,
+    >,
+    what: &str,
+) -> StoreError {
+    match cancelled_conditions(&e) {
+        Some(failed) if failed.iter().any(|f| *f) => StoreError::Conflict(what.to_owned()),
+        _ => sdk(e),
+    }
+}
+
+#[async_trait]
+impl WorkflowStore for DynamoStore {
+    async fn create_workflow(&self, v: &WorkflowVersion) -> StoreResult<()> {
+        let mut head = key(head_pk(&v.workspace_id), v.id.as_str());
+        head.insert("latest".into(), n(v.version));
+        head.insert(
+            "data".into(),
+            s(serde_json::to_string(&summary(v, v.created_at))?),
+        );
+        let put_head = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(head))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put_head).build())
+            .transact_items(self.put_version(v)?)
+            .send()
+            .await
+            .map_err(|e| {
+                conflict_if_cancelled(e, &format!("workflow `{}` already exists", v.id))
+            })?;
+        Ok(())
+    }
+
+    async fn add_version(&self, v: &WorkflowVersion) -> StoreResult<()> {
+        let stale = || {
+            StoreError::Conflict(format!(
+                "workflow `{}` is not at version {}",
+                v.id,
+                v.version - 1
+            ))
+        };
+        let Some(head) = self.head(&v.workspace_id, &v.id).await? else {
+            return Err(stale());
+        };
+        let old: WorkflowSummary = data(&head)?;
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(head_pk(&v.workspace_id), v.id.as_str())))
+            .update_expression("SET latest = :v, #d = :d")
+            .condition_expression("latest = :prev AND attribute_not_exists(archived_at)")
+            .expression_attribute_names("#d", "data")
+            .expression_attribute_values(":v", n(v.version))
+            .expression_attribute_values(":prev", n(v.version - 1))
+            .expression_attribute_values(
+                ":d",
+                s(serde_json::to_string(&summary(v, old.created_at))?),
+            )
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .transact_items(self.put_version(v)?)
+            .send()
+            .await
+            .map_err(|e| match conflict_if_cancelled(e, "") {
+                StoreError::Conflict(_) => stale(),
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn get_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+        version: Option<u32>,
+    ) -> StoreResult<Option<WorkflowVersion>> {
+        let Some(head) = self.head(ws, id).await? else {
+            return Ok(None);
+        };
+        let version = version.unwrap_or(get_n(&head, "latest") as u32);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                format!("{ws}#WF#{id}"),
+                format!("V#{version:010}"),
+            )))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let mut v: WorkflowVersion = data(&item)?;
+        v.archived_at = match head.get("archived_at") {
+            Some(aws_sdk_dynamodb::types::AttributeValue::S(a)) => Some(
+                DateTime::parse_from_rfc3339(a)
+                    .map_err(|e| StoreError::Unavailable(format!("corrupt archived_at: {e}")))?
+                    .with_timezone(&Utc),
+            ),
+            _ => None,
+        };
+        Ok(Some(v))
+    }
+
+    async fn list_workflows(
+        &self,
+        ws: &WorkspaceId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<WorkflowSummary>> {
+        let after = page
+            .cursor
+            .as_ref()
+            .map(|c| c.position().to_owned())
+            .filter(|a| !a.is_empty());
+        let want = page.limit as usize + 1;
+        let mut items: Vec<WorkflowSummary> = Vec::new();
+        let mut start: Option<Item> = None;
+        // A filter applies after DynamoDB's page limit: read pages until
+        // enough live workflows are found.
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(head_pk(ws)));
+            if let Some(after) = &after {
+                q = q
+                    .key_condition_expression("pk = :pk AND sk > :after")
+                    .expression_attribute_values(":after", s(after.clone()));
+            }
+            let out = q
+                .filter_expression("attribute_not_exists(archived_at)")
+                .consistent_read(true)
+                .limit(want as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in out.items() {
+                items.push(data(item)?);
+            }
+            match out.last_evaluated_key {
+                Some(k) if items.len() < want => start = Some(k),
+                _ => break,
+            }
+        }
+        items.truncate(want);
+        let next_cursor = if items.len() > page.limit as usize {
+            items.truncate(page.limit as usize);
+            items.last().map(|w| cursor_after(w.id.as_str()))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn archive_workflow(
+        &self,
+        ws: &WorkspaceId,
+        id: &WorkflowId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(head_pk(ws), id.as_str())))
+            .update_expression("SET archived_at = :at")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(archived_at)")
+            .expression_attribute_values(":at", s(at.to_rfc3339()))
+            .send()
+            .await;
+        match res.map_err(sdk) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
