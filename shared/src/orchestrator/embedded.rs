@@ -15,12 +15,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use super::tick;
 use crate::app::DefinitionCache;
-use crate::dag::Records;
 use crate::domain::*;
-use crate::engine::{Dispatch, RunInfo, advance, interrupt_orphans, record_external};
+use crate::engine::Dispatch;
 use crate::ports::{
-    ActiveRunIndex, DriverError, RunDriver, RunStore, RunWrite, StepCall, StepExecutor, StoreError,
+    ActiveRunIndex, DriverError, RunDriver, RunStore, StepCall, StepExecutor, StoreError,
     WorkflowStore,
 };
 
@@ -176,158 +176,37 @@ impl Inner {
         });
     }
 
-    /// Loads the run, advances it and commits the result. Returns when the
-    /// run wants to be looked at again.
-    async fn tick(&self, key: &RunKey) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let id = &key.1;
-        use anyhow::Context as _;
-        loop {
-            let Some((mut run, mut recs)) = self.load_active(key).await? else {
-                return Ok(None);
-            };
-            let now = Utc::now();
-            let mut logs = Vec::new();
-            let wf = match self.definition(&run).await {
-                Ok(wf) => Some(wf),
-                Err(crate::app::DefinitionError::Store(e)) => {
-                    return Err(e).context("loading the workflow");
-                }
-                Err(e) => {
-                    run.status = RunStatus::Failed;
-                    run.error = Some(StepError::permanent(
-                        "definition_unavailable",
-                        e.to_string(),
-                    ));
-                    run.finished_at = Some(now);
-                    run.wake_at = None;
-                    None
-                }
-            };
-            if run.status == RunStatus::Pending {
-                run.started_at = Some(now);
-                logs.push(LogEntry::new(
-                    LogLevel::Info,
-                    None,
-                    format!(
-                        "run started (workflow {} v{})",
-                        run.workflow_id, run.workflow_version
-                    ),
-                ));
-            }
-            let mut changed = Vec::new();
-            let mut dispatch = Vec::new();
-            if let Some(wf) = &wf {
-                let mut keys = interrupt_orphans(
-                    wf,
-                    &mut recs,
-                    id.as_str(),
-                    now,
-                    |k, a| self.is_in_flight(key, k, a),
-                    &mut logs,
-                );
-                let info = RunInfo {
-                    run_id: id.as_str(),
-                    workflow_id: run.workflow_id.as_str(),
-                    version: run.workflow_version,
-                    input: &run.input,
-                };
-                let adv = advance(wf, info, &mut recs, now);
-                let before = (run.status, run.wake_at);
-                run.status = adv.status;
-                run.wake_at = adv.wake_at;
-                if adv.status.is_terminal() {
-                    run.finished_at = Some(now);
-                    run.output = adv.output.clone();
-                    run.error = adv.error.clone();
-                }
-                keys.extend(adv.changed);
-                if keys.is_empty()
-                    && logs.is_empty()
-                    && adv.logs.is_empty()
-                    && before == (run.status, run.wake_at)
-                {
-                    return Ok(run.wake_at);
-                }
-                changed = keys.iter().filter_map(|k| recs.get(k).cloned()).collect();
-                for l in &adv.logs {
-                    tracing::debug!(
-                        step_id = l.step_id.as_deref().unwrap_or(""),
-                        "{}",
-                        l.message
-                    );
-                }
-                logs.extend(adv.logs);
-                dispatch = adv.dispatch;
-            }
-            run.revision += 1;
-            let terminal = run.status.is_terminal();
-            let write = RunWrite {
-                run,
-                steps: changed,
-                logs,
-            };
-            // Claimed before the write, so no tick in between takes them for
-            // attempts a dead process left behind.
-            self.set_in_flight(key, &dispatch, true);
-            match self.runs.save_run(&write).await {
-                Ok(()) => {
-                    if terminal {
-                        let r = &write.run;
-                        let ms = r
-                            .started_at
-                            .zip(r.finished_at)
-                            .map(|(a, b)| (b - a).num_milliseconds());
-                        tracing::info!(
-                            status = r.status.as_str(),
-                            duration_ms = ms,
-                            "run finished"
-                        );
-                        let _ = self.finished.send((key.clone(), r.status));
-                    }
-                    for d in dispatch {
-                        self.execute(key.clone(), &write.run, d);
-                    }
-                    return Ok(write.run.wake_at);
-                }
-                // Someone else (a cancel, an approval, a step result) wrote
-                // first: read again.
-                Err(StoreError::Conflict(_)) => {
-                    self.set_in_flight(key, &dispatch, false);
-                    continue;
-                }
-                Err(e) => {
-                    self.set_in_flight(key, &dispatch, false);
-                    return Err(e).context("saving the run");
-                }
-            }
+    fn stores(&self) -> tick::Stores<'_> {
+        tick::Stores {
+            runs: self.runs.as_ref(),
+            workflows: self.workflows.as_ref(),
+            definitions: &self.definitions,
         }
     }
 
-    async fn definition(
-        &self,
-        run: &RunRecord,
-    ) -> Result<Arc<crate::dsl::Workflow>, crate::app::DefinitionError> {
-        self.definitions.for_run(self.workflows.as_ref(), run).await
-    }
-
-    /// The run and its steps, unless it is gone or already finished.
-    async fn load_active(&self, (ws, id): &RunKey) -> anyhow::Result<Option<(RunRecord, Records)>> {
-        use anyhow::Context as _;
-        let Some((run, steps)) = self
-            .runs
-            .load_run(ws, id)
-            .await
-            .context("reading the run")?
+    /// Advances the run once, commits it and starts its I/O steps. Returns
+    /// when the run wants to be looked at again.
+    async fn tick(&self, key: &RunKey) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let Some(t) = tick::tick(
+            self.stores(),
+            &key.0,
+            &key.1,
+            |k, a| self.is_in_flight(key, k, a),
+            // Claimed before the write, so no pass in between takes them
+            // for attempts a dead process left behind.
+            |d, on| self.set_in_flight(key, d, on),
+        )
+        .await?
         else {
             return Ok(None);
         };
-        if run.status.is_terminal() {
-            return Ok(None);
+        if t.finished {
+            let _ = self.finished.send((key.clone(), t.run.status));
         }
-        Ok(Some((
-            run,
-            steps.into_iter().map(|s| (s.key.clone(), s)).collect(),
-        )))
+        for d in &t.dispatch {
+            self.execute(key.clone(), t.call(d));
+        }
+        Ok(t.run.wake_at)
     }
 
     fn is_in_flight(&self, run: &RunKey, step: &str, attempt: u32) -> bool {
@@ -355,93 +234,47 @@ impl Inner {
 
     /// Runs one attempt of an I/O step on its executor, records the result
     /// and wakes the run.
-    fn execute(&self, run: RunKey, rec: &RunRecord, d: Dispatch) {
+    fn execute(&self, run: RunKey, call: StepCall) {
         let Some(me) = self.me.upgrade() else { return };
-        let (workflow_id, budget_usd) = (rec.workflow_id.clone(), rec.budget_usd);
-        let executor = self.executors.get(&d.step_type).cloned();
-        let span =
-            tracing::info_span!("step", workspace_id = %run.0, run_id = %run.1, step_id = %d.key);
+        let executor = self.executors.get(&call.step_type).cloned();
+        let span = tracing::info_span!("step", workspace_id = %run.0, run_id = %run.1, step_id = %call.step_key);
         tokio::spawn(
             async move {
-                let call = StepCall {
-                    workspace_id: run.0.clone(),
-                    run_id: run.1.clone(),
-                    workflow_id,
-                    budget_usd,
-                    step_key: d.key.clone(),
-                    step_type: d.step_type.clone(),
-                    attempt: d.attempt,
-                    request: d.request.clone(),
-                    timeout: d.timeout,
-                };
                 let result = match executor {
                     None => Err(StepError::permanent(
                         "no_executor",
-                        format!("this server cannot run `{}` steps", d.step_type),
+                        format!("this server cannot run `{}` steps", call.step_type),
                     )),
-                    Some(e) => match tokio::time::timeout(d.timeout, e.execute(&call)).await {
+                    Some(e) => match tokio::time::timeout(call.timeout, e.execute(&call)).await {
                         Ok(r) => r,
                         Err(_) => Err(StepError::transient(
                             "timeout",
-                            format!("the attempt took longer than its timeout of {}", humantime::format_duration(d.timeout)),
+                            format!("the attempt took longer than its timeout of {}", humantime::format_duration(call.timeout)),
                         )),
                     },
                 };
-                if let Err(e) = me.record(&run, &d, result).await {
+                let recorded = tick::record(
+                    me.stores(),
+                    &run.0,
+                    &run.1,
+                    &call.step_key,
+                    call.attempt,
+                    result,
+                )
+                .await;
+                if let Err(e) = recorded {
                     tracing::error!(error = %e, "recording a step result failed; the attempt will be retried");
                 }
-                me.set_in_flight(&run, std::slice::from_ref(&d), false);
+                me.in_flight_done(&run, &call.step_key, call.attempt);
                 me.wake(run);
             }
             .instrument(span),
         );
     }
 
-    async fn record(
-        &self,
-        run_key: &RunKey,
-        d: &Dispatch,
-        result: Result<serde_json::Value, StepError>,
-    ) -> anyhow::Result<()> {
-        use anyhow::Context as _;
-        let id = &run_key.1;
-        loop {
-            let Some((mut run, mut recs)) = self.load_active(run_key).await? else {
-                return Ok(());
-            };
-            let wf = self
-                .definition(&run)
-                .await
-                .context("loading the workflow")?;
-            let now = Utc::now();
-            let Some(line) = record_external(
-                &wf,
-                &mut recs,
-                id.as_str(),
-                &d.key,
-                d.attempt,
-                result.clone(),
-                now,
-            ) else {
-                return Ok(());
-            };
-            tracing::info!(step_id = %d.key, "{}", line.message);
-            run.revision += 1;
-            run.wake_at = Some(now);
-            let steps = recs.get(&d.key).cloned().into_iter().collect();
-            match self
-                .runs
-                .save_run(&RunWrite {
-                    run,
-                    steps,
-                    logs: vec![line],
-                })
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e).context("saving the step result"),
-            }
+    fn in_flight_done(&self, run: &RunKey, step: &str, attempt: u32) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.remove(&(run.clone(), step.to_owned(), attempt));
         }
     }
 }

@@ -2,5 +2,6 @@
 //! runs with Step Functions calling the same `engine::advance`.
 
 mod embedded;
+pub mod tick;
 
 pub use embedded::Embedded;
