@@ -2,6 +2,7 @@
 //! runs with Step Functions calling the same `engine::advance`.
 
 mod embedded;
+pub mod stepfunctions;
 pub mod tick;
 
 pub use embedded::Embedded;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::domain::{RunId, StepError, WorkflowId, WorkspaceId};
 
 /// One attempt of one step, with its templates already rendered.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepCall {
     pub workspace_id: WorkspaceId,
     pub run_id: RunId,

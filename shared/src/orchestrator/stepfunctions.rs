@@ -1,0 +1,216 @@
+//! The plan function's logic for the DAG-driver state machine
+//! (statemachines/dag-driver.asl.json). The machine only carries out what
+//! this answers: the DAG core's decisions, made by the same `tick` the
+//! embedded orchestrator runs. Payload shapes are the machine's contract.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::tick::{self, Stores};
+use crate::domain::{RunId, StepError, WorkspaceId};
+use crate::ports::StepCall;
+
+/// Longest a Wait or a task token may last in one go (Step Functions allows
+/// a year per execution; runs longer than that are out of scope).
+pub const MAX_WAIT_SECS: i64 = 364 * 24 * 3600;
+
+/// What the state machine sends the plan function.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum PlanRequest {
+    Plan {
+        workspace_id: WorkspaceId,
+        run_id: RunId,
+        /// The Map's results: items with `ok: false` are failed calls.
+        #[serde(default)]
+        results: Vec<Value>,
+    },
+    /// The single step's function failed (caught by the machine).
+    RecordFailure {
+        workspace_id: WorkspaceId,
+        run_id: RunId,
+        dispatch: Vec<Target>,
+        failure: Value,
+    },
+}
+
+/// A step to run: the function to invoke and its payload.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Target {
+    pub function: String,
+    pub call: StepCall,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Next {
+    /// Look again at once.
+    Plan,
+    DispatchOne,
+    Dispatch,
+    Sleep,
+    WaitEvent,
+    Finished,
+}
+
+/// What the plan function answers (the machine's next state's input).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct PlanResponse {
+    pub workspace_id: WorkspaceId,
+    pub run_id: RunId,
+    pub next: Next,
+    pub dispatch: Vec<Target>,
+    /// For `sleep`: RFC 3339, as a Wait state's TimestampPath wants.
+    pub wake_at: Option<String>,
+    /// For `wait_event`: the task token's timeout (the next deadline).
+    pub wait_seconds: i64,
+}
+
+/// Names the function that runs each step type.
+pub trait FunctionNames {
+    fn function_for(&self, step_type: &str) -> Option<String>;
+}
+
+/// The failure a caught Lambda error becomes: `{"Error", "Cause"}`.
+fn failure_error(failure: &Value) -> StepError {
+    let kind = failure["Error"].as_str().unwrap_or("States.TaskFailed");
+    let cause = failure["Cause"]
+        .as_str()
+        .unwrap_or("the step function failed");
+    // A function's own typed errors carry the step error as the cause.
+    if let Ok(e) = serde_json::from_str::<StepError>(cause) {
+        return e;
+    }
+    let retryable = !matches!(kind, "States.Permissions" | "States.Runtime");
+    let message = format!(
+        "the step function failed ({kind}): {}",
+        cause.chars().take(500).collect::<String>()
+    );
+    if retryable {
+        StepError::transient("function_failed", message)
+    } else {
+        StepError::permanent("function_failed", message)
+    }
+}
+
+/// Handles one request of the state machine.
+pub async fn handle(
+    s: Stores<'_>,
+    names: &dyn FunctionNames,
+    req: PlanRequest,
+    now: DateTime<Utc>,
+) -> anyhow::Result<PlanResponse> {
+    let (ws, run_id) = match req {
+        PlanRequest::Plan {
+            workspace_id,
+            run_id,
+            results,
+        } => {
+            for r in results.iter().filter(|r| r["ok"] == false) {
+                if let Ok(call) = serde_json::from_value::<StepCall>(r["call"].clone()) {
+                    let err = failure_error(&r["failure"]);
+                    tick::record(
+                        s,
+                        &workspace_id,
+                        &run_id,
+                        &call.step_key,
+                        call.attempt,
+                        Err(err),
+                    )
+                    .await?;
+                }
+            }
+            (workspace_id, run_id)
+        }
+        PlanRequest::RecordFailure {
+            workspace_id,
+            run_id,
+            dispatch,
+            failure,
+        } => {
+            let err = failure_error(&failure);
+            for t in &dispatch {
+                tick::record(
+                    s,
+                    &workspace_id,
+                    &run_id,
+                    &t.call.step_key,
+                    t.call.attempt,
+                    Err(err.clone()),
+                )
+                .await?;
+            }
+            (workspace_id, run_id)
+        }
+    };
+    // Between Plan calls no step function is running: a running attempt
+    // seen now was cut off (its function crashed before recording).
+    let ticked = tick::tick(s, &ws, &run_id, |_, _| false, |_, _| {}).await?;
+    let mut out = PlanResponse {
+        workspace_id: ws,
+        run_id,
+        next: Next::Finished,
+        dispatch: Vec::new(),
+        wake_at: None,
+        wait_seconds: 0,
+    };
+    let Some(t) = ticked else {
+        return Ok(out);
+    };
+    if t.finished {
+        return Ok(out);
+    }
+    if !t.dispatch.is_empty() {
+        for d in &t.dispatch {
+            let call = t.call(d);
+            let function = names.function_for(&d.step_type).unwrap_or_default();
+            out.dispatch.push(Target { function, call });
+        }
+        // A step type without a function fails at once instead.
+        let (known, unknown): (Vec<_>, Vec<_>) =
+            out.dispatch.drain(..).partition(|t| !t.function.is_empty());
+        for t in unknown {
+            let err = StepError::permanent(
+                "no_executor",
+                format!("this deployment cannot run `{}` steps", t.call.step_type),
+            );
+            tick::record(
+                s,
+                &out.workspace_id,
+                &out.run_id,
+                &t.call.step_key,
+                t.call.attempt,
+                Err(err),
+            )
+            .await?;
+        }
+        out.next = match known.len() {
+            0 => Next::Plan,
+            1 => Next::DispatchOne,
+            _ => Next::Dispatch,
+        };
+        out.dispatch = known;
+        return Ok(out);
+    }
+    let until = |at: DateTime<Utc>| (at - now).num_seconds().clamp(1, MAX_WAIT_SECS);
+    if t.awaits_event() {
+        out.next = Next::WaitEvent;
+        out.wait_seconds = t.run.wake_at.map_or(MAX_WAIT_SECS, until);
+    } else if let Some(at) = t.run.wake_at {
+        if at <= now {
+            out.next = Next::Plan;
+        } else {
+            out.next = Next::Sleep;
+            out.wake_at = Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
+    } else {
+        // Nothing can move the run but an outside event.
+        out.next = Next::WaitEvent;
+        out.wait_seconds = MAX_WAIT_SECS;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! Drives runs the way the state machine does — Plan, then what it says —
+//! with the real plan logic, store (SQLite) and HTTP executor, and counts
+//! the state transitions the machine would make.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::*;
+use crate::adapters::http::{EgressPolicy, HttpExecutor};
+use crate::adapters::sqlite::SqliteStore;
+use crate::app::{App, DefinitionCache};
+use crate::domain::{RunStatus, WorkflowId};
+use crate::ports::{DriverError, RunDriver, StepExecutor};
+
+/// The state machine itself starts nothing in these tests.
+struct Manual;
+
+#[async_trait]
+impl RunDriver for Manual {
+    async fn start(&self, _: &WorkspaceId, _: &RunId) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn poke(&self, _: &WorkspaceId, _: &RunId) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+struct Names;
+
+impl FunctionNames for Names {
+    fn function_for(&self, step_type: &str) -> Option<String> {
+        (step_type == "http").then(|| "weft-step-http".to_owned())
+    }
+}
+
+struct Harness {
+    app: App,
+    store: Arc<SqliteStore>,
+    http: HttpExecutor,
+    transitions: usize,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
+        let app = App {
+            workspaces: store.clone(),
+            api_keys: store.clone(),
+            workflows: store.clone(),
+            runs: store.clone(),
+            secrets: store.clone(),
+            settings: store.clone(),
+            usage: store.clone(),
+            driver: Arc::new(Manual),
+            definitions: Arc::new(DefinitionCache::default()),
+            auth_cache: Default::default(),
+        };
+        let policy = EgressPolicy::allowing("127.0.0.0/8").unwrap();
+        let http = HttpExecutor::new(policy, store.clone()).unwrap();
+        Self {
+            app,
+            store,
+            http,
+            transitions: 0,
+        }
+    }
+
+    fn stores(&self) -> Stores<'_> {
+        Stores {
+            runs: self.store.as_ref(),
+            workflows: self.store.as_ref(),
+            definitions: &self.app.definitions,
+        }
+    }
+
+    async fn plan(&mut self, req: PlanRequest) -> PlanResponse {
+        self.transitions += 2; // the Plan task and the Route choice
+        handle(self.stores(), &Names, req, Utc::now())
+            .await
+            .unwrap()
+    }
+
+    /// What a step function does: run the attempt, record the result.
+    async fn step_function(&self, t: &Target) {
+        assert_eq!(t.function, "weft-step-http");
+        let result = self.http.execute(&t.call).await;
+        let (ws, run) = (&t.call.workspace_id, &t.call.run_id);
+        tick::record(
+            self.stores(),
+            ws,
+            run,
+            &t.call.step_key,
+            t.call.attempt,
+            result,
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn echo_server() -> String {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/echo",
+        post(|axum::Json(v): axum::Json<Value>| async move { axum::Json(json!({"echo": v})) }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+#[tokio::test]
+async fn the_machine_loop_runs_a_workflow_with_a_crash_a_retry_and_an_approval() {
+    let mut h = Harness::new();
+    let base = echo_server().await;
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "flow", "name": "flow", "steps": [
+        {"id": "a", "type": "transform", "expression": "trigger.n * 2"},
+        {"id": "b", "type": "http", "method": "POST", "url": format!("{base}/echo"), "body": {"n": "{{ a }}"},
+         "retry": {"max_attempts": 2, "initial_interval": "10ms", "jitter": false}},
+        {"id": "c", "type": "approval", "depends_on": ["b"], "timeout": "1h"},
+        {"id": "d", "type": "transform", "expression": "b.body.echo.n + c.extra"}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("flow"),
+            json!({"input": {"n": 21}}),
+            None,
+        )
+        .await
+        .unwrap();
+
+    let plan = |ws: &WorkspaceId, run: &RunId| PlanRequest::Plan {
+        workspace_id: ws.clone(),
+        run_id: run.clone(),
+        results: Vec::new(),
+    };
+    // 1: `a` runs inline; `b` is dispatched alone.
+    let r = h.plan(plan(&ws, &run.id)).await;
+    assert_eq!(r.next, Next::DispatchOne, "{r:?}");
+    assert_eq!(r.dispatch[0].call.step_key, "b");
+    assert_eq!(r.dispatch[0].call.request["body"], json!({"n": 42}));
+    // Its function crashes: the machine's Catch records the failure.
+    h.transitions += 2; // RunStep, RecordFailure
+    let r = h
+        .plan(PlanRequest::RecordFailure {
+            workspace_id: ws.clone(),
+            run_id: run.id.clone(),
+            dispatch: r.dispatch.clone(),
+            failure: json!({"Error": "Lambda.Unknown", "Cause": "the function ran out of memory"}),
+        })
+        .await;
+    // The step's own policy retries it after its interval.
+    assert_eq!(r.next, Next::Sleep, "{r:?}");
+    let at = DateTime::parse_from_rfc3339(r.wake_at.as_deref().unwrap()).unwrap();
+    tokio::time::sleep(
+        (at.with_timezone(&Utc) - Utc::now())
+            .to_std()
+            .unwrap_or_default(),
+    )
+    .await;
+    h.transitions += 1; // Sleep
+    let r = h.plan(plan(&ws, &run.id)).await;
+    assert_eq!(r.next, Next::DispatchOne, "{r:?}");
+    assert_eq!(r.dispatch[0].call.attempt, 2);
+    h.transitions += 1; // RunStep
+    h.step_function(&r.dispatch[0]).await;
+    // Now the approval waits: a task token, timed out at its deadline.
+    let r = h.plan(plan(&ws, &run.id)).await;
+    assert_eq!(r.next, Next::WaitEvent, "{r:?}");
+    assert!((3500..=3600).contains(&r.wait_seconds), "{r:?}");
+    h.app
+        .complete_step(&ws, &run.id, "c", json!({"extra": 1}))
+        .await
+        .unwrap();
+    h.transitions += 1; // WaitEvent
+    let r = h.plan(plan(&ws, &run.id)).await;
+    assert_eq!(r.next, Next::Finished, "{r:?}");
+    h.transitions += 1; // Finished
+
+    let view = h.app.get_run(&ws, &run.id).await.unwrap();
+    assert_eq!(view.run.status, RunStatus::Completed);
+    assert_eq!(view.run.output, Some(json!(43)));
+    let b = view.steps.iter().find(|s| s.key == "b").unwrap();
+    assert_eq!(b.attempts.len(), 2);
+    assert_eq!(
+        b.attempts[0].error.as_ref().map(|e| e.code.as_str()),
+        Some("function_failed")
+    );
+    // Plan+Route ×5, RunStep ×2, RecordFailure, Sleep, WaitEvent, Finished:
+    // 4 steps, with a crash and a retry costing two extra loops.
+    assert_eq!(h.transitions, 16);
+}
+
+#[tokio::test]
+async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
+    let mut h = Harness::new();
+    let base = echo_server().await;
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "fan", "name": "fan", "steps": [
+        {"id": "x", "type": "http", "method": "POST", "url": format!("{base}/echo"), "body": {"i": 1}},
+        {"id": "y", "type": "http", "method": "POST", "url": format!("{base}/echo"), "body": {"i": 2}}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(&ws, &WorkflowId::from_string("fan"), json!({}), None)
+        .await
+        .unwrap();
+    let r = h
+        .plan(PlanRequest::Plan {
+            workspace_id: ws.clone(),
+            run_id: run.id.clone(),
+            results: Vec::new(),
+        })
+        .await;
+    assert_eq!(r.next, Next::Dispatch, "{r:?}");
+    assert_eq!(r.dispatch.len(), 2);
+    // x's function succeeds; y's fails with a permanent typed error.
+    h.step_function(&r.dispatch[0]).await;
+    let y = &r.dispatch[1];
+    let cause =
+        serde_json::to_string(&StepError::permanent("bad_config", "no such thing")).unwrap();
+    let results = vec![
+        json!({"ok": true}),
+        json!({"ok": false, "call": y.call, "failure": {"Error": "StepFailed", "Cause": cause}}),
+    ];
+    let r = h
+        .plan(PlanRequest::Plan {
+            workspace_id: ws.clone(),
+            run_id: run.id.clone(),
+            results,
+        })
+        .await;
+    assert_eq!(r.next, Next::Finished, "{r:?}");
+    let view = h.app.get_run(&ws, &run.id).await.unwrap();
+    assert_eq!(view.run.status, RunStatus::Failed);
+    assert_eq!(
+        view.run.error.as_ref().map(|e| e.code.as_str()),
+        Some("bad_config")
+    );
+}
+
+#[test]
+fn payloads_match_the_state_machine() {
+    let req: PlanRequest = serde_json::from_value(json!({
+        "action": "plan", "workspace_id": "ws_1", "run_id": "run_1"
+    }))
+    .unwrap();
+    assert!(matches!(req, PlanRequest::Plan { results, .. } if results.is_empty()));
+    let asl: Value = serde_json::from_str(include_str!(
+        "../../../../statemachines/dag-driver.asl.json"
+    ))
+    .unwrap();
+    // Every `next` the plan function can answer has a route.
+    let routes: Vec<&str> = asl["States"]["Route"]["Choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["StringEquals"].as_str())
+        .collect();
+    for next in [
+        Next::DispatchOne,
+        Next::Dispatch,
+        Next::Sleep,
+        Next::WaitEvent,
+        Next::Finished,
+    ] {
+        let name = serde_json::to_value(next).unwrap();
+        assert!(
+            routes.contains(&name.as_str().unwrap()),
+            "{name} has no route"
+        );
+    }
+    assert_eq!(asl["States"]["Route"]["Default"], "Plan");
+    // The fields the machine selects from the answer all exist.
+    let answer = serde_json::to_value(PlanResponse {
+        workspace_id: WorkspaceId::from_string("ws_1"),
+        run_id: RunId::from_string("run_1"),
+        next: Next::Sleep,
+        dispatch: Vec::new(),
+        wake_at: Some("2026-01-01T00:00:00.000Z".into()),
+        wait_seconds: 0,
+    })
+    .unwrap();
+    for (field, _) in asl["States"]["Plan"]["ResultSelector"].as_object().unwrap() {
+        let name = field.trim_end_matches(".$");
+        assert!(answer.get(name).is_some(), "the answer lacks `{name}`");
+    }
+}
