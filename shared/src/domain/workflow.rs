@@ -20,6 +20,20 @@ pub struct WorkflowVersion {
     pub archived_at: Option<DateTime<Utc>>,
 }
 
+impl WorkflowVersion {
+    /// The listing entry of a workflow whose latest version this is.
+    pub fn summary(&self, created_at: DateTime<Utc>) -> WorkflowSummary {
+        WorkflowSummary {
+            workspace_id: self.workspace_id.clone(),
+            id: self.id.clone(),
+            name: self.name.clone(),
+            latest_version: self.version,
+            created_at,
+            updated_at: self.created_at,
+        }
+    }
+}
+
 /// A workflow's latest state, for listings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowSummary {

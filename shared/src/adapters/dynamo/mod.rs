@@ -26,6 +26,20 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// One item by key, read consistently.
+    async fn get(&self, key: Item) -> StoreResult<Option<Item>> {
+        Ok(self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?
+            .item)
+    }
+
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -35,6 +49,16 @@ impl DynamoStore {
 }
 
 type Item = HashMap<String, AttributeValue>;
+
+/// The partition of a run: its item, steps, logs and model-call charges.
+fn run_pk(ws: &crate::domain::WorkspaceId, run: &crate::domain::RunId) -> String {
+    format!("{ws}#RUN#{run}")
+}
+
+/// A request builder's error (a missing required field: a bug here).
+fn build<T, E: std::fmt::Display>(r: Result<T, E>) -> StoreResult<T> {
+    r.map_err(|e| StoreError::Unavailable(e.to_string()))
+}
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())

@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Put, PutRequest, TransactWriteItem, Update, WriteRequest};
 use chrono::Utc;
 
-use super::{DynamoStore, Item, cancelled_conditions, cursor_after, data, get_s, key, n, s, sdk};
+use super::{
+    DynamoStore, Item, build, cancelled_conditions, cursor_after, data, get_s, key, n, run_pk, s,
+    sdk,
+};
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
     CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite, StoreError,
@@ -16,14 +19,6 @@ use crate::ports::{
 
 /// Most items in one DynamoDB transaction.
 const MAX_TRANSACTION_ITEMS: usize = 100;
-
-fn run_pk(ws: &WorkspaceId, id: &RunId) -> String {
-    format!("{ws}#RUN#{id}")
-}
-
-fn build<T, E: std::fmt::Display>(r: Result<T, E>) -> StoreResult<T> {
-    r.map_err(|e| StoreError::Unavailable(e.to_string()))
-}
 
 fn run_attrs(run: &RunRecord) -> StoreResult<Item> {
     let mut item = key(run_pk(&run.workspace_id, &run.id), "RUN");
@@ -164,17 +159,10 @@ impl RunStore for DynamoStore {
             };
             match cancelled_conditions(&e) {
                 Some(failed) if failed.first() == Some(&true) => {
-                    let out = self
-                        .client
-                        .get_item()
-                        .table_name(&self.table)
-                        .set_key(Some(idem_key.clone()))
-                        .consistent_read(true)
-                        .send()
-                        .await
-                        .map_err(sdk)?;
                     // Gone (expired and removed) in between: claim again.
-                    let Some(item) = out.item else { continue };
+                    let Some(item) = self.get(idem_key.clone()).await? else {
+                        continue;
+                    };
                     return Ok(CreateRun::Existing {
                         run_id: RunId::from_string(get_s(&item, "run_id")?),
                         request_hash: get_s(&item, "request_hash")?.to_owned(),
@@ -189,16 +177,11 @@ impl RunStore for DynamoStore {
     }
 
     async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(run_pk(ws, id), "RUN")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk)?;
-        out.item.as_ref().map(data).transpose()
+        self.get(key(run_pk(ws, id), "RUN"))
+            .await?
+            .as_ref()
+            .map(data)
+            .transpose()
     }
 
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {

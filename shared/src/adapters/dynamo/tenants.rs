@@ -16,16 +16,7 @@ impl DynamoStore {
         pk: String,
         sk: &str,
     ) -> StoreResult<Option<T>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk)?;
-        out.item.as_ref().map(data).transpose()
+        self.get(key(pk, sk)).await?.as_ref().map(data).transpose()
     }
 
     async fn put_data(

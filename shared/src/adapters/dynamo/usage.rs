@@ -11,17 +11,9 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::Value;
 
-use super::{DynamoStore, Item, cancelled_conditions, get_n, get_s, key, n, s, sdk};
+use super::{DynamoStore, Item, build, cancelled_conditions, get_n, get_s, key, n, run_pk, s, sdk};
 use crate::domain::*;
 use crate::ports::{ResultCache, StoreError, StoreResult, UsageStore};
-
-fn build<T, E: std::fmt::Display>(r: Result<T, E>) -> StoreResult<T> {
-    r.map_err(|e| StoreError::Unavailable(e.to_string()))
-}
-
-fn run_pk(ws: &WorkspaceId, run: &RunId) -> String {
-    format!("{ws}#RUN#{run}")
-}
 
 fn month(day: NaiveDate) -> String {
     format!("{:04}-{:02}", day.year(), day.month())
@@ -80,16 +72,7 @@ impl DynamoStore {
         let spend_run = key(run_pk(&c.workspace_id, &c.run_id), "SPEND");
         let spend_month = key(format!("{}#MONTH#{}", c.workspace_id, month(day)), "SPEND");
         for _ in 0..8 {
-            let old_item = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .set_key(Some(ledger_key(c)))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(sdk)?
-                .item;
+            let old_item = self.get(ledger_key(c)).await?;
             let old = old_item.as_ref().map(usage_of);
             let old_rev = old_item.as_ref().map_or(0.0, |i| get_n(i, "rev")) as u64;
             let d = delta(old.as_ref(), new);
@@ -218,16 +201,11 @@ impl DynamoStore {
     }
 
     async fn total(&self, k: &Item) -> StoreResult<f64> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(k.clone()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk)?;
-        Ok(out.item.as_ref().map_or(0.0, |i| get_n(i, "spent")))
+        Ok(self
+            .get(k.clone())
+            .await?
+            .as_ref()
+            .map_or(0.0, |i| get_n(i, "spent")))
     }
 }
 
@@ -323,15 +301,7 @@ impl ResultCache for DynamoStore {
         k: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Value>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(format!("{ws}#CACHE#{k}"), "CACHE")))
-            .send()
-            .await
-            .map_err(sdk)?;
-        let Some(item) = out.item else {
+        let Some(item) = self.get(key(format!("{ws}#CACHE#{k}"), "CACHE")).await? else {
             return Ok(None);
         };
         // TTL deletion lags: expiry is checked here.

@@ -20,17 +20,6 @@ fn version_key(v: &WorkflowVersion) -> Item {
     )
 }
 
-fn summary(v: &WorkflowVersion, created_at: DateTime<Utc>) -> WorkflowSummary {
-    WorkflowSummary {
-        workspace_id: v.workspace_id.clone(),
-        id: v.id.clone(),
-        name: v.name.clone(),
-        latest_version: v.version,
-        created_at,
-        updated_at: v.created_at,
-    }
-}
-
 impl DynamoStore {
     fn put_version(&self, v: &WorkflowVersion) -> StoreResult<TransactWriteItem> {
         let mut item = version_key(v);
@@ -45,16 +34,7 @@ impl DynamoStore {
     }
 
     async fn head(&self, ws: &WorkspaceId, id: &WorkflowId) -> StoreResult<Option<Item>> {
-        Ok(self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(head_pk(ws), id.as_str())))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk)?
-            .item)
+        self.get(key(head_pk(ws), id.as_str())).await
     }
 }
 
@@ -78,7 +58,7 @@ impl WorkflowStore for DynamoStore {
         head.insert("latest".into(), n(v.version));
         head.insert(
             "data".into(),
-            s(serde_json::to_string(&summary(v, v.created_at))?),
+            s(serde_json::to_string(&v.summary(v.created_at))?),
         );
         let put_head = Put::builder()
             .table_name(&self.table)
@@ -120,7 +100,7 @@ impl WorkflowStore for DynamoStore {
             .expression_attribute_values(":prev", n(v.version - 1))
             .expression_attribute_values(
                 ":d",
-                s(serde_json::to_string(&summary(v, old.created_at))?),
+                s(serde_json::to_string(&v.summary(old.created_at))?),
             )
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -147,19 +127,10 @@ impl WorkflowStore for DynamoStore {
             return Ok(None);
         };
         let version = version.unwrap_or(get_n(&head, "latest") as u32);
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                format!("{ws}#WF#{id}"),
-                format!("V#{version:010}"),
-            )))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk)?;
-        let Some(item) = out.item else {
+        let Some(item) = self
+            .get(key(format!("{ws}#WF#{id}"), format!("V#{version:010}")))
+            .await?
+        else {
             return Ok(None);
         };
         let mut v: WorkflowVersion = data(&item)?;

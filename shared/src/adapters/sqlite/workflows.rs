@@ -7,17 +7,6 @@ use super::{SqliteStore, paginate};
 use crate::domain::{WorkflowId, WorkflowSummary, WorkflowVersion, WorkspaceId};
 use crate::ports::{Page, PageRequest, StoreError, StoreResult, WorkflowStore};
 
-fn summary(v: &WorkflowVersion, created_at: DateTime<Utc>) -> WorkflowSummary {
-    WorkflowSummary {
-        workspace_id: v.workspace_id.clone(),
-        id: v.id.clone(),
-        name: v.name.clone(),
-        latest_version: v.version,
-        created_at,
-        updated_at: v.created_at,
-    }
-}
-
 fn insert_version(
     tx: &rusqlite::Transaction<'_>,
     ws: &str,
@@ -36,7 +25,7 @@ fn insert_version(
 impl WorkflowStore for SqliteStore {
     async fn create_workflow(&self, v: &WorkflowVersion) -> StoreResult<()> {
         let data = serde_json::to_string(v)?;
-        let sum = serde_json::to_string(&summary(v, v.created_at))?;
+        let sum = serde_json::to_string(&v.summary(v.created_at))?;
         let (ws, id, version) = (v.workspace_id.to_string(), v.id.to_string(), v.version);
         self.db
             .write(move |tx| {
@@ -70,7 +59,7 @@ impl WorkflowStore for SqliteStore {
                     return Err(StoreError::Conflict(format!("workflow `{id}` is not at version {}", version - 1)));
                 };
                 let old: WorkflowSummary = serde_json::from_str(&row)?;
-                let sum = serde_json::to_string(&summary(&v, old.created_at))?;
+                let sum = serde_json::to_string(&v.summary(old.created_at))?;
                 tx.execute(
                     "UPDATE workflows SET latest_version = ?3, data = ?4 WHERE workspace_id = ?1 AND id = ?2",
                     params![ws, id, version, sum],
