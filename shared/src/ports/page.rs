@@ -28,6 +28,25 @@ pub struct Page<T> {
     pub next_cursor: Option<Cursor>,
 }
 
+impl<T> Page<T> {
+    /// A page of `limit` items from rows fetched as `limit + 1` (or more):
+    /// the extra row only tells whether another page exists; the cursor is
+    /// the position of the last item kept.
+    pub fn from_overfetch(mut rows: Vec<T>, limit: u32, position: impl Fn(&T) -> String) -> Self {
+        let limit = limit as usize;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|r| Cursor::from_position(&position(r)))
+        } else {
+            None
+        };
+        Page {
+            items: rows,
+            next_cursor,
+        }
+    }
+}
+
 /// A position in a listing. Clients see only the encoded form.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor(String);

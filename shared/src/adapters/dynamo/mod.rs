@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::ports::{Cursor, StoreError, StoreResult};
+use crate::ports::{StoreError, StoreResult};
 
 /// Implements the store ports on one DynamoDB table.
 #[derive(Clone)]
@@ -131,11 +131,6 @@ fn cancelled_conditions(
 /// string order is time order.
 fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-/// A cursor holding the position (a sort key) a listing continues after.
-fn cursor_after(position: &str) -> Cursor {
-    Cursor::from_position(position)
 }
 
 /// Creates the table as template.yaml declares it (for emulated AWS and

@@ -7,10 +7,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Put, PutRequest, TransactWriteItem, Update, WriteRequest};
 use chrono::Utc;
 
-use super::{
-    DynamoStore, Item, build, cancelled_conditions, cursor_after, data, get_s, key, n, run_pk, s,
-    sdk,
-};
+use super::{DynamoStore, Item, build, cancelled_conditions, data, get_s, key, n, run_pk, s, sdk};
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
     CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite, StoreError,
@@ -263,17 +260,7 @@ impl RunStore for DynamoStore {
                 _ => break,
             }
         }
-        runs.truncate(want);
-        let next_cursor = if runs.len() > page.limit as usize {
-            runs.truncate(page.limit as usize);
-            runs.last().map(|r| cursor_after(r.id.as_str()))
-        } else {
-            None
-        };
-        Ok(Page {
-            items: runs,
-            next_cursor,
-        })
+        Ok(Page::from_overfetch(runs, page.limit, |r| r.id.to_string()))
     }
 
     async fn save_run(&self, w: &RunWrite) -> StoreResult<()> {
@@ -366,15 +353,10 @@ impl RunStore for DynamoStore {
         for item in out.items() {
             rows.push((get_s(item, "sk")?.to_owned(), data(item)?));
         }
-        let next_cursor = if rows.len() > page.limit as usize {
-            rows.truncate(page.limit as usize);
-            rows.last().map(|(sk, _)| cursor_after(sk))
-        } else {
-            None
-        };
+        let page = Page::from_overfetch(rows, page.limit, |(sk, _)| sk.clone());
         Ok(Page {
-            items: rows.into_iter().map(|(_, l)| l).collect(),
-            next_cursor,
+            items: page.items.into_iter().map(|(_, l)| l).collect(),
+            next_cursor: page.next_cursor,
         })
     }
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
-use super::{DynamoStore, Item, cancelled_conditions, cursor_after, data, get_n, key, n, s, sdk};
+use super::{DynamoStore, Item, cancelled_conditions, data, get_n, key, n, s, sdk};
 use crate::domain::{WorkflowId, WorkflowSummary, WorkflowVersion, WorkspaceId};
 use crate::ports::{Page, PageRequest, StoreError, StoreResult, WorkflowStore};
 
@@ -188,14 +188,9 @@ impl WorkflowStore for DynamoStore {
                 _ => break,
             }
         }
-        items.truncate(want);
-        let next_cursor = if items.len() > page.limit as usize {
-            items.truncate(page.limit as usize);
-            items.last().map(|w| cursor_after(w.id.as_str()))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, page.limit, |w| {
+            w.id.to_string()
+        }))
     }
 
     async fn archive_workflow(

@@ -40,27 +40,6 @@ impl SqliteStore {
     }
 }
 
-/// Reads a page of `limit` rows fetched as `limit + 1`: the extra row only
-/// tells whether another page exists.
-fn paginate<T>(
-    mut rows: Vec<T>,
-    limit: u32,
-    position: impl Fn(&T) -> String,
-) -> crate::ports::Page<T> {
-    let limit = limit as usize;
-    let next_cursor = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last()
-            .map(|r| crate::ports::Cursor::from_position(&position(r)))
-    } else {
-        None
-    };
-    crate::ports::Page {
-        items: rows,
-        next_cursor,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::SqliteStore;
 use super::tenants::insert_or_conflict;
-use super::{SqliteStore, paginate};
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
     ActiveRunIndex, CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite,
@@ -150,7 +150,7 @@ impl RunStore for SqliteStore {
                     })?
                     .map(|d| Ok(serde_json::from_str::<RunRecord>(&d?)?))
                     .collect::<StoreResult<Vec<_>>>()?;
-                Ok(paginate(rows, limit, |r| r.id.to_string()))
+                Ok(Page::from_overfetch(rows, limit, |r| r.id.to_string()))
             })
             .await
     }
@@ -219,7 +219,7 @@ impl RunStore for SqliteStore {
                         Ok((seq, serde_json::from_str::<LogEntry>(&d)?))
                     })
                     .collect::<StoreResult<Vec<_>>>()?;
-                let page = paginate(rows, limit, |(seq, _)| seq.to_string());
+                let page = Page::from_overfetch(rows, limit, |(seq, _)| seq.to_string());
                 Ok(Page { items: page.items.into_iter().map(|(_, l)| l).collect(), next_cursor: page.next_cursor })
             })
             .await

@@ -2,8 +2,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
+use super::SqliteStore;
 use super::tenants::insert_or_conflict;
-use super::{SqliteStore, paginate};
 use crate::domain::{WorkflowId, WorkflowSummary, WorkflowVersion, WorkspaceId};
 use crate::ports::{Page, PageRequest, StoreError, StoreResult, WorkflowStore};
 
@@ -127,7 +127,7 @@ impl WorkflowStore for SqliteStore {
                     .query_map(params![ws, after, limit + 1], |r| r.get::<_, String>(0))?
                     .map(|d| Ok(serde_json::from_str::<WorkflowSummary>(&d?)?))
                     .collect::<StoreResult<Vec<_>>>()?;
-                Ok(paginate(rows, limit, |w| w.id.to_string()))
+                Ok(Page::from_overfetch(rows, limit, |w| w.id.to_string()))
             })
             .await
     }
