@@ -43,6 +43,9 @@ pub struct Plan {
     pub running: bool,
     /// A step waits for a timer or an outside event.
     pub waiting: bool,
+    /// A step waits for an outside event (an approval completed through the
+    /// API), not only for its timer.
+    pub awaits_event: bool,
 }
 
 impl Plan {
@@ -57,6 +60,7 @@ impl Plan {
         }
         self.running |= other.running;
         self.waiting |= other.waiting;
+        self.awaits_event |= other.awaits_event;
     }
 }
 
@@ -135,6 +139,7 @@ fn plan_scope(
             StepStatus::Waiting => {
                 done = false;
                 p.waiting = true;
+                p.awaits_event |= matches!(step.kind, StepKind::Approval(_));
                 match rec.and_then(|r| r.wake_at) {
                     Some(at) if at <= now => p.decisions.push(Decision::Wake { key }),
                     Some(at) => p.wake_at(at),

@@ -192,6 +192,7 @@ fn waiting_steps_wake_at_their_time() {
     recs.insert("d".into(), r);
     let p = plan(&w, &recs, t0());
     assert!(p.waiting && p.decisions.is_empty());
+    assert!(!p.awaits_event, "a delay waits only for its timer");
     assert_eq!(p.next_wake, Some(t0() + Duration::hours(1)));
     let p = plan(&w, &recs, t0() + Duration::hours(1));
     assert_eq!(p.decisions, vec![Decision::Wake { key: "d".into() }]);
@@ -214,6 +215,10 @@ fn map_iterations_respect_concurrency_and_finish_in_order() {
         recs.insert(k.into(), r);
     }
     assert!(starts(&plan(&w, &recs, t0())).is_empty());
+    assert!(
+        plan(&w, &recs, t0()).awaits_event,
+        "approvals inside a map await an outside event"
+    );
     recs.insert(
         "m.1.wait".into(),
         rec("m.1.wait", StepStatus::Succeeded, json!(2)),

@@ -33,6 +33,8 @@ pub struct Advanced {
     /// Attempts of I/O steps to hand to their executors once the changes
     /// are stored.
     pub dispatch: Vec<Dispatch>,
+    /// The run waits for an outside event (an approval), not only timers.
+    pub awaits_event: bool,
 }
 
 /// Default limit for one attempt of an I/O step without a `timeout`.
@@ -100,6 +102,7 @@ pub fn advance(
                 changed: fx.changed,
                 logs: fx.logs,
                 dispatch: fx.dispatch,
+                awaits_event: plan.awaits_event,
             };
         }
         for d in plan.decisions {
@@ -134,6 +137,7 @@ fn finish(
                     changed,
                     logs,
                     dispatch: Vec::new(),
+                    awaits_event: false,
                 };
             }
             Err(e) => StepError::permanent(
@@ -165,6 +169,7 @@ fn finish(
         changed,
         logs,
         dispatch: Vec::new(),
+        awaits_event: false,
     }
 }
 

@@ -194,7 +194,7 @@ pub async fn handle(
         return Ok(out);
     }
     let until = |at: DateTime<Utc>| (at - now).num_seconds().clamp(1, MAX_WAIT_SECS);
-    if t.awaits_event() {
+    if t.awaits_event {
         out.next = Next::WaitEvent;
         out.wait_seconds = t.run.wake_at.map_or(MAX_WAIT_SECS, until);
     } else if let Some(at) = t.run.wake_at {

@@ -23,12 +23,12 @@ pub struct Stores<'a> {
 pub struct Ticked {
     /// The run as saved (or as found, when nothing changed).
     pub run: RunRecord,
-    /// The step records as they now stand.
-    pub steps: Records,
     /// I/O step attempts to start now.
     pub dispatch: Vec<Dispatch>,
     /// True when this pass finished the run.
     pub finished: bool,
+    /// The run waits for an outside event (the core's `awaits_event`).
+    pub awaits_event: bool,
 }
 
 impl Ticked {
@@ -45,13 +45,6 @@ impl Ticked {
             request: d.request.clone(),
             timeout: d.timeout,
         }
-    }
-
-    /// True when an approval (or another outside event) is awaited.
-    pub fn awaits_event(&self) -> bool {
-        self.steps
-            .values()
-            .any(|s| s.status == StepStatus::Waiting && s.step_type == "approval")
     }
 }
 
@@ -117,6 +110,7 @@ pub async fn tick(
         }
         let mut changed = Vec::new();
         let mut dispatch = Vec::new();
+        let mut awaits_event = false;
         if let Some(wf) = &wf {
             let mut keys =
                 interrupt_orphans(wf, &mut recs, id.as_str(), now, &in_flight, &mut logs);
@@ -143,9 +137,9 @@ pub async fn tick(
             {
                 return Ok(Some(Ticked {
                     run,
-                    steps: recs,
                     dispatch: Vec::new(),
                     finished: false,
+                    awaits_event: adv.awaits_event,
                 }));
             }
             changed = keys.iter().filter_map(|k| recs.get(k).cloned()).collect();
@@ -158,6 +152,7 @@ pub async fn tick(
             }
             logs.extend(adv.logs);
             dispatch = adv.dispatch;
+            awaits_event = adv.awaits_event;
         }
         run.revision += 1;
         let finished = run.status.is_terminal();
@@ -179,9 +174,9 @@ pub async fn tick(
                 }
                 return Ok(Some(Ticked {
                     run: write.run,
-                    steps: recs,
                     dispatch,
                     finished,
+                    awaits_event,
                 }));
             }
             // Someone else (a cancel, an approval, a step result) wrote
