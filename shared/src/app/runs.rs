@@ -147,25 +147,10 @@ impl App {
                 }
             },
         };
-        let budget = match fields.get("budget_usd") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v
-                .as_f64()
-                .filter(|b| *b > 0.0 && *b <= crate::dsl::MAX_BUDGET_USD)
-            {
-                Some(b) => Some(b),
-                None => {
-                    errors.push(ValidationError::new(
-                        &Path::root().key("budget_usd"),
-                        format!(
-                            "expected an amount in USD above 0 and at most {}",
-                            crate::dsl::MAX_BUDGET_USD
-                        ),
-                    ));
-                    None
-                }
-            },
-        };
+        let budget = crate::dsl::budget_usd(fields.get("budget_usd")).unwrap_or_else(|e| {
+            errors.push(ValidationError::new(&Path::root().key("budget_usd"), e));
+            None
+        });
         if !errors.is_empty() {
             return Err(AppError::InvalidRequest(errors));
         }
@@ -242,8 +227,23 @@ impl App {
             .ok_or_else(|| AppError::NotFound(format!("run `{id}` not found")))?;
         let recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
         let wf = self.definition(&run).await?;
-        let steps = ordered(&wf, recs, !run.status.is_terminal());
-        let usage = self.usage.run_usage(ws, id).await?;
+        self.view(&wf, run, recs).await
+    }
+
+    /// What the API shows of a run. Only runs whose workflow calls models
+    /// read the usage ledger.
+    async fn view(
+        &self,
+        wf: &Workflow,
+        run: RunRecord,
+        recs: Records,
+    ) -> Result<RunView, AppError> {
+        let usage = if wf.calls_models() {
+            self.usage.run_usage(&run.workspace_id, &run.id).await?
+        } else {
+            Usage::default()
+        };
+        let steps = ordered(wf, recs, !run.status.is_terminal());
         Ok(RunView { run, steps, usage })
     }
 
@@ -310,9 +310,7 @@ impl App {
                     if let Err(e) = self.driver.poke(ws, id).await {
                         tracing::warn!(workspace_id = %ws, run_id = %id, error = %e, "run changed but the orchestrator was not told");
                     }
-                    let steps = ordered(&wf, recs, !run.status.is_terminal());
-                    let usage = self.usage.run_usage(ws, id).await?;
-                    return Ok(RunView { run, steps, usage });
+                    return self.view(&wf, run, recs).await;
                 }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),

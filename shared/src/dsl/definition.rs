@@ -24,6 +24,20 @@ pub struct Workflow {
     pub budget_usd: Option<f64>,
 }
 
+impl Workflow {
+    /// True if any step, map sub-steps included, is an `llm` step.
+    pub fn calls_models(&self) -> bool {
+        fn any(steps: &[Step]) -> bool {
+            steps.iter().any(|s| match &s.kind {
+                StepKind::Llm(_) => true,
+                StepKind::Map(m) => any(&m.steps),
+                _ => false,
+            })
+        }
+        any(&self.steps)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Step {
     pub id: String,

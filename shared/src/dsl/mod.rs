@@ -9,7 +9,8 @@ mod path;
 pub use definition::*;
 pub use duration::{MAX_DURATION, parse_duration};
 pub use parse::{
-    MAX_BUDGET_USD, MAX_DEFINITION_BYTES, MAX_MAP_CONCURRENCY, MAX_STEPS, parse_workflow, step_ids,
+    LLM_PROVIDERS, MAX_BUDGET_USD, MAX_DEFINITION_BYTES, MAX_MAP_CONCURRENCY, MAX_STEPS,
+    budget_usd, is_provider_name, parse_workflow, step_ids,
 };
 pub use path::{Path, ValidationError};
 

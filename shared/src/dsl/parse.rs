@@ -130,19 +130,10 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
         );
     }
 
-    let budget_usd = match obj.get("budget_usd") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_f64() {
-            Some(b) if b > 0.0 && b <= MAX_BUDGET_USD => Some(b),
-            _ => {
-                p.err(
-                    &root.key("budget_usd"),
-                    format!("expected an amount in USD above 0 and at most {MAX_BUDGET_USD}"),
-                );
-                None
-            }
-        },
-    };
+    let budget_usd = budget_usd(obj.get("budget_usd")).unwrap_or_else(|e| {
+        p.err(&root.key("budget_usd"), e);
+        None
+    });
 
     let steps_path = root.key("steps");
     let mut parsed = match obj.get("steps") {
@@ -865,15 +856,29 @@ pub const MAX_BUDGET_USD: f64 = 1_000_000.0;
 /// Longest an LLM result may be cached.
 pub const MAX_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
-/// Built-in providers and those an operator adds (OpenAI-compatible
-/// endpoints named in `WEFT_LLM_PROVIDERS`) share one name space.
-fn is_provider_name(s: &str) -> bool {
-    LLM_PROVIDERS.contains(&s)
-        || (!s.is_empty()
-            && s.len() <= 32
-            && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'))
+/// A run's spending cap, as a workflow or a run start gives it.
+pub fn budget_usd(v: Option<&Value>) -> Result<Option<f64>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|b| *b > 0.0 && *b <= MAX_BUDGET_USD)
+            .map(Some)
+            .ok_or_else(|| {
+                format!("expected an amount in USD above 0 and at most {MAX_BUDGET_USD}")
+            }),
+    }
+}
+
+/// What a provider name may look like: built-in providers and those an
+/// operator adds (OpenAI-compatible endpoints named in `WEFT_LLM_PROVIDERS`)
+/// share one name space.
+pub fn is_provider_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 fn provider_field(p: &mut Parser, v: Option<&Value>, path: &Path) -> Option<String> {

@@ -40,6 +40,33 @@ impl DynamoStore {
             .item)
     }
 
+    /// Every item of a partition between two sort keys (inclusive), read
+    /// consistently, all pages.
+    async fn query_between(&self, pk: String, from: &str, to: &str) -> StoreResult<Vec<Item>> {
+        let mut all = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":a", s(from))
+                .expression_attribute_values(":b", s(to))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            all.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return Ok(all),
+            }
+        }
+    }
+
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,

@@ -47,37 +47,6 @@ fn log_item(run: &RunRecord, i: usize, l: &LogEntry) -> StoreResult<Item> {
 }
 
 impl DynamoStore {
-    /// Every item of a run partition between two sort keys.
-    pub(super) async fn query_run(
-        &self,
-        pk: String,
-        from: &str,
-        to: &str,
-    ) -> StoreResult<Vec<Item>> {
-        let mut all = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
-                .expression_attribute_values(":pk", s(pk.clone()))
-                .expression_attribute_values(":a", s(from))
-                .expression_attribute_values(":b", s(to))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(sdk)?;
-            all.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => return Ok(all),
-            }
-        }
-    }
-
     async fn batch_put(&self, items: Vec<Item>) -> StoreResult<()> {
         for chunk in items.chunks(25) {
             let mut reqs: Vec<WriteRequest> = Vec::new();
@@ -182,7 +151,7 @@ impl RunStore for DynamoStore {
     }
 
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
-        self.query_run(run_pk(ws, id), "STEP#", "STEP$")
+        self.query_between(run_pk(ws, id), "STEP#", "STEP$")
             .await?
             .iter()
             .map(data)
@@ -195,7 +164,7 @@ impl RunStore for DynamoStore {
         id: &RunId,
     ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
         // "RUN" sorts just before "STEP#…": one Query reads both.
-        let items = self.query_run(run_pk(ws, id), "RUN", "STEP$").await?;
+        let items = self.query_between(run_pk(ws, id), "RUN", "STEP$").await?;
         let mut run = None;
         let mut steps = Vec::new();
         for item in &items {

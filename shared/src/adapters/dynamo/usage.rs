@@ -232,7 +232,7 @@ impl UsageStore for DynamoStore {
     }
 
     async fn run_usage(&self, ws: &WorkspaceId, run: &RunId) -> StoreResult<Usage> {
-        let items = self.query_run(run_pk(ws, run), "USE#", "USE$").await?;
+        let items = self.query_between(run_pk(ws, run), "USE#", "USE$").await?;
         let mut total = Usage::default();
         for item in &items {
             total.add(&usage_of(item));
@@ -249,41 +249,25 @@ impl UsageStore for DynamoStore {
         let mut rows = Vec::new();
         let mut m = from.with_day(1).unwrap_or(from);
         while m <= to {
-            let mut start = None;
-            loop {
-                let out = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
-                    .expression_attribute_values(":pk", s(format!("{ws}#USAGE#{}", month(m))))
-                    .expression_attribute_values(":a", s(from.to_string()))
-                    .expression_attribute_values(":b", s(format!("{to}~")))
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start)
-                    .send()
-                    .await
-                    .map_err(sdk)?;
-                for item in out.items() {
-                    let calls = get_n(item, "calls") as u64;
-                    if calls == 0 {
-                        continue;
-                    }
-                    rows.push(UsageRow {
-                        day: get_s(item, "day")?
-                            .parse()
-                            .map_err(|e| StoreError::Unavailable(format!("corrupt day: {e}")))?,
-                        workflow_id: WorkflowId::from_string(get_s(item, "workflow_id")?),
-                        usage: Usage {
-                            calls,
-                            ..usage_of(item)
-                        },
-                    });
+            let pk = format!("{ws}#USAGE#{}", month(m));
+            let items = self
+                .query_between(pk, &from.to_string(), &format!("{to}~"))
+                .await?;
+            for item in &items {
+                let calls = get_n(item, "calls") as u64;
+                if calls == 0 {
+                    continue;
                 }
-                match out.last_evaluated_key {
-                    Some(k) => start = Some(k),
-                    None => break,
-                }
+                rows.push(UsageRow {
+                    day: get_s(item, "day")?
+                        .parse()
+                        .map_err(|e| StoreError::Unavailable(format!("corrupt day: {e}")))?,
+                    workflow_id: WorkflowId::from_string(get_s(item, "workflow_id")?),
+                    usage: Usage {
+                        calls,
+                        ..usage_of(item)
+                    },
+                });
             }
             m = m
                 .checked_add_months(chrono::Months::new(1))

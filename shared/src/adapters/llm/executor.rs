@@ -85,17 +85,12 @@ impl LlmConfig {
                 anyhow::anyhow!("WEFT_LLM_PROVIDERS: `{entry}` should be name=base-url")
             })?;
             let (name, url) = (name.trim(), url.trim());
-            let valid = !name.is_empty()
-                && name.starts_with(|c: char| c.is_ascii_lowercase())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-            if !valid || name.len() > 32 {
+            if !crate::dsl::is_provider_name(name) {
                 anyhow::bail!(
                     "WEFT_LLM_PROVIDERS: `{name}` is not a provider name (lowercase letters, digits, `_`, `-`)"
                 );
             }
-            if ["openai", "anthropic", "gemini"].contains(&name) {
+            if crate::dsl::LLM_PROVIDERS.contains(&name) {
                 anyhow::bail!(
                     "WEFT_LLM_PROVIDERS: `{name}` is built in; set WEFT_{}_BASE_URL to move it",
                     env_name(name)
