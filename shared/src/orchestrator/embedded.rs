@@ -18,7 +18,6 @@ use tracing::Instrument;
 use super::tick;
 use crate::app::DefinitionCache;
 use crate::domain::*;
-use crate::engine::Dispatch;
 use crate::ports::{
     ActiveRunIndex, DriverError, RunDriver, RunStore, StepCall, StepExecutor, StoreError,
     WorkflowStore,
@@ -194,7 +193,10 @@ impl Inner {
             |k, a| self.is_in_flight(key, k, a),
             // Claimed before the write, so no pass in between takes them
             // for attempts a dead process left behind.
-            |d, on| self.set_in_flight(key, d, on),
+            |d, on| {
+                let attempts = d.iter().map(|d| (d.key.as_str(), d.attempt));
+                self.set_in_flight(key, attempts, on)
+            },
         )
         .await?
         else {
@@ -216,13 +218,16 @@ impl Inner {
             .unwrap_or(false)
     }
 
-    fn set_in_flight(&self, run: &RunKey, dispatch: &[Dispatch], on: bool) {
-        if dispatch.is_empty() {
-            return;
-        }
+    /// Marks attempts (step key, attempt number) as executing, or done.
+    fn set_in_flight<'a>(
+        &self,
+        run: &RunKey,
+        attempts: impl IntoIterator<Item = (&'a str, u32)>,
+        on: bool,
+    ) {
         if let Ok(mut f) = self.in_flight.lock() {
-            for d in dispatch {
-                let entry = (run.clone(), d.key.clone(), d.attempt);
+            for (key, attempt) in attempts {
+                let entry = (run.clone(), key.to_owned(), attempt);
                 if on {
                     f.insert(entry);
                 } else {
@@ -265,16 +270,10 @@ impl Inner {
                 if let Err(e) = recorded {
                     tracing::error!(error = %e, "recording a step result failed; the attempt will be retried");
                 }
-                me.in_flight_done(&run, &call.step_key, call.attempt);
+                me.set_in_flight(&run, [(call.step_key.as_str(), call.attempt)], false);
                 me.wake(run);
             }
             .instrument(span),
         );
-    }
-
-    fn in_flight_done(&self, run: &RunKey, step: &str, attempt: u32) {
-        if let Ok(mut f) = self.in_flight.lock() {
-            f.remove(&(run.clone(), step.to_owned(), attempt));
-        }
     }
 }
