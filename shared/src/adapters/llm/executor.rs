@@ -295,12 +295,6 @@ impl StepExecutor for LlmExecutor {
         let ws = &call.workspace_id;
         let mut req = call.request.clone();
         let values = secret_refs::resolve(self.secrets.as_ref(), ws, &mut req).await?;
-        let settings = self
-            .spending
-            .settings
-            .get_settings(ws)
-            .await
-            .map_err(|e| unavailable("the workspace settings could not be read", e))?;
         let cache = req["cache_ttl_secs"]
             .as_u64()
             .map(|ttl| (spend::cache_key(&req), Duration::from_secs(ttl)));
@@ -309,6 +303,13 @@ impl StepExecutor for LlmExecutor {
         {
             return Ok(hit);
         }
+        // Prices and the monthly cap: only a real call needs them.
+        let settings = self
+            .spending
+            .settings
+            .get_settings(ws)
+            .await
+            .map_err(|e| unavailable("the workspace settings could not be read", e))?;
         let mut result = self.run_chain(call, &req, &settings).await;
         match &mut result {
             Ok(out) => secret_refs::redact(out, &values),
