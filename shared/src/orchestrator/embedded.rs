@@ -246,10 +246,7 @@ impl Inner {
         tokio::spawn(
             async move {
                 let result = match executor {
-                    None => Err(StepError::permanent(
-                        "no_executor",
-                        format!("this server cannot run `{}` steps", call.step_type),
-                    )),
+                    None => Err(tick::no_executor(&call.step_type)),
                     Some(e) => match tokio::time::timeout(call.timeout, e.execute(&call)).await {
                         Ok(r) => r,
                         Err(_) => Err(StepError::transient(

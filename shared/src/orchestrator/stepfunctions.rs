@@ -164,33 +164,29 @@ pub async fn handle(
     if !t.dispatch.is_empty() {
         for d in &t.dispatch {
             let call = t.call(d);
-            let function = names.function_for(&d.step_type).unwrap_or_default();
-            out.dispatch.push(Target { function, call });
+            match names.function_for(&d.step_type) {
+                Some(function) => out.dispatch.push(Target { function, call }),
+                // A step type this deployment has no function for fails at
+                // once instead.
+                None => {
+                    let err = tick::no_executor(&d.step_type);
+                    tick::record(
+                        s,
+                        &t.run.workspace_id,
+                        &t.run.id,
+                        &d.key,
+                        d.attempt,
+                        Err(err),
+                    )
+                    .await?;
+                }
+            }
         }
-        // A step type without a function fails at once instead.
-        let (known, unknown): (Vec<_>, Vec<_>) =
-            out.dispatch.drain(..).partition(|t| !t.function.is_empty());
-        for t in unknown {
-            let err = StepError::permanent(
-                "no_executor",
-                format!("this deployment cannot run `{}` steps", t.call.step_type),
-            );
-            tick::record(
-                s,
-                &out.workspace_id,
-                &out.run_id,
-                &t.call.step_key,
-                t.call.attempt,
-                Err(err),
-            )
-            .await?;
-        }
-        out.next = match known.len() {
+        out.next = match out.dispatch.len() {
             0 => Next::Plan,
             1 => Next::DispatchOne,
             _ => Next::Dispatch,
         };
-        out.dispatch = known;
         return Ok(out);
     }
     let until = |at: DateTime<Utc>| (at - now).num_seconds().clamp(1, MAX_WAIT_SECS);

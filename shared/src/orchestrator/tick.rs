@@ -48,6 +48,14 @@ impl Ticked {
     }
 }
 
+/// The failure of a step whose type this deployment has no executor for.
+pub fn no_executor(step_type: &str) -> StepError {
+    StepError::permanent(
+        "no_executor",
+        format!("this deployment cannot run `{step_type}` steps"),
+    )
+}
+
 /// The run and its steps, unless it is gone or already finished.
 pub async fn load_active(
     s: Stores<'_>,
