@@ -4,6 +4,8 @@
 pub mod adapters;
 pub mod api;
 pub mod app;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod dag;
 pub mod domain;
 pub mod dsl;

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
@@ -14,10 +13,10 @@ use std::collections::HashMap;
 use crate::adapters::http::{EgressPolicy, HttpExecutor};
 use crate::adapters::llm::{LlmConfig, LlmExecutor, Spending};
 use crate::adapters::sqlite::{MasterKey, SqliteStore};
-use crate::app::{App, DefinitionCache, generate_api_key, hash_api_key};
-use crate::domain::{ApiKeyId, ApiKeyRecord, Role, Workspace, WorkspaceId};
+use crate::app::{App, DefinitionCache};
+use crate::domain::WorkspaceId;
 use crate::orchestrator::Embedded;
-use crate::ports::{ApiKeyStore, SecretStore, StepExecutor, StoreError, WorkspaceStore};
+use crate::ports::{SecretStore, StepExecutor};
 
 pub struct Platform {
     pub app: Arc<App>,
@@ -103,34 +102,7 @@ impl Platform {
         name: &str,
         key: Option<String>,
     ) -> anyhow::Result<(WorkspaceId, String)> {
-        let ws = Workspace {
-            id: WorkspaceId::generate(),
-            name: name.to_owned(),
-            created_at: Utc::now(),
-        };
-        self.store.create_workspace(&ws).await?;
-        let key = key.unwrap_or_else(generate_api_key);
-        self.add_key(&ws.id, &key).await?;
-        Ok((ws.id, key))
-    }
-
-    async fn add_key(&self, ws: &WorkspaceId, key: &str) -> anyhow::Result<()> {
-        let rec = ApiKeyRecord {
-            id: ApiKeyId::generate(),
-            workspace_id: ws.clone(),
-            name: "owner".into(),
-            role: Role::Owner,
-            key_hash: hash_api_key(key),
-            created_at: Utc::now(),
-        };
-        match self.store.insert_api_key(&rec).await {
-            Ok(()) => Ok(()),
-            Err(StoreError::Conflict(_)) => match self.store.find_api_key(&rec.key_hash).await? {
-                Some(existing) if existing.workspace_id == *ws => Ok(()),
-                _ => anyhow::bail!("that API key already belongs to another workspace"),
-            },
-            Err(e) => Err(e.into()),
-        }
+        crate::app::create_workspace(&self.store, &self.store, name, key).await
     }
 
     /// The development workspace of a data directory, created on first use.
@@ -160,7 +132,7 @@ impl Platform {
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
         if let Some(k) = key.filter(|k| *k != creds.api_key) {
-            self.add_key(&creds.workspace_id, &k).await?;
+            crate::app::add_owner_key(&self.store, &creds.workspace_id, &k).await?;
             creds.api_key = k;
         }
         Ok(creds)

@@ -6,6 +6,7 @@ mod definitions;
 mod error;
 mod runs;
 mod secrets;
+mod tenants;
 mod usage;
 pub mod views;
 mod workflows;
@@ -16,6 +17,7 @@ pub use auth::{AuthCache, Principal, generate_api_key, hash_api_key};
 pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
+pub use tenants::{add_owner_key, create_workspace};
 
 use crate::ports::{
     ApiKeyStore, RunDriver, RunStore, SecretStore, SettingsStore, UsageStore, WorkflowStore,

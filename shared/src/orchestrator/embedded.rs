@@ -245,16 +245,7 @@ impl Inner {
         let span = tracing::info_span!("step", workspace_id = %run.0, run_id = %run.1, step_id = %call.step_key);
         tokio::spawn(
             async move {
-                let result = match executor {
-                    None => Err(tick::no_executor(&call.step_type)),
-                    Some(e) => match tokio::time::timeout(call.timeout, e.execute(&call)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(StepError::transient(
-                            "timeout",
-                            format!("the attempt took longer than its timeout of {}", humantime::format_duration(call.timeout)),
-                        )),
-                    },
-                };
+                let result = tick::attempt(executor.as_deref(), &call).await;
                 let recorded = tick::record(
                     me.stores(),
                     &run.0,

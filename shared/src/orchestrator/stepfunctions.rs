@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::tick::{self, Stores};
 use crate::domain::{RunId, StepError, WorkspaceId};
-use crate::ports::StepCall;
+use crate::ports::{StepCall, StepExecutor};
 
 /// Longest a Wait or a task token may last in one go (Step Functions allows
 /// a year per execution; runs longer than that are out of scope).
@@ -32,6 +32,15 @@ pub enum PlanRequest {
         run_id: RunId,
         dispatch: Vec<Target>,
         failure: Value,
+    },
+    /// The machine waits for an outside event with a task token: the plan
+    /// function parks the token with the run (AWS only; see `aws::park`).
+    Park {
+        workspace_id: WorkspaceId,
+        run_id: RunId,
+        /// The run's revision when Plan chose to wait.
+        revision: u64,
+        task_token: String,
     },
 }
 
@@ -60,7 +69,12 @@ pub struct PlanResponse {
     pub workspace_id: WorkspaceId,
     pub run_id: RunId,
     pub next: Next,
+    /// The run's revision this answer was made from.
+    pub revision: u64,
     pub dispatch: Vec<Target>,
+    /// For `dispatch_one`: the one step (the machine calls its function
+    /// directly, without a Map and without indexing into `dispatch`).
+    pub step: Option<Target>,
     /// For `sleep`: RFC 3339, as a Wait state's TimestampPath wants.
     pub wake_at: Option<String>,
     /// For `wait_event`: the task token's timeout (the next deadline).
@@ -72,12 +86,19 @@ pub trait FunctionNames {
     fn function_for(&self, step_type: &str) -> Option<String>;
 }
 
-/// The failure a caught Lambda error becomes: `{"Error", "Cause"}`.
+/// The failure a caught Lambda error becomes: `{"Error", "Cause"}`, where
+/// a function error's cause is its JSON payload (`errorType`,
+/// `errorMessage`).
 fn failure_error(failure: &Value) -> StepError {
     let kind = failure["Error"].as_str().unwrap_or("States.TaskFailed");
-    let cause = failure["Cause"]
+    let raw = failure["Cause"]
         .as_str()
         .unwrap_or("the step function failed");
+    let payload = serde_json::from_str::<Value>(raw).ok();
+    let cause = payload
+        .as_ref()
+        .and_then(|p| p["errorMessage"].as_str())
+        .unwrap_or(raw);
     // A function's own typed errors carry the step error as the cause.
     if let Ok(e) = serde_json::from_str::<StepError>(cause) {
         return e;
@@ -92,6 +113,26 @@ fn failure_error(failure: &Value) -> StepError {
     } else {
         StepError::permanent("function_failed", message)
     }
+}
+
+/// What a step function does with its payload: runs the attempt and records
+/// the result with the run (a failed attempt is a result too). Only a
+/// failure to record is an error.
+pub async fn run_step(
+    s: Stores<'_>,
+    executor: Option<&dyn StepExecutor>,
+    call: &StepCall,
+) -> anyhow::Result<()> {
+    let result = tick::attempt(executor, call).await;
+    tick::record(
+        s,
+        &call.workspace_id,
+        &call.run_id,
+        &call.step_key,
+        call.attempt,
+        result,
+    )
+    .await
 }
 
 /// Handles one request of the state machine.
@@ -143,6 +184,9 @@ pub async fn handle(
             }
             (workspace_id, run_id)
         }
+        PlanRequest::Park { .. } => {
+            anyhow::bail!("`park` needs the AWS task-token store; the plan function handles it")
+        }
     };
     // Between Plan calls no step function is running: a running attempt
     // seen now was cut off (its function crashed before recording).
@@ -151,13 +195,16 @@ pub async fn handle(
         workspace_id: ws,
         run_id,
         next: Next::Finished,
+        revision: 0,
         dispatch: Vec::new(),
+        step: None,
         wake_at: None,
         wait_seconds: 0,
     };
     let Some(t) = ticked else {
         return Ok(out);
     };
+    out.revision = t.run.revision;
     if t.finished {
         return Ok(out);
     }
@@ -184,7 +231,10 @@ pub async fn handle(
         }
         out.next = match out.dispatch.len() {
             0 => Next::Plan,
-            1 => Next::DispatchOne,
+            1 => {
+                out.step = out.dispatch.first().cloned();
+                Next::DispatchOne
+            }
             _ => Next::Dispatch,
         };
         return Ok(out);

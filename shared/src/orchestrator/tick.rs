@@ -9,7 +9,7 @@ use crate::app::{DefinitionCache, DefinitionError};
 use crate::dag::Records;
 use crate::domain::*;
 use crate::engine::{Dispatch, RunInfo, advance, interrupt_orphans, record_external};
-use crate::ports::{RunStore, RunWrite, StepCall, StoreError, WorkflowStore};
+use crate::ports::{RunStore, RunWrite, StepCall, StepExecutor, StoreError, WorkflowStore};
 
 /// Where a driver reads and writes runs.
 #[derive(Clone, Copy)]
@@ -54,6 +54,27 @@ pub fn no_executor(step_type: &str) -> StepError {
         "no_executor",
         format!("this deployment cannot run `{step_type}` steps"),
     )
+}
+
+/// Runs one attempt on its executor (None: this deployment has none for the
+/// step type), bounded by the step's timeout.
+pub async fn attempt(
+    executor: Option<&dyn StepExecutor>,
+    call: &StepCall,
+) -> Result<serde_json::Value, StepError> {
+    let Some(e) = executor else {
+        return Err(no_executor(&call.step_type));
+    };
+    match tokio::time::timeout(call.timeout, e.execute(call)).await {
+        Ok(r) => r,
+        Err(_) => Err(StepError::transient(
+            "timeout",
+            format!(
+                "the attempt took longer than its timeout of {}",
+                humantime::format_duration(call.timeout)
+            ),
+        )),
+    }
 }
 
 /// The run and its steps, unless it is gone or already finished.

@@ -7,6 +7,7 @@
 
 mod runs;
 mod tenants;
+mod tokens;
 mod usage;
 mod workflows;
 

@@ -13,7 +13,7 @@ use crate::adapters::http::{EgressPolicy, HttpExecutor};
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::{App, DefinitionCache};
 use crate::domain::{RunStatus, WorkflowId};
-use crate::ports::{DriverError, RunDriver, StepExecutor};
+use crate::ports::{DriverError, RunDriver};
 
 /// The state machine itself starts nothing in these tests.
 struct Manual;
@@ -86,18 +86,9 @@ impl Harness {
     /// What a step function does: run the attempt, record the result.
     async fn step_function(&self, t: &Target) {
         assert_eq!(t.function, "weft-step-http");
-        let result = self.http.execute(&t.call).await;
-        let (ws, run) = (&t.call.workspace_id, &t.call.run_id);
-        tick::record(
-            self.stores(),
-            ws,
-            run,
-            &t.call.step_key,
-            t.call.attempt,
-            result,
-        )
-        .await
-        .unwrap();
+        run_step(self.stores(), Some(&self.http), &t.call)
+            .await
+            .unwrap();
     }
 }
 
@@ -145,8 +136,11 @@ async fn the_machine_loop_runs_a_workflow_with_a_crash_a_retry_and_an_approval()
     // 1: `a` runs inline; `b` is dispatched alone.
     let r = h.plan(plan(&ws, &run.id)).await;
     assert_eq!(r.next, Next::DispatchOne, "{r:?}");
-    assert_eq!(r.dispatch[0].call.step_key, "b");
-    assert_eq!(r.dispatch[0].call.request["body"], json!({"n": 42}));
+    // RunStep reads the one step from `step`, RecordFailure gets `dispatch`.
+    let one = r.step.clone().unwrap();
+    assert_eq!(r.dispatch, vec![one.clone()]);
+    assert_eq!(one.call.step_key, "b");
+    assert_eq!(one.call.request["body"], json!({"n": 42}));
     // Its function crashes: the machine's Catch records the failure.
     h.transitions += 2; // RunStep, RecordFailure
     let r = h
@@ -169,9 +163,10 @@ async fn the_machine_loop_runs_a_workflow_with_a_crash_a_retry_and_an_approval()
     h.transitions += 1; // Sleep
     let r = h.plan(plan(&ws, &run.id)).await;
     assert_eq!(r.next, Next::DispatchOne, "{r:?}");
-    assert_eq!(r.dispatch[0].call.attempt, 2);
+    let one = r.step.clone().unwrap();
+    assert_eq!(one.call.attempt, 2);
     h.transitions += 1; // RunStep
-    h.step_function(&r.dispatch[0]).await;
+    h.step_function(&one).await;
     // Now the approval waits: a task token, timed out at its deadline.
     let r = h.plan(plan(&ws, &run.id)).await;
     assert_eq!(r.next, Next::WaitEvent, "{r:?}");
@@ -226,8 +221,10 @@ async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
     // x's function succeeds; y's fails with a permanent typed error.
     h.step_function(&r.dispatch[0]).await;
     let y = &r.dispatch[1];
-    let cause =
+    // What Lambda puts in the cause of a function error: its payload.
+    let message =
         serde_json::to_string(&StepError::permanent("bad_config", "no such thing")).unwrap();
+    let cause = json!({"errorType": "StepFailed", "errorMessage": message}).to_string();
     let results = vec![
         json!({"ok": true}),
         json!({"ok": false, "call": y.call, "failure": {"Error": "StepFailed", "Cause": cause}}),
@@ -285,7 +282,9 @@ fn payloads_match_the_state_machine() {
         workspace_id: WorkspaceId::from_string("ws_1"),
         run_id: RunId::from_string("run_1"),
         next: Next::Sleep,
+        revision: 3,
         dispatch: Vec::new(),
+        step: None,
         wake_at: Some("2026-01-01T00:00:00.000Z".into()),
         wait_seconds: 0,
     })
@@ -294,4 +293,26 @@ fn payloads_match_the_state_machine() {
         let name = field.trim_end_matches(".$");
         assert!(answer.get(name).is_some(), "the answer lacks `{name}`");
     }
+    // What WaitEvent sends is a `park` request (paths filled in as the
+    // machine would).
+    let mut park = serde_json::Map::new();
+    for (field, v) in asl["States"]["WaitEvent"]["Parameters"]["Payload"]
+        .as_object()
+        .unwrap()
+    {
+        let (name, value) = match field.strip_suffix(".$") {
+            Some(name) if v == "$$.Task.Token" => (name, json!("token-1")),
+            Some(name) => (
+                name,
+                answer[v.as_str().unwrap().trim_start_matches("$.")].clone(),
+            ),
+            None => (field.as_str(), v.clone()),
+        };
+        park.insert(name.to_owned(), value);
+    }
+    let req: PlanRequest = serde_json::from_value(Value::Object(park)).unwrap();
+    assert!(
+        matches!(req, PlanRequest::Park { revision: 3, ref task_token, .. } if task_token == "token-1"),
+        "{req:?}"
+    );
 }

@@ -1,0 +1,371 @@
+"""Weft's AWS stack on this machine, without Docker or an AWS account.
+
+Starts moto's server (DynamoDB, S3, Secrets Manager, IAM, Lambda, Step
+Functions with state-machine execution on), creates the stack's resources as
+template.yaml declares them, and forwards every Lambda invocation moto makes
+(the state machine's tasks, direct invokes) to `cargo lambda watch`, which
+runs the real function binaries. Then creates a workspace through the admin
+function and prints the API's base URL and key.
+
+Run it with infra/local/up. Everything listens on 127.0.0.1 only.
+"""
+
+import argparse
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+STACK = "weft-local"
+# Function instances started per function (Lambda would scale them).
+INSTANCES = {"weft-api": 4, "weft-plan": 6, "weft-step-http": 6, "weft-step-llm": 3, "weft-admin": 1}
+
+
+def template():
+    """template.yaml, with CloudFormation's short tags read as plain data."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def tag(loader, suffix, node):
+        if isinstance(node, yaml.ScalarNode):
+            return {suffix: loader.construct_scalar(node)}
+        if isinstance(node, yaml.SequenceNode):
+            return {suffix: loader.construct_sequence(node, deep=True)}
+        return {suffix: loader.construct_mapping(node, deep=True)}
+
+    Loader.add_multi_constructor("!", tag)
+    with open(ROOT / "template.yaml") as f:
+        return yaml.load(f, Loader=Loader)
+
+
+def functions(tpl):
+    """(logical id, binary name, properties) of every function."""
+    for lid, res in tpl["Resources"].items():
+        if res["Type"] == "AWS::Serverless::Function":
+            yield lid, res["Metadata"]["BuildProperties"]["Binary"], res["Properties"]
+
+
+def forward_invocations(lambda_port, timeout):
+    """Makes moto's Lambda run functions on `cargo lambda watch`."""
+    from moto.awslambda.models import LambdaFunction
+
+    def invoke(self, body, request_headers, response_headers):
+        url = (
+            f"http://127.0.0.1:{lambda_port}/2015-03-31/functions/"
+            f"{self.function_name}/invocations"
+        )
+        data = body.encode() if isinstance(body, str) else (body or b"{}")
+        req = urllib.request.Request(url, data=data, method="POST")
+        req.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as e:
+            # cargo lambda watch answers a function error with a 500; Lambda
+            # answers 200 and says so in a header.
+            payload = e.read()
+            response_headers["x-amz-function-error"] = "Unhandled"
+        except OSError as e:
+            payload = json.dumps(
+                {"errorType": "Lambda.ServiceException", "errorMessage": str(e)}
+            ).encode()
+            response_headers["x-amz-function-error"] = "Unhandled"
+        return payload
+
+    LambdaFunction.invoke = invoke
+
+
+def tiny_zip():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("bootstrap", "#!/bin/sh\n# run by cargo lambda watch instead\n")
+    return buf.getvalue()
+
+
+def create_resources(tpl, endpoint):
+    """The stack's resources, named as the functions' environment says."""
+    import boto3
+
+    kw = dict(
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    res = tpl["Resources"]
+    names = {
+        "table": f"{STACK}-table",
+        "bucket": f"{STACK}-payloads",
+        "state_machine": f"{STACK}-dag-driver",
+    }
+
+    t = res["Table"]["Properties"]
+    ddb = boto3.client("dynamodb", **kw)
+    ddb.create_table(
+        TableName=names["table"],
+        BillingMode=t["BillingMode"],
+        AttributeDefinitions=t["AttributeDefinitions"],
+        KeySchema=t["KeySchema"],
+        GlobalSecondaryIndexes=t["GlobalSecondaryIndexes"],
+        SSESpecification={"Enabled": t["SSESpecification"]["SSEEnabled"]},
+    )
+    ddb.update_time_to_live(
+        TableName=names["table"],
+        TimeToLiveSpecification={
+            "AttributeName": t["TimeToLiveSpecification"]["AttributeName"],
+            "Enabled": True,
+        },
+    )
+    s3 = boto3.client("s3", **kw)
+    s3.create_bucket(Bucket=names["bucket"])
+
+    iam = boto3.client("iam", **kw)
+    role = iam.create_role(
+        RoleName=f"{STACK}-role",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {
+                            "Service": ["lambda.amazonaws.com", "states.amazonaws.com"]
+                        },
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+        ),
+    )["Role"]["Arn"]
+
+    lam = boto3.client("lambda", **kw)
+    arns = {}
+    code = tiny_zip()
+    for lid, binary, props in functions(tpl):
+        arns[lid] = lam.create_function(
+            FunctionName=binary,
+            Runtime=tpl["Globals"]["Function"]["Runtime"],
+            Role=role,
+            Handler="bootstrap",
+            Code={"ZipFile": code},
+            Timeout=props.get("Timeout", tpl["Globals"]["Function"]["Timeout"]),
+            Architectures=tpl["Globals"]["Function"]["Architectures"],
+        )["FunctionArn"]
+
+    sm = res["DagDriver"]["Properties"]
+    definition = (ROOT / sm["DefinitionUri"]).read_text()
+    for name, value in sm["DefinitionSubstitutions"].items():
+        lid = value["GetAtt"].split(".")[0]
+        definition = definition.replace("${" + name + "}", arns[lid])
+    sfn = boto3.client("stepfunctions", **kw)
+    names["state_machine_arn"] = sfn.create_state_machine(
+        name=names["state_machine"],
+        definition=definition,
+        roleArn=role,
+        type=sm["Type"],
+    )["stateMachineArn"]
+    names["functions"] = arns
+    return names
+
+
+def function_env(tpl, names, endpoint, egress_allow):
+    """The functions' environment: what template.yaml sets, with this
+    stack's values, plus what points the SDK at the emulator."""
+    arn_of = {lid: arn for lid, arn in names["functions"].items()}
+    binary_of = {lid: binary for lid, binary, _ in functions(tpl)}
+    step_functions = ",".join(
+        f"{ty}={binary_of[lid]}"
+        for ty, lid in (("http", "HttpStepFunction"), ("llm", "LlmStepFunction"))
+    )
+    values = {
+        "WEFT_TABLE": names["table"],
+        "WEFT_BUCKET": names["bucket"],
+        "WEFT_SECRET_PREFIX": f"weft/{STACK}/",
+        "WEFT_SECRET_TOKEN": os.environ.get(
+            "WEFT_SECRET_TOKEN", "local-stack-secret-token-0123456789"
+        ),
+        "WEFT_LOG": os.environ.get("WEFT_LOG", "info"),
+        "WEFT_STATE_MACHINE_ARN": names["state_machine_arn"],
+        "WEFT_STEP_FUNCTIONS": step_functions,
+    }
+    wanted = set(tpl["Globals"]["Function"]["Environment"]["Variables"])
+    for _, _, props in functions(tpl):
+        wanted |= set(props.get("Environment", {}).get("Variables", {}))
+    missing = wanted - set(values)
+    if missing:
+        sys.exit(f"stack.py: no local value for {sorted(missing)} (template.yaml changed)")
+    assert set(arn_of) == set(binary_of)
+    env = {k: values[k] for k in sorted(wanted)}
+    env.update(
+        {
+            "WEFT_AWS_ENDPOINT": endpoint,
+            "WEFT_EGRESS_ALLOW": egress_allow,
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }
+    )
+    return env
+
+
+def wait_for_port(port, what, proc=None, seconds=900):
+    import socket
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            sys.exit(f"stack.py: {what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"stack.py: {what} did not open port {port}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=4566, help="moto's port")
+    ap.add_argument("--lambda-port", type=int, default=9000, help="cargo lambda watch's port")
+    ap.add_argument("--ready-file", help="where to write the API URL and key as JSON")
+    ap.add_argument(
+        "--egress-allow",
+        default=os.environ.get("WEFT_EGRESS_ALLOW", ""),
+        help="internal ranges http steps may reach (e.g. 127.0.0.0/8)",
+    )
+    args = ap.parse_args()
+    if args.ready_file:
+        Path(args.ready_file).unlink(missing_ok=True)
+    # One line per emulated AWS request is noise here.
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    endpoint = f"http://127.0.0.1:{args.port}"
+    # moto's state machines call Lambda through the server itself.
+    os.environ["MOTO_PORT"] = str(args.port)
+    from moto.core.config import default_user_config
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+    default_user_config["stepfunctions"] = {"execute_state_machine": True}
+    forward_invocations(args.lambda_port, timeout=960)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    server.start()
+
+    tpl = template()
+    names = create_resources(tpl, endpoint)
+    env = function_env(tpl, names, endpoint, args.egress_allow)
+
+    binaries = [b for _, b, _ in functions(tpl)]
+    print(f"stack.py: building {', '.join(binaries)}", file=sys.stderr, flush=True)
+    build = ["cargo", "build", "--locked"] + [a for b in binaries for a in ("-p", b)]
+    subprocess.run(build, cwd=ROOT, check=True)
+    cargo_lambda = Path(sys.executable).parent / "cargo-lambda"
+    # cargo lambda watch serves the Lambda APIs (invoke, runtime, function
+    # URLs); the functions are the binaries just built, several instances
+    # each so parallel steps run in parallel, as on Lambda.
+    watch = subprocess.Popen(
+        [
+            str(cargo_lambda), "lambda", "watch", "--only-lambda-apis",
+            "--invoke-address", "127.0.0.1",
+            "--invoke-port", str(args.lambda_port),
+        ],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+    )
+    children = [watch]
+
+    def stop(*_):
+        for p in reversed(children):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in children:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        server.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    wait_for_port(args.lambda_port, "cargo lambda watch", watch)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+    for binary in binaries:
+        fenv = dict(os.environ)
+        fenv.update(env)
+        fenv.update(
+            {
+                "AWS_LAMBDA_FUNCTION_NAME": binary,
+                "AWS_LAMBDA_FUNCTION_VERSION": "1",
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+                "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{args.lambda_port}/.rt/{binary}",
+            }
+        )
+        for _ in range(INSTANCES.get(binary, 2)):
+            children.append(
+                subprocess.Popen([str(target / binary)], env=fenv, start_new_session=True)
+            )
+
+    import boto3
+
+    lam = boto3.client(
+        "lambda",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=__import__("botocore.config").config.Config(read_timeout=900),
+    )
+    request = {"action": "create_workspace", "name": "Local"}
+    if os.environ.get("WEFT_DEV_API_KEY"):
+        request["api_key"] = os.environ["WEFT_DEV_API_KEY"]
+    out = lam.invoke(FunctionName="weft-admin", Payload=json.dumps(request).encode())
+    answer = json.loads(out["Payload"].read())
+    if out.get("FunctionError"):
+        stop_msg = f"stack.py: creating the workspace failed: {answer}"
+        print(stop_msg, file=sys.stderr)
+        stop()
+    api = f"http://127.0.0.1:{args.lambda_port}/lambda-url/weft-api"
+    ready = {
+        "api_url": api,
+        "api_key": answer["api_key"],
+        "workspace_id": answer["workspace_id"],
+        "aws_endpoint": endpoint,
+        "state_machine_arn": names["state_machine_arn"],
+        "table": names["table"],
+    }
+    if args.ready_file:
+        Path(args.ready_file).write_text(json.dumps(ready))
+    print(
+        f"\nWeft on emulated AWS is up (Ctrl-C stops it).\n"
+        f"  export WEFT_URL={api}\n"
+        f"  export WEFT_KEY={answer['api_key']}\n"
+        f"  curl -H \"authorization: Bearer $WEFT_KEY\" $WEFT_URL/v1/health\n",
+        flush=True,
+    )
+    while True:
+        for p in children:
+            if p.poll() is not None:
+                print(f"stack.py: {p.args[0]} exited with {p.returncode}", file=sys.stderr)
+                stop()
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+//! Weft on AWS: the Lambda functions' wiring. Typed settings from the
+//! environment, the clients and adapters built once per cold start, and the
+//! handlers each function's main.rs hands to the Lambda runtime.
+
+mod driver;
+mod error;
+mod handlers;
+mod settings;
+
+use std::sync::Arc;
+
+pub use driver::StepFunctionsDriver;
+pub use error::FunctionError;
+pub use handlers::{AdminRequest, StepPayload};
+pub use settings::AwsSettings;
+
+use crate::adapters::dynamo::DynamoStore;
+use crate::adapters::secretsmanager::SecretsManagerStore;
+use crate::app::{App, DefinitionCache};
+use crate::orchestrator::tick::Stores;
+
+/// Everything a function needs, built once per cold start.
+pub struct Stack {
+    pub settings: AwsSettings,
+    pub store: Arc<DynamoStore>,
+    pub secrets: Arc<SecretsManagerStore>,
+    pub sfn: aws_sdk_sfn::Client,
+    pub definitions: Arc<DefinitionCache>,
+}
+
+impl Stack {
+    /// Reads the settings from the environment and builds the clients.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let settings = AwsSettings::from_env()?;
+        let cfg = settings.sdk_config().await;
+        Ok(Self {
+            store: Arc::new(DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(&cfg),
+                settings.table.clone(),
+            )),
+            secrets: Arc::new(SecretsManagerStore::new(
+                aws_sdk_secretsmanager::Client::new(&cfg),
+                settings.secret_prefix.clone(),
+            )),
+            sfn: aws_sdk_sfn::Client::new(&cfg),
+            definitions: Arc::new(DefinitionCache::default()),
+            settings,
+        })
+    }
+
+    pub fn stores(&self) -> Stores<'_> {
+        Stores {
+            runs: self.store.as_ref(),
+            workflows: self.store.as_ref(),
+            definitions: &self.definitions,
+        }
+    }
+
+    /// The application the API function serves: the same as embedded, on
+    /// DynamoDB and Secrets Manager, with Step Functions driving runs.
+    pub fn app(&self) -> anyhow::Result<App> {
+        let arn = self.settings.state_machine_arn.clone().ok_or_else(|| {
+            anyhow::anyhow!("WEFT_STATE_MACHINE_ARN is not set (the API function starts runs)")
+        })?;
+        let store = self.store.clone();
+        Ok(App {
+            workspaces: store.clone(),
+            api_keys: store.clone(),
+            workflows: store.clone(),
+            runs: store.clone(),
+            secrets: self.secrets.clone(),
+            settings: store.clone(),
+            usage: store.clone(),
+            driver: Arc::new(StepFunctionsDriver::new(self.sfn.clone(), arn, store)),
+            definitions: self.definitions.clone(),
+            auth_cache: Default::default(),
+        })
+    }
+}
+
+/// JSON log lines on stderr (CloudWatch reads them), filtered by `WEFT_LOG`.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,71 @@
+//! The functions' settings, from the environment template.yaml sets.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+
+use crate::adapters::http::EgressPolicy;
+use crate::orchestrator::stepfunctions::FunctionNames;
+
+#[derive(Clone, Debug)]
+pub struct AwsSettings {
+    /// `WEFT_TABLE`: the DynamoDB table.
+    pub table: String,
+    /// `WEFT_SECRET_PREFIX`: the stack's path in Secrets Manager.
+    pub secret_prefix: String,
+    /// `WEFT_STATE_MACHINE_ARN`: the DAG driver (the API function starts it).
+    pub state_machine_arn: Option<String>,
+    /// `WEFT_STEP_FUNCTIONS`: `type=function,...`, the function that runs
+    /// each I/O step type (the plan function names them to the machine).
+    pub step_functions: HashMap<String, String>,
+    /// `WEFT_EGRESS_ALLOW`: internal ranges step functions may reach.
+    pub egress: EgressPolicy,
+    /// `WEFT_AWS_ENDPOINT`: one endpoint for every AWS service (emulated
+    /// AWS); unset on AWS itself.
+    pub endpoint: Option<String>,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl AwsSettings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let mut step_functions = HashMap::new();
+        for pair in var("WEFT_STEP_FUNCTIONS").unwrap_or_default().split(',') {
+            let pair = pair.trim();
+            if pair.is_empty() {
+                continue;
+            }
+            let (ty, function) = pair.split_once('=').with_context(|| {
+                format!("WEFT_STEP_FUNCTIONS: `{pair}` is not `step_type=function`")
+            })?;
+            step_functions.insert(ty.trim().to_owned(), function.trim().to_owned());
+        }
+        Ok(Self {
+            table: var("WEFT_TABLE").context("WEFT_TABLE is not set")?,
+            secret_prefix: var("WEFT_SECRET_PREFIX").unwrap_or_else(|| "weft/".into()),
+            state_machine_arn: var("WEFT_STATE_MACHINE_ARN"),
+            step_functions,
+            egress: EgressPolicy::allowing(&var("WEFT_EGRESS_ALLOW").unwrap_or_default())
+                .map_err(|e| anyhow::anyhow!("WEFT_EGRESS_ALLOW: {e}"))?,
+            endpoint: var("WEFT_AWS_ENDPOINT"),
+        })
+    }
+
+    /// The SDK's configuration: the standard chain (the function's role on
+    /// AWS), pointed at `endpoint` when one is set.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(e) = &self.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        loader.load().await
+    }
+}
+
+impl FunctionNames for AwsSettings {
+    fn function_for(&self, step_type: &str) -> Option<String> {
+        self.step_functions.get(step_type).cloned()
+    }
+}
