@@ -35,6 +35,7 @@ pub async fn spawn() -> String {
         .route("/slow/{ms}", any(slow))
         .route("/redirect", any(redirect))
         .route("/big", any(big))
+        .route("/bytes/{n}", any(bytes))
         .route("/check-key", any(check_key))
         .route("/reject", any(reject))
         .with_state(calls);
@@ -101,6 +102,11 @@ async fn slow(Path(ms): Path<u64>) -> Json<Value> {
 async fn redirect(Query(q): Query<HashMap<String, String>>) -> Response {
     let to = q.get("to").cloned().unwrap_or_default();
     (StatusCode::FOUND, [("location", to)]).into_response()
+}
+
+/// A text body of `n` bytes (at most 5 MB).
+async fn bytes(axum::extract::Path(n): axum::extract::Path<usize>) -> String {
+    "x".repeat(n.min(5 * 1024 * 1024))
 }
 
 async fn big() -> String {

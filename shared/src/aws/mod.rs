@@ -34,10 +34,16 @@ impl Stack {
         let settings = AwsSettings::from_env()?;
         let cfg = settings.sdk_config().await;
         Ok(Self {
-            store: Arc::new(DynamoStore::new(
-                aws_sdk_dynamodb::Client::new(&cfg),
-                settings.table.clone(),
-            )),
+            store: Arc::new({
+                let store =
+                    DynamoStore::new(aws_sdk_dynamodb::Client::new(&cfg), settings.table.clone());
+                match &settings.bucket {
+                    Some(b) => {
+                        store.with_payloads(s3_client(&cfg, settings.endpoint.is_some()), b.clone())
+                    }
+                    None => store,
+                }
+            }),
             secrets: Arc::new(SecretsManagerStore::new(
                 aws_sdk_secretsmanager::Client::new(&cfg),
                 settings.secret_prefix.clone(),
@@ -76,6 +82,15 @@ impl Stack {
             auth_cache: Default::default(),
         })
     }
+}
+
+/// An S3 client; emulated S3 on 127.0.0.1 needs path-style addressing.
+pub fn s3_client(cfg: &aws_config::SdkConfig, path_style: bool) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(cfg)
+            .force_path_style(path_style)
+            .build(),
+    )
 }
 
 /// JSON log lines on stderr (CloudWatch reads them), filtered by `WEFT_LOG`.

@@ -11,6 +11,8 @@ use crate::orchestrator::stepfunctions::FunctionNames;
 pub struct AwsSettings {
     /// `WEFT_TABLE`: the DynamoDB table.
     pub table: String,
+    /// `WEFT_BUCKET`: where records too large for DynamoDB go.
+    pub bucket: Option<String>,
     /// `WEFT_SECRET_PREFIX`: the stack's path in Secrets Manager.
     pub secret_prefix: String,
     /// `WEFT_STATE_MACHINE_ARN`: the DAG driver (the API function starts it).
@@ -44,6 +46,7 @@ impl AwsSettings {
         }
         Ok(Self {
             table: var("WEFT_TABLE").context("WEFT_TABLE is not set")?,
+            bucket: var("WEFT_BUCKET"),
             secret_prefix: var("WEFT_SECRET_PREFIX").unwrap_or_else(|| "weft/".into()),
             state_machine_arn: var("WEFT_STATE_MACHINE_ARN"),
             step_functions,

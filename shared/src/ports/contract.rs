@@ -54,6 +54,7 @@ pub async fn run_all(s: Stores) {
     workflows_are_versioned_and_isolated(&s).await;
     workflow_pages_visit_each_once(&s).await;
     runs_use_conditional_writes(&s).await;
+    large_records_round_trip(&s).await;
     runs_list_newest_first_with_filters(&s).await;
     idempotency_keys_are_scoped(&s).await;
     logs_page_in_order(&s).await;
@@ -587,6 +588,58 @@ async fn runs_use_conditional_writes(s: &Stores) {
             .await,
         Err(StoreError::Conflict(_))
     ));
+}
+
+/// A 1 MB step output and a large run input (past DynamoDB's item limit)
+/// read back whole, through every read path, and shrink back again.
+async fn large_records_round_trip(s: &Stores) {
+    let w = ws();
+    let mut r = run(&w, "wf_big");
+    r.input = json!({"text": "i".repeat(500 * 1024)});
+    s.runs.create_run(&r, None).await.unwrap();
+    let mut step = StepRecord::new("fetch", "http");
+    step.status = StepStatus::Succeeded;
+    step.output = Some(json!({"body": "x".repeat(1024 * 1024)}));
+    r.revision = 2;
+    r.output = step.output.clone();
+    s.runs
+        .save_run(&RunWrite {
+            run: r.clone(),
+            steps: vec![step.clone()],
+            logs: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.runs.get_run(&w, &r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(
+        s.runs.get_steps(&w, &r.id).await.unwrap(),
+        vec![step.clone()]
+    );
+    let (run, steps) = s.runs.load_run(&w, &r.id).await.unwrap().unwrap();
+    assert_eq!((run, steps), (r.clone(), vec![step.clone()]));
+    let listed = s
+        .runs
+        .list_runs(&w, &RunFilter::default(), &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(listed.items, vec![r.clone()]);
+    // Small again: the stored record is small again too.
+    r.revision = 3;
+    r.input = json!({});
+    r.output = None;
+    step.output = Some(json!({"body": "small"}));
+    s.runs
+        .save_run(&RunWrite {
+            run: r.clone(),
+            steps: vec![step.clone()],
+            logs: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        s.runs.load_run(&w, &r.id).await.unwrap(),
+        Some((r, vec![step]))
+    );
 }
 
 async fn runs_list_newest_first_with_filters(s: &Stores) {

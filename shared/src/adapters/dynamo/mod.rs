@@ -5,6 +5,7 @@
 //! over as many partitions as it has runs. Records are stored as JSON in
 //! `data`, next to the attributes that keys and conditions need.
 
+mod payloads;
 mod runs;
 mod tenants;
 mod tokens;
@@ -17,6 +18,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 
+pub use payloads::INLINE_MAX_BYTES;
+
 use crate::ports::{StoreError, StoreResult};
 
 /// Implements the store ports on one DynamoDB table.
@@ -24,6 +27,7 @@ use crate::ports::{StoreError, StoreResult};
 pub struct DynamoStore {
     client: Client,
     table: String,
+    payloads: Option<payloads::Payloads>,
 }
 
 impl DynamoStore {
@@ -72,6 +76,7 @@ impl DynamoStore {
         Self {
             client,
             table: table.into(),
+            payloads: None,
         }
     }
 }

@@ -17,9 +17,9 @@ use crate::ports::{
 /// Most items in one DynamoDB transaction.
 const MAX_TRANSACTION_ITEMS: usize = 100;
 
-fn run_attrs(run: &RunRecord) -> StoreResult<Item> {
+async fn run_attrs(st: &DynamoStore, run: &RunRecord) -> StoreResult<Item> {
     let mut item = key(run_pk(&run.workspace_id, &run.id), "RUN");
-    item.insert("data".into(), s(serde_json::to_string(run)?));
+    st.set_data(&mut item, serde_json::to_string(run)?).await?;
     item.insert("revision".into(), n(run.revision));
     item.insert("status".into(), s(run.status.as_str()));
     item.insert("workflow_id".into(), s(run.workflow_id.as_str()));
@@ -28,12 +28,14 @@ fn run_attrs(run: &RunRecord) -> StoreResult<Item> {
     Ok(item)
 }
 
-fn step_item(run: &RunRecord, st: &StepRecord) -> StoreResult<Item> {
+async fn step_item(store: &DynamoStore, run: &RunRecord, st: &StepRecord) -> StoreResult<Item> {
     let mut item = key(
         run_pk(&run.workspace_id, &run.id),
         format!("STEP#{}", st.key),
     );
-    item.insert("data".into(), s(serde_json::to_string(st)?));
+    store
+        .set_data(&mut item, serde_json::to_string(st)?)
+        .await?;
     Ok(item)
 }
 
@@ -82,7 +84,7 @@ impl RunStore for DynamoStore {
         let put_run = build(
             Put::builder()
                 .table_name(&self.table)
-                .set_item(Some(run_attrs(run)?))
+                .set_item(Some(run_attrs(self, run).await?))
                 .condition_expression("attribute_not_exists(pk)")
                 .build(),
         )?;
@@ -143,19 +145,18 @@ impl RunStore for DynamoStore {
     }
 
     async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
-        self.get(key(run_pk(ws, id), "RUN"))
-            .await?
-            .as_ref()
-            .map(data)
-            .transpose()
+        match self.get(key(run_pk(ws, id), "RUN")).await? {
+            Some(item) => Ok(Some(self.read_data(&item).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
-        self.query_between(run_pk(ws, id), "STEP#", "STEP$")
-            .await?
-            .iter()
-            .map(data)
-            .collect()
+        let mut steps = Vec::new();
+        for item in self.query_between(run_pk(ws, id), "STEP#", "STEP$").await? {
+            steps.push(self.read_data(&item).await?);
+        }
+        Ok(steps)
     }
 
     async fn load_run(
@@ -169,9 +170,9 @@ impl RunStore for DynamoStore {
         let mut steps = Vec::new();
         for item in &items {
             if get_s(item, "sk")? == "RUN" {
-                run = Some(data::<RunRecord>(item)?);
+                run = Some(self.read_data::<RunRecord>(item).await?);
             } else if get_s(item, "sk")?.starts_with("STEP#") {
-                steps.push(data(item)?);
+                steps.push(self.read_data(item).await?);
             }
         }
         Ok(run.map(|r| (r, steps)))
@@ -222,7 +223,7 @@ impl RunStore for DynamoStore {
             }
             let out = q.send().await.map_err(sdk)?;
             for item in out.items() {
-                runs.push(data(item)?);
+                runs.push(self.read_data(item).await?);
             }
             match out.last_evaluated_key {
                 Some(k) if runs.len() < want => start = Some(k),
@@ -234,18 +235,27 @@ impl RunStore for DynamoStore {
 
     async fn save_run(&self, w: &RunWrite) -> StoreResult<()> {
         let run = &w.run;
-        let item = run_attrs(run)?;
+        let item = run_attrs(self, run).await?;
+        // The record is inline (`data`) or in S3 (`data_ref`); the other
+        // attribute goes.
+        let (set, drop, value) = match (item.get("data"), item.get("data_ref")) {
+            (Some(d), _) => ("#d", "data_ref", d.clone()),
+            (None, Some(r)) => ("data_ref", "#d", r.clone()),
+            (None, None) => return Err(StoreError::Unavailable("the run item has no data".into())),
+        };
         let update = build(
             Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(key(run_pk(&run.workspace_id, &run.id), "RUN")))
-                .update_expression("SET #d = :d, revision = :rev, #st = :st")
+                .update_expression(format!(
+                    "SET {set} = :d, revision = :rev, #st = :st REMOVE {drop}"
+                ))
                 .condition_expression("revision = :prev")
                 .expression_attribute_names("#d", "data")
                 .expression_attribute_names("#st", "status")
                 .set_expression_attribute_values(Some(
                     [
-                        (":d".to_owned(), item["data"].clone()),
+                        (":d".to_owned(), value),
                         (":rev".to_owned(), n(run.revision)),
                         (":st".to_owned(), s(run.status.as_str())),
                         (":prev".to_owned(), n(run.revision.saturating_sub(1))),
@@ -256,7 +266,7 @@ impl RunStore for DynamoStore {
         )?;
         let mut others = Vec::new();
         for st in &w.steps {
-            others.push(step_item(run, st)?);
+            others.push(step_item(self, run, st).await?);
         }
         for (i, l) in w.logs.iter().enumerate() {
             others.push(log_item(run, i, l)?);

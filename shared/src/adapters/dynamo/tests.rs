@@ -74,7 +74,13 @@ async fn passes_the_store_contract_on_emulated_aws() {
     let ddb = aws_sdk_dynamodb::Client::new(&cfg);
     let table = format!("weft-test-{}", ulid::Ulid::new().to_string().to_lowercase());
     create_table(&ddb, &table).await.expect("table");
-    let store = Arc::new(DynamoStore::new(ddb, table));
+    let s3 = crate::aws::s3_client(&cfg, true);
+    s3.create_bucket()
+        .bucket(&table)
+        .send()
+        .await
+        .expect("bucket");
+    let store = Arc::new(DynamoStore::new(ddb, table.clone()).with_payloads(s3, table));
     let secrets = Arc::new(SecretsManagerStore::new(
         aws_sdk_secretsmanager::Client::new(&cfg),
         format!(
