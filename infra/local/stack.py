@@ -258,10 +258,29 @@ def main():
     os.environ["MOTO_PORT"] = str(args.port)
     from moto.core.config import default_user_config
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    from usage_meter import Meter
+
+    class MeteredServer(ThreadedMotoServer):
+        """moto's server with every request metered (GET /_weft/usage)."""
+
+        def _server_entry(self):
+            app = Meter(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(
+                self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
 
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
     forward_invocations(args.lambda_port, timeout=960)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    server = MeteredServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
 
     tpl = template()

@@ -1,0 +1,246 @@
+"""What one run of the reference workflow costs on AWS, measured on the
+emulated stack: runs infra/local/reference-workflow.json (10 steps:
+transforms, conditions, HTTP calls) and reports per run the state
+transitions (from each execution's history), Lambda invocations and
+duration, DynamoDB request units, S3/SQS/Secrets Manager requests, and the
+list price of 1M such runs. Also the zipped arm64 size of each function,
+when `cargo lambda build --release --arm64 --output-format zip` has made them.
+
+Usage: infra/local/measure [--runs N] (starts its own stack), or
+measure.py --ready-file F against a running infra/local/up.
+"""
+
+import argparse
+import http.server
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# us-east-1 list prices (USD), arm64 functions at the template's 256 MB.
+PRICE = {
+    "transition": 0.025 / 1000,
+    "lambda_request": 0.20 / 1e6,
+    "lambda_gb_second": 0.0000133334,
+    "dynamodb_write_unit": 0.625 / 1e6,
+    "dynamodb_read_unit": 0.125 / 1e6,
+    "s3_put": 0.005 / 1000,
+    "s3_get": 0.0004 / 1000,
+    "sqs_request": 0.40 / 1e6,
+    "secretsmanager_request": 0.05 / 10000,
+    "http_api_request": 1.00 / 1e6,
+}
+MEMORY_GB = 256 / 1024
+TARGET_TRANSITIONS_PER_STEP = 1.5
+TARGET_USD_PER_MILLION = 60.0
+TARGET_ZIP_BYTES = 5 * 1024 * 1024
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    """The reference workflow's HTTP calls land here."""
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        out = json.dumps({"json": json.loads(body or b"null")}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *_):
+        pass
+
+
+def api(base, key, method, path, body=None):
+    req = urllib.request.Request(
+        base + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def meter(endpoint, reset=False):
+    req = urllib.request.Request(
+        endpoint + "/_weft/usage" + ("/reset" if reset else ""),
+        method="POST" if reset else "GET",
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def transitions(sfn, arn):
+    n, token = 0, None
+    while True:
+        kw = {"executionArn": arn, "maxResults": 1000}
+        if token:
+            kw["nextToken"] = token
+        out = sfn.get_execution_history(**kw)
+        n += sum(1 for e in out["events"] if e["type"].endswith("StateEntered"))
+        token = out.get("nextToken")
+        if not token:
+            return n
+
+
+def zip_sizes():
+    sizes = {}
+    for z in sorted((ROOT / "target" / "lambda").glob("*/bootstrap.zip")):
+        sizes[z.parent.name] = z.stat().st_size
+    return sizes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ready-file", required=True)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    ready = json.loads(Path(args.ready_file).read_text())
+    base, key, endpoint = ready["api_url"], ready["api_key"], ready["aws_endpoint"]
+    sfn = boto3.client(
+        "stepfunctions",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    machine = ready["state_machine_arn"]
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    target = f"http://127.0.0.1:{upstream.server_address[1]}"
+
+    definition = json.loads((Path(__file__).parent / "reference-workflow.json").read_text())
+    status, body = api(base, key, "POST", "/v1/workflows", definition)
+    if status not in (201, 409):
+        raise SystemExit(f"creating the reference workflow: {status} {body}")
+
+    def run_once(i):
+        amount = [50, 500, 5000][i % 3]
+        inp = {"base": target, "email": f"Customer{i}@Example.com", "amount": amount}
+        status, body = api(base, key, "POST", "/v1/workflows/reference/runs", {"input": inp})
+        if status != 202:
+            raise SystemExit(f"starting a run: {status} {body}")
+        run_id = body["run_id"]
+        arn = machine.replace(":stateMachine:", ":execution:") + ":" + run_id
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if sfn.describe_execution(executionArn=arn)["status"] != "RUNNING":
+                    return run_id, arn
+            except sfn.exceptions.ExecutionDoesNotExist:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"run {run_id} did not finish in 2 minutes")
+
+    run_once(0)  # cold starts out of the way
+    meter(endpoint, reset=True)
+    runs = [run_once(i) for i in range(args.runs)]
+    usage = meter(endpoint)
+    n = len(runs)
+
+    steps = trans = 0
+    for run_id, arn in runs:
+        status, view = api(base, key, "GET", f"/v1/runs/{run_id}")
+        if view["status"] != "COMPLETED":
+            raise SystemExit(f"run {run_id} ended {view['status']}: {view.get('error')}")
+        steps += sum(1 for s in view["steps"] if s["status"] in ("succeeded", "failed"))
+        trans += transitions(sfn, arn)
+
+    c = usage["counts"]
+    per = lambda v: v / n  # noqa: E731
+    invocations = {k.split(".", 2)[2]: per(v) for k, v in c.items() if k.startswith("lambda.invocations.")}
+    lambda_s = {k: per(v) / 1000 for k, v in usage["lambda_ms"].items()}
+    # The API function's start request is served outside the emulator's
+    # Lambda: one invocation per run, counted here at the plan's mean time.
+    mean_s = sum(lambda_s.values()) / max(1, sum(invocations.values()))
+    invocations["weft-api"] = invocations.get("weft-api", 0) + 1
+    lambda_s["weft-api"] = lambda_s.get("weft-api", 0) + mean_s
+    fig = {
+        "runs": n,
+        "executed_steps": per(steps),
+        "state_transitions": per(trans),
+        "transitions_per_step": trans / max(1, steps),
+        "lambda_invocations": invocations,
+        "lambda_seconds": lambda_s,
+        "dynamodb_read_units": per(c.get("dynamodb.read_units", 0)),
+        "dynamodb_write_units": per(c.get("dynamodb.write_units", 0)),
+        "dynamodb_requests": per(c.get("dynamodb.requests", 0)),
+        "s3_put_requests": per(c.get("s3.put_requests", 0)),
+        "s3_get_requests": per(c.get("s3.get_requests", 0)),
+        "sqs_requests": per(c.get("sqs.requests", 0)),
+        "secretsmanager_requests": per(c.get("secretsmanager.requests", 0)),
+    }
+    cost = {
+        "step_functions": fig["state_transitions"] * PRICE["transition"],
+        "lambda_requests": sum(invocations.values()) * PRICE["lambda_request"],
+        "lambda_duration": sum(lambda_s.values()) * MEMORY_GB * PRICE["lambda_gb_second"],
+        "dynamodb": fig["dynamodb_read_units"] * PRICE["dynamodb_read_unit"]
+        + fig["dynamodb_write_units"] * PRICE["dynamodb_write_unit"],
+        "s3": fig["s3_put_requests"] * PRICE["s3_put"] + fig["s3_get_requests"] * PRICE["s3_get"],
+        "sqs": fig["sqs_requests"] * PRICE["sqs_request"],
+        "secrets_manager": fig["secretsmanager_requests"] * PRICE["secretsmanager_request"],
+        "http_api": PRICE["http_api_request"],
+    }
+    per_million = {k: v * 1e6 for k, v in cost.items()}
+    total = sum(per_million.values())
+    fig["usd_per_million_runs"] = per_million
+    fig["usd_per_million_runs_total"] = total
+    fig["zip_bytes"] = zip_sizes()
+
+    ok = lambda good: "ok" if good else "MISS"  # noqa: E731
+    print(f"\nReference workflow on emulated AWS: {n} runs (after one warm-up)")
+    print(f"  executed steps per run        {fig['executed_steps']:.1f}")
+    print(
+        f"  state transitions per run     {fig['state_transitions']:.1f}"
+        f"  ({fig['transitions_per_step']:.2f} per executed step; target <= "
+        f"{TARGET_TRANSITIONS_PER_STEP}: {ok(fig['transitions_per_step'] <= TARGET_TRANSITIONS_PER_STEP)})"
+    )
+    for name in sorted(invocations):
+        print(
+            f"  lambda {name:<16} {invocations[name]:.1f} invocations, "
+            f"{lambda_s.get(name, 0) * 1000:.0f} ms"
+        )
+    print(
+        f"  dynamodb                      {fig['dynamodb_requests']:.1f} requests, "
+        f"{fig['dynamodb_read_units']:.1f} read units, {fig['dynamodb_write_units']:.1f} write units"
+    )
+    print(
+        f"  s3 / sqs / secrets manager    {fig['s3_put_requests'] + fig['s3_get_requests']:.1f}"
+        f" / {fig['sqs_requests']:.1f} / {fig['secretsmanager_requests']:.1f} requests"
+    )
+    print("  list price per 1M runs (USD):")
+    for k, v in per_million.items():
+        print(f"    {k:<18} {v:9.2f}")
+    print(
+        f"    {'total':<18} {total:9.2f}  (target <= {TARGET_USD_PER_MILLION:.0f}: "
+        f"{ok(total <= TARGET_USD_PER_MILLION)})"
+    )
+    if fig["zip_bytes"]:
+        print("  zipped arm64 bootstrap (target <= 5 MB):")
+        for name, size in fig["zip_bytes"].items():
+            print(f"    {name:<18} {size / 1e6:6.2f} MB  {ok(size <= TARGET_ZIP_BYTES)}")
+    else:
+        print("  zipped sizes: none built (cargo lambda build --release --arm64 --output-format zip)")
+    print(
+        "  Lambda durations are wall times of debug builds behind the emulator:"
+        " an upper bound of release builds on Lambda."
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(fig, indent=2))
+    upstream.shutdown()
+
+
+if __name__ == "__main__":
+    main()

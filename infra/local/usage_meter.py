@@ -1,0 +1,144 @@
+"""Counts what a stack on emulated AWS asks of each service, the way AWS
+bills it: DynamoDB read/write request units (from the sizes of the items
+read and written), S3, SQS and Secrets Manager requests, Step Functions API
+calls, and Lambda invocations with their duration.
+
+stack.py wraps moto's server with `Meter`; `GET /_weft/usage` answers the
+counts since the last `POST /_weft/usage/reset`.
+"""
+
+import collections
+import io
+import json
+import math
+import threading
+import time
+import urllib.parse
+
+
+def _size(v):
+    """An item's size, near enough: its JSON (DynamoDB counts attribute
+    names and values; the type tags make this a slight overestimate)."""
+    return len(json.dumps(v, separators=(",", ":")).encode()) if v else 0
+
+
+def _wru(n):
+    return max(1, math.ceil(n / 1024))
+
+
+def _rru(n, consistent):
+    units = max(1, math.ceil(n / 4096))
+    return units if consistent else units / 2
+
+
+def dynamodb_units(op, req, resp):
+    """(read units, write units) of one DynamoDB request."""
+    r = w = 0.0
+    if op == "PutItem":
+        w = _wru(_size(req.get("Item")))
+    elif op == "UpdateItem":
+        w = _wru(_size(req.get("Key")) + _size(req.get("ExpressionAttributeValues")))
+    elif op == "DeleteItem":
+        w = _wru(_size(resp.get("Attributes")) or _size(req.get("Key")))
+    elif op == "BatchWriteItem":
+        for reqs in req.get("RequestItems", {}).values():
+            for x in reqs:
+                w += _wru(_size(x.get("PutRequest", {}).get("Item") or x.get("DeleteRequest")))
+    elif op == "TransactWriteItems":
+        for x in req.get("TransactItems", []):
+            for kind, body in x.items():
+                size = _size(body.get("Item")) or (
+                    _size(body.get("Key")) + _size(body.get("ExpressionAttributeValues"))
+                )
+                # Transactions cost twice; a condition check reads.
+                if kind == "ConditionCheck":
+                    r += 2 * _rru(size, True)
+                else:
+                    w += 2 * _wru(size)
+    elif op == "GetItem":
+        r = _rru(_size(resp.get("Item")), req.get("ConsistentRead", False))
+    elif op in ("Query", "Scan"):
+        total = sum(_size(i) for i in resp.get("Items", []))
+        r = _rru(total, req.get("ConsistentRead", False))
+    elif op == "TransactGetItems":
+        for x in resp.get("Responses", []):
+            r += 2 * _rru(_size(x.get("Item")), True)
+    return r, w
+
+
+class Meter:
+    """WSGI middleware around moto's server."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        self.counts = collections.Counter()
+        self.lambda_ms = collections.Counter()
+
+    def snapshot(self):
+        with self.lock:
+            return {"counts": dict(self.counts), "lambda_ms": dict(self.lambda_ms)}
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_weft/usage"):
+            if environ["REQUEST_METHOD"] == "POST":
+                with self.lock:
+                    self.reset()
+            body = json.dumps(self.snapshot()).encode()
+            start_response("200 OK", [("content-type", "application/json")])
+            return [body]
+
+        # Read the body once and hand moto a copy (chunked bodies included).
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            raw = environ["wsgi.input"].read(int(length))
+        elif environ.get("wsgi.input_terminated"):
+            raw = environ["wsgi.input"].read()
+        else:
+            raw = b""
+        environ["wsgi.input"] = io.BytesIO(raw)
+        status = {}
+
+        def capture(st, headers, exc_info=None):
+            status["code"] = st
+            return start_response(st, headers, exc_info)
+
+        started = time.monotonic()
+        out = b"".join(self.app(environ, capture))
+        elapsed_ms = (time.monotonic() - started) * 1000
+        try:
+            self.count(environ, path, raw, out, elapsed_ms)
+        except Exception as e:  # metering must never break a request
+            print(f"usage_meter: {e}", flush=True)
+        return [out]
+
+    def count(self, environ, path, raw, out, elapsed_ms):
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        with self.lock:
+            if target.startswith("DynamoDB_"):
+                op = target.split(".", 1)[1]
+                req = json.loads(raw or b"{}")
+                resp = json.loads(out or b"{}")
+                r, w = dynamodb_units(op, req, resp)
+                self.counts["dynamodb.requests"] += 1
+                self.counts["dynamodb.read_units"] += r
+                self.counts["dynamodb.write_units"] += w
+            elif path.startswith("/2015-03-31/functions/") and path.endswith("/invocations"):
+                # A name or an ARN (…:function:NAME).
+                name = urllib.parse.unquote(path.split("/")[3]).rsplit(":function:", 1)[-1]
+                self.counts[f"lambda.invocations.{name}"] += 1
+                self.lambda_ms[name] += elapsed_ms
+            elif target.startswith("AWSStepFunctions."):
+                self.counts["stepfunctions.api." + target.split(".", 1)[1]] += 1
+            elif target.startswith("secretsmanager."):
+                self.counts["secretsmanager.requests"] += 1
+            elif "/s3/aws4_request" in auth:
+                kind = "get" if environ["REQUEST_METHOD"] in ("GET", "HEAD") else "put"
+                self.counts[f"s3.{kind}_requests"] += 1
+            elif "/sqs/aws4_request" in auth:
+                self.counts["sqs.requests"] += 1
