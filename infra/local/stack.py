@@ -366,6 +366,7 @@ def main():
         "api_key": answer["api_key"],
         "workspace_id": answer["workspace_id"],
         "aws_endpoint": endpoint,
+        "lambda_port": args.lambda_port,
         "state_machine_arn": names["state_machine_arn"],
         "table": names["table"],
     }

@@ -107,3 +107,6 @@ pub fn init_logs() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+#[cfg(test)]
+mod events_tests;

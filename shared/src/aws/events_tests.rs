@@ -1,0 +1,38 @@
+//! The sample events in events/ are what the functions take: each parses
+//! as its function's event type (the API's are checked in functions/api).
+
+use std::path::Path;
+
+use super::{AdminRequest, StepPayload};
+use crate::orchestrator::stepfunctions::PlanRequest;
+
+#[test]
+fn sample_events_parse_as_their_functions_take_them() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../events");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let parsed = if name.starts_with("plan-") {
+            serde_json::from_str::<PlanRequest>(&text).map(drop)
+        } else if let Some(rest) = name.strip_prefix("step-") {
+            serde_json::from_str::<StepPayload>(&text).map(|call| {
+                assert!(
+                    rest.starts_with(&call.step_type),
+                    "{name}: a {} step",
+                    call.step_type
+                )
+            })
+        } else if name.starts_with("admin-") {
+            serde_json::from_str::<AdminRequest>(&text).map(drop)
+        } else if name.starts_with("api-") {
+            continue;
+        } else {
+            panic!("events/{name}: name it after the function that takes it");
+        };
+        parsed.unwrap_or_else(|e| panic!("events/{name}: {e}"));
+        checked += 1;
+    }
+    assert!(checked >= 7, "only {checked} sample events");
+}
