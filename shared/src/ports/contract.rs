@@ -564,14 +564,7 @@ async fn runs_use_conditional_writes(s: &Stores) {
     // Writing a step again replaces it.
     step.output = Some(json!({"ok": false}));
     r.revision = 3;
-    s.runs
-        .save_run(&RunWrite {
-            run: r.clone(),
-            steps: vec![step.clone()],
-            logs: vec![],
-        })
-        .await
-        .unwrap();
+    save(s, &r, vec![step.clone()]).await.unwrap();
     assert_eq!(s.runs.get_steps(&w, &r.id).await.unwrap(), vec![step]);
 
     // A run in another workspace with a guessed id cannot be written.
@@ -579,15 +572,20 @@ async fn runs_use_conditional_writes(s: &Stores) {
     foreign.workspace_id = ws();
     foreign.revision = 4;
     assert!(matches!(
-        s.runs
-            .save_run(&RunWrite {
-                run: foreign,
-                steps: vec![],
-                logs: vec![]
-            })
-            .await,
+        save(s, &foreign, vec![]).await,
         Err(StoreError::Conflict(_))
     ));
+}
+
+/// Saves the run at its revision with these steps and no log lines.
+async fn save(s: &Stores, run: &RunRecord, steps: Vec<StepRecord>) -> StoreResult<()> {
+    s.runs
+        .save_run(&RunWrite {
+            run: run.clone(),
+            steps,
+            logs: vec![],
+        })
+        .await
 }
 
 /// A 1 MB step output and a large run input (past DynamoDB's item limit)
@@ -602,14 +600,7 @@ async fn large_records_round_trip(s: &Stores) {
     step.output = Some(json!({"body": "x".repeat(1024 * 1024)}));
     r.revision = 2;
     r.output = step.output.clone();
-    s.runs
-        .save_run(&RunWrite {
-            run: r.clone(),
-            steps: vec![step.clone()],
-            logs: vec![],
-        })
-        .await
-        .unwrap();
+    save(s, &r, vec![step.clone()]).await.unwrap();
     assert_eq!(s.runs.get_run(&w, &r.id).await.unwrap(), Some(r.clone()));
     assert_eq!(
         s.runs.get_steps(&w, &r.id).await.unwrap(),
@@ -628,14 +619,7 @@ async fn large_records_round_trip(s: &Stores) {
     r.input = json!({});
     r.output = None;
     step.output = Some(json!({"body": "small"}));
-    s.runs
-        .save_run(&RunWrite {
-            run: r.clone(),
-            steps: vec![step.clone()],
-            logs: vec![],
-        })
-        .await
-        .unwrap();
+    save(s, &r, vec![step.clone()]).await.unwrap();
     assert_eq!(
         s.runs.load_run(&w, &r.id).await.unwrap(),
         Some((r, vec![step]))

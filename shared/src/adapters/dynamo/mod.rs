@@ -72,6 +72,20 @@ impl DynamoStore {
         }
     }
 
+    /// Writes an item; with `only_new`, only if no item has its key.
+    async fn put(&self, item: Item, only_new: bool) -> StoreResult<()> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        if only_new {
+            req = req.condition_expression("attribute_not_exists(pk)");
+        }
+        req.send().await.map_err(sdk)?;
+        Ok(())
+    }
+
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,

@@ -89,14 +89,7 @@ impl RunStore for DynamoStore {
                 .build(),
         )?;
         let Some(claim) = claim else {
-            self.client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(put_run.item))
-                .condition_expression("attribute_not_exists(pk)")
-                .send()
-                .await
-                .map_err(sdk)?;
+            self.put(put_run.item, true).await?;
             return Ok(CreateRun::Created);
         };
         let idem_key = key(format!("{}#IDEM#{}", run.workspace_id, claim.key), "IDEM");

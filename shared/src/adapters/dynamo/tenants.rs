@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{DynamoStore, data, key, s, sdk};
+use super::{DynamoStore, data, key, s};
 use crate::domain::{ApiKeyRecord, Workspace, WorkspaceId, WorkspaceSettings};
 use crate::ports::{ApiKeyStore, SettingsStore, StoreResult, WorkspaceStore};
 
@@ -28,16 +28,7 @@ impl DynamoStore {
     ) -> StoreResult<()> {
         let mut item = key(pk, sk);
         item.insert("data".into(), s(serde_json::to_string(value)?));
-        let mut req = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item));
-        if only_new {
-            req = req.condition_expression("attribute_not_exists(pk)");
-        }
-        req.send().await.map_err(sdk)?;
-        Ok(())
+        self.put(item, only_new).await
     }
 }
 

@@ -25,14 +25,7 @@ impl DynamoStore {
             "ttl".into(),
             n(chrono::Utc::now().timestamp().saturating_add(ttl_secs)),
         );
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(sdk)?;
-        Ok(())
+        self.put(item, false).await
     }
 
     /// Takes the parked token, if any: only one taker gets it.

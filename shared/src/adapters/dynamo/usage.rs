@@ -306,13 +306,6 @@ impl ResultCache for DynamoStore {
         item.insert("value".into(), s(value.to_string()));
         item.insert("expires_at".into(), s(super::ts(expires_at)));
         item.insert("ttl".into(), n(expires_at.timestamp()));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(sdk)?;
-        Ok(())
+        self.put(item, false).await
     }
 }
