@@ -16,7 +16,7 @@ use crate::adapters::sqlite::{MasterKey, SqliteStore};
 use crate::app::{App, DefinitionCache};
 use crate::domain::WorkspaceId;
 use crate::orchestrator::Embedded;
-use crate::ports::{SecretStore, StepExecutor};
+use crate::ports::{StepExecutor, StoreSet};
 
 pub struct Platform {
     pub app: Arc<App>,
@@ -59,25 +59,15 @@ impl Platform {
             store = store.with_master_key(k.clone());
         }
         let shared = Arc::new(store.clone());
+        let stores = StoreSet::from_one(shared.clone());
         let definitions = Arc::new(DefinitionCache::default());
         let orchestrator = Arc::new(Embedded::new(
             shared.clone(),
             shared.clone(),
             definitions.clone(),
-            executors(&config, shared.clone())?,
+            executors(&config, &stores)?,
         ));
-        let app = Arc::new(App {
-            workspaces: shared.clone(),
-            api_keys: shared.clone(),
-            workflows: shared.clone(),
-            runs: shared.clone(),
-            secrets: shared.clone(),
-            settings: shared.clone(),
-            usage: shared.clone(),
-            driver: orchestrator.clone(),
-            definitions,
-            auth_cache: Default::default(),
-        });
+        let app = Arc::new(App::new(stores, orchestrator.clone(), definitions));
         let resumed = orchestrator
             .resume_all(shared.as_ref())
             .await
@@ -141,14 +131,10 @@ impl Platform {
 
 fn executors(
     config: &PlatformConfig,
-    store: Arc<SqliteStore>,
+    stores: &StoreSet,
 ) -> anyhow::Result<HashMap<String, Arc<dyn StepExecutor>>> {
-    let secrets: Arc<dyn SecretStore> = store.clone();
-    let spending = Spending {
-        settings: store.clone(),
-        usage: store.clone(),
-        cache: store,
-    };
+    let secrets = stores.secrets.clone();
+    let spending = Spending::from_stores(stores);
     let mut map: HashMap<String, Arc<dyn StepExecutor>> = HashMap::new();
     map.insert(
         "http".into(),

@@ -20,8 +20,8 @@ pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
 pub use tenants::{add_owner_key, create_workspace};
 
 use crate::ports::{
-    ApiKeyStore, RunDriver, RunStore, SecretStore, SettingsStore, UsageStore, WorkflowStore,
-    WorkspaceStore,
+    ApiKeyStore, RunDriver, RunStore, SecretStore, SettingsStore, StoreSet, UsageStore,
+    WorkflowStore, WorkspaceStore,
 };
 
 pub struct App {
@@ -35,4 +35,26 @@ pub struct App {
     pub driver: Arc<dyn RunDriver>,
     pub definitions: Arc<DefinitionCache>,
     pub auth_cache: AuthCache,
+}
+
+impl App {
+    /// The application on these stores, telling `driver` about runs.
+    pub fn new(
+        stores: StoreSet,
+        driver: Arc<dyn RunDriver>,
+        definitions: Arc<DefinitionCache>,
+    ) -> Self {
+        Self {
+            workspaces: stores.workspaces,
+            api_keys: stores.api_keys,
+            workflows: stores.workflows,
+            runs: stores.runs,
+            secrets: stores.secrets,
+            settings: stores.settings,
+            usage: stores.usage,
+            driver,
+            definitions,
+            auth_cache: Default::default(),
+        }
+    }
 }

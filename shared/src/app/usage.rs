@@ -133,6 +133,18 @@ fn usage_json(u: &Usage) -> serde_json::Map<String, Value> {
     }
 }
 
+/// One report row per group: its usage with the group's key as `name`.
+fn usage_rows<K: serde::Serialize>(groups: &BTreeMap<K, Usage>, name: &str) -> Vec<Value> {
+    groups
+        .iter()
+        .map(|(k, u)| {
+            let mut m = usage_json(u);
+            m.insert(name.into(), json!(k));
+            Value::Object(m)
+        })
+        .collect()
+}
+
 impl App {
     pub async fn get_settings(&self, ws: &WorkspaceId) -> Result<WorkspaceSettings, AppError> {
         Ok(self.settings.get_settings(ws).await?)
@@ -194,22 +206,8 @@ impl App {
             m
         };
         let settings = self.settings.get_settings(ws).await?;
-        let days: Vec<Value> = by_day
-            .iter()
-            .map(|(d, u)| {
-                let mut m = usage_json(u);
-                m.insert("date".into(), json!(d));
-                Value::Object(m)
-            })
-            .collect();
-        let workflows: Vec<Value> = by_workflow
-            .iter()
-            .map(|(w, u)| {
-                let mut m = usage_json(u);
-                m.insert("workflow_id".into(), json!(w));
-                Value::Object(m)
-            })
-            .collect();
+        let days = usage_rows(&by_day, "date");
+        let workflows = usage_rows(&by_workflow, "workflow_id");
         Ok(json!({
             "from": from,
             "to": to,

@@ -30,23 +30,8 @@ pub enum AdminRequest {
 impl Stack {
     /// The plan function: the state machine's Plan, RecordFailure and park.
     pub async fn plan(&self, req: PlanRequest) -> Result<Value, FunctionError> {
-        let (ws, run) = match &req {
-            PlanRequest::Plan {
-                workspace_id,
-                run_id,
-                ..
-            }
-            | PlanRequest::RecordFailure {
-                workspace_id,
-                run_id,
-                ..
-            }
-            | PlanRequest::Park {
-                workspace_id,
-                run_id,
-                ..
-            } => (workspace_id.clone(), run_id.clone()),
-        };
+        let (ws, run) = req.run();
+        let (ws, run) = (ws.clone(), run.clone());
         let span = tracing::info_span!("plan", workspace_id = %ws, run_id = %run);
         async move {
             if let PlanRequest::Park {
@@ -115,11 +100,7 @@ impl Stack {
             self.settings.egress.clone(),
             self.secrets.clone(),
             LlmConfig::from_env()?,
-            Spending {
-                settings: self.store.clone(),
-                usage: self.store.clone(),
-                cache: self.store.clone(),
-            },
+            Spending::from_stores(&self.store_set()),
         )
     }
 

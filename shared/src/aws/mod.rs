@@ -18,6 +18,7 @@ use crate::adapters::dynamo::DynamoStore;
 use crate::adapters::secretsmanager::SecretsManagerStore;
 use crate::app::{App, DefinitionCache};
 use crate::orchestrator::tick::Stores;
+use crate::ports::StoreSet;
 
 /// Everything a function needs, built once per cold start.
 pub struct Stack {
@@ -54,6 +55,12 @@ impl Stack {
         })
     }
 
+    /// Every store port: DynamoDB (with S3 for large records) and Secrets
+    /// Manager.
+    pub fn store_set(&self) -> StoreSet {
+        StoreSet::with_secrets(self.store.clone(), self.secrets.clone())
+    }
+
     pub fn stores(&self) -> Stores<'_> {
         Stores {
             runs: self.store.as_ref(),
@@ -68,19 +75,12 @@ impl Stack {
         let arn = self.settings.state_machine_arn.clone().ok_or_else(|| {
             anyhow::anyhow!("WEFT_STATE_MACHINE_ARN is not set (the API function starts runs)")
         })?;
-        let store = self.store.clone();
-        Ok(App {
-            workspaces: store.clone(),
-            api_keys: store.clone(),
-            workflows: store.clone(),
-            runs: store.clone(),
-            secrets: self.secrets.clone(),
-            settings: store.clone(),
-            usage: store.clone(),
-            driver: Arc::new(StepFunctionsDriver::new(self.sfn.clone(), arn, store)),
-            definitions: self.definitions.clone(),
-            auth_cache: Default::default(),
-        })
+        let driver = StepFunctionsDriver::new(self.sfn.clone(), arn, self.store.clone());
+        Ok(App::new(
+            self.store_set(),
+            Arc::new(driver),
+            self.definitions.clone(),
+        ))
     }
 }
 

@@ -44,6 +44,29 @@ pub enum PlanRequest {
     },
 }
 
+impl PlanRequest {
+    /// The run the request is about.
+    pub fn run(&self) -> (&WorkspaceId, &RunId) {
+        match self {
+            Self::Plan {
+                workspace_id,
+                run_id,
+                ..
+            }
+            | Self::RecordFailure {
+                workspace_id,
+                run_id,
+                ..
+            }
+            | Self::Park {
+                workspace_id,
+                run_id,
+                ..
+            } => (workspace_id, run_id),
+        }
+    }
+}
+
 /// A step to run: the function to invoke and its payload.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Target {

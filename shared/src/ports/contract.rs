@@ -3,8 +3,6 @@
 //! what DynamoDB enforces too: conditional writes, isolation by workspace,
 //! pagination that visits every item once.
 
-use std::sync::Arc;
-
 use chrono::{Duration, Utc};
 use serde_json::json;
 
@@ -12,42 +10,7 @@ use super::*;
 use crate::domain::*;
 
 /// The store ports under test.
-pub struct Stores {
-    pub workspaces: Arc<dyn WorkspaceStore>,
-    pub api_keys: Arc<dyn ApiKeyStore>,
-    pub workflows: Arc<dyn WorkflowStore>,
-    pub runs: Arc<dyn RunStore>,
-    pub secrets: Arc<dyn SecretStore>,
-    pub settings: Arc<dyn SettingsStore>,
-    pub usage: Arc<dyn UsageStore>,
-    pub cache: Arc<dyn ResultCache>,
-}
-
-impl Stores {
-    pub fn from_one<S>(s: Arc<S>) -> Self
-    where
-        S: WorkspaceStore
-            + ApiKeyStore
-            + WorkflowStore
-            + RunStore
-            + SecretStore
-            + SettingsStore
-            + UsageStore
-            + ResultCache
-            + 'static,
-    {
-        Self {
-            workspaces: s.clone(),
-            api_keys: s.clone(),
-            workflows: s.clone(),
-            runs: s.clone(),
-            secrets: s.clone(),
-            settings: s.clone(),
-            usage: s.clone(),
-            cache: s,
-        }
-    }
-}
+pub use super::StoreSet as Stores;
 
 pub async fn run_all(s: Stores) {
     workspaces_and_keys(&s).await;

@@ -5,12 +5,14 @@
 mod driver;
 mod executor;
 mod page;
+mod set;
 mod store;
 mod usage;
 
 pub use driver::{DriverError, RunDriver};
 pub use executor::{StepCall, StepExecutor};
 pub use page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, Page, PageRequest};
+pub use set::StoreSet;
 pub use store::*;
 pub use usage::{ResultCache, SettingsStore, UsageStore};
 

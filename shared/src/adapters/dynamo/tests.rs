@@ -88,15 +88,5 @@ async fn passes_the_store_contract_on_emulated_aws() {
             ulid::Ulid::new().to_string().to_lowercase()
         ),
     ));
-    contract::run_all(contract::Stores {
-        workspaces: store.clone(),
-        api_keys: store.clone(),
-        workflows: store.clone(),
-        runs: store.clone(),
-        secrets,
-        settings: store.clone(),
-        usage: store.clone(),
-        cache: store,
-    })
-    .await;
+    contract::run_all(contract::Stores::with_secrets(store, secrets)).await;
 }

@@ -139,6 +139,16 @@ pub struct Spending {
     pub cache: Arc<dyn ResultCache>,
 }
 
+impl Spending {
+    pub fn from_stores(s: &crate::ports::StoreSet) -> Self {
+        Self {
+            settings: s.settings.clone(),
+            usage: s.usage.clone(),
+            cache: s.cache.clone(),
+        }
+    }
+}
+
 pub struct LlmExecutor {
     client: reqwest::Client,
     policy: Arc<EgressPolicy>,

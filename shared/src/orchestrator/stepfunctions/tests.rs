@@ -13,7 +13,7 @@ use crate::adapters::http::{EgressPolicy, HttpExecutor};
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::{App, DefinitionCache};
 use crate::domain::{RunStatus, WorkflowId};
-use crate::ports::{DriverError, RunDriver};
+use crate::ports::{DriverError, RunDriver, StoreSet};
 
 /// The state machine itself starts nothing in these tests.
 struct Manual;
@@ -46,18 +46,11 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
-        let app = App {
-            workspaces: store.clone(),
-            api_keys: store.clone(),
-            workflows: store.clone(),
-            runs: store.clone(),
-            secrets: store.clone(),
-            settings: store.clone(),
-            usage: store.clone(),
-            driver: Arc::new(Manual),
-            definitions: Arc::new(DefinitionCache::default()),
-            auth_cache: Default::default(),
-        };
+        let app = App::new(
+            StoreSet::from_one(store.clone()),
+            Arc::new(Manual),
+            Arc::new(DefinitionCache::default()),
+        );
         let policy = EgressPolicy::allowing("127.0.0.0/8").unwrap();
         let http = HttpExecutor::new(policy, store.clone()).unwrap();
         Self {

@@ -1,0 +1,64 @@
+//! The bundle of every store port, for wiring and for the contract.
+
+use std::sync::Arc;
+
+use super::*;
+
+/// Every store port, as one deployment provides them.
+#[derive(Clone)]
+pub struct StoreSet {
+    pub workspaces: Arc<dyn WorkspaceStore>,
+    pub api_keys: Arc<dyn ApiKeyStore>,
+    pub workflows: Arc<dyn WorkflowStore>,
+    pub runs: Arc<dyn RunStore>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub settings: Arc<dyn SettingsStore>,
+    pub usage: Arc<dyn UsageStore>,
+    pub cache: Arc<dyn ResultCache>,
+}
+
+/// A database that holds every table (all ports but secrets).
+pub trait Tables:
+    WorkspaceStore
+    + ApiKeyStore
+    + WorkflowStore
+    + RunStore
+    + SettingsStore
+    + UsageStore
+    + ResultCache
+    + 'static
+{
+}
+
+impl<T> Tables for T where
+    T: WorkspaceStore
+        + ApiKeyStore
+        + WorkflowStore
+        + RunStore
+        + SettingsStore
+        + UsageStore
+        + ResultCache
+        + 'static
+{
+}
+
+impl StoreSet {
+    /// The tables from one database, secrets from another store.
+    pub fn with_secrets<S: Tables>(s: Arc<S>, secrets: Arc<dyn SecretStore>) -> Self {
+        Self {
+            workspaces: s.clone(),
+            api_keys: s.clone(),
+            workflows: s.clone(),
+            runs: s.clone(),
+            secrets,
+            settings: s.clone(),
+            usage: s.clone(),
+            cache: s,
+        }
+    }
+
+    /// Everything from one store.
+    pub fn from_one<S: Tables + SecretStore>(s: Arc<S>) -> Self {
+        Self::with_secrets(s.clone(), s)
+    }
+}
