@@ -133,7 +133,10 @@ async fn client_errors_are_permanent_and_timeouts_transient() {
     assert_eq!(attempts(&done, "call").len(), 2, "a timeout is retried");
 
     let run = app
-        .start_run(&wf, json!({"url": format!("{up}/big")}))
+        .start_run(
+            &wf,
+            json!({"url": format!("{up}/bytes/{}", 6 * 1024 * 1024)}),
+        )
         .await;
     let done = app.wait_finished(&run).await;
     assert_eq!(done["error"]["code"], "response_too_large");

@@ -34,7 +34,6 @@ pub async fn spawn() -> String {
         .route("/status/{code}", any(status))
         .route("/slow/{ms}", any(slow))
         .route("/redirect", any(redirect))
-        .route("/big", any(big))
         .route("/bytes/{n}", any(bytes))
         .route("/check-key", any(check_key))
         .route("/reject", any(reject))
@@ -104,13 +103,9 @@ async fn redirect(Query(q): Query<HashMap<String, String>>) -> Response {
     (StatusCode::FOUND, [("location", to)]).into_response()
 }
 
-/// A text body of `n` bytes (at most 5 MB).
+/// A text body of `n` bytes (at most 8 MiB).
 async fn bytes(axum::extract::Path(n): axum::extract::Path<usize>) -> String {
-    "x".repeat(n.min(5 * 1024 * 1024))
-}
-
-async fn big() -> String {
-    "x".repeat(6 * 1024 * 1024)
+    "x".repeat(n.min(8 * 1024 * 1024))
 }
 
 /// Says whether `x-api-key` is the expected test secret, and echoes it back
