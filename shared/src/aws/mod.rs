@@ -84,6 +84,15 @@ impl Stack {
     }
 }
 
+/// The SDK's HTTPS client: rustls on ring (see the workspace Cargo.toml for
+/// why not the SDK's default). Every SDK configuration must be given it.
+pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 /// An S3 client; emulated S3 on 127.0.0.1 needs path-style addressing.
 pub fn s3_client(cfg: &aws_config::SdkConfig, path_style: bool) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(

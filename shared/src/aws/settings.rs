@@ -59,7 +59,8 @@ impl AwsSettings {
     /// The SDK's configuration: the standard chain (the function's role on
     /// AWS), pointed at `endpoint` when one is set.
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(super::https_client());
         if let Some(e) = &self.endpoint {
             loader = loader.endpoint_url(e);
         }
