@@ -3,7 +3,9 @@ emulated stack: runs infra/local/reference-workflow.json (10 steps:
 transforms, conditions, HTTP calls) and reports per run the state
 transitions (from each execution's history), Lambda invocations and
 duration, DynamoDB request units, S3/SQS/Secrets Manager requests, and the
-list price of 1M such runs. Also the zipped arm64 size of each function,
+list price of 1M such runs. A run starts on the Express machine (billed per
+request and duration) and is handed to the Standard one (billed per
+transition) only when it must wait; both are priced as such. Also the zipped arm64 size of each function,
 when `cargo lambda build --release --arm64 --output-format zip` has made them.
 
 Usage: infra/local/measure [--runs N] (starts its own stack), or
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # us-east-1 list prices (USD), arm64 functions at the template's 256 MB.
 PRICE = {
     "transition": 0.025 / 1000,
+    "express_request": 1.00 / 1e6,
+    "express_gb_second": 0.00001667,
     "lambda_request": 0.20 / 1e6,
     "lambda_gb_second": 0.0000133334,
     "dynamodb_write_unit": 0.625 / 1e6,
@@ -36,6 +40,9 @@ PRICE = {
     "http_api_request": 1.00 / 1e6,
 }
 MEMORY_GB = 256 / 1024
+# An Express execution's memory is billed in 64 MB steps; the DAG driver's
+# state (ids and one step's call) stays in the first.
+EXPRESS_MEMORY_GB = 64 / 1024
 TARGET_TRANSITIONS_PER_STEP = 1.5
 TARGET_USD_PER_MILLION = 60.0
 TARGET_ZIP_BYTES = 5 * 1024 * 1024
@@ -115,7 +122,26 @@ def main():
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    machine = ready["state_machine_arn"]
+    start = ready["state_machine_arn"]  # Express: every run starts here
+    standard = [a for a in ready["state_machines"].values() if a != start]
+
+    def execution(machine, name):
+        return machine.replace(":stateMachine:", ":execution:") + ":" + name
+
+    def finished(arn, wait):
+        """The execution's description once it ended (None if it never
+        started and `wait` is False)."""
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                d = sfn.describe_execution(executionArn=arn)
+                if d["status"] != "RUNNING":
+                    return d
+            except sfn.exceptions.ExecutionDoesNotExist:
+                if not wait:
+                    return None
+            time.sleep(0.1)
+        raise SystemExit(f"{arn} did not finish in 2 minutes")
 
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
@@ -133,16 +159,9 @@ def main():
         if status != 202:
             raise SystemExit(f"starting a run: {status} {body}")
         run_id = body["run_id"]
-        arn = machine.replace(":stateMachine:", ":execution:") + ":" + run_id
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if sfn.describe_execution(executionArn=arn)["status"] != "RUNNING":
-                    return run_id, arn
-            except sfn.exceptions.ExecutionDoesNotExist:
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"run {run_id} did not finish in 2 minutes")
+        fast = finished(execution(start, run_id), wait=True)
+        handed = [finished(execution(m, run_id), wait=False) for m in standard]
+        return run_id, fast, [d for d in handed if d]
 
     run_once(0)  # cold starts out of the way
     meter(endpoint, reset=True)
@@ -150,13 +169,19 @@ def main():
     usage = meter(endpoint)
     n = len(runs)
 
-    steps = trans = 0
-    for run_id, arn in runs:
+    steps = trans = billed = 0
+    express_s = 0.0
+    for run_id, fast, handed in runs:
         status, view = api(base, key, "GET", f"/v1/runs/{run_id}")
         if view["status"] != "COMPLETED":
             raise SystemExit(f"run {run_id} ended {view['status']}: {view.get('error')}")
         steps += sum(1 for s in view["steps"] if s["status"] in ("succeeded", "failed"))
-        trans += transitions(sfn, arn)
+        trans += transitions(sfn, fast["executionArn"])
+        express_s += (fast["stopDate"] - fast["startDate"]).total_seconds()
+        for d in handed:
+            n = transitions(sfn, d["executionArn"])
+            trans += n
+            billed += n
 
     c = usage["counts"]
     per = lambda v: v / n  # noqa: E731
@@ -171,6 +196,8 @@ def main():
         "runs": n,
         "executed_steps": per(steps),
         "state_transitions": per(trans),
+        "billed_state_transitions": per(billed),
+        "express_seconds": per(express_s),
         "transitions_per_step": trans / max(1, steps),
         "lambda_invocations": invocations,
         "lambda_seconds": lambda_s,
@@ -183,7 +210,9 @@ def main():
         "secretsmanager_requests": per(c.get("secretsmanager.requests", 0)),
     }
     cost = {
-        "step_functions": fig["state_transitions"] * PRICE["transition"],
+        "step_functions_express": PRICE["express_request"]
+        + fig["express_seconds"] * EXPRESS_MEMORY_GB * PRICE["express_gb_second"],
+        "step_functions_std": fig["billed_state_transitions"] * PRICE["transition"],
         "lambda_requests": sum(invocations.values()) * PRICE["lambda_request"],
         "lambda_duration": sum(lambda_s.values()) * MEMORY_GB * PRICE["lambda_gb_second"],
         "dynamodb": fig["dynamodb_read_units"] * PRICE["dynamodb_read_unit"]
@@ -206,6 +235,10 @@ def main():
         f"  state transitions per run     {fig['state_transitions']:.1f}"
         f"  ({fig['transitions_per_step']:.2f} per executed step; target <= "
         f"{TARGET_TRANSITIONS_PER_STEP}: {ok(fig['transitions_per_step'] <= TARGET_TRANSITIONS_PER_STEP)})"
+    )
+    print(
+        f"  on the Standard machine       {fig['billed_state_transitions']:.1f} transitions"
+        f" (billed); Express {fig['express_seconds'] * 1000:.0f} ms"
     )
     for name in sorted(invocations):
         print(

@@ -87,11 +87,46 @@ def forward_invocations(lambda_port, timeout):
     LambdaFunction.invoke = invoke
 
 
+def mend_step_functions_integration():
+    """moto's Step Functions -> Step Functions task (`states:startExecution`,
+    the fast machine's hand-off) passes the state's parameter names
+    (`StateMachineArn`) to boto3 as they are and hands back boto3's answer
+    (`executionArn`, a datetime) as it is; AWS maps both ways. Do the same."""
+    import datetime
+
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
+        StateTaskServiceSfn,
+    )
+
+    normalise_parameters = StateTaskServiceSfn._normalise_parameters
+
+    def to_api(self, parameters, boto_service_name=None, service_action_name=None):
+        normalise_parameters(self, parameters, boto_service_name, service_action_name)
+        for k in list(parameters):
+            parameters[k[:1].lower() + k[1:]] = parameters.pop(k)
+
+    def from_api(self, response, boto_service_name=None, service_action_name=None):
+        if isinstance(response, dict):
+            for k in list(response):
+                v = response.pop(k)
+                response[k[:1].upper() + k[1:]] = (
+                    v.isoformat() if isinstance(v, datetime.datetime) else v
+                )
+
+    StateTaskServiceSfn._normalise_parameters = to_api
+    StateTaskServiceSfn._normalise_response = from_api
+
+
 def tiny_zip():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("bootstrap", "#!/bin/sh\n# run by cargo lambda watch instead\n")
     return buf.getvalue()
+
+
+def stack_sub(text):
+    """A template `!Sub` string with this stack's name (other ${...} left)."""
+    return text.replace("${AWS::StackName}", STACK)
 
 
 def create_resources(tpl, endpoint):
@@ -108,7 +143,6 @@ def create_resources(tpl, endpoint):
     names = {
         "table": f"{STACK}-table",
         "bucket": f"{STACK}-payloads",
-        "state_machine": f"{STACK}-dag-driver",
     }
 
     t = res["Table"]["Properties"]
@@ -164,18 +198,43 @@ def create_resources(tpl, endpoint):
             Architectures=tpl["Globals"]["Function"]["Architectures"],
         )["FunctionArn"]
 
-    sm = res["DagDriver"]["Properties"]
-    definition = (ROOT / sm["DefinitionUri"]).read_text()
-    for name, value in sm["DefinitionSubstitutions"].items():
-        lid = value["GetAtt"].split(".")[0]
-        definition = definition.replace("${" + name + "}", arns[lid])
+    # The state machines, each after those its definition names (the fast
+    # one hands runs off to dag-driver).
     sfn = boto3.client("stepfunctions", **kw)
-    names["state_machine_arn"] = sfn.create_state_machine(
-        name=names["state_machine"],
-        definition=definition,
-        roleArn=role,
-        type=sm["Type"],
-    )["stateMachineArn"]
+    machines = {}  # logical id -> arn
+    pending = {
+        lid: r["Properties"]
+        for lid, r in res.items()
+        if r["Type"] == "AWS::Serverless::StateMachine"
+    }
+    while pending:
+        ready = [
+            lid
+            for lid, sm in pending.items()
+            if all(
+                "GetAtt" in v or v.get("Ref") in machines
+                for v in sm.get("DefinitionSubstitutions", {}).values()
+            )
+        ]
+        if not ready:
+            sys.exit(f"stack.py: cannot order the state machines {sorted(pending)}")
+        for lid in ready:
+            sm = pending.pop(lid)
+            definition = (ROOT / sm["DefinitionUri"]).read_text()
+            for name, value in sm.get("DefinitionSubstitutions", {}).items():
+                arn = arns[value["GetAtt"].split(".")[0]] if "GetAtt" in value else machines[value["Ref"]]
+                definition = definition.replace("${" + name + "}", arn)
+            machines[lid] = sfn.create_state_machine(
+                name=stack_sub(sm["Name"]["Sub"]),
+                definition=definition,
+                roleArn=role,
+                type=sm["Type"],
+            )["stateMachineArn"]
+    # The machine runs start on: the one the API function's environment names.
+    start = stack_sub(res["ApiFunction"]["Properties"]["Environment"]["Variables"]["WEFT_STATE_MACHINE_ARN"]["Sub"])
+    by_name = {arn.rsplit(":", 1)[1]: arn for arn in machines.values()}
+    names["state_machine_arn"] = by_name[start.rsplit(":", 1)[1]]
+    names["state_machines"] = by_name
     names["functions"] = arns
     return names
 
@@ -278,6 +337,7 @@ def main():
 
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
     forward_invocations(args.lambda_port, timeout=960)
+    mend_step_functions_integration()
     server = MeteredServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
 
@@ -365,6 +425,7 @@ def main():
         "aws_endpoint": endpoint,
         "lambda_port": args.lambda_port,
         "state_machine_arn": names["state_machine_arn"],
+        "state_machines": names["state_machines"],
         "table": names["table"],
     }
     if args.ready_file:

@@ -1,7 +1,14 @@
-//! The plan function's logic for the DAG-driver state machine
-//! (statemachines/dag-driver.asl.json). The machine only carries out what
-//! this answers: the DAG core's decisions, made by the same `tick` the
-//! embedded orchestrator runs. Payload shapes are the machine's contract.
+//! The plan function's logic for the DAG-driver state machines
+//! (statemachines/). The machines only carry out what this answers: the DAG
+//! core's decisions, made by the same `tick` the embedded orchestrator runs.
+//! Payload shapes are the machines' contract.
+//!
+//! A run starts on the Express machine (dag-fast), billed per request and
+//! duration rather than per state transition. It stays there while it only
+//! runs steps and short sleeps; when it must wait on a person or an event,
+//! sleep long, or would outlast an Express execution's five minutes, the
+//! answer says `hand_off` and the fast machine starts the Standard machine
+//! (dag-driver) with that answer, which carries on from it.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,6 +22,15 @@ use crate::ports::{StepCall, StepExecutor};
 /// a year per execution; runs longer than that are out of scope).
 pub const MAX_WAIT_SECS: i64 = 364 * 24 * 3600;
 
+/// How long a run may stay on the Express machine, whose executions end
+/// after five minutes: the rest is margin for invocations and retries.
+pub const EXPRESS_BUDGET_SECS: i64 = 4 * 60;
+
+/// The longest sleep the Express machine does itself. Waiting there costs
+/// duration (about $1 per 1M runs per second); handing off costs a few
+/// Standard transitions ($25 per 1M each), so short sleeps stay.
+pub const EXPRESS_SLEEP_SECS: i64 = 60;
+
 /// What the state machine sends the plan function.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -25,6 +41,9 @@ pub enum PlanRequest {
         /// The Map's results: items with `ok: false` are failed calls.
         #[serde(default)]
         results: Vec<Value>,
+        /// Set by the Express machine: when its execution started.
+        #[serde(default)]
+        express_started_at: Option<DateTime<Utc>>,
     },
     /// The single step's function failed (caught by the machine).
     RecordFailure {
@@ -102,6 +121,10 @@ pub struct PlanResponse {
     pub wake_at: Option<String>,
     /// For `wait_event`: the task token's timeout (the next deadline).
     pub wait_seconds: i64,
+    /// On the Express machine: carry out this answer on the Standard
+    /// machine instead (see the module's description).
+    #[serde(default)]
+    pub hand_off: bool,
 }
 
 /// Names the function that runs each step type.
@@ -165,12 +188,15 @@ pub async fn handle(
     req: PlanRequest,
     now: DateTime<Utc>,
 ) -> anyhow::Result<PlanResponse> {
+    let mut express_started_at = None;
     let (ws, run_id) = match req {
         PlanRequest::Plan {
             workspace_id,
             run_id,
             results,
+            express_started_at: started,
         } => {
+            express_started_at = started;
             for r in results.iter().filter(|r| r["ok"] == false) {
                 if let Ok(call) = serde_json::from_value::<StepCall>(r["call"].clone()) {
                     let err = failure_error(&r["failure"]);
@@ -211,6 +237,50 @@ pub async fn handle(
             anyhow::bail!("`park` needs the AWS task-token store; the plan function handles it")
         }
     };
+    let mut out = answer(s, names, ws, run_id, now).await?;
+    if let Some(started) = express_started_at {
+        out.hand_off = leaves_express(&out, started, now);
+    }
+    Ok(out)
+}
+
+/// Whether an answer made on the Express machine must be carried out on
+/// the Standard one: waits on events always, sleeps past
+/// `EXPRESS_SLEEP_SECS`, and anything that could outlast the budget.
+fn leaves_express(out: &PlanResponse, started: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    let left = (started + chrono::Duration::seconds(EXPRESS_BUDGET_SECS) - now).num_seconds();
+    match out.next {
+        Next::Finished => false,
+        Next::Plan => left <= 0,
+        Next::WaitEvent => true,
+        Next::Sleep => {
+            let secs = out
+                .wake_at
+                .as_deref()
+                .and_then(|w| DateTime::parse_from_rfc3339(w).ok())
+                .map_or(i64::MAX, |at| (at.with_timezone(&Utc) - now).num_seconds());
+            secs > EXPRESS_SLEEP_SECS.min(left)
+        }
+        Next::DispatchOne | Next::Dispatch => {
+            let longest = out
+                .dispatch
+                .iter()
+                .map(|t| t.call.timeout.as_secs())
+                .max()
+                .unwrap_or(0);
+            i64::try_from(longest).unwrap_or(i64::MAX) >= left
+        }
+    }
+}
+
+/// The DAG core's next decision for the run, as the machine's next state.
+async fn answer(
+    s: Stores<'_>,
+    names: &dyn FunctionNames,
+    ws: WorkspaceId,
+    run_id: RunId,
+    now: DateTime<Utc>,
+) -> anyhow::Result<PlanResponse> {
     // Between Plan calls no step function is running: a running attempt
     // seen now was cut off (its function crashed before recording).
     let ticked = tick::tick(s, &ws, &run_id, |_, _| false, |_, _| {}).await?;
@@ -223,6 +293,7 @@ pub async fn handle(
         step: None,
         wake_at: None,
         wait_seconds: 0,
+        hand_off: false,
     };
     let Some(t) = ticked else {
         return Ok(out);

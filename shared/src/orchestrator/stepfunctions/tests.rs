@@ -125,6 +125,7 @@ async fn the_machine_loop_runs_a_workflow_with_a_crash_a_retry_and_an_approval()
         workspace_id: ws.clone(),
         run_id: run.clone(),
         results: Vec::new(),
+        express_started_at: None,
     };
     // 1: `a` runs inline; `b` is dispatched alone.
     let r = h.plan(plan(&ws, &run.id)).await;
@@ -207,6 +208,7 @@ async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
             workspace_id: ws.clone(),
             run_id: run.id.clone(),
             results: Vec::new(),
+            express_started_at: None,
         })
         .await;
     assert_eq!(r.next, Next::Dispatch, "{r:?}");
@@ -227,6 +229,7 @@ async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
             workspace_id: ws.clone(),
             run_id: run.id.clone(),
             results,
+            express_started_at: None,
         })
         .await;
     assert_eq!(r.next, Next::Finished, "{r:?}");
@@ -280,6 +283,7 @@ fn payloads_match_the_state_machine() {
         step: None,
         wake_at: Some("2026-01-01T00:00:00.000Z".into()),
         wait_seconds: 0,
+        hand_off: false,
     })
     .unwrap();
     for (field, _) in asl["States"]["Plan"]["ResultSelector"].as_object().unwrap() {
@@ -308,4 +312,161 @@ fn payloads_match_the_state_machine() {
         matches!(req, PlanRequest::Park { revision: 3, ref task_token, .. } if task_token == "token-1"),
         "{req:?}"
     );
+}
+
+fn answer(
+    next: Next,
+    dispatch_timeout_secs: Option<f64>,
+    wake_in_secs: Option<i64>,
+) -> PlanResponse {
+    let dispatch: Vec<Target> = dispatch_timeout_secs
+        .map(|t| {
+            let call = serde_json::from_value(json!({
+                "workspace_id": "ws_1", "run_id": "run_1", "workflow_id": "flow",
+                "step_key": "b", "step_type": "http", "attempt": 1,
+                "request": {}, "timeout": t
+            }))
+            .unwrap();
+            vec![Target {
+                function: "weft-step-http".into(),
+                call,
+            }]
+        })
+        .unwrap_or_default();
+    PlanResponse {
+        workspace_id: WorkspaceId::from_string("ws_1"),
+        run_id: RunId::from_string("run_1"),
+        next,
+        revision: 1,
+        step: dispatch.first().cloned(),
+        dispatch,
+        wake_at: wake_in_secs.map(|s| {
+            (Utc::now() + chrono::Duration::seconds(s))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        }),
+        wait_seconds: 0,
+        hand_off: false,
+    }
+}
+
+#[test]
+fn the_express_machine_keeps_short_work_and_hands_off_the_rest() {
+    let now = Utc::now();
+    let ago = |s: i64| now - chrono::Duration::seconds(s);
+    let off = |a: &PlanResponse, started| leaves_express(a, started, now);
+    // Just started: steps and a short sleep stay; waits and long sleeps go.
+    assert!(!off(&answer(Next::DispatchOne, Some(60.0), None), now));
+    assert!(!off(&answer(Next::Sleep, None, Some(30)), now));
+    assert!(!off(&answer(Next::Finished, None, None), now));
+    assert!(!off(&answer(Next::Plan, None, None), now));
+    assert!(off(&answer(Next::Sleep, None, Some(90)), now));
+    assert!(off(&answer(Next::WaitEvent, None, None), now));
+    // A step whose timeout could outlast the budget goes, whenever it is.
+    assert!(off(&answer(Next::Dispatch, Some(300.0), None), now));
+    // Late in the execution: what could cross its end goes.
+    assert!(off(&answer(Next::DispatchOne, Some(60.0), None), ago(200)));
+    assert!(!off(&answer(Next::DispatchOne, Some(30.0), None), ago(200)));
+    assert!(off(&answer(Next::Sleep, None, Some(30)), ago(220)));
+    assert!(off(
+        &answer(Next::Plan, None, None),
+        ago(EXPRESS_BUDGET_SECS)
+    ));
+    assert!(!off(
+        &answer(Next::Finished, None, None),
+        ago(EXPRESS_BUDGET_SECS)
+    ));
+}
+
+#[tokio::test]
+async fn a_run_on_the_express_machine_is_handed_off_when_it_must_wait() {
+    let mut h = Harness::new();
+    let base = echo_server().await;
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "flow", "name": "flow", "steps": [
+        {"id": "b", "type": "http", "method": "POST", "url": format!("{base}/echo"), "body": {"n": 1}},
+        {"id": "c", "type": "approval", "depends_on": ["b"], "timeout": "1h"}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(&ws, &WorkflowId::from_string("flow"), json!({}), None)
+        .await
+        .unwrap();
+    let express = |ws: &WorkspaceId, run: &RunId| PlanRequest::Plan {
+        workspace_id: ws.clone(),
+        run_id: run.clone(),
+        results: Vec::new(),
+        express_started_at: Some(Utc::now()),
+    };
+    let r = h.plan(express(&ws, &run.id)).await;
+    assert_eq!((r.next, r.hand_off), (Next::DispatchOne, false), "{r:?}");
+    h.step_function(r.step.as_ref().unwrap()).await;
+    let r = h.plan(express(&ws, &run.id)).await;
+    assert_eq!((r.next, r.hand_off), (Next::WaitEvent, true), "{r:?}");
+    // What the Standard machine starts with is this answer: its Route
+    // carries it out (WaitEvent reads `revision` and `wait_seconds`).
+    assert!((3500..=3600).contains(&r.wait_seconds), "{r:?}");
+    assert!(r.revision > 0);
+    // The Standard machine's own Plans never hand off.
+    let r = h
+        .plan(PlanRequest::Plan {
+            workspace_id: ws.clone(),
+            run_id: run.id.clone(),
+            results: Vec::new(),
+            express_started_at: None,
+        })
+        .await;
+    assert_eq!((r.next, r.hand_off), (Next::WaitEvent, false), "{r:?}");
+}
+
+#[test]
+fn the_fast_machine_is_the_driver_plus_the_hand_off() {
+    let std: Value = serde_json::from_str(include_str!(
+        "../../../../statemachines/dag-driver.asl.json"
+    ))
+    .unwrap();
+    let fast: Value =
+        serde_json::from_str(include_str!("../../../../statemachines/dag-fast.asl.json")).unwrap();
+    let (s, f) = (&std["States"], &fast["States"]);
+    for state in ["RunStep", "RecordFailure", "RunSteps"] {
+        assert_eq!(s[state], f[state], "{state} differs between the machines");
+    }
+    assert_eq!(s["Sleep"]["TimestampPath"], f["Sleep"]["TimestampPath"]);
+    // Plan is the driver's Plan, telling when the execution started and
+    // selecting `hand_off`.
+    for state in ["Plan", "PlanAfterMap"] {
+        let mut plan = f[state].clone();
+        let payload = plan["Parameters"]["Payload"].as_object_mut().unwrap();
+        assert_eq!(
+            payload.remove("express_started_at.$"),
+            Some(json!("$$.Execution.StartTime"))
+        );
+        let selected = plan["ResultSelector"].as_object_mut().unwrap();
+        assert_eq!(
+            selected.remove("hand_off.$"),
+            Some(json!("$.Payload.hand_off"))
+        );
+        assert_eq!(plan, s[state], "{state} differs between the machines");
+    }
+    // The fast Route hands off first, and every wait goes; Express
+    // executions cannot take task tokens.
+    let choices = f["Route"]["Choices"].as_array().unwrap();
+    assert_eq!(choices[0]["Variable"], "$.hand_off");
+    assert_eq!(choices[0]["Next"], "HandOff");
+    let wait = choices
+        .iter()
+        .find(|c| c["StringEquals"] == "wait_event")
+        .unwrap();
+    assert_eq!(wait["Next"], "HandOff");
+    assert!(!fast.to_string().contains("waitForTaskToken"));
+    // The hand-off starts the driver, named after the run, with the answer,
+    // and the driver carries an answer out before planning again.
+    let hand_off = &f["HandOff"]["Parameters"];
+    assert_eq!(hand_off["StateMachineArn"], "${DagDriverArn}");
+    assert_eq!(hand_off["Name.$"], "$.run_id");
+    assert_eq!(hand_off["Input.$"], "$");
+    assert_eq!(std["StartAt"], "Resume");
+    assert_eq!(s["Resume"]["Choices"][0]["Variable"], "$.next");
+    assert_eq!(s["Resume"]["Choices"][0]["Next"], "Route");
+    assert_eq!(s["Resume"]["Default"], "Plan");
 }
