@@ -712,19 +712,44 @@ async fn logs_page_in_order(s: &Stores) {
         })
         .await
         .unwrap();
+    // A later save with many long lines (more than one item's worth in
+    // stores that group lines).
+    r.revision = 3;
+    let long: Vec<LogEntry> = (5..65)
+        .map(|i| {
+            LogEntry::new(
+                LogLevel::Info,
+                None,
+                format!("line {i} {}", "x".repeat(1000)),
+            )
+        })
+        .collect();
+    s.runs
+        .save_run(&RunWrite {
+            run: r.clone(),
+            steps: vec![],
+            logs: long,
+        })
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let mut page = PageRequest::first(2);
     loop {
         let p = s.runs.list_logs(&w, &r.id, &page).await.unwrap();
+        assert!(p.items.len() <= 2);
         seen.extend(p.items.into_iter().map(|l| l.message));
         match p.next_cursor {
             Some(c) => page.cursor = Some(c),
             None => break,
         }
     }
+    let numbers: Vec<String> = seen
+        .iter()
+        .map(|m| m.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect();
     assert_eq!(
-        seen,
-        (0..5).map(|i| format!("line {i}")).collect::<Vec<_>>()
+        numbers,
+        (0..65).map(|i| format!("line {i}")).collect::<Vec<_>>()
     );
     assert!(
         s.runs

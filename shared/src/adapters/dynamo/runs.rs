@@ -1,6 +1,7 @@
 //! Runs: one partition per run (`{ws}#RUN#{id}`) holding the run item
-//! (`RUN`), its steps (`STEP#key`) and log lines (`LOG#revision#n`), so one
-//! Query loads a run with its steps. Listings use the index `gsi1`
+//! (`RUN`), its steps (`STEP#key`) and log lines (`LOG#revision#n`, each
+//! item the lines of one save, as a JSON array), so one Query loads a run
+//! with its steps. Listings use the index `gsi1`
 //! (`{ws}#RUNS`, run id: ULIDs sort by creation time).
 
 use async_trait::async_trait;
@@ -39,13 +40,38 @@ async fn step_item(store: &DynamoStore, run: &RunRecord, st: &StepRecord) -> Sto
     Ok(item)
 }
 
-fn log_item(run: &RunRecord, i: usize, l: &LogEntry) -> StoreResult<Item> {
-    let mut item = key(
-        run_pk(&run.workspace_id, &run.id),
-        format!("LOG#{:012}#{i:05}", run.revision),
-    );
-    item.insert("data".into(), s(serde_json::to_string(l)?));
-    Ok(item)
+/// Most bytes of log lines in one item: the lines of one save share items
+/// (one write for many lines), far below the 400 KB item limit.
+const LOG_ITEM_BYTES: usize = 32 * 1024;
+
+/// The log lines of one save, as few items as fit `LOG_ITEM_BYTES` each.
+fn log_items(run: &RunRecord, logs: &[LogEntry]) -> StoreResult<Vec<Item>> {
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut bytes = 0;
+    for l in logs {
+        let line = serde_json::to_string(l)?;
+        let len = line.len() + 1;
+        match chunks.last_mut() {
+            Some(c) if bytes + len <= LOG_ITEM_BYTES => c.push(line),
+            _ => {
+                bytes = 0;
+                chunks.push(vec![line]);
+            }
+        }
+        bytes += len;
+    }
+    Ok(chunks
+        .into_iter()
+        .enumerate()
+        .map(|(n, lines)| {
+            let mut item = key(
+                run_pk(&run.workspace_id, &run.id),
+                format!("LOG#{:012}#{n:05}", run.revision),
+            );
+            item.insert("data".into(), s(format!("[{}]", lines.join(","))));
+            item
+        })
+        .collect())
 }
 
 impl DynamoStore {
@@ -261,9 +287,7 @@ impl RunStore for DynamoStore {
         for st in &w.steps {
             others.push(step_item(self, run, st).await?);
         }
-        for (i, l) in w.logs.iter().enumerate() {
-            others.push(log_item(run, i, l)?);
-        }
+        others.extend(log_items(run, &w.logs)?);
         // One transaction when it fits; otherwise the run's conditional
         // update first (it decides who won), then the rest in batches.
         let fits = others.len() < MAX_TRANSACTION_ITEMS;
@@ -304,28 +328,39 @@ impl RunStore for DynamoStore {
         id: &RunId,
         page: &PageRequest,
     ) -> StoreResult<Page<LogEntry>> {
-        let after = page
-            .cursor
-            .as_ref()
-            .map_or_else(|| "LOG#".to_owned(), |c| c.position().to_owned());
+        // A line's position is its item's key and its index there; the
+        // cursor's item is read again and its lines up to the cursor skipped.
+        let after = page.cursor.as_ref().map(|c| c.position().to_owned());
+        let from = after
+            .as_deref()
+            .and_then(|p| p.rsplit_once('#'))
+            .map_or_else(|| "LOG#".to_owned(), |(item, _)| item.to_owned());
         let out = self
             .client
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
             .expression_attribute_values(":pk", s(run_pk(ws, id)))
-            .expression_attribute_values(":a", s(format!("{after}!")))
+            .expression_attribute_values(":a", s(from))
             .expression_attribute_values(":b", s("LOG$"))
             .consistent_read(true)
-            .limit(page.limit as i32 + 1)
+            // Every item holds a line; the first may hold only skipped ones.
+            .limit(page.limit as i32 + 2)
             .send()
             .await
             .map_err(sdk)?;
         let mut rows: Vec<(String, LogEntry)> = Vec::new();
         for item in out.items() {
-            rows.push((get_s(item, "sk")?.to_owned(), data(item)?));
+            let sk = get_s(item, "sk")?;
+            let lines: Vec<LogEntry> = data(item)?;
+            for (i, l) in lines.into_iter().enumerate() {
+                let position = format!("{sk}#{i:05}");
+                if after.as_ref().is_none_or(|a| position > *a) {
+                    rows.push((position, l));
+                }
+            }
         }
-        let page = Page::from_overfetch(rows, page.limit, |(sk, _)| sk.clone());
+        let page = Page::from_overfetch(rows, page.limit, |(position, _)| position.clone());
         Ok(Page {
             items: page.items.into_iter().map(|(_, l)| l).collect(),
             next_cursor: page.next_cursor,
