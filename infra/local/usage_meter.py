@@ -1,6 +1,7 @@
 """Counts what a stack on emulated AWS asks of each service, the way AWS
 bills it: DynamoDB read/write request units (from the sizes of the items
-read and written), S3, SQS and Secrets Manager requests, Step Functions API
+read, and of the items written as stored, with the writes of the global
+secondary indexes holding them), S3, SQS and Secrets Manager requests, Step Functions API
 calls, and Lambda invocations with their duration.
 
 stack.py wraps moto's server with `Meter`; `GET /_weft/usage` answers the
@@ -31,30 +32,70 @@ def _rru(n, consistent):
     return units if consistent else units / 2
 
 
-def dynamodb_units(op, req, resp):
-    """(read units, write units) of one DynamoDB request."""
+def _stored(table_name, item_or_key, region):
+    """The item as moto now stores it, and each global index's copy of it
+    (None where the item is not in that index)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    table = dynamodb_backends[DEFAULT_ACCOUNT_ID][region].get_table(table_name)
+    hash_key = DynamoType(item_or_key[table.hash_key_attr])
+    range_key = (
+        DynamoType(item_or_key[table.range_key_attr]) if table.range_key_attr else None
+    )
+    item = table.get_item(hash_key, range_key)
+    if item is None:
+        return None, []
+    attrs = item.to_json()["Attributes"]
+    copies = [
+        index.project(item).to_json()["Attributes"]
+        if all(k in attrs for k in index.schema_key_attrs)
+        else None
+        for index in table.global_indexes
+    ]
+    return attrs, copies
+
+
+def _write_units(table_name, sent, region):
+    """A write's units: the item's size as stored (an update is billed by
+    the whole item, not the changed attributes), plus one write of each
+    global index holding the item. `sent` is the request's item or key."""
+    try:
+        attrs, copies = _stored(table_name, sent, region)
+    except Exception:  # a failed write, or a table moto does not have
+        attrs, copies = None, []
+    if attrs is None:
+        return _wru(_size(sent))
+    return _wru(_size(attrs)) + sum(_wru(_size(c)) for c in copies if c is not None)
+
+
+def dynamodb_units(op, req, resp, region="us-east-1"):
+    """(read units, write units) of one DynamoDB request, after moto has
+    carried it out."""
     r = w = 0.0
-    if op == "PutItem":
-        w = _wru(_size(req.get("Item")))
-    elif op == "UpdateItem":
-        w = _wru(_size(req.get("Key")) + _size(req.get("ExpressionAttributeValues")))
+    if op in ("PutItem", "UpdateItem"):
+        w = _write_units(req["TableName"], req.get("Item") or req.get("Key"), region)
     elif op == "DeleteItem":
         w = _wru(_size(resp.get("Attributes")) or _size(req.get("Key")))
     elif op == "BatchWriteItem":
-        for reqs in req.get("RequestItems", {}).values():
+        for table, reqs in req.get("RequestItems", {}).items():
             for x in reqs:
-                w += _wru(_size(x.get("PutRequest", {}).get("Item") or x.get("DeleteRequest")))
+                if "PutRequest" in x:
+                    w += _write_units(table, x["PutRequest"]["Item"], region)
+                else:
+                    w += _wru(_size(x.get("DeleteRequest")))
     elif op == "TransactWriteItems":
         for x in req.get("TransactItems", []):
             for kind, body in x.items():
-                size = _size(body.get("Item")) or (
-                    _size(body.get("Key")) + _size(body.get("ExpressionAttributeValues"))
-                )
                 # Transactions cost twice; a condition check reads.
                 if kind == "ConditionCheck":
-                    r += 2 * _rru(size, True)
+                    r += 2 * _rru(_size(body.get("Key")), True)
+                elif kind == "Delete":
+                    w += 2 * _wru(_size(body.get("Key")))
                 else:
-                    w += 2 * _wru(size)
+                    sent = body.get("Item") or body.get("Key")
+                    w += 2 * _write_units(body["TableName"], sent, region)
     elif op == "GetItem":
         r = _rru(_size(resp.get("Item")), req.get("ConsistentRead", False))
     elif op in ("Query", "Scan"):
@@ -124,7 +165,10 @@ class Meter:
                 op = target.split(".", 1)[1]
                 req = json.loads(raw or b"{}")
                 resp = json.loads(out or b"{}")
-                r, w = dynamodb_units(op, req, resp)
+                # Credential=AKID/DATE/REGION/dynamodb/aws4_request
+                scope = auth.split("Credential=", 1)[-1].split("/")
+                region = scope[2] if len(scope) > 2 else "us-east-1"
+                r, w = dynamodb_units(op, req, resp, region)
                 self.counts["dynamodb.requests"] += 1
                 self.counts["dynamodb.read_units"] += r
                 self.counts["dynamodb.write_units"] += w
