@@ -57,34 +57,64 @@ def _stored(table_name, item_or_key, region):
     return attrs, copies
 
 
-def _write_units(table_name, sent, region):
+def _written(op, req):
+    """(table, item or key) of each item a write request puts or updates."""
+    if op in ("PutItem", "UpdateItem"):
+        yield req["TableName"], req.get("Item") or req.get("Key")
+    elif op == "BatchWriteItem":
+        for table, reqs in req.get("RequestItems", {}).items():
+            for x in reqs:
+                if "PutRequest" in x:
+                    yield table, x["PutRequest"]["Item"]
+    elif op == "TransactWriteItems":
+        for x in req.get("TransactItems", []):
+            for kind, body in x.items():
+                if kind in ("Put", "Update"):
+                    yield body["TableName"], body.get("Item") or body.get("Key")
+
+
+def _ident(table_name, sent):
+    return table_name + json.dumps(
+        {k: sent.get(k) for k in ("pk", "sk")}, sort_keys=True
+    )
+
+
+def index_copies_before(op, req, region):
+    """What the global indexes hold of each item a write request is about
+    to write (taken before moto carries it out)."""
+    before = {}
+    for table, sent in _written(op, req):
+        try:
+            before[_ident(table, sent)] = _stored(table, sent, region)[1]
+        except Exception:
+            pass
+    return before
+
+
+def _write_units(table_name, sent, region, before):
     """A write's units: the item's size as stored (an update is billed by
-    the whole item, not the changed attributes), plus one write of each
-    global index holding the item. `sent` is the request's item or key."""
+    the whole item, not the changed attributes), plus a write of each global
+    index whose copy of the item changed (an update that leaves the index
+    key and projected attributes alone does not write the index)."""
     try:
         attrs, copies = _stored(table_name, sent, region)
     except Exception:  # a failed write, or a table moto does not have
         attrs, copies = None, []
     if attrs is None:
         return _wru(_size(sent))
-    return _wru(_size(attrs)) + sum(_wru(_size(c)) for c in copies if c is not None)
+    old = before.get(_ident(table_name, sent)) or [None] * len(copies)
+    return _wru(_size(attrs)) + sum(
+        _wru(_size(c)) for c, o in zip(copies, old) if c is not None and c != o
+    )
 
 
-def dynamodb_units(op, req, resp, region="us-east-1"):
+def dynamodb_units(op, req, resp, region="us-east-1", before=None):
     """(read units, write units) of one DynamoDB request, after moto has
-    carried it out."""
+    carried it out (`before`: `index_copies_before` the request)."""
+    before = before or {}
     r = w = 0.0
-    if op in ("PutItem", "UpdateItem"):
-        w = _write_units(req["TableName"], req.get("Item") or req.get("Key"), region)
-    elif op == "DeleteItem":
+    if op == "DeleteItem":
         w = _wru(_size(resp.get("Attributes")) or _size(req.get("Key")))
-    elif op == "BatchWriteItem":
-        for table, reqs in req.get("RequestItems", {}).items():
-            for x in reqs:
-                if "PutRequest" in x:
-                    w += _write_units(table, x["PutRequest"]["Item"], region)
-                else:
-                    w += _wru(_size(x.get("DeleteRequest")))
     elif op == "TransactWriteItems":
         for x in req.get("TransactItems", []):
             for kind, body in x.items():
@@ -95,7 +125,12 @@ def dynamodb_units(op, req, resp, region="us-east-1"):
                     w += 2 * _wru(_size(body.get("Key")))
                 else:
                     sent = body.get("Item") or body.get("Key")
-                    w += 2 * _write_units(body["TableName"], sent, region)
+                    w += 2 * _write_units(body["TableName"], sent, region, before)
+    elif op in ("PutItem", "UpdateItem", "BatchWriteItem"):
+        for table, sent in _written(op, req):
+            w += _write_units(table, sent, region, before)
+        for reqs in req.get("RequestItems", {}).values():
+            w += sum(_wru(_size(x["DeleteRequest"])) for x in reqs if "DeleteRequest" in x)
     elif op == "GetItem":
         r = _rru(_size(resp.get("Item")), req.get("ConsistentRead", False))
     elif op in ("Query", "Scan"):
@@ -105,6 +140,12 @@ def dynamodb_units(op, req, resp, region="us-east-1"):
         for x in resp.get("Responses", []):
             r += 2 * _rru(_size(x.get("Item")), True)
     return r, w
+
+
+def _region(environ):
+    # Authorization: ... Credential=AKID/DATE/REGION/SERVICE/aws4_request
+    scope = environ.get("HTTP_AUTHORIZATION", "").split("Credential=", 1)[-1].split("/")
+    return scope[2] if len(scope) > 2 else "us-east-1"
 
 
 class Meter:
@@ -148,16 +189,24 @@ class Meter:
             status["code"] = st
             return start_response(st, headers, exc_info)
 
+        before = {}
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target.startswith("DynamoDB_"):
+            try:
+                op = target.split(".", 1)[1]
+                before = index_copies_before(op, json.loads(raw or b"{}"), _region(environ))
+            except Exception as e:
+                print(f"usage_meter: {e}", flush=True)
         started = time.monotonic()
         out = b"".join(self.app(environ, capture))
         elapsed_ms = (time.monotonic() - started) * 1000
         try:
-            self.count(environ, path, raw, out, elapsed_ms)
+            self.count(environ, path, raw, out, elapsed_ms, before)
         except Exception as e:  # metering must never break a request
             print(f"usage_meter: {e}", flush=True)
         return [out]
 
-    def count(self, environ, path, raw, out, elapsed_ms):
+    def count(self, environ, path, raw, out, elapsed_ms, before):
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         auth = environ.get("HTTP_AUTHORIZATION", "")
         with self.lock:
@@ -165,10 +214,7 @@ class Meter:
                 op = target.split(".", 1)[1]
                 req = json.loads(raw or b"{}")
                 resp = json.loads(out or b"{}")
-                # Credential=AKID/DATE/REGION/dynamodb/aws4_request
-                scope = auth.split("Credential=", 1)[-1].split("/")
-                region = scope[2] if len(scope) > 2 else "us-east-1"
-                r, w = dynamodb_units(op, req, resp, region)
+                r, w = dynamodb_units(op, req, resp, _region(environ), before)
                 self.counts["dynamodb.requests"] += 1
                 self.counts["dynamodb.read_units"] += r
                 self.counts["dynamodb.write_units"] += w

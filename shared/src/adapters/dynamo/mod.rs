@@ -216,7 +216,9 @@ pub async fn create_table(client: &Client, name: &str) -> anyhow::Result<()> {
                 .key_schema(ks("gsi1sk", KeyType::Range)?)
                 .projection(
                     Projection::builder()
-                        .projection_type(ProjectionType::All)
+                        .projection_type(ProjectionType::Include)
+                        .non_key_attributes("status")
+                        .non_key_attributes("workflow_id")
                         .build(),
                 )
                 .build()?,

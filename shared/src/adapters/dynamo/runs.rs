@@ -2,10 +2,13 @@
 //! (`RUN`), its steps (`STEP#key`) and log lines (`LOG#revision#n`, each
 //! item the lines of one save, as a JSON array), so one Query loads a run
 //! with its steps. Listings use the index `gsi1`
-//! (`{ws}#RUNS`, run id: ULIDs sort by creation time).
+//! (`{ws}#RUNS`, run id: ULIDs sort by creation time), which holds only what
+//! they filter on; the page's run items are then read from the table.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{Put, PutRequest, TransactWriteItem, Update, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
+};
 use chrono::Utc;
 
 use super::{DynamoStore, Item, build, cancelled_conditions, data, get_s, key, n, run_pk, s, sdk};
@@ -97,6 +100,52 @@ impl DynamoStore {
             }
         }
         Ok(())
+    }
+
+    /// The items at `keys`, in that order (missing ones left out).
+    async fn batch_get(&self, keys: Vec<Item>) -> StoreResult<Vec<Item>> {
+        let mut found: std::collections::HashMap<String, Item> = Default::default();
+        for chunk in keys.chunks(100) {
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(chunk.to_vec()))
+                    .consistent_read(true)
+                    .build(),
+            );
+            while let Some(request) = pending.take() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, build(request)?)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                for item in out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    found.insert(get_s(&item, "pk")?.to_owned(), item);
+                }
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty())
+                    .map(|k| {
+                        KeysAndAttributes::builder()
+                            .set_keys(Some(k.keys().to_vec()))
+                            .consistent_read(true)
+                            .build()
+                    });
+            }
+        }
+        let mut items = Vec::new();
+        for k in &keys {
+            if let Some(item) = found.remove(get_s(k, "pk")?) {
+                items.push(item);
+            }
+        }
+        Ok(items)
     }
 }
 
@@ -215,7 +264,7 @@ impl RunStore for DynamoStore {
         if filter.workflow_id.is_some() {
             filters.push("workflow_id = :wf");
         }
-        let mut runs: Vec<RunRecord> = Vec::new();
+        let mut keys: Vec<Item> = Vec::new();
         let mut start = None;
         loop {
             let mut q = self
@@ -242,12 +291,17 @@ impl RunStore for DynamoStore {
             }
             let out = q.send().await.map_err(sdk)?;
             for item in out.items() {
-                runs.push(self.read_data(item).await?);
+                keys.push(key(get_s(item, "pk")?, get_s(item, "sk")?));
             }
             match out.last_evaluated_key {
-                Some(k) if runs.len() < want => start = Some(k),
+                Some(k) if keys.len() < want => start = Some(k),
                 _ => break,
             }
+        }
+        keys.truncate(want);
+        let mut runs: Vec<RunRecord> = Vec::new();
+        for item in self.batch_get(keys).await? {
+            runs.push(self.read_data(&item).await?);
         }
         Ok(Page::from_overfetch(runs, page.limit, |r| r.id.to_string()))
     }
