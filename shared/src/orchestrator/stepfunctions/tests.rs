@@ -85,6 +85,21 @@ impl Harness {
     }
 }
 
+/// A Plan request as a machine sends it (the Express one with the time its
+/// execution started).
+fn planning(
+    ws: &WorkspaceId,
+    run: &RunId,
+    express_started_at: Option<DateTime<Utc>>,
+) -> PlanRequest {
+    PlanRequest::Plan {
+        workspace_id: ws.clone(),
+        run_id: run.clone(),
+        results: Vec::new(),
+        express_started_at,
+    }
+}
+
 async fn echo_server() -> String {
     use axum::routing::post;
     let app = axum::Router::new().route(
@@ -121,12 +136,7 @@ async fn the_machine_loop_runs_a_workflow_with_a_crash_a_retry_and_an_approval()
         .await
         .unwrap();
 
-    let plan = |ws: &WorkspaceId, run: &RunId| PlanRequest::Plan {
-        workspace_id: ws.clone(),
-        run_id: run.clone(),
-        results: Vec::new(),
-        express_started_at: None,
-    };
+    let plan = |ws: &WorkspaceId, run: &RunId| planning(ws, run, None);
     // 1: `a` runs inline; `b` is dispatched alone.
     let r = h.plan(plan(&ws, &run.id)).await;
     assert_eq!(r.next, Next::DispatchOne, "{r:?}");
@@ -203,14 +213,7 @@ async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
         .start_run(&ws, &WorkflowId::from_string("fan"), json!({}), None)
         .await
         .unwrap();
-    let r = h
-        .plan(PlanRequest::Plan {
-            workspace_id: ws.clone(),
-            run_id: run.id.clone(),
-            results: Vec::new(),
-            express_started_at: None,
-        })
-        .await;
+    let r = h.plan(planning(&ws, &run.id, None)).await;
     assert_eq!(r.next, Next::Dispatch, "{r:?}");
     assert_eq!(r.dispatch.len(), 2);
     // x's function succeeds; y's fails with a permanent typed error.
@@ -392,12 +395,7 @@ async fn a_run_on_the_express_machine_is_handed_off_when_it_must_wait() {
         .start_run(&ws, &WorkflowId::from_string("flow"), json!({}), None)
         .await
         .unwrap();
-    let express = |ws: &WorkspaceId, run: &RunId| PlanRequest::Plan {
-        workspace_id: ws.clone(),
-        run_id: run.clone(),
-        results: Vec::new(),
-        express_started_at: Some(Utc::now()),
-    };
+    let express = |ws: &WorkspaceId, run: &RunId| planning(ws, run, Some(Utc::now()));
     let r = h.plan(express(&ws, &run.id)).await;
     assert_eq!((r.next, r.hand_off), (Next::DispatchOne, false), "{r:?}");
     h.step_function(r.step.as_ref().unwrap()).await;
@@ -408,14 +406,7 @@ async fn a_run_on_the_express_machine_is_handed_off_when_it_must_wait() {
     assert!((3500..=3600).contains(&r.wait_seconds), "{r:?}");
     assert!(r.revision > 0);
     // The Standard machine's own Plans never hand off.
-    let r = h
-        .plan(PlanRequest::Plan {
-            workspace_id: ws.clone(),
-            run_id: run.id.clone(),
-            results: Vec::new(),
-            express_started_at: None,
-        })
-        .await;
+    let r = h.plan(planning(&ws, &run.id, None)).await;
     assert_eq!((r.next, r.hand_off), (Next::WaitEvent, false), "{r:?}");
 }
 
