@@ -69,6 +69,7 @@ impl App {
             return Ok(p);
         }
         let rec = self
+            .stores
             .api_keys
             .find_api_key(&hash)
             .await?

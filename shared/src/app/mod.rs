@@ -19,19 +19,10 @@ pub use error::AppError;
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
 pub use tenants::{add_owner_key, create_workspace};
 
-use crate::ports::{
-    ApiKeyStore, RunDriver, RunStore, SecretStore, SettingsStore, StoreSet, UsageStore,
-    WorkflowStore, WorkspaceStore,
-};
+use crate::ports::{RunDriver, StoreSet};
 
 pub struct App {
-    pub workspaces: Arc<dyn WorkspaceStore>,
-    pub api_keys: Arc<dyn ApiKeyStore>,
-    pub workflows: Arc<dyn WorkflowStore>,
-    pub runs: Arc<dyn RunStore>,
-    pub secrets: Arc<dyn SecretStore>,
-    pub settings: Arc<dyn SettingsStore>,
-    pub usage: Arc<dyn UsageStore>,
+    pub stores: StoreSet,
     pub driver: Arc<dyn RunDriver>,
     pub definitions: Arc<DefinitionCache>,
     pub auth_cache: AuthCache,
@@ -45,13 +36,7 @@ impl App {
         definitions: Arc<DefinitionCache>,
     ) -> Self {
         Self {
-            workspaces: stores.workspaces,
-            api_keys: stores.api_keys,
-            workflows: stores.workflows,
-            runs: stores.runs,
-            secrets: stores.secrets,
-            settings: stores.settings,
-            usage: stores.usage,
+            stores,
             driver,
             definitions,
             auth_cache: Default::default(),

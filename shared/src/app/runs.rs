@@ -94,7 +94,7 @@ fn ordered(wf: &Workflow, mut recs: Records, include_unstarted: bool) -> Vec<Ste
 impl App {
     async fn definition(&self, run: &RunRecord) -> Result<std::sync::Arc<Workflow>, AppError> {
         self.definitions
-            .for_run(self.workflows.as_ref(), run)
+            .for_run(self.stores.workflows.as_ref(), run)
             .await
             .map_err(|e| {
                 AppError::Internal(format!("loading the definition of run {}: {e}", run.id))
@@ -157,7 +157,12 @@ impl App {
         let stored = self.get_workflow(ws, workflow_id, version).await?;
         let wf = self
             .definitions
-            .get(self.workflows.as_ref(), ws, workflow_id, stored.version)
+            .get(
+                self.stores.workflows.as_ref(),
+                ws,
+                workflow_id,
+                stored.version,
+            )
             .await
             .map_err(|e| AppError::Internal(e.to_string()))?;
         if let Some(schema) = &wf.input_schema {
@@ -195,7 +200,7 @@ impl App {
                 expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
             }
         });
-        match self.runs.create_run(&run, claim.as_ref()).await? {
+        match self.stores.runs.create_run(&run, claim.as_ref()).await? {
             CreateRun::Created => {
                 if let Err(e) = self.driver.start(ws, &run.id).await {
                     // The run is stored as PENDING; the orchestrator's
@@ -211,9 +216,16 @@ impl App {
                 if claim.is_some_and(|c| c.request_hash != request_hash) {
                     return Err(AppError::IdempotencyMismatch);
                 }
-                let first = self.runs.get_run(ws, &run_id).await?.ok_or_else(|| {
-                    AppError::Internal(format!("idempotency key points at missing run {run_id}"))
-                })?;
+                let first = self
+                    .stores
+                    .runs
+                    .get_run(ws, &run_id)
+                    .await?
+                    .ok_or_else(|| {
+                        AppError::Internal(format!(
+                            "idempotency key points at missing run {run_id}"
+                        ))
+                    })?;
                 Ok((first, true))
             }
         }
@@ -221,6 +233,7 @@ impl App {
 
     pub async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<RunView, AppError> {
         let (run, steps) = self
+            .stores
             .runs
             .load_run(ws, id)
             .await?
@@ -239,7 +252,10 @@ impl App {
         recs: Records,
     ) -> Result<RunView, AppError> {
         let usage = if wf.calls_models() {
-            self.usage.run_usage(&run.workspace_id, &run.id).await?
+            self.stores
+                .usage
+                .run_usage(&run.workspace_id, &run.id)
+                .await?
         } else {
             Usage::default()
         };
@@ -253,7 +269,7 @@ impl App {
         filter: &RunFilter,
         page: &PageRequest,
     ) -> Result<Page<RunRecord>, AppError> {
-        Ok(self.runs.list_runs(ws, filter, page).await?)
+        Ok(self.stores.runs.list_runs(ws, filter, page).await?)
     }
 
     pub async fn run_logs(
@@ -262,10 +278,10 @@ impl App {
         id: &RunId,
         page: &PageRequest,
     ) -> Result<Page<LogEntry>, AppError> {
-        if self.runs.get_run(ws, id).await?.is_none() {
+        if self.stores.runs.get_run(ws, id).await?.is_none() {
             return Err(AppError::NotFound(format!("run `{id}` not found")));
         }
-        Ok(self.runs.list_logs(ws, id, page).await?)
+        Ok(self.stores.runs.list_logs(ws, id, page).await?)
     }
 
     /// Reads a run, lets `change` edit it and its steps, and writes it back
@@ -285,6 +301,7 @@ impl App {
     {
         for _ in 0..WRITE_ATTEMPTS {
             let (mut run, steps) = self
+                .stores
                 .runs
                 .load_run(ws, id)
                 .await?
@@ -298,6 +315,7 @@ impl App {
                 .filter_map(|k| recs.get(k).cloned())
                 .collect();
             match self
+                .stores
                 .runs
                 .save_run(&RunWrite {
                     run: run.clone(),

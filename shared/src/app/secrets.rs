@@ -60,15 +60,15 @@ impl App {
                 ));
             }
         };
-        Ok(self.secrets.put_secret(ws, name, &value).await?)
+        Ok(self.stores.secrets.put_secret(ws, name, &value).await?)
     }
 
     pub async fn list_secrets(&self, ws: &WorkspaceId) -> Result<Vec<SecretMeta>, AppError> {
-        Ok(self.secrets.list_secrets(ws).await?)
+        Ok(self.stores.secrets.list_secrets(ws).await?)
     }
 
     pub async fn delete_secret(&self, ws: &WorkspaceId, name: &str) -> Result<(), AppError> {
-        if self.secrets.delete_secret(ws, name).await? {
+        if self.stores.secrets.delete_secret(ws, name).await? {
             Ok(())
         } else {
             Err(AppError::NotFound(format!("secret `{name}` not found")))

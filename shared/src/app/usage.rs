@@ -147,7 +147,7 @@ fn usage_rows<K: serde::Serialize>(groups: &BTreeMap<K, Usage>, name: &str) -> V
 
 impl App {
     pub async fn get_settings(&self, ws: &WorkspaceId) -> Result<WorkspaceSettings, AppError> {
-        Ok(self.settings.get_settings(ws).await?)
+        Ok(self.stores.settings.get_settings(ws).await?)
     }
 
     /// Replaces the workspace's settings.
@@ -157,7 +157,7 @@ impl App {
         body: &Value,
     ) -> Result<WorkspaceSettings, AppError> {
         let s = parse_settings(body)?;
-        self.settings.put_settings(ws, &s).await?;
+        self.stores.settings.put_settings(ws, &s).await?;
         Ok(s)
     }
 
@@ -184,7 +184,7 @@ impl App {
                 "a report covers at most {MAX_REPORT_DAYS} days"
             )));
         }
-        let rows = self.usage.usage_by_day(ws, from, to).await?;
+        let rows = self.stores.usage.usage_by_day(ws, from, to).await?;
         let mut total = Usage::default();
         let mut by_day: BTreeMap<NaiveDate, Usage> = BTreeMap::new();
         let mut by_workflow: BTreeMap<String, Usage> = BTreeMap::new();
@@ -200,12 +200,17 @@ impl App {
             total
         } else {
             let mut m = Usage::default();
-            for r in self.usage.usage_by_day(ws, month_start, today).await? {
+            for r in self
+                .stores
+                .usage
+                .usage_by_day(ws, month_start, today)
+                .await?
+            {
                 m.add(&r.usage);
             }
             m
         };
-        let settings = self.settings.get_settings(ws).await?;
+        let settings = self.stores.settings.get_settings(ws).await?;
         let days = usage_rows(&by_day, "date");
         let workflows = usage_rows(&by_workflow, "workflow_id");
         Ok(json!({

@@ -30,7 +30,7 @@ impl App {
             created_at: Utc::now(),
             archived_at: None,
         };
-        match self.workflows.create_workflow(&v).await {
+        match self.stores.workflows.create_workflow(&v).await {
             Ok(()) => Ok(v),
             Err(StoreError::Conflict(_)) => Err(AppError::Conflict(format!(
                 "workflow `{id}` already exists; PUT /v1/workflows/{id} stores a new version of it"
@@ -64,7 +64,7 @@ impl App {
             created_at: Utc::now(),
             archived_at: None,
         };
-        match self.workflows.add_version(&v).await {
+        match self.stores.workflows.add_version(&v).await {
             Ok(()) => Ok(v),
             Err(StoreError::Conflict(_)) => Err(AppError::Conflict(format!(
                 "workflow `{id}` changed while this version was being stored; fetch it and try again"
@@ -78,7 +78,7 @@ impl App {
         ws: &WorkspaceId,
         id: &WorkflowId,
     ) -> Result<WorkflowVersion, AppError> {
-        match self.workflows.get_workflow(ws, id, None).await? {
+        match self.stores.workflows.get_workflow(ws, id, None).await? {
             Some(v) if v.archived_at.is_none() => Ok(v),
             _ => Err(AppError::NotFound(format!("workflow `{id}` not found"))),
         }
@@ -95,6 +95,7 @@ impl App {
         match version {
             None => Ok(latest),
             Some(n) => self
+                .stores
                 .workflows
                 .get_workflow(ws, id, Some(n))
                 .await?
@@ -112,7 +113,7 @@ impl App {
         ws: &WorkspaceId,
         page: &PageRequest,
     ) -> Result<Page<WorkflowSummary>, AppError> {
-        Ok(self.workflows.list_workflows(ws, page).await?)
+        Ok(self.stores.workflows.list_workflows(ws, page).await?)
     }
 
     pub async fn archive_workflow(
@@ -120,7 +121,12 @@ impl App {
         ws: &WorkspaceId,
         id: &WorkflowId,
     ) -> Result<(), AppError> {
-        if self.workflows.archive_workflow(ws, id, Utc::now()).await? {
+        if self
+            .stores
+            .workflows
+            .archive_workflow(ws, id, Utc::now())
+            .await?
+        {
             Ok(())
         } else {
             Err(AppError::NotFound(format!("workflow `{id}` not found")))
