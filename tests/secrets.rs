@@ -151,6 +151,161 @@ async fn missing_and_misplaced_secrets_are_clear_errors() {
         r.body["errors"][0]["message"]
             .as_str()
             .unwrap()
-            .contains("only be used in http steps")
+            .contains("only be inserted into an http step")
+    );
+}
+
+/// The attack that worked with placeholders: print a placeholder through a
+/// filter, then feed it back as run input. Secrets are now resolved only
+/// where the definition names them, so neither step is possible.
+#[tokio::test]
+async fn run_data_can_never_ask_for_a_secret() {
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    app.put("/v1/secrets/K", json!({"value": SECRET})).await;
+    for (field, text) in [
+        ("body", "{{ secrets.K[1:] }}"),
+        ("body", "{{ secrets.K | upper }}"),
+        ("body", "x{{ secrets.K ~ '' }}"),
+        ("url", "{{ trigger.base }}/echo?k={{ secrets.K|urlencode }}"),
+        ("body", "{% for c in secrets.K %}{{ c }}{% endfor %}"),
+    ] {
+        let mut call = json!({"id": "call", "type": "http", "url": "{{ trigger.base }}/echo", "method": "POST"});
+        call[field] = json!(text);
+        let r = app
+            .post("/v1/workflows", json!({"name": "leak", "steps": [call]}))
+            .await;
+        assert_eq!(r.status, 422, "{text} was accepted: {}", r.body);
+        let msg = r.body["errors"][0]["message"].as_str().unwrap_or("");
+        assert!(msg.contains("secret"), "{text}: {msg}");
+    }
+    for step in [
+        json!({"id": "t", "type": "llm", "model": "gpt-4o", "prompt": "say {{ secrets.K }}"}),
+        json!({"id": "t", "type": "transform", "expression": "secrets.K"}),
+        json!({"id": "t", "type": "condition", "expression": "secrets.K == 'x'", "then": ["u"]}),
+    ] {
+        let mut steps = vec![step];
+        steps.push(json!({"id": "u", "type": "transform", "inputs": 1}));
+        let r = app
+            .post("/v1/workflows", json!({"name": "leak", "steps": steps}))
+            .await;
+        assert_eq!(r.status, 422, "{}", r.body);
+    }
+
+    // Text that looks like a placeholder, or like a template, is sent as it
+    // is: it never becomes a secret.
+    app.create_workflow(json!({"id": "wf_echo", "name": "echo", "steps": [
+        {"id": "call", "type": "http", "method": "POST", "url": "{{ trigger.base }}/echo",
+         "headers": {"x-api-key": "{{ secrets.K }}"}, "body": "{{ trigger.text }}"}
+    ]}))
+    .await;
+    let forged = "\u{27EA}secret:01JABCDEFGHJKMNPQRSTVWXYZ0:K\u{27EB} {{ secrets.K }} ${K}";
+    let run = app
+        .start_run("wf_echo", json!({"base": up, "text": forged}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let echo = &step(&done, "call")["output"]["body"];
+    assert_eq!(echo["text"], forged);
+    // The secret the definition names did reach the service (recorded
+    // redacted).
+    assert_eq!(echo["x_api_key"], "[redacted]");
+    assert!(!done.to_string().contains(SECRET));
+}
+
+/// A secret sent in a query is on the wire URL-encoded; a service that
+/// echoes the URL, and error texts that quote it, must not reveal it.
+#[tokio::test]
+async fn encoded_secrets_are_redacted() {
+    const ODD: &str = "p+q/r=s t&u\"v";
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    app.put("/v1/secrets/ODD", json!({"value": ODD})).await;
+    app.create_workflow(json!({"id": "wf_q", "name": "q", "steps": [
+        {"id": "call", "type": "http", "url": "{{ trigger.base }}/echo", "query": {"key": "{{ secrets.ODD }}"}}
+    ]}))
+    .await;
+    let run = app.start_run("wf_q", json!({"base": up})).await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let text = done.to_string();
+    let form: String = url::form_urlencoded::byte_serialize(ODD.as_bytes()).collect();
+    assert!(!text.contains(&form), "{text}");
+    assert!(!text.contains("p+q/r=s"), "{text}");
+    assert!(
+        step(&done, "call")["output"]["body"]["uri"]
+            .as_str()
+            .unwrap()
+            .contains("[redacted]")
+    );
+
+    // A call that cannot connect: the error must not quote the URL's secret.
+    app.create_workflow(json!({"id": "wf_down", "name": "down", "steps": [
+        {"id": "call", "type": "http", "url": "http://127.0.0.1:9/x?key={{ secrets.ODD }}",
+         "retry": {"max_attempts": 1}}
+    ]}))
+    .await;
+    let run = app.start_run("wf_down", json!({})).await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let text = done.to_string();
+    assert!(
+        !text.contains(&form) && !text.contains("p+q") && !text.contains("p%2Bq"),
+        "{text}"
+    );
+}
+
+/// Redirects: credentials go only to the origin the definition names; a
+/// redirect to another scheme is an egress refusal.
+#[tokio::test]
+async fn redirects_keep_credentials_at_their_origin() {
+    let (app, up, other) = (
+        spawn_app().await,
+        upstream::spawn().await,
+        upstream::spawn().await,
+    );
+    app.put("/v1/secrets/K", json!({"value": SECRET})).await;
+    app.create_workflow(json!({"id": "wf_r", "name": "r", "steps": [
+        {"id": "call", "type": "http", "url": "{{ trigger.base }}/redirect",
+         "query": {"to": "{{ trigger.to }}"},
+         "headers": {"x-api-key": "{{ secrets.K }}", "authorization": "Bearer t", "x-plain": "kept"}}
+    ]}))
+    .await;
+    let run = app
+        .start_run("wf_r", json!({"base": up, "to": format!("{other}/echo")}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let seen = &step(&done, "call")["output"]["body"]["headers"];
+    assert!(seen.get("x-api-key").is_none(), "{seen}");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    assert_eq!(seen["x-plain"], "kept");
+
+    // The same origin keeps them.
+    let run = app
+        .start_run("wf_r", json!({"base": up, "to": format!("{up}/echo")}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    let seen = &step(&done, "call")["output"]["body"]["headers"];
+    assert_eq!(seen["x-api-key"], "[redacted]");
+
+    let run = app
+        .start_run("wf_r", json!({"base": up, "to": "file:///etc/passwd"}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["error"]["code"], "egress_denied", "{done}");
+
+    let r = app
+        .post(
+            "/v1/workflows",
+            json!({"name": "host", "steps": [
+                {"id": "call", "type": "http", "url": "http://example.com/", "headers": {"Host": "internal"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Host")
     );
 }

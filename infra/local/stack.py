@@ -251,9 +251,6 @@ def function_env(tpl, names, endpoint, egress_allow):
         "WEFT_TABLE": names["table"],
         "WEFT_BUCKET": names["bucket"],
         "WEFT_SECRET_PREFIX": f"weft/{STACK}/",
-        "WEFT_SECRET_TOKEN": os.environ.get(
-            "WEFT_SECRET_TOKEN", "local-stack-secret-token-0123456789"
-        ),
         "WEFT_LOG": os.environ.get("WEFT_LOG", "info"),
         "WEFT_STATE_MACHINE_ARN": names["state_machine_arn"],
         "WEFT_STEP_FUNCTIONS": step_functions,

@@ -13,5 +13,5 @@ pub mod engine;
 pub mod orchestrator;
 pub mod platform;
 pub mod ports;
-pub mod secret_refs;
+pub mod step_secrets;
 pub mod template;

@@ -142,12 +142,7 @@ fn executors(
     );
     map.insert(
         "llm".into(),
-        Arc::new(LlmExecutor::new(
-            config.egress.clone(),
-            secrets,
-            config.llm.clone(),
-            spending,
-        )?),
+        Arc::new(LlmExecutor::new(secrets, config.llm.clone(), spending)?),
     );
     Ok(map)
 }

@@ -64,7 +64,7 @@ pub async fn spawn_app_with(mut config: PlatformConfig) -> TestApp {
     TestApp {
         base,
         key,
-        client: reqwest::Client::new(),
+        client: test_client(),
         platform: Some(platform),
         _dir: Some(dir),
     }
@@ -76,7 +76,7 @@ impl TestApp {
         TestApp {
             base: base.trim_end_matches('/').to_owned(),
             key: key.to_owned(),
-            client: reqwest::Client::new(),
+            client: test_client(),
             platform: None,
             _dir: None,
         }
@@ -208,4 +208,13 @@ pub fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
         .as_array()
         .and_then(|s| s.iter().find(|s| s["id"] == id))
         .unwrap_or(&Value::Null)
+}
+
+/// The tests' client: straight to the servers the tests run (never through
+/// a proxy from the environment).
+pub fn test_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
 }

@@ -50,6 +50,15 @@ pub async fn spawn() -> String {
 /// OpenAI-compatible provider at the same address with an operator key),
 /// with the workspace keys stored as secrets if `with_keys`.
 pub async fn setup(with_keys: bool) -> (TestApp, String) {
+    setup_with(
+        with_keys,
+        EgressPolicy::allowing("127.0.0.0/8").expect("policy"),
+    )
+    .await
+}
+
+/// `setup` with the egress policy for tenants' http steps given.
+pub async fn setup_with(with_keys: bool, egress: EgressPolicy) -> (TestApp, String) {
     let base = spawn().await;
     let mut llm = LlmConfig {
         default_provider: "openai".into(),
@@ -63,7 +72,6 @@ pub async fn setup(with_keys: bool) -> (TestApp, String) {
     llm.add_compatible(&format!("groq={base}/openai/v1"))
         .expect("provider");
     llm.operator_keys.insert("groq".into(), OPENAI_KEY.into());
-    let egress = EgressPolicy::allowing("127.0.0.0/8").expect("policy");
     let app = spawn_app_with(PlatformConfig {
         egress,
         llm,

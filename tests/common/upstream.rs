@@ -43,13 +43,20 @@ pub async fn spawn() -> String {
 
 async fn echo(
     method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: String,
 ) -> Json<Value> {
     let json_body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let all: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+        .collect();
     Json(json!({
         "method": method.as_str(),
+        "uri": uri.to_string(),
+        "headers": all,
         "query": q,
         "x_api_key": headers.get("x-api-key").and_then(|v| v.to_str().ok()),
         "content_type": headers.get("content-type").and_then(|v| v.to_str().ok()),

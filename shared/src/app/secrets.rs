@@ -10,14 +10,7 @@ pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 /// Secret names are usable in templates as `secrets.NAME`.
 fn check_name(name: &str) -> Result<(), AppError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if ok {
+    if crate::dsl::is_secret_name(name) {
         Ok(())
     } else {
         Err(AppError::BadRequest(format!(

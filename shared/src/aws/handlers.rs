@@ -97,7 +97,6 @@ impl Stack {
 
     pub fn llm_executor(&self) -> anyhow::Result<LlmExecutor> {
         LlmExecutor::new(
-            self.settings.egress.clone(),
             self.secrets.clone(),
             LlmConfig::from_env()?,
             Spending::from_stores(&self.store_set()),

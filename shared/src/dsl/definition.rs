@@ -142,6 +142,23 @@ pub struct Http {
     pub query: Value,
     pub headers: Value,
     pub body: Option<Value>,
+    /// The strings of the request that insert secrets.
+    pub secrets: Vec<SecretSlot>,
+}
+
+/// A string of an http request that inserts secrets: where it is (`url`,
+/// `query.NAME`, `headers.NAME`, or a place in `body`) and its parts, split
+/// at each `{{ secrets.NAME }}` when the definition was validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretSlot {
+    pub path: Vec<PathSeg>,
+    pub parts: Vec<crate::template::Part>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PathSeg {
+    Key(String),
+    Index(usize),
 }
 
 /// A model call. `provider` defaults to the server's default provider.

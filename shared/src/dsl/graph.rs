@@ -8,6 +8,9 @@ use super::definition::StepKind;
 use super::parse::{Parsed, is_builtin_name};
 use super::path::{Path, ValidationError};
 
+/// Where a definition may insert secrets.
+pub(super) const SECRETS_ONLY_IN_HTTP: &str = "secrets can only be inserted into an http step's url, query, headers or body, as {{ secrets.NAME }} (secret values never enter run state)";
+
 /// A name a step uses: from a template, an expression or `depends_on`.
 #[derive(Clone, Debug)]
 pub(super) struct Ref {
@@ -91,11 +94,8 @@ pub(super) fn resolve_scope(
         let mut deps = BTreeSet::new();
         for r in refs {
             if r.name == "secrets" {
-                if !s.step.kind.is_external() {
-                    errors.push(ValidationError::new(
-                        &r.path,
-                        "`secrets` can only be used in http steps (secret values never enter run state)",
-                    ));
+                if !matches!(s.step.kind, StepKind::Http(_)) {
+                    errors.push(ValidationError::new(&r.path, SECRETS_ONLY_IN_HTTP));
                 }
                 continue;
             }

@@ -188,6 +188,7 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
                 ),
             ),
             None if r.name == "trigger" || r.name == "run" => {}
+            None if r.name == "secrets" => p.err(&r.path, super::graph::SECRETS_ONLY_IN_HTTP),
             None => p.err(&r.path, format!("references unknown step `{}`", r.name)),
         }
     }
@@ -836,9 +837,32 @@ fn parse_http(
     };
     let query = object_field("query");
     let headers = object_field("headers");
+    if let Value::Object(h) = &headers {
+        for k in h.keys() {
+            if crate::adapters::http::RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+                p.err(
+                    &path.key("headers").key(k),
+                    format!("the header `{k}` is set by Weft, not by a step"),
+                );
+            }
+        }
+    }
     let body = obj.get("body").cloned();
     if let Some(b) = &body {
         collect_refs(p, b, &path.key("body"), refs);
+    }
+    let mut secrets = Vec::new();
+    let url_value = Value::String(url.clone());
+    for (field, v) in [
+        ("url", Some(&url_value)),
+        ("query", Some(&query)),
+        ("headers", Some(&headers)),
+        ("body", body.as_ref()),
+    ] {
+        if let Some(v) = v {
+            let at = vec![PathSeg::Key(field.to_owned())];
+            secret_slots(p, v, &path.key(field), at, &mut secrets);
+        }
     }
     Some(Http {
         method,
@@ -846,7 +870,68 @@ fn parse_http(
         query,
         headers,
         body,
+        secrets,
     })
+}
+
+/// The strings of an http request field that insert secrets. (Secrets used
+/// any other way are reported where references are collected.)
+fn secret_slots(
+    p: &mut Parser,
+    v: &Value,
+    path: &Path,
+    at: Vec<PathSeg>,
+    out: &mut Vec<SecretSlot>,
+) {
+    match v {
+        Value::String(s) => {
+            let Ok(Some(parts)) = template::secret_parts(s) else {
+                return;
+            };
+            if at.len() == 1 && matches!(&at[0], PathSeg::Key(k) if k == "query" || k == "headers")
+            {
+                p.err(
+                    path,
+                    "a secret can be the value of a query parameter or a header, not the whole field",
+                );
+                return;
+            }
+            for part in &parts {
+                if let template::Part::Secret(name) = part
+                    && !is_secret_name(name)
+                {
+                    p.err(path, format!("`{name}` is not a valid secret name: use 1-64 letters, digits or `_`, starting with a letter or `_`"));
+                }
+            }
+            out.push(SecretSlot { path: at, parts });
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let mut next = at.clone();
+                next.push(PathSeg::Index(i));
+                secret_slots(p, item, &path.index(i), next, out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let mut next = at.clone();
+                next.push(PathSeg::Key(k.clone()));
+                secret_slots(p, item, &path.key(k), next, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Names a secret may have (the API refuses others).
+pub fn is_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
 }
 
 /// Providers an `llm` step can name.
@@ -868,6 +953,20 @@ pub fn budget_usd(v: Option<&Value>) -> Result<Option<f64>, String> {
                 format!("expected an amount in USD above 0 and at most {MAX_BUDGET_USD}")
             }),
     }
+}
+
+const MODEL_NAME_RULE: &str = "expected a model name such as \"gpt-4o-mini\": 1-128 letters, digits and `.` `_` `-` `:` `/` `@`, with no `..`";
+
+/// What a model name may look like: what providers use (`gpt-4o-mini`,
+/// `llama3.1:8b`, `meta-llama/llama-4-scout`), and nothing that could
+/// change a URL it is put in.
+pub fn is_model_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.contains("..")
+        && !s.starts_with('/')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@'))
 }
 
 /// What a provider name may look like: built-in providers and those an
@@ -906,12 +1005,9 @@ fn parse_llm(
 ) -> Option<Llm> {
     let provider = provider_field(p, obj.get("provider"), &path.key("provider"));
     let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+        Some(Value::String(m)) if is_model_name(m) => m.clone(),
         Some(_) => {
-            p.err(
-                &path.key("model"),
-                "expected a model name such as \"gpt-4o-mini\"",
-            );
+            p.err(&path.key("model"), MODEL_NAME_RULE);
             return None;
         }
         None => {
@@ -994,6 +1090,9 @@ fn parse_llm(
                 let at = path.key("fallback").index(i);
                 match item {
                     Value::Object(m) => match m.get("model").and_then(Value::as_str) {
+                        Some(model) if !is_model_name(model) => {
+                            p.err(&at.key("model"), MODEL_NAME_RULE);
+                        }
                         Some(model) => fallback.push(ModelRef {
                             provider: provider_field(p, m.get("provider"), &at.key("provider")),
                             model: model.to_owned(),
@@ -1003,6 +1102,9 @@ fn parse_llm(
                             "a fallback needs a `model` (and optionally a `provider`)",
                         ),
                     },
+                    Value::String(model) if !is_model_name(model) => {
+                        p.err(&at, MODEL_NAME_RULE);
+                    }
                     Value::String(model) => fallback.push(ModelRef {
                         provider: None,
                         model: model.clone(),
@@ -1017,6 +1119,9 @@ fn parse_llm(
         ),
     }
     let retry_model = opt_string(p, obj, path, "retry_model");
+    if retry_model.as_deref().is_some_and(|m| !is_model_name(m)) {
+        p.err(&path.key("retry_model"), MODEL_NAME_RULE);
+    }
     let cache_ttl = match obj.get("cache") {
         None | Some(Value::Null) => None,
         Some(Value::Object(c)) => {

@@ -80,23 +80,46 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
 }
 
 fn http_request(h: &crate::dsl::Http, ctx: &Context) -> Result<Value, StepError> {
-    // `secrets.NAME` renders to a placeholder the executor resolves.
-    let ctx =
-        minijinja::context! { secrets => crate::secret_refs::template_object(), ..ctx.clone() };
-    let render = |v: &Value| template::render_value(v, &ctx).map_err(template_error);
-    Ok(json!({
+    let mut fields = json!({
+        "url": h.url,
+        "query": h.query,
+        "headers": h.headers,
+        "body": h.body,
+    });
+    // The strings that insert secrets are left blank here; the executor
+    // builds them from their slots (see `step_secrets`).
+    for slot in &h.secrets {
+        if let Some(v) = at_path(&mut fields, &slot.path) {
+            *v = Value::Null;
+        }
+    }
+    let render = |v: &Value| template::render_value(v, ctx).map_err(template_error);
+    let mut req = json!({
         "method": h.method,
-        "url": render(&Value::String(h.url.clone()))?,
-        "query": render(&h.query)?,
-        "headers": render(&h.headers)?,
-        "body": h.body.as_ref().map(render).transpose()?,
-    }))
+        "url": render(&fields["url"])?,
+        "query": render(&fields["query"])?,
+        "headers": render(&fields["headers"])?,
+        "body": if h.body.is_some() { render(&fields["body"])? } else { Value::Null },
+    });
+    if !h.secrets.is_empty() {
+        req[crate::step_secrets::SLOTS_FIELD] = crate::step_secrets::render_slots(&h.secrets, ctx)?;
+    }
+    Ok(req)
+}
+
+fn at_path<'v>(v: &'v mut Value, path: &[crate::dsl::PathSeg]) -> Option<&'v mut Value> {
+    let mut cur = v;
+    for seg in path {
+        cur = match seg {
+            crate::dsl::PathSeg::Key(k) => cur.get_mut(k.as_str())?,
+            crate::dsl::PathSeg::Index(i) => cur.get_mut(*i)?,
+        };
+    }
+    Some(cur)
 }
 
 fn llm_request(l: &crate::dsl::Llm, ctx: &Context) -> Result<Value, StepError> {
-    let ctx =
-        minijinja::context! { secrets => crate::secret_refs::template_object(), ..ctx.clone() };
-    let render = |v: &Value| template::render_value(v, &ctx).map_err(template_error);
+    let render = |v: &Value| template::render_value(v, ctx).map_err(template_error);
     let messages = render(&l.messages)?;
     let ok = messages.as_array().is_some_and(|m| {
         !m.is_empty()
@@ -210,7 +233,7 @@ fn short(s: &str) -> String {
     }
 }
 
-fn short_json(v: &Value) -> String {
+pub fn short_json(v: &Value) -> String {
     short(&v.to_string())
 }
 

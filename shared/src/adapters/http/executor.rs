@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::redirect::Policy;
 use reqwest::{Method, Url};
 use serde_json::{Map as JsonMap, Value, json};
@@ -12,7 +13,7 @@ use serde_json::{Map as JsonMap, Value, json};
 use super::egress::{EgressDenied, EgressPolicy, GuardedResolver};
 use crate::domain::StepError;
 use crate::ports::{SecretStore, StepCall, StepExecutor};
-use crate::secret_refs;
+use crate::step_secrets::{self, Filled};
 
 /// Largest response body read.
 pub const MAX_RESPONSE_BYTES: usize = 5 * 1024 * 1024;
@@ -24,27 +25,19 @@ pub struct HttpExecutor {
     secrets: Arc<dyn SecretStore>,
 }
 
-/// An HTTP client whose every connection passes the egress policy: host
-/// names through the guarded resolver, redirects through `check_url`. (IP
-/// literals skip DNS, so callers check the first URL with `check_url`.)
+/// An HTTP client for tenant-chosen URLs: every connection passes the
+/// egress policy (host names through the guarded resolver; callers check
+/// IP literals and each redirect with `check_url`), redirects are not
+/// followed by the client (the caller follows them, see `send`), and no
+/// proxy from the environment is used (a proxy would resolve names past
+/// the guard).
 pub fn guarded_client(policy: &Arc<EgressPolicy>) -> anyhow::Result<reqwest::Client> {
-    let redirect_policy = Arc::clone(policy);
     Ok(reqwest::Client::builder()
         .dns_resolver(Arc::new(GuardedResolver {
             policy: Arc::clone(policy),
         }))
-        .redirect(Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
-                return attempt.error(EgressDenied(format!("more than {MAX_REDIRECTS} redirects")));
-            }
-            match check_url(attempt.url(), &redirect_policy) {
-                Ok(()) => attempt.follow(),
-                Err(e) => {
-                    let msg = format!("redirect to {} refused: {}", attempt.url(), e.0);
-                    attempt.error(EgressDenied(msg))
-                }
-            }
-        }))
+        .redirect(Policy::none())
+        .no_proxy()
         .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
         .build()?)
 }
@@ -100,9 +93,46 @@ fn object(v: Option<&Value>, what: &str) -> Result<JsonMap<String, Value>, StepE
         None | Some(Value::Null) => Ok(JsonMap::new()),
         Some(Value::Object(m)) => Ok(m.clone()),
         Some(other) => Err(bad_request(format!(
-            "`{what}` must be an object, got {other}"
+            "`{what}` must be an object, got {}",
+            crate::engine::steps::short_json(other)
         ))),
     }
+}
+
+/// Headers the client sets itself: a step setting them could reach another
+/// virtual host than its URL names, or desynchronise the connection.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+];
+
+/// Headers dropped when a redirect leads to another origin, besides those
+/// that carry the step's secrets.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+
+fn headers(req: &Value) -> Result<HeaderMap, StepError> {
+    let mut out = HeaderMap::new();
+    for (k, v) in object(req.get("headers"), "headers")? {
+        if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+            return Err(bad_request(format!(
+                "the header `{k}` is set by Weft, not by a step"
+            )));
+        }
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| bad_request(format!("`{k}` is not a valid header name")))?;
+        let value = HeaderValue::from_str(&as_text(&v))
+            .map_err(|_| bad_request(format!("the value of header `{k}` is not valid")))?;
+        out.append(name, value);
+    }
+    Ok(out)
 }
 
 /// Finds an `EgressDenied` anywhere in an error's chain of causes.
@@ -139,24 +169,49 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<f64> {
 impl StepExecutor for HttpExecutor {
     async fn execute(&self, call: &StepCall) -> Result<Value, StepError> {
         let mut request = call.request.clone();
-        let values =
-            secret_refs::resolve(self.secrets.as_ref(), &call.workspace_id, &mut request).await?;
-        match self.send(call, &request).await {
+        let filled =
+            step_secrets::fill(self.secrets.as_ref(), &call.workspace_id, &mut request).await?;
+        match self.send(call, &request, &filled).await {
             Ok(mut out) => {
-                secret_refs::redact(&mut out, &values);
+                filled.redactor.redact(&mut out);
                 Ok(out)
             }
             Err(mut e) => {
-                e.message = secret_refs::redact_str(&e.message, &values);
+                e.message = filled.redactor.redact_str(&e.message);
                 Err(e)
             }
         }
     }
 }
 
+/// An error of the client, without the URL (which may hold a secret).
+fn client_error(e: reqwest::Error, timeout: std::time::Duration) -> StepError {
+    if let Some(why) = egress_cause(&e) {
+        return StepError::permanent("egress_denied", why);
+    }
+    let e = e.without_url();
+    if e.is_timeout() {
+        StepError::transient(
+            "timeout",
+            format!("no response within {}", humantime::format_duration(timeout)),
+        )
+    } else if e.is_builder() {
+        bad_request(format!("the request could not be built: {e}"))
+    } else if e.is_connect() {
+        StepError::transient("connection_error", format!("could not connect: {e}"))
+    } else {
+        StepError::transient("request_failed", format!("the request failed: {e}"))
+    }
+}
+
 impl HttpExecutor {
-    async fn send(&self, call: &StepCall, req: &Value) -> Result<Value, StepError> {
-        let method = Method::from_bytes(req["method"].as_str().unwrap_or("GET").as_bytes())
+    async fn send(
+        &self,
+        call: &StepCall,
+        req: &Value,
+        filled: &Filled,
+    ) -> Result<Value, StepError> {
+        let mut method = Method::from_bytes(req["method"].as_str().unwrap_or("GET").as_bytes())
             .map_err(|_| bad_request("invalid HTTP method"))?;
         let url_text = as_text(&req["url"]);
         let mut url = Url::parse(&url_text)
@@ -171,35 +226,85 @@ impl HttpExecutor {
                 }
             }
         }
-        let mut builder = self.client.request(method, url).timeout(call.timeout);
-        for (k, v) in object(req.get("headers"), "headers")? {
-            builder = builder.header(k.as_str(), as_text(&v));
-        }
-        builder = match req.get("body") {
-            None | Some(Value::Null) => builder,
-            Some(Value::String(s)) => builder.body(s.clone()),
-            Some(other) => builder.json(other),
+        let mut headers = headers(req)?;
+        let mut body: Option<(Vec<u8>, bool)> = match req.get("body") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some((s.clone().into_bytes(), false)),
+            Some(other) => Some((
+                serde_json::to_vec(other).map_err(|e| bad_request(e.to_string()))?,
+                true,
+            )),
         };
+        let deadline = tokio::time::Instant::now() + call.timeout;
         let started = std::time::Instant::now();
-        let mut res = builder.send().await.map_err(|e| {
-            if let Some(why) = egress_cause(&e) {
-                StepError::permanent("egress_denied", why)
-            } else if e.is_timeout() {
-                StepError::transient(
-                    "timeout",
-                    format!(
-                        "no response within {}",
-                        humantime::format_duration(call.timeout)
-                    ),
-                )
-            } else if e.is_builder() {
-                bad_request(format!("the request could not be built: {e}"))
-            } else if e.is_connect() {
-                StepError::transient("connection_error", format!("could not connect: {e}"))
-            } else {
-                StepError::transient("request_failed", format!("the request failed: {e}"))
+        let mut redirects = 0;
+        let mut res = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut builder = self
+                .client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone())
+                .timeout(left.max(std::time::Duration::from_millis(1)));
+            if let Some((bytes, json)) = &body {
+                if *json && !headers.contains_key(reqwest::header::CONTENT_TYPE) {
+                    builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
+                }
+                builder = builder.body(bytes.clone());
             }
-        })?;
+            let res = builder
+                .send()
+                .await
+                .map_err(|e| client_error(e, call.timeout))?;
+            let status = res.status().as_u16();
+            let location = res
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok());
+            let (true, Some(location)) = (matches!(status, 301 | 302 | 303 | 307 | 308), location)
+            else {
+                break res;
+            };
+            redirects += 1;
+            if redirects > MAX_REDIRECTS {
+                return Err(denied(EgressDenied(format!(
+                    "more than {MAX_REDIRECTS} redirects"
+                ))));
+            }
+            let next = url.join(location).map_err(|_| {
+                bad_request(format!("the redirect to `{location}` is not a valid URL"))
+            })?;
+            check_url(&next, &self.policy).map_err(|e| {
+                denied(EgressDenied(format!("redirect to {next} refused: {}", e.0)))
+            })?;
+            if status == 303 || (matches!(status, 301 | 302) && method == Method::POST) {
+                method = if method == Method::HEAD {
+                    Method::HEAD
+                } else {
+                    Method::GET
+                };
+                body = None;
+                headers.remove(reqwest::header::CONTENT_TYPE);
+            }
+            if next.origin() != url.origin() {
+                for h in CREDENTIAL_HEADERS
+                    .iter()
+                    .copied()
+                    .chain(filled.headers.iter().map(String::as_str))
+                {
+                    headers.remove(h);
+                }
+                if body.is_some() && filled.in_body {
+                    return Err(StepError::permanent(
+                        "redirect_refused",
+                        format!(
+                            "the response redirects to another host ({}), which would be sent a body that holds secrets",
+                            next.host_str().unwrap_or("?")
+                        ),
+                    ));
+                }
+            }
+            url = next;
+        };
         let status = res.status();
         let headers: JsonMap<String, Value> = res
             .headers()
@@ -239,7 +344,7 @@ impl HttpExecutor {
                 Err(e) => {
                     return Err(StepError::transient(
                         "request_failed",
-                        format!("reading the response failed: {e}"),
+                        format!("reading the response failed: {}", e.without_url()),
                     ));
                 }
             }

@@ -6,5 +6,6 @@ mod executor;
 
 pub use egress::{EgressDenied, EgressPolicy};
 pub use executor::{
-    HttpExecutor, MAX_RESPONSE_BYTES, check_url, egress_cause, guarded_client, retry_after,
+    HttpExecutor, MAX_RESPONSE_BYTES, RESERVED_HEADERS, check_url, egress_cause, guarded_client,
+    retry_after,
 };

@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 
 use super::providers::{self, CallError, ErrorClass, Kind, Prompt, Reply};
 use super::{prices, spend};
-use crate::adapters::http::{EgressPolicy, check_url, egress_cause, guarded_client, retry_after};
+use crate::adapters::http::retry_after;
 use crate::domain::{Caps, Charge, StepError, Usage, WorkspaceId, WorkspaceSettings};
 use crate::ports::{ResultCache, SecretStore, SettingsStore, StepCall, StepExecutor, UsageStore};
-use crate::secret_refs;
+use crate::step_secrets::Redactor;
 
 /// Where each provider is reached and which provider a step without one uses.
 #[derive(Clone, Debug)]
@@ -149,9 +149,12 @@ impl Spending {
     }
 }
 
+/// Calls providers at the base URLs the operator configured. Those are
+/// trusted by configuration, so they are not held to the egress policy for
+/// tenants' http steps (a local model server on 127.0.0.1 does not open
+/// loopback to every tenant); nothing a tenant writes chooses the host.
 pub struct LlmExecutor {
     client: reqwest::Client,
-    policy: Arc<EgressPolicy>,
     secrets: Arc<dyn SecretStore>,
     config: LlmConfig,
     spending: Spending,
@@ -163,15 +166,15 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StepError {
 
 impl LlmExecutor {
     pub fn new(
-        policy: EgressPolicy,
         secrets: Arc<dyn SecretStore>,
         config: LlmConfig,
         spending: Spending,
     ) -> anyhow::Result<Self> {
-        let policy = Arc::new(policy);
         Ok(Self {
-            client: guarded_client(&policy)?,
-            policy,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
+                .build()?,
             secrets,
             config,
             spending,
@@ -234,14 +237,16 @@ impl LlmExecutor {
             )
         })?;
         let key = self.api_key(ws, provider).await?;
+        // The key must not come back in anything recorded (some providers
+        // quote the key they were sent in their error messages).
+        let redactor = Redactor::new(key.clone());
         let (path, body) = providers::request(kind, prompt);
-        let url = Url::parse(&format!("{}{path}", base.trim_end_matches('/'))).map_err(|e| {
+        let url = providers::endpoint(base, &path).map_err(|e| {
             fail(
                 ErrorClass::Invalid,
                 format!("bad base URL for {provider}: {e}"),
             )
         })?;
-        check_url(&url, &self.policy).map_err(|e| fail(ErrorClass::EgressDenied, e.0))?;
         let mut req = self.client.post(url).timeout(timeout).json(&body);
         req = match (kind, key) {
             (_, None) => req,
@@ -252,9 +257,8 @@ impl LlmExecutor {
             (Kind::Gemini, Some(key)) => req.header("x-goog-api-key", key),
         };
         let res = req.send().await.map_err(|e| {
-            if let Some(why) = egress_cause(&e) {
-                fail(ErrorClass::EgressDenied, why)
-            } else if e.is_timeout() {
+            let e = e.without_url();
+            if e.is_timeout() {
                 fail(
                     ErrorClass::Timeout,
                     format!("no reply within {}", humantime::format_duration(timeout)),
@@ -274,10 +278,11 @@ impl LlmExecutor {
             } else {
                 fail(
                     ErrorClass::ServerError,
-                    format!("reading the reply failed: {e}"),
+                    format!("reading the reply failed: {}", e.without_url()),
                 )
             }
         })?;
+        let raw = redactor.redact_str(&raw);
         let parsed: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
             return providers::reply(kind, &parsed).ok_or_else(|| {
@@ -293,7 +298,7 @@ impl LlmExecutor {
         let (class, message) = providers::error(status, &parsed, &raw);
         Err(CallError {
             class,
-            message,
+            message: redactor.redact_str(&message),
             retry_after: wait,
         })
     }
@@ -303,11 +308,13 @@ impl LlmExecutor {
 impl StepExecutor for LlmExecutor {
     async fn execute(&self, call: &StepCall) -> Result<Value, StepError> {
         let ws = &call.workspace_id;
-        let mut req = call.request.clone();
-        let values = secret_refs::resolve(self.secrets.as_ref(), ws, &mut req).await?;
+        // Model calls never carry secret slots: a definition cannot insert
+        // secrets into an llm step, and the provider's key is added by
+        // `call` from the workspace's own settings.
+        let req = &call.request;
         let cache = req["cache_ttl_secs"]
             .as_u64()
-            .map(|ttl| (spend::cache_key(&req), Duration::from_secs(ttl)));
+            .map(|ttl| (spend::cache_key(req), Duration::from_secs(ttl)));
         if let Some((key, _)) = &cache
             && let Some(hit) = self.cache_hit(call, key, &req["inputs"]).await?
         {
@@ -320,11 +327,7 @@ impl StepExecutor for LlmExecutor {
             .get_settings(ws)
             .await
             .map_err(|e| unavailable("the workspace settings could not be read", e))?;
-        let mut result = self.run_chain(call, &req, &settings).await;
-        match &mut result {
-            Ok(out) => secret_refs::redact(out, &values),
-            Err(e) => e.message = secret_refs::redact_str(&e.message, &values),
-        }
+        let result = self.run_chain(call, req, &settings).await;
         if let (Some((key, ttl)), Ok(out)) = (&cache, &result) {
             let mut stored = out.clone();
             if let Some(o) = stored.as_object_mut() {

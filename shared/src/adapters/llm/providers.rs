@@ -12,7 +12,6 @@ pub enum ErrorClass {
     ContextTooLong,
     Auth,
     Invalid,
-    EgressDenied,
 }
 
 impl ErrorClass {
@@ -37,7 +36,6 @@ impl ErrorClass {
             Self::ContextTooLong => "llm_context_too_long",
             Self::Auth => "llm_auth",
             Self::Invalid => "llm_invalid_request",
-            Self::EgressDenied => "egress_denied",
         }
     }
 }
@@ -94,6 +92,11 @@ fn system_text(p: &Prompt<'_>) -> Option<String> {
 }
 
 /// URL path (after the base URL) and JSON body.
+/// The URL of a provider's path under its configured base URL.
+pub fn endpoint(base: &str, path: &str) -> Result<reqwest::Url, url::ParseError> {
+    reqwest::Url::parse(&format!("{}{path}", base.trim_end_matches('/')))
+}
+
 pub fn request(kind: Kind, p: &Prompt<'_>) -> (String, Value) {
     match kind {
         Kind::OpenAi => {
@@ -163,7 +166,11 @@ pub fn request(kind: Kind, p: &Prompt<'_>) -> (String, Value) {
             if let Some(s) = system_text(p) {
                 body["systemInstruction"] = json!({"parts": [{"text": s}]});
             }
-            (format!("/v1beta/models/{}:generateContent", p.model), body)
+            // The model name is one path segment, whatever it holds.
+            let model: String =
+                percent_encoding::utf8_percent_encode(p.model, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            (format!("/v1beta/models/{model}:generateContent"), body)
         }
     }
 }

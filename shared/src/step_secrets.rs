@@ -1,0 +1,328 @@
+//! How secrets reach http steps without ever entering run state.
+//!
+//! A secret is resolved only where the definition names it: an http step's
+//! string that holds `{{ secrets.NAME }}` is split at validation into text
+//! and secret parts (`dsl::SecretSlot`). The engine renders the text parts
+//! and hands the executor a list of slots — a path into the request and its
+//! parts — next to the request, never inside it; the executor fetches the
+//! named secrets, builds each string and puts it at its path just before the
+//! call. Nothing rendered from run data (input, step outputs, replies) is
+//! ever read for secret names, so no data can ask for a secret. Whatever
+//! the call returns is redacted of the values, in the forms a value takes
+//! on the wire.
+
+use base64::Engine as _;
+use serde_json::{Map as JsonMap, Value, json};
+
+use crate::domain::{StepError, WorkspaceId};
+use crate::dsl::{PathSeg, SecretSlot};
+use crate::ports::SecretStore;
+use crate::template::{self, Context, Part};
+
+/// What a secret's value is replaced with wherever it would be recorded.
+pub const REDACTED: &str = "[redacted]";
+/// The request field that carries the slots (set by the engine only).
+pub const SLOTS_FIELD: &str = "secrets";
+
+fn template_error(e: template::TemplateError) -> StepError {
+    StepError::permanent("template_error", e.message)
+}
+
+/// The slots of a request, with their text parts rendered: what the engine
+/// puts in the request's `secrets` field.
+pub fn render_slots(slots: &[SecretSlot], ctx: &Context) -> Result<Value, StepError> {
+    let mut out = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let mut parts = Vec::with_capacity(slot.parts.len());
+        for p in &slot.parts {
+            parts.push(match p {
+                Part::Text(t) => json!({ "text": t }),
+                Part::Template(src) => {
+                    json!({ "text": template::render_text(src, ctx).map_err(template_error)? })
+                }
+                Part::Secret(name) => json!({ "secret": name }),
+            });
+        }
+        let path: Vec<Value> = slot
+            .path
+            .iter()
+            .map(|s| match s {
+                PathSeg::Key(k) => json!(k),
+                PathSeg::Index(i) => json!(i),
+            })
+            .collect();
+        out.push(json!({ "path": path, "parts": parts }));
+    }
+    Ok(Value::Array(out))
+}
+
+/// The place a path names inside a value, if it exists.
+fn at_path<'v>(v: &'v mut Value, path: &[Value]) -> Option<&'v mut Value> {
+    let mut cur = v;
+    for seg in path {
+        cur = match seg {
+            Value::String(k) => cur.as_object_mut()?.get_mut(k)?,
+            Value::Number(n) => cur
+                .as_array_mut()?
+                .get_mut(usize::try_from(n.as_u64()?).ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Where a request carries secrets once they are filled in.
+#[derive(Debug, Default)]
+pub struct Filled {
+    /// Hides the values (and their encoded forms) in what comes back.
+    pub redactor: Redactor,
+    /// Header names (lowercase) whose values hold a secret.
+    pub headers: Vec<String>,
+    /// The body holds a secret.
+    pub in_body: bool,
+}
+
+fn malformed(what: &str) -> StepError {
+    StepError::permanent(
+        "invalid_request",
+        format!("the request's secret slots are malformed: {what}"),
+    )
+}
+
+/// Fills in the secrets the request's slots name, taking the slots out of
+/// the request.
+pub async fn fill(
+    secrets: &dyn SecretStore,
+    ws: &WorkspaceId,
+    request: &mut Value,
+) -> Result<Filled, StepError> {
+    let slots = match request.as_object_mut().and_then(|m| m.remove(SLOTS_FIELD)) {
+        None | Some(Value::Null) => return Ok(Filled::default()),
+        Some(Value::Array(slots)) => slots,
+        Some(_) => return Err(malformed("not a list")),
+    };
+    let mut values: Vec<(String, String)> = Vec::new();
+    let mut filled = Filled::default();
+    for slot in &slots {
+        let path = slot["path"]
+            .as_array()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| malformed("a slot has no path"))?;
+        let mut text = String::new();
+        for part in slot["parts"].as_array().into_iter().flatten() {
+            if let Some(t) = part["text"].as_str() {
+                text.push_str(t);
+                continue;
+            }
+            let name = part["secret"]
+                .as_str()
+                .ok_or_else(|| malformed("a part is neither text nor a secret"))?;
+            if let Some((_, v)) = values.iter().find(|(n, _)| n == name) {
+                text.push_str(v);
+                continue;
+            }
+            let value = match secrets.get_secret(ws, name).await {
+                Ok(Some(v)) => v,
+                Ok(None) => {
+                    return Err(StepError::permanent(
+                        "secret_not_found",
+                        format!(
+                            "secret `{name}` is not set in this workspace (PUT /v1/secrets/{name} sets it)"
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(StepError::transient(
+                        "secrets_unavailable",
+                        format!("secrets could not be read: {e}"),
+                    ));
+                }
+            };
+            text.push_str(&value);
+            values.push((name.to_owned(), value));
+        }
+        match path.first().and_then(Value::as_str) {
+            Some("headers") => {
+                if let Some(h) = path.get(1).and_then(Value::as_str) {
+                    filled.headers.push(h.to_ascii_lowercase());
+                }
+            }
+            Some("body") => filled.in_body = true,
+            _ => {}
+        }
+        *at_path(request, path)
+            .ok_or_else(|| malformed("a slot's path is not in the request"))? = Value::String(text);
+    }
+    filled.redactor = Redactor::new(values.into_iter().map(|(_, v)| v));
+    Ok(filled)
+}
+
+/// Replaces secret values, and the forms they take on the wire (URL and
+/// form encoding, JSON escaping, base64 inside a longer text), with
+/// `[redacted]`.
+#[derive(Clone, Debug, Default)]
+pub struct Redactor {
+    /// Longest first, so a value containing another is hidden whole.
+    needles: Vec<String>,
+}
+
+/// Shortest encoded fragment searched for (shorter ones match by chance).
+const MIN_FRAGMENT: usize = 6;
+
+impl Redactor {
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut needles: Vec<String> = Vec::new();
+        let add = |n: String, needles: &mut Vec<String>| {
+            if !n.is_empty() && !needles.contains(&n) {
+                needles.push(n);
+            }
+        };
+        for v in values {
+            if v.is_empty() {
+                continue;
+            }
+            for form in encoded_forms(&v) {
+                add(form, &mut needles);
+            }
+            add(v, &mut needles);
+        }
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        Self { needles }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
+
+    pub fn redact_str(&self, s: &str) -> String {
+        let mut out = s.to_owned();
+        for n in &self.needles {
+            if out.contains(n.as_str()) {
+                out = out.replace(n.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// Redacts every string of a value, object keys included.
+    pub fn redact(&self, v: &mut Value) {
+        if self.is_empty() {
+            return;
+        }
+        match v {
+            Value::String(s) => *s = self.redact_str(s),
+            Value::Array(items) => items.iter_mut().for_each(|i| self.redact(i)),
+            Value::Object(m) => {
+                let entries: Vec<(String, Value)> = std::mem::take(m).into_iter().collect();
+                let mut out = JsonMap::new();
+                for (k, mut val) in entries {
+                    self.redact(&mut val);
+                    out.insert(self.redact_str(&k), val);
+                }
+                *m = out;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The forms a value takes when a client or server encodes it.
+fn encoded_forms(v: &str) -> Vec<String> {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let mut out = Vec::new();
+    let form: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
+    let percent = utf8_percent_encode(v, NON_ALPHANUMERIC).to_string();
+    for f in [form, percent] {
+        out.push(lower_escapes(&f));
+        out.push(f);
+    }
+    if let Ok(json) = serde_json::to_string(v) {
+        let inner = json[1..json.len() - 1].to_owned();
+        out.push(inner.replace('/', "\\/"));
+        out.push(inner);
+    }
+    // Base64 of a text holding the value (`user:secret` in Basic auth):
+    // the characters that encode only the value's bytes, at each of the
+    // three alignments it can have.
+    let engines = [
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    for engine in engines {
+        for offset in 0..3usize {
+            let mut bytes = vec![0u8; offset];
+            bytes.extend_from_slice(v.as_bytes());
+            let enc = engine.encode(&bytes);
+            let skip = match offset {
+                0 => 0,
+                1 => 2,
+                _ => 3,
+            };
+            let stable = bytes.len() * 8 / 6;
+            if let Some(frag) = enc.get(skip..stable)
+                && frag.len() >= MIN_FRAGMENT
+            {
+                out.push(frag.to_owned());
+            }
+        }
+    }
+    out.retain(|f| f != v && f.len() >= MIN_FRAGMENT.min(v.len()));
+    out
+}
+
+/// `%2F` → `%2f`: the same encoding with lowercase hex digits.
+fn lower_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut after_percent = 0;
+    for c in s.chars() {
+        if c == '%' {
+            after_percent = 2;
+            out.push(c);
+        } else if after_percent > 0 {
+            after_percent -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_values_anywhere() {
+        let r = Redactor::new(["s3cret".to_owned()]);
+        let mut out = json!({"echo": "key=s3cret", "list": ["s3cret"], "s3cret": 1});
+        r.redact(&mut out);
+        assert_eq!(
+            out,
+            json!({"echo": "key=[redacted]", "list": ["[redacted]"], "[redacted]": 1})
+        );
+    }
+
+    #[test]
+    fn encoded_forms_are_redacted() {
+        let secret = "a+b/c=d e&f\"g\\h:ij";
+        let r = Redactor::new([secret.to_owned()]);
+        let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let json_escaped = serde_json::to_string(secret).unwrap();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("user:{secret}"));
+        let basic2 = base64::engine::general_purpose::STANDARD.encode(format!("us:{secret}"));
+        let basic3 = base64::engine::general_purpose::STANDARD.encode(format!("u:{secret}!"));
+        for text in [
+            format!("GET /?key={form} failed"),
+            format!("GET /?key={} failed", form.to_lowercase()),
+            format!("body was {json_escaped}"),
+            format!("Authorization: Basic {basic}"),
+            format!("Authorization: Basic {basic2}"),
+            format!("Authorization: Basic {basic3}"),
+        ] {
+            let out = r.redact_str(&text);
+            assert!(out.contains(REDACTED), "{text} → {out}");
+            assert!(!out.contains(&form), "{out}");
+        }
+    }
+}
