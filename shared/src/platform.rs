@@ -22,6 +22,37 @@ pub struct Platform {
     pub app: Arc<App>,
     pub orchestrator: Arc<Embedded>,
     pub store: SqliteStore,
+    /// Held while the platform is open: one process per database.
+    _lock: Option<std::fs::File>,
+}
+
+/// Takes the database's lock file (`<db>.lock`), so a second process on the
+/// same data refuses to start instead of driving the same runs. The lock
+/// goes with the process, however it ends.
+fn lock(db: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    if db.as_os_str() == ":memory:" {
+        return Ok(None);
+    }
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another Weft process is using {} (it holds {}); stop it, or give this one another --data-dir",
+            db.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 /// The development workspace and the key that acts for it.
@@ -54,6 +85,7 @@ impl Platform {
 
     /// Opens the database at `db` and resumes every unfinished run found there.
     pub async fn open_with(db: &Path, config: PlatformConfig) -> anyhow::Result<Self> {
+        let lock = lock(db)?;
         let mut store = SqliteStore::open(db)?;
         if let Some(k) = &config.master_key {
             store = store.with_master_key(k.clone());
@@ -79,6 +111,7 @@ impl Platform {
             app,
             orchestrator,
             store,
+            _lock: lock,
         })
     }
 

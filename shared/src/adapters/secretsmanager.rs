@@ -192,8 +192,10 @@ impl SecretStore for SecretsManagerStore {
             Err(e) if is_not_found(&e) => None,
             Err(e) => return Err(sdk(e)),
         };
-        if let Ok(mut c) = self.cache.lock() {
-            c.insert(id, (Instant::now(), value.clone()));
+        // Only values are kept: a secret created a moment ago (perhaps by
+        // another function) must be found at once.
+        if let (Some(v), Ok(mut c)) = (&value, self.cache.lock()) {
+            c.insert(id, (Instant::now(), Some(v.clone())));
         }
         Ok(value)
     }

@@ -94,7 +94,9 @@ async fn method_not_allowed() -> Response {
     .into_response()
 }
 
-/// Sets each problem's `instance` member to the path that was requested.
+/// Sets each problem's `instance` member to the path that was requested,
+/// and turns any other error response (the framework's own rejections of a
+/// path, a query or a body it could not read) into a problem.
 async fn problem_instance(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let res = next.run(req).await;
@@ -102,14 +104,36 @@ async fn problem_instance(req: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == PROBLEM_CONTENT_TYPE.as_bytes());
-    if !is_problem {
+    if !is_problem && !res.status().is_client_error() && !res.status().is_server_error() {
         return res;
     }
     let (mut parts, body) = res.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024).await else {
         return Response::from_parts(parts, Body::empty());
     };
-    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+    if !is_problem {
+        // The framework's own answer (a path or query it could not read, a
+        // body over the limit): its text becomes the problem's detail.
+        let text = String::from_utf8_lossy(&bytes);
+        let detail: String = text.trim().chars().take(500).collect();
+        let status = parts.status;
+        let problem = json!({
+            "type": format!("/problems/{}", if status.is_server_error() { "internal" } else { "bad-request" }),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": if detail.is_empty() { "the request could not be handled".to_owned() } else { detail },
+        });
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
+        return with_instance(parts, problem.to_string().as_bytes(), path);
+    }
+    with_instance(parts, &bytes, path)
+}
+
+fn with_instance(mut parts: axum::http::response::Parts, bytes: &[u8], path: String) -> Response {
+    let body = match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(serde_json::Value::Object(mut m)) => {
             m.insert("instance".into(), serde_json::Value::String(path));
             serde_json::Value::Object(m).to_string().into_bytes()

@@ -14,6 +14,8 @@ use crate::ports::{
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 /// How often a write that lost a race is tried again.
 const WRITE_ATTEMPTS: usize = 8;
+/// Largest run input accepted (the request body limit bounds it too).
+const MAX_INPUT_BYTES: usize = 1024 * 1024;
 
 /// A run with its steps, in definition order (map iterations follow their map).
 #[derive(Clone, Debug)]
@@ -147,6 +149,16 @@ impl App {
                 }
             },
         };
+        if let Err(why) = crate::domain::limits::check_json(
+            &input,
+            MAX_INPUT_BYTES,
+            crate::domain::limits::MAX_VALUE_DEPTH,
+        ) {
+            errors.push(ValidationError::new(
+                &Path::root().key("input"),
+                format!("the input {why}"),
+            ));
+        }
         let budget = crate::dsl::budget_usd(fields.get("budget_usd")).unwrap_or_else(|e| {
             errors.push(ValidationError::new(&Path::root().key("budget_usd"), e));
             None
@@ -401,7 +413,25 @@ impl App {
                     step.kind.type_name()
                 )));
             }
+            if let Err(why) = crate::domain::limits::check_json(
+                &output,
+                crate::api::MAX_BODY_BYTES,
+                crate::domain::limits::MAX_VALUE_DEPTH,
+            ) {
+                return Err(AppError::InvalidRequest(vec![ValidationError::new(
+                    &Path::root().key("output"),
+                    format!("the output {why}"),
+                )]));
+            }
             let now = Utc::now();
+            if let Some(deadline) = recs.get(key).and_then(|r| r.wake_at)
+                && deadline <= now
+            {
+                return Err(AppError::Conflict(format!(
+                    "the approval `{key}` timed out at {}",
+                    deadline.to_rfc3339()
+                )));
+            }
             if let Some(rec) = recs.get_mut(key) {
                 dag::finish_attempt(
                     rec,

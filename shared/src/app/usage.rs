@@ -119,11 +119,17 @@ fn parse_settings(body: &Value) -> Result<WorkspaceSettings, AppError> {
 }
 
 fn parse_day(s: &str, name: &str) -> Result<NaiveDate, AppError> {
-    s.parse().map_err(|_| {
+    let day: NaiveDate = s.parse().map_err(|_| {
         AppError::BadRequest(format!(
             "`{name}` must be a date such as 2026-01-31, not `{s}`"
         ))
-    })
+    })?;
+    if !(2000..=2999).contains(&day.year()) {
+        return Err(AppError::BadRequest(format!(
+            "`{name}` must be a date from the years 2000 to 2999, not `{s}`"
+        )));
+    }
+    Ok(day)
 }
 
 fn usage_json(u: &Usage) -> serde_json::Map<String, Value> {

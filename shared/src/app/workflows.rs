@@ -32,9 +32,35 @@ impl App {
         };
         match self.stores.workflows.create_workflow(&v).await {
             Ok(()) => Ok(v),
-            Err(StoreError::Conflict(_)) => Err(AppError::Conflict(format!(
+            Err(StoreError::Conflict(_)) => self.revive_workflow(v).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creating a workflow whose id an archived one had stores the new
+    /// definition as that workflow's next version (its runs stay readable).
+    async fn revive_workflow(&self, mut v: WorkflowVersion) -> Result<WorkflowVersion, AppError> {
+        let id = v.id.clone();
+        let exists = || {
+            AppError::Conflict(format!(
                 "workflow `{id}` already exists; PUT /v1/workflows/{id} stores a new version of it"
-            ))),
+            ))
+        };
+        let Some(old) = self
+            .stores
+            .workflows
+            .get_workflow(&v.workspace_id, &id, None)
+            .await?
+        else {
+            return Err(exists());
+        };
+        if old.archived_at.is_none() {
+            return Err(exists());
+        }
+        v.version = old.version + 1;
+        match self.stores.workflows.add_version(&v, true).await {
+            Ok(()) => Ok(v),
+            Err(StoreError::Conflict(_)) => Err(exists()),
             Err(e) => Err(e.into()),
         }
     }
@@ -64,7 +90,7 @@ impl App {
             created_at: Utc::now(),
             archived_at: None,
         };
-        match self.stores.workflows.add_version(&v).await {
+        match self.stores.workflows.add_version(&v, false).await {
             Ok(()) => Ok(v),
             Err(StoreError::Conflict(_)) => Err(AppError::Conflict(format!(
                 "workflow `{id}` changed while this version was being stored; fetch it and try again"

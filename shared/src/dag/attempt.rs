@@ -32,6 +32,15 @@ pub fn finish_attempt(
     now: DateTime<Utc>,
     seed: &str,
 ) {
+    // What a step records must read back and stay small enough to keep.
+    let result = result.and_then(|output| {
+        use crate::domain::limits::{MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH, check_json};
+        check_json(&output, MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH)
+            .map(|()| output)
+            .map_err(|why| {
+                StepError::permanent("output_too_large", format!("the step's output {why}"))
+            })
+    });
     if let Some(a) = rec.attempts.last_mut() {
         a.finished_at = Some(now);
         a.error = result.as_ref().err().cloned();

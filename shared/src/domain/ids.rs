@@ -16,6 +16,18 @@ pub fn is_valid_user_id(s: &str) -> bool {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
 }
 
+/// The next ULID of this process: increasing, also within a millisecond
+/// (the random part is incremented).
+fn next_ulid() -> ulid::Ulid {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    // (`Ulid::default()` is the nil id, so the fallback is spelt out.)
+    match GENERATOR.lock().ok().and_then(|mut g| g.generate().ok()) {
+        Some(id) => id,
+        None => ulid::Ulid::new(),
+    }
+}
+
 macro_rules! id_type {
     ($name:ident, $prefix:literal) => {
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -25,12 +37,13 @@ macro_rules! id_type {
         impl $name {
             pub const PREFIX: &'static str = $prefix;
 
-            /// A new random id.
+            /// A new random id, later than every id this process made
+            /// before (ids of one millisecond do not sort at random).
             pub fn generate() -> Self {
                 Self(format!(
                     "{}{}",
                     $prefix,
-                    ulid::Ulid::new().to_string().to_lowercase()
+                    next_ulid().to_string().to_lowercase()
                 ))
             }
 
@@ -69,6 +82,12 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.as_str().starts_with("run_"));
         assert_eq!(a.as_str().len(), 4 + 26);
+    }
+
+    #[test]
+    fn ids_of_one_process_increase() {
+        let ids: Vec<RunId> = (0..1000).map(|_| RunId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Domain types shared by every part of Weft.
 
 pub mod ids;
+pub mod limits;
 pub mod run;
 pub mod usage;
 pub mod workflow;

@@ -406,19 +406,30 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
         }
     };
 
-    let kind = kind?;
-    let allowed: Vec<&str> = COMMON_FIELDS
-        .iter()
-        .chain(type_fields(&kind))
-        .copied()
-        .collect();
-    unknown_fields(
-        p,
-        obj,
-        path,
-        &allowed,
-        &format!("{} step", kind.type_name()),
-    );
+    // A step whose type-specific part failed (its problems are listed)
+    // still takes part in the id and reference checks, so those problems
+    // are listed too; the definition is refused either way.
+    let kind = match kind {
+        Some(kind) => {
+            let allowed: Vec<&str> = COMMON_FIELDS
+                .iter()
+                .chain(type_fields(&kind))
+                .copied()
+                .collect();
+            unknown_fields(
+                p,
+                obj,
+                path,
+                &allowed,
+                &format!("{} step", kind.type_name()),
+            );
+            kind
+        }
+        None => StepKind::Transform(Transform {
+            action: TransformAction::Template,
+            inputs: Value::Null,
+        }),
+    };
 
     Some(Parsed {
         step: Step {

@@ -204,3 +204,24 @@ fn input_schema_must_be_valid() {
     );
     assert!(has(&errs, "$.input_schema", "JSON Schema"), "{errs:#?}");
 }
+
+#[test]
+fn a_step_of_unknown_type_still_takes_part_in_every_check() {
+    let errs = errors(json!({"name": "t", "steps": [
+        {"id": "a", "type": "teleport"},
+        {"id": "a", "type": "transform"},
+        {"id": "b", "type": "transform", "inputs": "{{ a.x }}"}
+    ]}));
+    assert!(
+        has(&errs, "$.steps[0].type", "unknown step type"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "$.steps[1].id", "duplicate step id `a`"),
+        "{errs:#?}"
+    );
+    assert!(
+        !errs.iter().any(|e| e.message.contains("unknown step `a`")),
+        "{errs:#?}"
+    );
+}

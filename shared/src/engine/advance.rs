@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::context::{RunInfo, context_for, scope_values, sink_output};
 use super::steps::{self, Started};
 use crate::dag::{self, Decision, Outcome, Records};
+use crate::domain::limits::MAX_STEP_RECORDS;
 use crate::domain::{LogEntry, LogLevel, RunStatus, StepError, StepRecord, StepStatus};
 use crate::dsl::{StepKind, Workflow};
 use crate::template::{self, context_from_json};
@@ -56,6 +57,23 @@ struct Effects {
     changed: BTreeSet<String>,
     logs: Vec<LogEntry>,
     dispatch: Vec<Dispatch>,
+    /// How many step records the run will have once every started map has
+    /// run all its iterations (worked out when a map first starts).
+    projected: Option<usize>,
+}
+
+/// Step records the run will have: its top-level steps, and for every map
+/// that has its items, one record per item and sub-step.
+fn projected_records(wf: &Workflow, recs: &Records) -> usize {
+    let mut n = wf.steps.len();
+    for r in recs.values() {
+        if let (Some(items), Some(StepKind::Map(m))) =
+            (&r.items, wf.step_by_key(&r.key).map(|s| &s.kind))
+        {
+            n = n.saturating_add(items.len().saturating_mul(m.steps.len()));
+        }
+    }
+    n
 }
 
 pub fn advance(
@@ -199,6 +217,7 @@ fn apply(
         changed,
         logs,
         dispatch,
+        projected,
     } = fx;
     let key = match &decision {
         Decision::Start { key } | Decision::Skip { key, .. } | Decision::Wake { key } => {
@@ -228,6 +247,9 @@ fn apply(
         }
         Decision::Start { .. } => {
             let ctx = context_for(wf, info, recs, &key);
+            if matches!(step.kind, StepKind::Map(_)) && projected.is_none() {
+                *projected = Some(projected_records(wf, recs));
+            }
             let rec = recs
                 .entry(key.clone())
                 .or_insert_with(|| StepRecord::new(&key, step.kind.type_name()));
@@ -292,6 +314,22 @@ fn apply(
                     logs.push(LogEntry::new(LogLevel::Info, Some(&key), msg));
                 }
                 Started::Iterate(items) => {
+                    let StepKind::Map(map) = &step.kind else {
+                        return;
+                    };
+                    let adds = items.len().saturating_mul(map.steps.len());
+                    let total = projected.unwrap_or(0).saturating_add(adds);
+                    if total > MAX_STEP_RECORDS {
+                        let err = StepError::permanent(
+                            "too_many_steps",
+                            format!(
+                                "the map would take the run to {total} step records; a run may have at most {MAX_STEP_RECORDS}"
+                            ),
+                        );
+                        record_result(rec, step, Err(err), now, &seed, logs);
+                        return;
+                    }
+                    *projected = Some(total);
                     logs.push(LogEntry::new(
                         LogLevel::Info,
                         Some(&key),

@@ -121,7 +121,7 @@ impl Inner {
     async fn drive(self: Arc<Self>, key: RunKey) {
         loop {
             let wake_at = match self.permits.acquire().await {
-                Ok(_permit) => self.tick(&key).await,
+                Ok(_permit) => self.contained_tick(&key).await,
                 Err(_) => return,
             };
             match wake_at {
@@ -173,6 +173,30 @@ impl Inner {
             }
             me.wake(key);
         });
+    }
+
+    /// A pass in a task of its own: a bug that panics in it ends the run as
+    /// failed (retrying would panic again) instead of leaving it hanging.
+    async fn contained_tick(
+        self: &Arc<Self>,
+        key: &RunKey,
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let (me, k) = (self.clone(), key.clone());
+        match tokio::spawn(async move { me.tick(&k).await }).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => {
+                tracing::error!("a pass of the run panicked; failing the run");
+                let error = StepError::permanent(
+                    "internal_error",
+                    "the engine failed on this run (a bug, logged by the server)",
+                );
+                if tick::fail(self.stores(), &key.0, &key.1, error).await? {
+                    let _ = self.finished.send((key.clone(), RunStatus::Failed));
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn stores(&self) -> tick::Stores<'_> {
@@ -245,7 +269,20 @@ impl Inner {
         let span = tracing::info_span!("step", workspace_id = %run.0, run_id = %run.1, step_id = %call.step_key);
         tokio::spawn(
             async move {
-                let result = tick::attempt(executor.as_deref(), &call).await;
+                // In a task of its own: an executor that panics fails the
+                // attempt instead of leaving it in flight for ever.
+                let attempt_call = call.clone();
+                let result = match tokio::spawn(async move {
+                    tick::attempt(executor.as_deref(), &attempt_call).await
+                })
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(StepError::permanent(
+                        "internal_error",
+                        "the step's executor failed (a bug, logged by the server)",
+                    )),
+                };
                 let recorded = tick::record(
                     me.stores(),
                     &run.0,

@@ -6,3 +6,6 @@ pub mod stepfunctions;
 pub mod tick;
 
 pub use embedded::Embedded;
+
+#[cfg(test)]
+mod embedded_tests;

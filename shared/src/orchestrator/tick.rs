@@ -272,3 +272,50 @@ pub async fn record(
         }
     }
 }
+
+/// Ends the run as failed with `error`, closing its open steps (for a run
+/// no pass can handle). False if it was gone or had already ended.
+pub async fn fail(
+    s: Stores<'_>,
+    ws: &WorkspaceId,
+    id: &RunId,
+    error: StepError,
+) -> anyhow::Result<bool> {
+    loop {
+        let Some((mut run, mut recs)) = load_active(s, ws, id).await? else {
+            return Ok(false);
+        };
+        let now = Utc::now();
+        let changed = match s.definitions.for_run(s.workflows, &run).await {
+            Ok(wf) => crate::dag::close_open_steps(&wf, &mut recs, now, "the run failed"),
+            Err(_) => Vec::new(),
+        };
+        run.status = RunStatus::Failed;
+        run.finished_at = Some(now);
+        run.wake_at = None;
+        run.revision += 1;
+        let line = LogEntry::new(
+            LogLevel::Error,
+            None,
+            format!("run failed: {}", error.message),
+        );
+        run.error = Some(error.clone());
+        let steps = changed
+            .iter()
+            .filter_map(|k| recs.get(k).cloned())
+            .collect();
+        match s
+            .runs
+            .save_run(&RunWrite {
+                run,
+                steps,
+                logs: vec![line],
+            })
+            .await
+        {
+            Ok(()) => return Ok(true),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e).context("saving the failed run"),
+        }
+    }
+}

@@ -227,6 +227,19 @@ async fn cache_entries_expire_and_are_isolated(s: &Stores) {
 
 async fn secrets_are_write_only_and_isolated(s: &Stores) {
     let (a, b) = (ws(), ws());
+    // A secret looked for before it exists is found as soon as it is set
+    // (no remembered miss).
+    let late = ws();
+    assert_eq!(s.secrets.get_secret(&late, "LATE").await.unwrap(), None);
+    s.secrets.put_secret(&late, "LATE", "here").await.unwrap();
+    assert_eq!(
+        s.secrets
+            .get_secret(&late, "LATE")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("here")
+    );
     let first = s
         .secrets
         .put_secret(&a, "API_KEY", "s3cret-1")
@@ -358,16 +371,20 @@ async fn workflows_are_versioned_and_isolated(s: &Stores) {
         .unwrap();
 
     s.workflows
-        .add_version(&version(&a, "wf_x", 2))
+        .add_version(&version(&a, "wf_x", 2), false)
         .await
         .unwrap();
     // A writer that read version 1 loses.
     assert!(matches!(
-        s.workflows.add_version(&version(&a, "wf_x", 2)).await,
+        s.workflows
+            .add_version(&version(&a, "wf_x", 2), false)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        s.workflows.add_version(&version(&a, "wf_x", 4)).await,
+        s.workflows
+            .add_version(&version(&a, "wf_x", 4), false)
+            .await,
         Err(StoreError::Conflict(_))
     ));
 
@@ -439,10 +456,43 @@ async fn workflows_are_versioned_and_isolated(s: &Stores) {
         .unwrap();
     assert!(archived.archived_at.is_some());
     assert!(matches!(
-        s.workflows.add_version(&version(&a, "wf_x", 3)).await,
+        s.workflows
+            .add_version(&version(&a, "wf_x", 3), false)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     // Archiving in one workspace leaves the other's alone.
+    let others = s
+        .workflows
+        .list_workflows(&b, &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(others.items.len(), 1);
+    // An archived workflow's id is taken up again by its next version.
+    s.workflows
+        .add_version(&version(&a, "wf_x", 3), true)
+        .await
+        .unwrap();
+    let revived = s
+        .workflows
+        .get_workflow(&a, &id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((revived.version, revived.archived_at), (3, None));
+    assert_eq!(
+        s.workflows
+            .list_workflows(&a, &PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert!(matches!(
+        s.workflows.add_version(&version(&a, "wf_x", 4), true).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(
         s.workflows
             .list_workflows(&b, &PageRequest::first(10))

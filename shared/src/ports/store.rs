@@ -38,8 +38,9 @@ pub trait WorkflowStore: Send + Sync {
     /// Stores version 1 of a new workflow; Conflict if the id is taken.
     async fn create_workflow(&self, v: &WorkflowVersion) -> StoreResult<()>;
     /// Stores `v.version`, which must be the latest version + 1 of a workflow
-    /// that is not archived; Conflict otherwise.
-    async fn add_version(&self, v: &WorkflowVersion) -> StoreResult<()>;
+    /// that is not archived — or, with `revive`, that is archived, which it
+    /// then no longer is; Conflict otherwise.
+    async fn add_version(&self, v: &WorkflowVersion, revive: bool) -> StoreResult<()>;
     /// The given version, or the latest. Archived workflows are returned too
     /// (with `archived_at`), because their runs stay readable.
     async fn get_workflow(

@@ -16,9 +16,9 @@ use minijinja::{Environment, Error, ErrorKind, Expression, State, Value};
 pub const BUDGET_BYTES: usize = 16 * 1024 * 1024;
 /// Largest value (as JSON) a template or expression may produce.
 pub const MAX_VALUE_BYTES: usize = 8 * 1024 * 1024;
-/// Deepest nesting of lists and objects a value may have (stored values
-/// must read back with serde_json's limit of 128 and room for wrappers).
-pub const MAX_VALUE_DEPTH: usize = 64;
+/// Deepest nesting of lists and objects a value may have (what a run may
+/// record).
+pub use crate::domain::limits::MAX_VALUE_DEPTH;
 /// Most items one operation may build a list of.
 pub const MAX_ITEMS: usize = 100_000;
 

@@ -269,9 +269,10 @@ impl UsageStore for DynamoStore {
                     },
                 });
             }
-            m = m
-                .checked_add_months(chrono::Months::new(1))
-                .unwrap_or(NaiveDate::MAX);
+            let Some(next) = m.checked_add_months(chrono::Months::new(1)) else {
+                break;
+            };
+            m = next;
         }
         Ok(rows)
     }

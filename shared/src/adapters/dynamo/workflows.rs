@@ -78,7 +78,7 @@ impl WorkflowStore for DynamoStore {
         Ok(())
     }
 
-    async fn add_version(&self, v: &WorkflowVersion) -> StoreResult<()> {
+    async fn add_version(&self, v: &WorkflowVersion, revive: bool) -> StoreResult<()> {
         let stale = || {
             StoreError::Conflict(format!(
                 "workflow `{}` is not at version {}",
@@ -93,8 +93,12 @@ impl WorkflowStore for DynamoStore {
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(head_pk(&v.workspace_id), v.id.as_str())))
-            .update_expression("SET latest = :v, #d = :d")
-            .condition_expression("latest = :prev AND attribute_not_exists(archived_at)")
+            .update_expression("SET latest = :v, #d = :d REMOVE archived_at")
+            .condition_expression(if revive {
+                "latest = :prev AND attribute_exists(archived_at)"
+            } else {
+                "latest = :prev AND attribute_not_exists(archived_at)"
+            })
             .expression_attribute_names("#d", "data")
             .expression_attribute_values(":v", n(v.version))
             .expression_attribute_values(":prev", n(v.version - 1))

@@ -42,7 +42,7 @@ impl WorkflowStore for SqliteStore {
             .await
     }
 
-    async fn add_version(&self, v: &WorkflowVersion) -> StoreResult<()> {
+    async fn add_version(&self, v: &WorkflowVersion, revive: bool) -> StoreResult<()> {
         let data = serde_json::to_string(v)?;
         let (ws, id, version) = (v.workspace_id.to_string(), v.id.to_string(), v.version);
         let v = v.clone();
@@ -50,8 +50,8 @@ impl WorkflowStore for SqliteStore {
             .write(move |tx| {
                 let row: Option<String> = tx
                     .query_row(
-                        "SELECT data FROM workflows WHERE workspace_id = ?1 AND id = ?2 AND archived_at IS NULL AND latest_version = ?3",
-                        params![ws, id, version - 1],
+                        "SELECT data FROM workflows WHERE workspace_id = ?1 AND id = ?2 AND (archived_at IS NULL) = ?4 AND latest_version = ?3",
+                        params![ws, id, version - 1, !revive],
                         |r| r.get(0),
                     )
                     .optional()?;
@@ -61,7 +61,7 @@ impl WorkflowStore for SqliteStore {
                 let old: WorkflowSummary = serde_json::from_str(&row)?;
                 let sum = serde_json::to_string(&v.summary(old.created_at))?;
                 tx.execute(
-                    "UPDATE workflows SET latest_version = ?3, data = ?4 WHERE workspace_id = ?1 AND id = ?2",
+                    "UPDATE workflows SET latest_version = ?3, data = ?4, archived_at = NULL WHERE workspace_id = ?1 AND id = ?2",
                     params![ws, id, version, sum],
                 )?;
                 insert_version(tx, &ws, &id, version, &data)?;

@@ -1,0 +1,203 @@
+//! The embedded orchestrator when something inside it fails: a bug that
+//! panics ends the run as failed instead of leaving it hanging, and an
+//! approval completed after its deadline is refused.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use super::Embedded;
+use crate::adapters::sqlite::SqliteStore;
+use crate::app::{App, AppError, DefinitionCache, create_workspace};
+use crate::domain::*;
+use crate::ports::*;
+
+struct Panics;
+
+#[async_trait]
+impl StepExecutor for Panics {
+    async fn execute(&self, _: &StepCall) -> Result<Value, StepError> {
+        panic!("an executor bug")
+    }
+}
+
+/// A run store whose next save panics once (a bug in a pass).
+struct PanicsOnce {
+    inner: Arc<SqliteStore>,
+    armed: AtomicBool,
+}
+
+#[async_trait]
+impl RunStore for PanicsOnce {
+    async fn create_run(
+        &self,
+        r: &RunRecord,
+        c: Option<&IdempotencyClaim>,
+    ) -> StoreResult<CreateRun> {
+        self.inner.create_run(r, c).await
+    }
+    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        self.inner.get_run(ws, id).await
+    }
+    async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
+        self.inner.get_steps(ws, id).await
+    }
+    async fn list_runs(
+        &self,
+        ws: &WorkspaceId,
+        f: &RunFilter,
+        p: &PageRequest,
+    ) -> StoreResult<Page<RunRecord>> {
+        self.inner.list_runs(ws, f, p).await
+    }
+    async fn save_run(&self, w: &RunWrite) -> StoreResult<()> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("a bug in a pass");
+        }
+        self.inner.save_run(w).await
+    }
+    async fn list_logs(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        p: &PageRequest,
+    ) -> StoreResult<Page<LogEntry>> {
+        self.inner.list_logs(ws, id, p).await
+    }
+}
+
+async fn finished(app: &App, ws: &WorkspaceId, run: &RunId) -> Value {
+    for _ in 0..500 {
+        let v = app.get_run(ws, run).await.unwrap();
+        if v.run.status.is_terminal() {
+            return json!({"status": v.run.status.as_str(), "error": v.run.error});
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the run hangs")
+}
+
+async fn setup(
+    runs: Arc<dyn RunStore>,
+    store: Arc<SqliteStore>,
+    executors: HashMap<String, Arc<dyn StepExecutor>>,
+    steps: Value,
+) -> (App, WorkspaceId, RunId) {
+    let defs = Arc::new(DefinitionCache::default());
+    let orch = Arc::new(Embedded::new(
+        runs.clone(),
+        store.clone(),
+        defs.clone(),
+        executors,
+    ));
+    let mut set = StoreSet::from_one(store.clone());
+    set.runs = runs;
+    let app = App::new(set, orch, defs);
+    let (ws, _) = create_workspace(store.as_ref(), store.as_ref(), "t", None)
+        .await
+        .unwrap();
+    let wf = app
+        .create_workflow(&ws, json!({"name": "t", "steps": steps}))
+        .await
+        .unwrap();
+    let (run, _) = app.start_run(&ws, &wf.id, json!({}), None).await.unwrap();
+    (app, ws, run.id)
+}
+
+#[tokio::test]
+async fn an_executor_that_panics_fails_its_step() {
+    let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
+    let executors = HashMap::from([("http".to_owned(), Arc::new(Panics) as Arc<dyn StepExecutor>)]);
+    let (app, ws, run) = setup(
+        store.clone(),
+        store,
+        executors,
+        json!([{"id": "call", "type": "http", "url": "http://example.com/"}]),
+    )
+    .await;
+    let done = finished(&app, &ws, &run).await;
+    assert_eq!(done["status"], "FAILED");
+    assert_eq!(done["error"]["code"], "internal_error", "{done}");
+}
+
+#[tokio::test]
+async fn a_pass_that_panics_fails_the_run() {
+    let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
+    let runs = Arc::new(PanicsOnce {
+        inner: store.clone(),
+        armed: AtomicBool::new(true),
+    });
+    let (app, ws, run) = setup(
+        runs,
+        store,
+        HashMap::new(),
+        json!([{"id": "wait", "type": "delay", "duration": "1h"}]),
+    )
+    .await;
+    let done = finished(&app, &ws, &run).await;
+    assert_eq!(done["status"], "FAILED");
+    assert_eq!(done["error"]["code"], "internal_error", "{done}");
+}
+
+/// Starts nothing: the test drives the run itself.
+struct Manual;
+
+#[async_trait]
+impl RunDriver for Manual {
+    async fn start(&self, _: &WorkspaceId, _: &RunId) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn poke(&self, _: &WorkspaceId, _: &RunId) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_approval_past_its_deadline_is_refused() {
+    let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
+    let defs = Arc::new(DefinitionCache::default());
+    let app = App::new(
+        StoreSet::from_one(store.clone()),
+        Arc::new(Manual),
+        defs.clone(),
+    );
+    let (ws, _) = create_workspace(store.as_ref(), store.as_ref(), "t", None)
+        .await
+        .unwrap();
+    let wf = app
+        .create_workflow(
+            &ws,
+            json!({"name": "t", "steps": [{"id": "ok", "type": "approval", "timeout": "1s"}]}),
+        )
+        .await
+        .unwrap();
+    let (run, _) = app.start_run(&ws, &wf.id, json!({}), None).await.unwrap();
+    let stores = super::tick::Stores {
+        runs: store.as_ref(),
+        workflows: store.as_ref(),
+        definitions: &defs,
+    };
+    let t = super::tick::tick(stores, &ws, &run.id, |_, _| false, |_, _| {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.run.status, RunStatus::Waiting);
+    // The deadline passes; the driver has not looked at the run yet (a
+    // late timer, a busy machine).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    match app
+        .complete_step(&ws, &run.id, "ok", json!({"approved": true}))
+        .await
+    {
+        Err(AppError::Conflict(m)) => assert!(m.contains("timed out"), "{m}"),
+        other => panic!(
+            "a late approval was accepted: {:?}",
+            other.map(|v| v.run.status)
+        ),
+    }
+}

@@ -1,0 +1,152 @@
+//! Bounds on what one request or one run may use, and the API's answers
+//! where a user would trip over them: every error a problem document, runs
+//! listed in the order they were made, ids free again once archived.
+
+mod common;
+
+use common::{spawn_app, step};
+use serde_json::json;
+
+#[tokio::test]
+async fn the_frameworks_own_rejections_are_problems() {
+    let app = spawn_app().await;
+    // `call` asserts that every error answer is application/problem+json
+    // with a matching status.
+    assert_eq!(app.get("/v1/runs/%ff%ff").await.status, 400);
+    assert_eq!(app.get("/v1/runs?limit=many").await.status, 400);
+    let big = json!({"input": {"text": "x".repeat(2 * 1024 * 1024)}});
+    let r = app.post("/v1/workflows/any/runs", big).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.body["instance"], "/v1/workflows/any/runs");
+}
+
+#[tokio::test]
+async fn runs_are_listed_newest_first() {
+    let app = spawn_app().await;
+    let wf = app
+        .create_workflow(
+            json!({"name": "t", "steps": [{"id": "a", "type": "transform", "inputs": 1}]}),
+        )
+        .await;
+    let mut started = Vec::new();
+    for _ in 0..60 {
+        started.push(app.start_run(&wf, json!({})).await);
+    }
+    let listed = app.get("/v1/runs?limit=100").await.body;
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    started.reverse();
+    assert_eq!(ids, started);
+}
+
+#[tokio::test]
+async fn a_run_cannot_grow_without_bound() {
+    let app = spawn_app().await;
+    // A value of 100 MB from one transform.
+    let wf = app
+        .create_workflow(json!({"name": "big", "steps": [
+            {"id": "t", "type": "transform", "inputs": "{{ 'x' * 100000000 }}"}
+        ]}))
+        .await;
+    let run = app.start_run(&wf, json!({})).await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert_eq!(done["error"]["code"], "template_error");
+    assert!(done["error"]["message"].as_str().unwrap().contains("MiB"));
+
+    // Maps inside maps: each 10,000 items would make 300,000 step records.
+    let wf = app
+        .create_workflow(json!({"name": "nested", "steps": [
+            {"id": "outer", "type": "map", "items": "{{ range(30) | list }}", "concurrency": 30, "step":
+                {"id": "inner", "type": "map", "items": "{{ range(10000) | list }}", "step":
+                    {"id": "leaf", "type": "transform", "inputs": "{{ item }}"}}}
+        ]}))
+        .await;
+    let run = app.start_run(&wf, json!({})).await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "FAILED");
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("step records"),
+        "{}",
+        done["error"]
+    );
+
+    // Input nested too deep to store and read back.
+    let mut deep = json!(1);
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let r = app
+        .post(
+            &format!("/v1/workflows/{wf}/runs"),
+            json!({"input": {"d": deep}}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+}
+
+#[tokio::test]
+async fn usage_reports_take_sane_dates() {
+    let app = spawn_app().await;
+    let r = app
+        .get("/v1/usage?from=+262142-01-01&to=+262142-12-31")
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = app.get("/v1/usage?from=9999-01-01&to=9999-12-31").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_archived_workflows_id_can_be_used_again() {
+    let app = spawn_app().await;
+    let def = json!({"id": "wf_again", "name": "one", "steps": [{"id": "a", "type": "transform", "inputs": 1}]});
+    app.create_workflow(def.clone()).await;
+    let run = app.start_run("wf_again", json!({})).await;
+    app.wait_finished(&run).await;
+    assert_eq!(
+        app.call(
+            "DELETE",
+            "/v1/workflows/wf_again",
+            None,
+            Some(&app.key.clone()),
+            &[]
+        )
+        .await
+        .status,
+        204
+    );
+    let mut def2 = def.clone();
+    def2["name"] = json!("two");
+    let r = app.post("/v1/workflows", def2).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    assert_eq!(app.get("/v1/workflows/wf_again").await.body["name"], "two");
+    // The old run stays readable, pinned to its version.
+    let old = app.get(&format!("/v1/runs/{run}")).await.body;
+    assert_eq!(old["workflow_version"], 1);
+    assert_eq!(step(&old, "a")["output"], 1);
+    // A live one's id is still taken.
+    assert_eq!(app.post("/v1/workflows", def).await.status, 409);
+}
+
+#[tokio::test]
+async fn one_process_per_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("weft.db");
+    let first = weft::platform::Platform::open(&db).await.expect("first");
+    let second = weft::platform::Platform::open(&db).await;
+    let err = second
+        .err()
+        .expect("the second open is refused")
+        .to_string();
+    assert!(err.contains("another Weft process"), "{err}");
+    drop(first);
+    assert!(weft::platform::Platform::open(&db).await.is_ok());
+}
