@@ -6,7 +6,8 @@
 //!
 //! In a scenario file, `$UPSTREAM` is replaced by the base URL of a real HTTP
 //! server the runner starts on 127.0.0.1 (see tests/common/upstream.rs), and
-//! `$UNIQUE` by a string unique to this run of the suite.
+//! `$UNIQUE` by a string unique to this run of the suite; `pad_input: N`
+//! adds a `padding` field of N bytes to the input.
 
 mod common;
 
@@ -98,10 +99,16 @@ async fn run_scenario(app: &TestApp, s: &Value) -> Result<(), String> {
     })?;
     let wf = created.body["id"].as_str().unwrap_or_default().to_owned();
 
+    // `pad_input`: a `padding` field of that many bytes is added to the
+    // input (large inputs without a large file).
+    let mut input = s["input"].clone();
+    if let (Some(n), Some(m)) = (s["pad_input"].as_u64(), input.as_object_mut()) {
+        m.insert("padding".into(), json!("x".repeat(n as usize)));
+    }
     let started = app
         .post(
             &format!("/v1/workflows/{wf}/runs"),
-            json!({ "input": s["input"] }),
+            json!({ "input": input }),
         )
         .await;
     if let Some(expected) = s.get("start_error") {

@@ -28,10 +28,10 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 STACK = "weft-local"
 # Function instances started per function (Lambda would scale them).
-INSTANCES = {"weft-api": 4, "weft-plan": 6, "weft-step-http": 6, "weft-step-llm": 3, "weft-admin": 1}
+INSTANCES = {"weft-api": 4, "weft-plan": 6, "weft-step-http": 6, "weft-step-llm": 3, "weft-admin": 1, "weft-tick": 1}
 
 
-def template():
+def template(path=ROOT / "template.yaml"):
     """template.yaml, with CloudFormation's short tags read as plain data."""
     import yaml
 
@@ -46,7 +46,7 @@ def template():
         return {suffix: loader.construct_mapping(node, deep=True)}
 
     Loader.add_multi_constructor("!", tag)
-    with open(ROOT / "template.yaml") as f:
+    with open(path) as f:
         return yaml.load(f, Loader=Loader)
 
 
@@ -115,6 +115,22 @@ def mend_step_functions_integration():
 
     StateTaskServiceSfn._normalise_parameters = to_api
     StateTaskServiceSfn._normalise_response = from_api
+
+
+def mend_stop_execution():
+    """moto keeps a stopped execution RUNNING while one of its tasks waits
+    for a task token (and so still takes the token back); AWS ends it at
+    once (ABORTED) and refuses its tokens from then on. Do the same."""
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.backend.execution import Execution
+
+    stop = Execution.stop
+
+    def stop_now(self, stop_date, error, cause):
+        stop(self, stop_date, error, cause)
+        self.exec_status = ExecutionStatus.ABORTED
+
+    Execution.stop = stop_now
 
 
 def tiny_zip():
@@ -251,8 +267,10 @@ def function_env(tpl, names, endpoint, egress_allow):
         "WEFT_TABLE": names["table"],
         "WEFT_BUCKET": names["bucket"],
         "WEFT_SECRET_PREFIX": f"weft/{STACK}/",
-        "WEFT_LOG": os.environ.get("WEFT_LOG", "info"),
+        # Each AWS call as a debug line, for infra/local/iam_check.py.
+        "WEFT_LOG": os.environ.get("WEFT_LOG", "info,aws_calls=debug"),
         "WEFT_STATE_MACHINE_ARN": names["state_machine_arn"],
+        "WEFT_DRIVER_ARN": names["state_machines"][f"{STACK}-dag-driver"],
         "WEFT_STEP_FUNCTIONS": step_functions,
     }
     wanted = set(tpl["Globals"]["Function"]["Environment"]["Variables"])
@@ -335,6 +353,7 @@ def main():
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
     forward_invocations(args.lambda_port, timeout=960)
     mend_step_functions_integration()
+    mend_stop_execution()
     server = MeteredServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
 

@@ -200,6 +200,7 @@ impl App {
             wake_at: Some(now),
             budget_usd: budget.or(wf.budget_usd),
             revision: 1,
+            lease: self.driver.initial_lease(now),
         };
         let claim = idempotency.map(|key| {
             let mut h = Sha256::new();

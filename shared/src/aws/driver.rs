@@ -9,8 +9,11 @@ use aws_sdk_sfn::Client;
 use aws_sdk_sfn::error::{DisplayErrorContext, ProvideErrorMetadata};
 use serde_json::json;
 
+use chrono::{DateTime, Utc};
+
 use crate::adapters::dynamo::DynamoStore;
-use crate::domain::{RunId, WorkspaceId};
+use crate::domain::{Lease, RunId, WorkspaceId};
+use crate::orchestrator::{lease, tick};
 use crate::ports::{DriverError, RunDriver};
 
 pub struct StepFunctionsDriver {
@@ -40,14 +43,16 @@ fn sfn_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt:
 
 #[async_trait]
 impl RunDriver for StepFunctionsDriver {
+    fn initial_lease(&self, now: DateTime<Utc>) -> Option<Lease> {
+        Some(lease::initial(now))
+    }
+
     async fn start(&self, ws: &WorkspaceId, run: &RunId) -> Result<(), DriverError> {
         let input = json!({"workspace_id": ws, "run_id": run}).to_string();
         match self
             .sfn
             .start_execution()
             .state_machine_arn(&self.state_machine_arn)
-            // Named after the run: a second start of the same run is
-            // refused by Step Functions instead of driving it twice.
             .name(run.as_str())
             .input(input)
             .send()
@@ -55,45 +60,95 @@ impl RunDriver for StepFunctionsDriver {
         {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("ExecutionAlreadyExists") => Ok(()),
+            // The run is stored with a lease no one holds: the sweeper
+            // starts it when the lease runs out.
             Err(e) => Err(sfn_error(e)),
         }
     }
 
     async fn poke(&self, ws: &WorkspaceId, run: &RunId) -> Result<(), DriverError> {
-        resume(&self.store, &self.sfn, ws, run).await
+        match resume(&self.store, &self.sfn, ws, run).await {
+            Ok(Resumed::Sent | Resumed::NotParked) => Ok(()),
+            // The waiting execution is gone, or could not be reached: the
+            // change is stored, and the run's lease is ended so the sweeper
+            // picks it up within a minute.
+            outcome => {
+                if let Err(e) = &outcome {
+                    tracing::warn!(error = %e, "sending a task token back failed; the sweeper will");
+                }
+                expire_lease(self.store.as_ref(), ws, run)
+                    .await
+                    .map_err(|e| DriverError(e.to_string()))
+            }
+        }
     }
 }
 
+/// Ends the run's lease now (the sweeper resumes it on its next round).
+pub(super) async fn expire_lease(
+    store: &DynamoStore,
+    ws: &WorkspaceId,
+    run: &RunId,
+) -> anyhow::Result<()> {
+    let now = Utc::now();
+    tick::update_lease(store, ws, run, |r| match r.lease.as_mut() {
+        Some(l) if l.until > now => {
+            l.until = now;
+            true
+        }
+        _ => false,
+    })
+    .await?;
+    Ok(())
+}
+
+/// What sending back a parked task token did.
+pub(super) enum Resumed {
+    /// No token is parked: the execution is not waiting on one.
+    NotParked,
+    /// The waiting execution goes on.
+    Sent,
+    /// The token is dead (the execution stopped, or its wait timed out).
+    Dead,
+}
+
 /// Sends back the run's parked task token, if one is parked, so its
-/// execution plans again. A token that is no longer valid (the wait timed
-/// out meanwhile) needs nothing more: the execution is planning already.
+/// execution plans again; removes the token only once it is sent (or
+/// dead), so a failed send can be made again.
 pub(super) async fn resume(
     store: &DynamoStore,
     sfn: &Client,
     ws: &WorkspaceId,
     run: &RunId,
-) -> Result<(), DriverError> {
+) -> Result<Resumed, DriverError> {
     let token = store
-        .take_task_token(ws, run)
+        .task_token(ws, run)
         .await
         .map_err(|e| DriverError(e.to_string()))?;
-    let Some(token) = token else { return Ok(()) };
-    match sfn
+    let Some(token) = token else {
+        return Ok(Resumed::NotParked);
+    };
+    let outcome = match sfn
         .send_task_success()
-        .task_token(token)
+        .task_token(&token)
         .output("{}")
         .send()
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => Resumed::Sent,
         Err(e)
             if matches!(
                 e.code(),
                 Some("TaskTimedOut" | "TaskDoesNotExist" | "InvalidToken")
             ) =>
         {
-            Ok(())
+            Resumed::Dead
         }
-        Err(e) => Err(sfn_error(e)),
-    }
+        Err(e) => return Err(sfn_error(e)),
+    };
+    store
+        .clear_task_token(ws, run, &token)
+        .await
+        .map_err(|e| DriverError(e.to_string()))?;
+    Ok(outcome)
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{AdminRequest, StepPayload};
+use super::{AdminRequest, StepPayload, TickEvent};
 use crate::orchestrator::stepfunctions::PlanRequest;
 
 #[test]
@@ -19,14 +19,10 @@ fn sample_events_parse_as_their_functions_take_them() {
         let text = std::fs::read_to_string(&path).unwrap();
         let parsed = if name.starts_with("plan-") {
             serde_json::from_str::<PlanRequest>(&text).map(drop)
-        } else if let Some(rest) = name.strip_prefix("step-") {
-            serde_json::from_str::<StepPayload>(&text).map(|call| {
-                assert!(
-                    rest.starts_with(&call.step_type),
-                    "{name}: a {} step",
-                    call.step_type
-                )
-            })
+        } else if name.starts_with("step-") {
+            serde_json::from_str::<StepPayload>(&text).map(drop)
+        } else if name.starts_with("tick-") {
+            serde_json::from_str::<TickEvent>(&text).map(|ev| assert!(ev.time.is_some()))
         } else if name.starts_with("admin-") {
             serde_json::from_str::<AdminRequest>(&text).map(drop)
         } else if name.starts_with("api-") {
@@ -37,5 +33,5 @@ fn sample_events_parse_as_their_functions_take_them() {
         parsed.unwrap_or_else(|e| panic!("events/{name}: {e}"));
         checked += 1;
     }
-    assert!(checked >= 7, "only {checked} sample events");
+    assert!(checked >= 8, "only {checked} sample events");
 }

@@ -8,11 +8,12 @@ use super::{FunctionError, Stack, driver};
 use crate::adapters::http::HttpExecutor;
 use crate::adapters::llm::{LlmConfig, LlmExecutor, Spending};
 use crate::domain::{RunId, WorkspaceId};
-use crate::orchestrator::stepfunctions::{self, MAX_WAIT_SECS, PlanRequest};
-use crate::ports::{RunStore, StepCall, StepExecutor};
+use crate::orchestrator::stepfunctions::{self, MAX_WAIT_SECS, PlanRequest, StepRef};
+use crate::ports::{RunStore, StepExecutor};
 
-/// What a step function is invoked with: one attempt of one step.
-pub type StepPayload = StepCall;
+/// What a step function is invoked with: one attempt of one step, by
+/// reference.
+pub type StepPayload = StepRef;
 
 /// What an operator invokes the admin function with.
 #[derive(Debug, Deserialize)]
@@ -83,7 +84,7 @@ impl Stack {
         executor: &dyn StepExecutor,
         call: StepPayload,
     ) -> Result<Value, FunctionError> {
-        let span = tracing::info_span!("step", workspace_id = %call.workspace_id, run_id = %call.run_id, step_id = %call.step_key);
+        let span = tracing::info_span!("step", workspace_id = %call.workspace_id, run_id = %call.run_id, step_id = %call.step_key, attempt = call.attempt);
         stepfunctions::run_step(self.stores(), Some(executor), &call)
             .instrument(span)
             .await

@@ -2,17 +2,21 @@
 //! environment, the clients and adapters built once per cold start, and the
 //! handlers each function's main.rs hands to the Lambda runtime.
 
+mod calls;
 mod driver;
 mod error;
 mod handlers;
 mod settings;
+mod sweep;
 
 use std::sync::Arc;
 
+pub use calls::CallLog;
 pub use driver::StepFunctionsDriver;
 pub use error::FunctionError;
 pub use handlers::{AdminRequest, StepPayload};
 pub use settings::AwsSettings;
+pub use sweep::TickEvent;
 
 use crate::adapters::dynamo::DynamoStore;
 use crate::adapters::secretsmanager::SecretsManagerStore;
@@ -34,22 +38,38 @@ impl Stack {
     pub async fn from_env() -> anyhow::Result<Self> {
         let settings = AwsSettings::from_env()?;
         let cfg = settings.sdk_config().await;
+        let log = |service| calls::CallLog { service };
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&cfg)
+                .interceptor(log("dynamodb"))
+                .build(),
+        );
+        let secretsmanager = aws_sdk_secretsmanager::Client::from_conf(
+            aws_sdk_secretsmanager::config::Builder::from(&cfg)
+                .interceptor(log("secretsmanager"))
+                .build(),
+        );
+        let sfn = aws_sdk_sfn::Client::from_conf(
+            aws_sdk_sfn::config::Builder::from(&cfg)
+                .interceptor(log("states"))
+                .build(),
+        );
         Ok(Self {
             store: Arc::new({
-                let store =
-                    DynamoStore::new(aws_sdk_dynamodb::Client::new(&cfg), settings.table.clone());
+                let store = DynamoStore::new(dynamodb, settings.table.clone());
                 match &settings.bucket {
-                    Some(b) => {
-                        store.with_payloads(s3_client(&cfg, settings.endpoint.is_some()), b.clone())
-                    }
+                    Some(b) => store.with_payloads(
+                        s3_client(&cfg, settings.endpoint.is_some(), Some(log("s3"))),
+                        b.clone(),
+                    ),
                     None => store,
                 }
             }),
             secrets: Arc::new(SecretsManagerStore::new(
-                aws_sdk_secretsmanager::Client::new(&cfg),
+                secretsmanager,
                 settings.secret_prefix.clone(),
             )),
-            sfn: aws_sdk_sfn::Client::new(&cfg),
+            sfn,
             definitions: Arc::new(DefinitionCache::default()),
             settings,
         })
@@ -94,12 +114,16 @@ pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
 }
 
 /// An S3 client; emulated S3 on 127.0.0.1 needs path-style addressing.
-pub fn s3_client(cfg: &aws_config::SdkConfig, path_style: bool) -> aws_sdk_s3::Client {
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(cfg)
-            .force_path_style(path_style)
-            .build(),
-    )
+pub fn s3_client(
+    cfg: &aws_config::SdkConfig,
+    path_style: bool,
+    log: Option<calls::CallLog>,
+) -> aws_sdk_s3::Client {
+    let mut b = aws_sdk_s3::config::Builder::from(cfg).force_path_style(path_style);
+    if let Some(log) = log {
+        b = b.interceptor(log);
+    }
+    aws_sdk_s3::Client::from_conf(b.build())
 }
 
 /// JSON log lines on stderr (CloudWatch reads them), filtered by `WEFT_LOG`.

@@ -17,6 +17,9 @@ pub struct AwsSettings {
     pub secret_prefix: String,
     /// `WEFT_STATE_MACHINE_ARN`: the DAG driver (the API function starts it).
     pub state_machine_arn: Option<String>,
+    /// `WEFT_DRIVER_ARN`: the Standard DAG driver, where runs are handed
+    /// off, continued and resumed.
+    pub driver_arn: Option<String>,
     /// `WEFT_STEP_FUNCTIONS`: `type=function,...`, the function that runs
     /// each I/O step type (the plan function names them to the machine).
     pub step_functions: HashMap<String, String>,
@@ -49,6 +52,7 @@ impl AwsSettings {
             bucket: var("WEFT_BUCKET"),
             secret_prefix: var("WEFT_SECRET_PREFIX").unwrap_or_else(|| "weft/".into()),
             state_machine_arn: var("WEFT_STATE_MACHINE_ARN"),
+            driver_arn: var("WEFT_DRIVER_ARN"),
             step_functions,
             egress: EgressPolicy::allowing(&var("WEFT_EGRESS_ALLOW").unwrap_or_default())
                 .map_err(|e| anyhow::anyhow!("WEFT_EGRESS_ALLOW: {e}"))?,
@@ -71,5 +75,9 @@ impl AwsSettings {
 impl FunctionNames for AwsSettings {
     fn function_for(&self, step_type: &str) -> Option<String> {
         self.step_functions.get(step_type).cloned()
+    }
+
+    fn standard_machine(&self) -> Option<&str> {
+        self.driver_arn.as_deref()
     }
 }

@@ -9,7 +9,7 @@ pub mod workspace;
 
 pub use ids::{ApiKeyId, RunId, WorkflowId, WorkspaceId};
 pub use run::{
-    Attempt, LogEntry, LogLevel, RunRecord, RunStatus, StepError, StepRecord, StepStatus,
+    Attempt, Lease, LogEntry, LogLevel, RunRecord, RunStatus, StepError, StepRecord, StepStatus,
 };
 pub use usage::{CapHit, Caps, Charge, ModelPrice, Usage, UsageRow, WorkspaceSettings};
 pub use workflow::{WorkflowSummary, WorkflowVersion};

@@ -203,6 +203,38 @@ pub struct RunRecord {
     pub budget_usd: Option<f64>,
     /// Bumped on every write; writers condition on it (optimistic concurrency).
     pub revision: u64,
+    /// Who drives the run and until when, where drivers can vanish (on AWS;
+    /// see `orchestrator::lease`). None where the process driving runs is
+    /// the one holding them (embedded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// A run's driver on AWS: one execution at a time holds the run, and must
+/// come back to it before `until`, or the sweeper resumes the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The execution holding the run (`lease::owner_id` of its ARN); None:
+    /// the next to come takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// After this, with the run not finished, its driver is gone.
+    pub until: DateTime<Utc>,
+    /// How many Standard executions were started for the run (the next is
+    /// named `{run}-{generation + 1}`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
+    /// History events the holding execution has used, roughly.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub events: u32,
+    /// Times the sweeper resumed the run without a pass making progress
+    /// in between.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sweeps: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One line of a run's execution log.

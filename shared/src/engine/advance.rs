@@ -76,57 +76,92 @@ fn projected_records(wf: &Workflow, recs: &Records) -> usize {
     n
 }
 
+/// How much one call of `advance` may do, for drivers and stores that
+/// bound it (a state machine's Map, a database's transaction). What is left
+/// is reported as more work (`wake_at` = now) for the next call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Most decisions applied (each changes at most one step's record,
+    /// besides steps it cancels).
+    pub max_changes: Option<usize>,
+    /// Most I/O attempts handed out.
+    pub max_dispatch: Option<usize>,
+}
+
+/// True if the decision starts an I/O step (a dispatch).
+fn starts_io(wf: &Workflow, d: &Decision) -> bool {
+    matches!(d, Decision::Start { key } if wf.step_by_key(key).is_some_and(|s| s.kind.is_external()))
+}
+
 pub fn advance(
     wf: &Workflow,
     info: RunInfo<'_>,
     recs: &mut Records,
     now: DateTime<Utc>,
+    limits: Limits,
 ) -> Advanced {
     let mut fx = Effects::default();
     let mut applied = 0;
+    let max_changes = limits
+        .max_changes
+        .unwrap_or(usize::MAX)
+        .min(MAX_DECISIONS_PER_CALL);
+    let max_dispatch = limits.max_dispatch.unwrap_or(usize::MAX);
     loop {
         let plan = dag::plan(wf, recs, now);
         if let Some(outcome) = plan.outcome {
             return finish(wf, info, recs, now, outcome, fx);
         }
-        if plan.decisions.is_empty() || applied >= MAX_DECISIONS_PER_CALL {
-            let more = !plan.decisions.is_empty();
-            if !more && !plan.running && !plan.waiting && plan.next_wake.is_none() {
-                // Nothing runs, waits or is due: no rule should leave a run
-                // here, but if one did the run must not hang silently.
-                let error = StepError::permanent("stuck", "the run cannot make progress");
-                return finish(
-                    wf,
-                    info,
-                    recs,
-                    now,
-                    Outcome::Failed {
-                        key: String::new(),
-                        error,
-                    },
-                    fx,
-                );
-            }
-            let status = if plan.running || more || !plan.waiting {
-                RunStatus::Running
-            } else {
-                RunStatus::Waiting
-            };
-            return Advanced {
-                status,
-                output: None,
-                error: None,
-                wake_at: if more { Some(now) } else { plan.next_wake },
-                changed: fx.changed,
-                logs: fx.logs,
-                dispatch: fx.dispatch,
-                awaits_event: plan.awaits_event,
-            };
-        }
+        let mut deferred = false;
+        let mut applied_now = 0;
         for d in plan.decisions {
+            if applied >= max_changes {
+                deferred = true;
+                break;
+            }
+            if fx.dispatch.len() >= max_dispatch && starts_io(wf, &d) {
+                deferred = true;
+                continue;
+            }
             applied += 1;
+            applied_now += 1;
             apply(wf, info, recs, now, d, &mut fx);
         }
+        if applied_now > 0 {
+            continue;
+        }
+        // Nothing more can be done in this call.
+        if !deferred && !plan.running && !plan.waiting && plan.next_wake.is_none() {
+            // Nothing runs, waits or is due: no rule should leave a run
+            // here, but if one did the run must not hang silently.
+            let error = StepError::permanent("stuck", "the run cannot make progress");
+            return finish(
+                wf,
+                info,
+                recs,
+                now,
+                Outcome::Failed {
+                    key: String::new(),
+                    error,
+                },
+                fx,
+            );
+        }
+        let status = if plan.running || deferred || !plan.waiting {
+            RunStatus::Running
+        } else {
+            RunStatus::Waiting
+        };
+        return Advanced {
+            status,
+            output: None,
+            error: None,
+            wake_at: if deferred { Some(now) } else { plan.next_wake },
+            changed: fx.changed,
+            logs: fx.logs,
+            dispatch: fx.dispatch,
+            awaits_event: plan.awaits_event,
+        };
     }
 }
 

@@ -6,9 +6,11 @@ mod context;
 mod external;
 pub mod steps;
 
-pub use advance::{Advanced, DEFAULT_STEP_TIMEOUT, Dispatch, advance};
+pub use advance::{Advanced, DEFAULT_STEP_TIMEOUT, Dispatch, Limits, advance};
 pub use context::{RunInfo, context_for, value_of};
-pub use external::{interrupt_orphans, record_external};
+pub use external::{
+    InFlight, ORPHAN_GRACE, Orphans, attempt_deadline, interrupt_orphans, record_external,
+};
 
 #[cfg(test)]
 mod tests;

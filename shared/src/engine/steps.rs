@@ -79,6 +79,15 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
     }
 }
 
+/// The rendered request of an I/O step (None for other steps).
+pub fn io_request(step: &Step, ctx: &Context) -> Option<Result<Value, StepError>> {
+    match &step.kind {
+        StepKind::Http(h) => Some(http_request(h, ctx)),
+        StepKind::Llm(l) => Some(llm_request(l, ctx)),
+        _ => None,
+    }
+}
+
 fn http_request(h: &crate::dsl::Http, ctx: &Context) -> Result<Value, StepError> {
     let mut fields = json!({
         "url": h.url,

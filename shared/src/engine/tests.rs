@@ -32,7 +32,7 @@ fn a_chain_of_pure_steps_completes_in_one_call() {
     ]}));
     let input = json!({"n": 21});
     let mut recs = Records::new();
-    let adv = advance(&w, info(&input), &mut recs, t0());
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
     assert_eq!(adv.status, RunStatus::Completed);
     assert_eq!(adv.output, Some(json!({"value": 42})));
     assert_eq!(recs["b"].output, Some(json!(42)));
@@ -50,7 +50,7 @@ fn conditions_choose_a_branch() {
     for (amount, taken, skipped) in [(500, "big", "small"), (5, "small", "big")] {
         let input = json!({"amount": amount});
         let mut recs = Records::new();
-        let adv = advance(&w, info(&input), &mut recs, t0());
+        let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
         assert_eq!(adv.status, RunStatus::Completed);
         assert_eq!(recs[taken].status, StepStatus::Succeeded);
         assert_eq!(recs[skipped].status, StepStatus::Skipped);
@@ -73,13 +73,25 @@ fn delays_wait_then_finish() {
     ]}));
     let input = json!({});
     let mut recs = Records::new();
-    let adv = advance(&w, info(&input), &mut recs, t0());
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
     assert_eq!(adv.status, RunStatus::Waiting);
     assert_eq!(adv.wake_at, Some(t0() + Duration::hours(1)));
-    let adv = advance(&w, info(&input), &mut recs, t0() + Duration::minutes(59));
+    let adv = advance(
+        &w,
+        info(&input),
+        &mut recs,
+        t0() + Duration::minutes(59),
+        Limits::default(),
+    );
     assert_eq!(adv.status, RunStatus::Waiting);
     assert!(adv.changed.is_empty());
-    let adv = advance(&w, info(&input), &mut recs, t0() + Duration::hours(1));
+    let adv = advance(
+        &w,
+        info(&input),
+        &mut recs,
+        t0() + Duration::hours(1),
+        Limits::default(),
+    );
     assert_eq!(adv.status, RunStatus::Completed);
     assert_eq!(recs["wait"].attempts.len(), 1);
 }
@@ -92,7 +104,7 @@ fn approvals_wait_for_completion_or_time_out() {
     ]}));
     let input = json!({});
     let mut recs = Records::new();
-    let adv = advance(&w, info(&input), &mut recs, t0());
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
     assert_eq!(adv.status, RunStatus::Waiting);
     assert_eq!(recs["ok"].status, StepStatus::Waiting);
 
@@ -101,12 +113,24 @@ fn approvals_wait_for_completion_or_time_out() {
     let r = done.get_mut("ok").unwrap();
     r.status = StepStatus::Succeeded;
     r.output = Some(json!({"approved": true}));
-    let adv = advance(&w, info(&input), &mut done, t0() + Duration::minutes(5));
+    let adv = advance(
+        &w,
+        info(&input),
+        &mut done,
+        t0() + Duration::minutes(5),
+        Limits::default(),
+    );
     assert_eq!(adv.status, RunStatus::Completed);
     assert_eq!(adv.output, Some(json!({"approved": true})));
 
     // Nobody answers.
-    let adv = advance(&w, info(&input), &mut recs, t0() + Duration::days(1));
+    let adv = advance(
+        &w,
+        info(&input),
+        &mut recs,
+        t0() + Duration::days(1),
+        Limits::default(),
+    );
     assert_eq!(adv.status, RunStatus::Failed);
     assert_eq!(adv.error.as_ref().unwrap().code, "approval_timeout");
     assert_eq!(recs["act"].status, StepStatus::Cancelled);
@@ -123,14 +147,20 @@ fn maps_collect_outputs_in_order() {
     ]}));
     let input = json!({"xs": [3, 1, 2]});
     let mut recs = Records::new();
-    let adv = advance(&w, info(&input), &mut recs, t0());
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
     assert_eq!(adv.status, RunStatus::Completed, "{adv:?}");
     assert_eq!(recs["each"].output, Some(json!(["0:9", "1:1", "2:4"])));
     assert_eq!(recs["each.1.sq"].output, Some(json!(1)));
     assert_eq!(adv.output, Some(json!(["0:9!", "1:1!", "2:4!"])));
 
     let mut recs = Records::new();
-    let adv = advance(&w, info(&json!({"xs": "nope"})), &mut recs, t0());
+    let adv = advance(
+        &w,
+        info(&json!({"xs": "nope"})),
+        &mut recs,
+        t0(),
+        Limits::default(),
+    );
     assert_eq!(adv.status, RunStatus::Failed);
     assert!(adv.error.unwrap().message.contains("must produce a list"));
 }
@@ -143,7 +173,7 @@ fn continue_on_error_lets_dependents_see_the_error() {
     ]}));
     let input = json!({});
     let mut recs = Records::new();
-    let adv = advance(&w, info(&input), &mut recs, t0());
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
     assert_eq!(adv.status, RunStatus::Completed);
     assert_eq!(adv.output, Some(json!("invalid_json")));
     assert_eq!(recs["parse"].status, StepStatus::Failed);
@@ -156,7 +186,7 @@ fn missing_input_fails_the_step_with_a_clear_message() {
     );
     let input = json!({});
     let mut recs = Records::new();
-    let adv = advance(&w, info(&input), &mut recs, t0());
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
     assert_eq!(adv.status, RunStatus::Failed);
     let err = adv.error.unwrap();
     assert!(
@@ -168,4 +198,73 @@ fn missing_input_fails_the_step_with_a_clear_message() {
         1,
         "template errors are not retried"
     );
+}
+
+#[test]
+fn where_drivers_cannot_know_an_attempt_is_orphaned_only_after_its_deadline() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "call", "type": "http", "url": "http://example.com/", "timeout": "10s"}
+    ]}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
+    assert_eq!(adv.dispatch.len(), 1);
+    let mut logs = Vec::new();
+    // Within its timeout and the grace period: still in flight, and the
+    // driver is told when to look again.
+    let later = t0() + Duration::seconds(60);
+    let o = interrupt_orphans(
+        &w,
+        &mut recs,
+        "run_test",
+        later,
+        &InFlight::UntilDeadline,
+        &mut logs,
+    );
+    assert!(o.changed.is_empty());
+    assert_eq!(o.next_deadline, Some(t0() + Duration::seconds(130)));
+    // Past it: interrupted, and retried by the step's policy.
+    let past = t0() + Duration::seconds(131);
+    let o = interrupt_orphans(
+        &w,
+        &mut recs,
+        "run_test",
+        past,
+        &InFlight::UntilDeadline,
+        &mut logs,
+    );
+    assert_eq!(o.changed, vec!["call".to_owned()]);
+    assert_eq!(recs["call"].status, StepStatus::Pending);
+    assert_eq!(
+        recs["call"].attempts[0]
+            .error
+            .as_ref()
+            .map(|e| e.code.as_str()),
+        Some("interrupted")
+    );
+}
+
+#[test]
+fn a_bounded_call_does_part_of_the_work_and_asks_for_more() {
+    let steps: Vec<Value> = (0..10)
+        .map(|i| json!({"id": format!("s{i}"), "type": "transform", "inputs": i}))
+        .collect();
+    let w = wf(json!({"name": "t", "steps": steps}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let limits = Limits {
+        max_changes: Some(4),
+        max_dispatch: None,
+    };
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let adv = advance(&w, info(&input), &mut recs, t0(), limits);
+        assert!(adv.changed.len() <= 4, "{:?}", adv.changed);
+        if adv.status == RunStatus::Completed {
+            break;
+        }
+        assert_eq!(adv.wake_at, Some(t0()), "more work is due now");
+    }
+    assert_eq!(calls, 3);
 }

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::tick;
 use crate::app::DefinitionCache;
 use crate::domain::*;
+use crate::engine::InFlight;
 use crate::ports::{
     ActiveRunIndex, DriverError, RunDriver, RunStore, StepCall, StepExecutor, StoreError,
     WorkflowStore,
@@ -210,20 +211,20 @@ impl Inner {
     /// Advances the run once, commits it and starts its I/O steps. Returns
     /// when the run wants to be looked at again.
     async fn tick(&self, key: &RunKey) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let Some(t) = tick::tick(
-            self.stores(),
-            &key.0,
-            &key.1,
-            |k, a| self.is_in_flight(key, k, a),
-            // Claimed before the write, so no pass in between takes them
-            // for attempts a dead process left behind.
-            |d, on| {
-                let attempts = d.iter().map(|d| (d.key.as_str(), d.attempt));
-                self.set_in_flight(key, attempts, on)
-            },
-        )
-        .await?
-        else {
+        let in_flight = |k: &str, a: u32| self.is_in_flight(key, k, a);
+        // Claimed before the write, so no pass in between takes them for
+        // attempts a dead process left behind.
+        let claim = |d: &[tick::Dispatch], on: bool| {
+            let attempts = d.iter().map(|d| (d.key.as_str(), d.attempt));
+            self.set_in_flight(key, attempts, on)
+        };
+        let driving = tick::Driving {
+            in_flight: InFlight::Known(&in_flight),
+            max_dispatch: None,
+            holder: None,
+            claim: &claim,
+        };
+        let Some(t) = tick::tick(self.stores(), &key.0, &key.1, &driving).await? else {
             return Ok(None);
         };
         if t.finished {

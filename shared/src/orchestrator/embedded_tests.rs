@@ -182,7 +182,13 @@ async fn an_approval_past_its_deadline_is_refused() {
         workflows: store.as_ref(),
         definitions: &defs,
     };
-    let t = super::tick::tick(stores, &ws, &run.id, |_, _| false, |_, _| {})
+    let driving = super::tick::Driving {
+        in_flight: crate::engine::InFlight::Known(&|_, _| false),
+        max_dispatch: None,
+        holder: None,
+        claim: &|_, _| {},
+    };
+    let t = super::tick::tick(stores, &ws, &run.id, &driving)
         .await
         .unwrap()
         .unwrap();

@@ -2,6 +2,7 @@
 //! runs with Step Functions calling the same `engine::advance`.
 
 mod embedded;
+pub mod lease;
 pub mod stepfunctions;
 pub mod tick;
 

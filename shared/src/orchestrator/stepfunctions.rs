@@ -14,9 +14,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use anyhow::Context as _;
+
+use super::lease;
 use super::tick::{self, Stores};
 use crate::domain::{RunId, StepError, WorkspaceId};
-use crate::ports::{StepCall, StepExecutor};
+use crate::engine::InFlight;
+use crate::ports::StepExecutor;
 
 /// Longest a Wait or a task token may last in one go (Step Functions allows
 /// a year per execution; runs longer than that are out of scope).
@@ -31,6 +35,10 @@ pub const EXPRESS_BUDGET_SECS: i64 = 4 * 60;
 /// Standard transitions ($25 per 1M each), so short sleeps stay.
 pub const EXPRESS_SLEEP_SECS: i64 = 60;
 
+/// Most I/O attempts one Plan hands out (the machines' Map runs 40 at a
+/// time; more wait for the next pass).
+pub const MAX_DISPATCH: usize = 40;
+
 /// What the state machine sends the plan function.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -38,6 +46,9 @@ pub enum PlanRequest {
     Plan {
         workspace_id: WorkspaceId,
         run_id: RunId,
+        /// The execution asking (`$$.Execution.Id`): the run's lease
+        /// holder, or a driver that must stop.
+        execution: String,
         /// The Map's results: items with `ok: false` are failed calls.
         #[serde(default)]
         results: Vec<Value>,
@@ -86,11 +97,25 @@ impl PlanRequest {
     }
 }
 
-/// A step to run: the function to invoke and its payload.
+/// One dispatched attempt, by reference: a step function reads the rest
+/// (the request, rendered again from the run's recorded state) from the
+/// store, so execution state never carries a payload of any size.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct StepRef {
+    pub workspace_id: WorkspaceId,
+    pub run_id: RunId,
+    pub step_key: String,
+    pub attempt: u32,
+}
+
+/// A step to run: the function to invoke and what to invoke it with.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Target {
     pub function: String,
-    pub call: StepCall,
+    pub call: StepRef,
+    /// The attempt's timeout, in seconds (for the hand-off decision).
+    #[serde(default)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -102,6 +127,9 @@ pub enum Next {
     Dispatch,
     Sleep,
     WaitEvent,
+    /// Start the Standard machine's next execution for the run
+    /// (`execution_name`) and end this one: its history is nearly full.
+    Continue,
     Finished,
 }
 
@@ -125,11 +153,20 @@ pub struct PlanResponse {
     /// machine instead (see the module's description).
     #[serde(default)]
     pub hand_off: bool,
+    /// For a hand-off and `continue`: the Standard machine and the name of
+    /// the execution to start there (the run's lease is already its).
+    #[serde(default)]
+    pub machine: Option<String>,
+    #[serde(default)]
+    pub execution_name: Option<String>,
 }
 
-/// Names the function that runs each step type.
+/// What the plan function needs of the deployment: the function that runs
+/// each step type, and the Standard machine runs are handed to.
 pub trait FunctionNames {
     fn function_for(&self, step_type: &str) -> Option<String>;
+    /// The Standard DAG driver's ARN.
+    fn standard_machine(&self) -> Option<&str>;
 }
 
 /// The failure a caught Lambda error becomes: `{"Error", "Cause"}`, where
@@ -161,15 +198,21 @@ fn failure_error(failure: &Value) -> StepError {
     }
 }
 
-/// What a step function does with its payload: runs the attempt and records
-/// the result with the run (a failed attempt is a result too). Only a
-/// failure to record is an error.
+/// What a step function does with its reference: rebuilds the call from
+/// the store, runs the attempt and records the result (a failed attempt is
+/// a result too). Only a failure to record is an error; an attempt that is
+/// no longer running (the run moved on) is left alone.
 pub async fn run_step(
     s: Stores<'_>,
     executor: Option<&dyn StepExecutor>,
-    call: &StepCall,
+    r: &StepRef,
 ) -> anyhow::Result<()> {
-    let result = tick::attempt(executor, call).await;
+    let Some(call) =
+        tick::prepare_call(s, &r.workspace_id, &r.run_id, &r.step_key, r.attempt).await?
+    else {
+        return Ok(());
+    };
+    let result = tick::attempt(executor, &call).await;
     tick::record(
         s,
         &call.workspace_id,
@@ -188,17 +231,16 @@ pub async fn handle(
     req: PlanRequest,
     now: DateTime<Utc>,
 ) -> anyhow::Result<PlanResponse> {
-    let mut express_started_at = None;
-    let (ws, run_id) = match req {
+    let (ws, run_id, execution, express_started_at) = match req {
         PlanRequest::Plan {
             workspace_id,
             run_id,
+            execution,
             results,
-            express_started_at: started,
+            express_started_at,
         } => {
-            express_started_at = started;
             for r in results.iter().filter(|r| r["ok"] == false) {
-                if let Ok(call) = serde_json::from_value::<StepCall>(r["call"].clone()) {
+                if let Ok(call) = serde_json::from_value::<StepRef>(r["call"].clone()) {
                     let err = failure_error(&r["failure"]);
                     tick::record(
                         s,
@@ -211,13 +253,16 @@ pub async fn handle(
                     .await?;
                 }
             }
-            (workspace_id, run_id)
+            (workspace_id, run_id, execution, express_started_at)
         }
+        // Only records: the machine plans next (this answer is discarded),
+        // and a pass here would hand out attempts no one runs.
         PlanRequest::RecordFailure {
             workspace_id,
             run_id,
             dispatch,
             failure,
+            ..
         } => {
             let err = failure_error(&failure);
             for t in &dispatch {
@@ -231,17 +276,106 @@ pub async fn handle(
                 )
                 .await?;
             }
-            (workspace_id, run_id)
+            return Ok(PlanResponse {
+                workspace_id,
+                run_id,
+                next: Next::Plan,
+                revision: 0,
+                dispatch: Vec::new(),
+                step: None,
+                wake_at: None,
+                wait_seconds: 0,
+                hand_off: false,
+                machine: None,
+                execution_name: None,
+            });
         }
         PlanRequest::Park { .. } => {
             anyhow::bail!("`park` needs the AWS task-token store; the plan function handles it")
         }
     };
-    let mut out = answer(s, names, ws, run_id, now).await?;
-    if let Some(started) = express_started_at {
-        out.hand_off = leaves_express(&out, started, now);
+    let holder = tick::Holder {
+        owner: &execution,
+        counts_events: express_started_at.is_none(),
+    };
+    let (mut out, events) = answer(s, names, ws, run_id, holder, now).await?;
+    let move_on = match express_started_at {
+        Some(started) => leaves_express(&out, started, now),
+        // A Standard execution whose history is nearly full goes on in a
+        // fresh one, at an answer that hands nothing out.
+        None => {
+            events > lease::MAX_EVENTS
+                && matches!(out.next, Next::Plan | Next::Sleep | Next::WaitEvent)
+        }
+    };
+    if move_on {
+        hand_over(s, names, &mut out, &execution, now).await?;
+        if out.next != Next::Finished && express_started_at.is_none() {
+            out.next = Next::Continue;
+        }
     }
     Ok(out)
+}
+
+/// Gives the run's lease to the next Standard execution and names it in
+/// the answer (which the machine then starts). If this execution no longer
+/// holds the run, it stops instead.
+async fn hand_over(
+    s: Stores<'_>,
+    names: &dyn FunctionNames,
+    out: &mut PlanResponse,
+    me: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let machine = names
+        .standard_machine()
+        .context("WEFT_DRIVER_ARN (the Standard DAG driver) is not set")?;
+    // The next execution carries this answer out before it plans: it holds
+    // the run until the answer's wait or attempts are over.
+    let due = match out.next {
+        Next::WaitEvent => now + chrono::Duration::seconds(out.wait_seconds),
+        Next::Sleep => out
+            .wake_at
+            .as_deref()
+            .and_then(|w| DateTime::parse_from_rfc3339(w).ok())
+            .map_or(now, |at| at.with_timezone(&Utc)),
+        Next::Dispatch | Next::DispatchOne => {
+            let longest = out
+                .dispatch
+                .iter()
+                .map(|t| t.timeout_secs)
+                .max()
+                .unwrap_or(0);
+            now + chrono::Duration::seconds(i64::try_from(longest).unwrap_or(0).min(MAX_WAIT_SECS))
+        }
+        _ => now,
+    };
+    let name = std::sync::Mutex::new(None);
+    let written = tick::update_lease(s.runs, &out.workspace_id, &out.run_id.clone(), |run| {
+        let run_id = run.id.to_string();
+        let Some(l) = run.lease.as_mut().filter(|l| lease::holds(l, me)) else {
+            return false;
+        };
+        let n = lease::hand_over(l, machine, &run_id, now, due);
+        if let Ok(mut slot) = name.lock() {
+            *slot = Some(n);
+        }
+        true
+    })
+    .await?;
+    match (written, name.into_inner().ok().flatten()) {
+        (Some(run), Some(n)) => {
+            out.revision = run.revision;
+            out.hand_off = true;
+            out.machine = Some(machine.to_owned());
+            out.execution_name = Some(n);
+        }
+        _ => {
+            out.next = Next::Finished;
+            out.hand_off = false;
+        }
+    }
+    Ok(())
 }
 
 /// Whether an answer made on the Express machine must be carried out on
@@ -250,7 +384,7 @@ pub async fn handle(
 fn leaves_express(out: &PlanResponse, started: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     let left = (started + chrono::Duration::seconds(EXPRESS_BUDGET_SECS) - now).num_seconds();
     match out.next {
-        Next::Finished => false,
+        Next::Finished | Next::Continue => false,
         Next::Plan => left <= 0,
         Next::WaitEvent => true,
         Next::Sleep => {
@@ -265,7 +399,7 @@ fn leaves_express(out: &PlanResponse, started: DateTime<Utc>, now: DateTime<Utc>
             let longest = out
                 .dispatch
                 .iter()
-                .map(|t| t.call.timeout.as_secs())
+                .map(|t| t.timeout_secs)
                 .max()
                 .unwrap_or(0);
             i64::try_from(longest).unwrap_or(i64::MAX) >= left
@@ -273,17 +407,26 @@ fn leaves_express(out: &PlanResponse, started: DateTime<Utc>, now: DateTime<Utc>
     }
 }
 
-/// The DAG core's next decision for the run, as the machine's next state.
+/// The DAG core's next decision for the run, as the machine's next state,
+/// with the history events the holder has used.
 async fn answer(
     s: Stores<'_>,
     names: &dyn FunctionNames,
     ws: WorkspaceId,
     run_id: RunId,
+    holder: tick::Holder<'_>,
     now: DateTime<Utc>,
-) -> anyhow::Result<PlanResponse> {
-    // Between Plan calls no step function is running: a running attempt
-    // seen now was cut off (its function crashed before recording).
-    let ticked = tick::tick(s, &ws, &run_id, |_, _| false, |_, _| {}).await?;
+) -> anyhow::Result<(PlanResponse, u32)> {
+    // Between Plan calls no step function of this execution is running; an
+    // attempt another execution handed out counts as running until its
+    // deadline has passed.
+    let driving = tick::Driving {
+        in_flight: InFlight::UntilDeadline,
+        max_dispatch: Some(MAX_DISPATCH),
+        holder: Some(holder),
+        claim: &|_, _| {},
+    };
+    let ticked = tick::tick(s, &ws, &run_id, &driving).await?;
     let mut out = PlanResponse {
         workspace_id: ws,
         run_id,
@@ -294,19 +437,35 @@ async fn answer(
         wake_at: None,
         wait_seconds: 0,
         hand_off: false,
+        machine: None,
+        execution_name: None,
     };
     let Some(t) = ticked else {
-        return Ok(out);
+        return Ok((out, 0));
     };
     out.revision = t.run.revision;
+    if t.superseded {
+        tracing::info!("another execution holds the run; this one stops");
+        return Ok((out, 0));
+    }
+    let events = t.run.lease.as_ref().map_or(0, |l| l.events);
     if t.finished {
-        return Ok(out);
+        return Ok((out, events));
     }
     if !t.dispatch.is_empty() {
         for d in &t.dispatch {
-            let call = t.call(d);
+            let call = StepRef {
+                workspace_id: t.run.workspace_id.clone(),
+                run_id: t.run.id.clone(),
+                step_key: d.key.clone(),
+                attempt: d.attempt,
+            };
             match names.function_for(&d.step_type) {
-                Some(function) => out.dispatch.push(Target { function, call }),
+                Some(function) => out.dispatch.push(Target {
+                    function,
+                    call,
+                    timeout_secs: d.timeout.as_secs(),
+                }),
                 // A step type this deployment has no function for fails at
                 // once instead.
                 None => {
@@ -331,7 +490,7 @@ async fn answer(
             }
             _ => Next::Dispatch,
         };
-        return Ok(out);
+        return Ok((out, events));
     }
     let until = |at: DateTime<Utc>| (at - now).num_seconds().clamp(1, MAX_WAIT_SECS);
     if t.awaits_event {
@@ -342,14 +501,17 @@ async fn answer(
             out.next = Next::Plan;
         } else {
             out.next = Next::Sleep;
-            out.wake_at = Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            // In milliseconds, rounded up: a Wait that ends before the
+            // timer is due costs a loop for nothing.
+            let up = at + chrono::Duration::microseconds(999);
+            out.wake_at = Some(up.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         }
     } else {
         // Nothing can move the run but an outside event.
         out.next = Next::WaitEvent;
         out.wait_seconds = MAX_WAIT_SECS;
     }
-    Ok(out)
+    Ok((out, events))
 }
 
 #[cfg(test)]

@@ -5,10 +5,12 @@
 use anyhow::Context as _;
 use chrono::Utc;
 
+use super::lease;
 use crate::app::{DefinitionCache, DefinitionError};
 use crate::dag::Records;
 use crate::domain::*;
-use crate::engine::{Dispatch, RunInfo, advance, interrupt_orphans, record_external};
+pub use crate::engine::Dispatch;
+use crate::engine::{InFlight, Limits, RunInfo, advance, interrupt_orphans, record_external};
 use crate::ports::{RunStore, RunWrite, StepCall, StepExecutor, StoreError, WorkflowStore};
 
 /// Where a driver reads and writes runs.
@@ -29,6 +31,8 @@ pub struct Ticked {
     pub finished: bool,
     /// The run waits for an outside event (the core's `awaits_event`).
     pub awaits_event: bool,
+    /// Another driver holds the run: this one must stop (nothing written).
+    pub superseded: bool,
 }
 
 impl Ticked {
@@ -46,6 +50,27 @@ impl Ticked {
             timeout: d.timeout,
         }
     }
+}
+
+/// How a driver drives: how it knows which attempts are still in flight,
+/// what it may hand out at once, and, where drivers can vanish, the lease
+/// it holds the run by.
+pub struct Driving<'a> {
+    pub in_flight: InFlight<'a>,
+    /// Most I/O attempts one pass hands out.
+    pub max_dispatch: Option<usize>,
+    /// The execution driving, where runs are held by leases (AWS).
+    pub holder: Option<Holder<'a>>,
+    /// Called with a pass's dispatches before its write is tried (`true`)
+    /// and after the write lost (`false`).
+    pub claim: &'a (dyn Fn(&[Dispatch], bool) + Sync),
+}
+
+/// The execution holding a run's lease (see `lease`).
+pub struct Holder<'a> {
+    pub owner: &'a str,
+    /// Count the history events this pass uses (Standard executions).
+    pub counts_events: bool,
 }
 
 /// The failure of a step whose type this deployment has no executor for.
@@ -95,22 +120,30 @@ pub async fn load_active(
     )))
 }
 
-/// Advances the run once and commits it. `in_flight` tells which running
-/// I/O attempts an executor is still working on (others were interrupted);
-/// `claim(dispatch, on)` is called before the write is tried (`on`) and after
-/// it lost (`!on`). Returns None if the run is gone or already finished.
+/// Advances the run once and commits it. Returns None if the run is gone
+/// or already finished.
 pub async fn tick(
     s: Stores<'_>,
     ws: &WorkspaceId,
     id: &RunId,
-    in_flight: impl Fn(&str, u32) -> bool,
-    claim: impl Fn(&[Dispatch], bool),
+    driving: &Driving<'_>,
 ) -> anyhow::Result<Option<Ticked>> {
     loop {
         let Some((mut run, mut recs)) = load_active(s, ws, id).await? else {
             return Ok(None);
         };
         let now = Utc::now();
+        if let (Some(h), Some(l)) = (&driving.holder, &run.lease)
+            && lease::held_elsewhere(l, h.owner, now)
+        {
+            return Ok(Some(Ticked {
+                run,
+                dispatch: Vec::new(),
+                finished: false,
+                awaits_event: false,
+                superseded: true,
+            }));
+        }
         let mut logs = Vec::new();
         let wf = match s.definitions.for_run(s.workflows, &run).await {
             Ok(wf) => Some(wf),
@@ -140,37 +173,45 @@ pub async fn tick(
         let mut changed = Vec::new();
         let mut dispatch = Vec::new();
         let mut awaits_event = false;
+        let mut progressed = wf.is_none() || !logs.is_empty();
         if let Some(wf) = &wf {
-            let mut keys =
-                interrupt_orphans(wf, &mut recs, id.as_str(), now, &in_flight, &mut logs);
+            let orphans = interrupt_orphans(
+                wf,
+                &mut recs,
+                id.as_str(),
+                now,
+                &driving.in_flight,
+                &mut logs,
+            );
             let info = RunInfo {
                 run_id: id.as_str(),
                 workflow_id: run.workflow_id.as_str(),
                 version: run.workflow_version,
                 input: &run.input,
             };
-            let adv = advance(wf, info, &mut recs, now);
+            let limits = Limits {
+                max_changes: s.runs.write_limits().max_steps,
+                max_dispatch: driving.max_dispatch,
+            };
+            let adv = advance(wf, info, &mut recs, now, limits);
             let before = (run.status, run.wake_at);
             run.status = adv.status;
-            run.wake_at = adv.wake_at;
+            // An attempt still in flight is looked at again at its deadline.
+            run.wake_at = match (adv.wake_at, orphans.next_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if adv.status.is_terminal() {
                 run.finished_at = Some(now);
                 run.output = adv.output.clone();
                 run.error = adv.error.clone();
             }
+            let mut keys = orphans.changed;
             keys.extend(adv.changed);
-            if keys.is_empty()
-                && logs.is_empty()
-                && adv.logs.is_empty()
-                && before == (run.status, run.wake_at)
-            {
-                return Ok(Some(Ticked {
-                    run,
-                    dispatch: Vec::new(),
-                    finished: false,
-                    awaits_event: adv.awaits_event,
-                }));
-            }
+            progressed |= !keys.is_empty()
+                || !logs.is_empty()
+                || !adv.logs.is_empty()
+                || before != (run.status, run.wake_at);
             changed = keys.iter().filter_map(|k| recs.get(k).cloned()).collect();
             for l in &adv.logs {
                 tracing::debug!(
@@ -183,6 +224,34 @@ pub async fn tick(
             dispatch = adv.dispatch;
             awaits_event = adv.awaits_event;
         }
+        let mut lease_changed = false;
+        if let Some(h) = &driving.holder {
+            if run.status.is_terminal() {
+                lease_changed = run.lease.take().is_some();
+            } else {
+                let l = run.lease.get_or_insert_with(|| lease::initial(now));
+                let longest = dispatch.iter().map(|d| d.timeout).max();
+                lease_changed = lease::take(l, h.owner, lease::due(now, longest, run.wake_at));
+                if progressed && l.sweeps > 0 {
+                    l.sweeps = 0;
+                    lease_changed = true;
+                }
+                if h.counts_events {
+                    l.events = l
+                        .events
+                        .saturating_add(lease::events_for_pass(dispatch.len()));
+                }
+            }
+        }
+        if !progressed && !lease_changed {
+            return Ok(Some(Ticked {
+                run,
+                dispatch: Vec::new(),
+                finished: false,
+                awaits_event,
+                superseded: false,
+            }));
+        }
         run.revision += 1;
         let finished = run.status.is_terminal();
         let write = RunWrite {
@@ -190,7 +259,7 @@ pub async fn tick(
             steps: changed,
             logs,
         };
-        claim(&dispatch, true);
+        (driving.claim)(&dispatch, true);
         match s.runs.save_run(&write).await {
             Ok(()) => {
                 if finished {
@@ -206,20 +275,108 @@ pub async fn tick(
                     dispatch,
                     finished,
                     awaits_event,
+                    superseded: false,
                 }));
             }
             // Someone else (a cancel, an approval, a step result) wrote
             // first: read again.
             Err(StoreError::Conflict(_)) => {
-                claim(&dispatch, false);
+                (driving.claim)(&dispatch, false);
                 continue;
             }
             Err(e) => {
-                claim(&dispatch, false);
+                (driving.claim)(&dispatch, false);
                 return Err(e).context("saving the run");
             }
         }
     }
+}
+
+/// Changes the run's lease with `f` (which says whether it changed
+/// anything) and writes it; retried when another writer wins. Returns the
+/// run as written, or None if it is gone, finished, or `f` changed nothing.
+pub async fn update_lease(
+    runs: &dyn RunStore,
+    ws: &WorkspaceId,
+    id: &RunId,
+    f: impl Fn(&mut RunRecord) -> bool,
+) -> anyhow::Result<Option<RunRecord>> {
+    loop {
+        let Some(mut run) = runs.get_run(ws, id).await.context("reading the run")? else {
+            return Ok(None);
+        };
+        if run.status.is_terminal() || !f(&mut run) {
+            return Ok(None);
+        }
+        run.revision += 1;
+        let write = RunWrite {
+            run,
+            steps: Vec::new(),
+            logs: Vec::new(),
+        };
+        match runs.save_run(&write).await {
+            Ok(()) => return Ok(Some(write.run)),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e).context("saving the run's lease"),
+        }
+    }
+}
+
+/// The call a step function makes for one dispatched attempt, rebuilt from
+/// the store (execution state carries only the reference). None when the
+/// attempt is no longer the step's running one (the run moved on).
+pub async fn prepare_call(
+    s: Stores<'_>,
+    ws: &WorkspaceId,
+    id: &RunId,
+    key: &str,
+    attempt: u32,
+) -> anyhow::Result<Option<StepCall>> {
+    let Some((run, recs)) = load_active(s, ws, id).await? else {
+        return Ok(None);
+    };
+    let running = recs
+        .get(key)
+        .is_some_and(|r| r.status == StepStatus::Running && r.attempts.len() == attempt as usize);
+    if !running {
+        return Ok(None);
+    }
+    let wf = s
+        .definitions
+        .for_run(s.workflows, &run)
+        .await
+        .context("loading the workflow")?;
+    let Some(step) = wf.step_by_key(key) else {
+        return Ok(None);
+    };
+    let info = RunInfo {
+        run_id: id.as_str(),
+        workflow_id: run.workflow_id.as_str(),
+        version: run.workflow_version,
+        input: &run.input,
+    };
+    let ctx = crate::engine::context_for(&wf, info, &recs, key);
+    let request = match crate::engine::steps::io_request(step, &ctx) {
+        Some(Ok(r)) => r,
+        // The same templates rendered when the attempt was handed out; a
+        // failure now is recorded as the attempt's.
+        Some(Err(e)) => {
+            record(s, ws, id, key, attempt, Err(e)).await?;
+            return Ok(None);
+        }
+        None => return Ok(None),
+    };
+    Ok(Some(StepCall {
+        workspace_id: ws.clone(),
+        run_id: id.clone(),
+        workflow_id: run.workflow_id.clone(),
+        budget_usd: run.budget_usd,
+        step_key: key.to_owned(),
+        step_type: step.kind.type_name().to_owned(),
+        attempt,
+        request,
+        timeout: step.timeout.unwrap_or(crate::engine::DEFAULT_STEP_TIMEOUT),
+    }))
 }
 
 /// Records the result of attempt `attempt` of step `key` and asks the run to

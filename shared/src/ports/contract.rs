@@ -21,6 +21,7 @@ pub async fn run_all(s: Stores) {
     runs_list_newest_first_with_filters(&s).await;
     idempotency_keys_are_scoped(&s).await;
     logs_page_in_order(&s).await;
+    big_saves_fit_the_write_limits(&s).await;
     secrets_are_write_only_and_isolated(&s).await;
     settings_default_and_isolated(&s).await;
     budgets_reserve_atomically_and_settle(&s).await;
@@ -317,7 +318,93 @@ fn run(ws: &WorkspaceId, workflow: &str) -> RunRecord {
         wake_at: None,
         budget_usd: None,
         revision: 1,
+        lease: None,
     }
+}
+
+/// A save with as many changed steps as the store's limit allows, plus
+/// many more that were only cancelled (a failed map's iterations), is
+/// written whole.
+async fn big_saves_fit_the_write_limits(s: &Stores) {
+    let w = ws();
+    let mut r = run(&w, "wf_big");
+    s.runs.create_run(&r, None).await.unwrap();
+    let live = s.runs.write_limits().max_steps.unwrap_or(40);
+    let mut steps = Vec::new();
+    for i in 0..live {
+        let mut st = StepRecord::new(format!("m.{i}.a"), "transform");
+        st.status = StepStatus::Succeeded;
+        st.output = Some(json!(i));
+        steps.push(st);
+    }
+    for i in live..live + 150 {
+        let mut st = StepRecord::new(format!("m.{i}.a"), "transform");
+        st.status = StepStatus::Cancelled;
+        st.reason = Some("map `m` failed".into());
+        steps.push(st);
+    }
+    r.revision = 2;
+    r.status = RunStatus::Failed;
+    save(s, &r, steps).await.unwrap();
+    let stored = s.runs.get_steps(&w, &r.id).await.unwrap();
+    assert_eq!(stored.len(), live + 150);
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|st| st.status == StepStatus::Cancelled)
+            .count(),
+        150
+    );
+}
+
+/// Runs whose lease ran out are found through the index of active runs;
+/// finished runs, runs without a lease and runs whose lease holds are not.
+pub async fn stalled_runs_are_found(s: &Stores, index: &dyn StalledRuns) {
+    let w = ws();
+    let now = Utc::now();
+    let leased = |minutes: i64| Lease {
+        owner: Some("arn:exec".into()),
+        until: now + Duration::minutes(minutes),
+        generation: 1,
+        events: 0,
+        sweeps: 0,
+    };
+    let mut gone = run(&w, "wf_s");
+    gone.lease = Some(leased(-10));
+    let mut older = run(&w, "wf_s");
+    older.lease = Some(leased(-20));
+    let mut held = run(&w, "wf_s");
+    held.lease = Some(leased(10));
+    let mut done = run(&w, "wf_s");
+    done.lease = Some(leased(-10));
+    let free = run(&w, "wf_s");
+    for r in [&gone, &older, &held, &done, &free] {
+        s.runs.create_run(r, None).await.unwrap();
+    }
+    done.status = RunStatus::Completed;
+    done.revision = 2;
+    save(s, &done, Vec::new()).await.unwrap();
+
+    let found = index.stalled_runs(now, 100).await.unwrap();
+    let ids: Vec<&RunId> = found.iter().map(|(_, r)| r).collect();
+    assert_eq!(ids, [&older.id, &gone.id], "oldest lease first");
+    assert!(found.iter().all(|(ws, _)| *ws == w));
+    assert_eq!(index.stalled_runs(now, 1).await.unwrap().len(), 1);
+
+    // A renewed lease takes the run out; so does its end.
+    gone.lease = Some(leased(30));
+    gone.revision = 2;
+    save(s, &gone, Vec::new()).await.unwrap();
+    older.status = RunStatus::Failed;
+    older.revision = 2;
+    save(s, &older, Vec::new()).await.unwrap();
+    assert!(index.stalled_runs(now, 100).await.unwrap().is_empty());
+    // Held leases show up once they run out.
+    let later = index
+        .stalled_runs(now + Duration::hours(1), 100)
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 2, "{later:?}");
 }
 
 async fn workspaces_and_keys(s: &Stores) {

@@ -98,8 +98,21 @@ pub struct RunWrite {
     pub logs: Vec<LogEntry>,
 }
 
+/// How much one `save_run` may hold in one atomic write. Steps that only
+/// become `cancelled` are exempt: a store may write them ahead of the rest
+/// (cancelling an unfinished step is what any later pass would do too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// Most changed step records (not counting cancellations) per write.
+    pub max_steps: Option<usize>,
+}
+
 #[async_trait]
 pub trait RunStore: Send + Sync {
+    /// What one write may hold (DynamoDB transactions are bounded).
+    fn write_limits(&self) -> WriteLimits {
+        WriteLimits::default()
+    }
     /// Inserts a new run, claiming the idempotency key if one is given.
     async fn create_run(
         &self,
@@ -146,6 +159,18 @@ pub trait RunStore: Send + Sync {
 #[async_trait]
 pub trait ActiveRunIndex: Send + Sync {
     async fn active_runs(&self) -> StoreResult<Vec<(WorkspaceId, RunId)>>;
+}
+
+/// Unfinished runs whose lease (`RunRecord::lease`) ran out: their driver
+/// is gone. Read from an index of active runs, never a scan of all runs.
+#[async_trait]
+pub trait StalledRuns: Send + Sync {
+    /// At most `limit`, those whose lease ran out first first.
+    async fn stalled_runs(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<(WorkspaceId, RunId)>>;
 }
 
 /// A secret as listed: never its value.

@@ -1,5 +1,6 @@
-//! The AWS store: every store port on one DynamoDB table (`pk`, `sk`, and
-//! the index `gsi1` on `gsi1pk`/`gsi1sk`). Partition keys start with the
+//! The AWS store: every store port on one DynamoDB table (`pk`, `sk`, the
+//! index `gsi1` on `gsi1pk`/`gsi1sk` for listings, and `gsi2` on
+//! `gsi2pk`/`gsi2sk` for active runs). Partition keys start with the
 //! workspace id, and each run is a partition of its own (run item, steps,
 //! logs, model-call charges), so a busy workspace spreads its step writes
 //! over as many partitions as it has runs. Records are stored as JSON in
@@ -207,6 +208,8 @@ pub async fn create_table(client: &Client, name: &str) -> anyhow::Result<()> {
         .attribute_definitions(attr("sk")?)
         .attribute_definitions(attr("gsi1pk")?)
         .attribute_definitions(attr("gsi1sk")?)
+        .attribute_definitions(attr("gsi2pk")?)
+        .attribute_definitions(attr("gsi2sk")?)
         .key_schema(ks("pk", KeyType::Hash)?)
         .key_schema(ks("sk", KeyType::Range)?)
         .global_secondary_indexes(
@@ -219,6 +222,18 @@ pub async fn create_table(client: &Client, name: &str) -> anyhow::Result<()> {
                         .projection_type(ProjectionType::Include)
                         .non_key_attributes("status")
                         .non_key_attributes("workflow_id")
+                        .build(),
+                )
+                .build()?,
+        )
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("gsi2")
+                .key_schema(ks("gsi2pk", KeyType::Hash)?)
+                .key_schema(ks("gsi2sk", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
                         .build(),
                 )
                 .build()?,

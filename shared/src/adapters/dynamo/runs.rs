@@ -4,6 +4,9 @@
 //! with its steps. Listings use the index `gsi1`
 //! (`{ws}#RUNS`, run id: ULIDs sort by creation time), which holds only what
 //! they filter on; the page's run items are then read from the table.
+//! Unfinished runs with a lease are also in the index `gsi2` (keys only,
+//! `ACTIVE#{shard}`, lease end + run), which the sweeper reads for runs whose
+//! driver is gone; a finished run leaves it.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
@@ -14,12 +17,34 @@ use chrono::Utc;
 use super::{DynamoStore, Item, build, cancelled_conditions, data, get_s, key, n, run_pk, s, sdk};
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
-    CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite, StoreError,
-    StoreResult,
+    CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite, StalledRuns,
+    StoreError, StoreResult, WriteLimits,
 };
 
 /// Most items in one DynamoDB transaction.
 const MAX_TRANSACTION_ITEMS: usize = 100;
+/// Most changed steps one save writes in its transaction (besides the run
+/// and its log items; step items are at most 64 KB inline, so the
+/// transaction stays far below its 4 MB).
+pub const MAX_STEPS_PER_SAVE: usize = 40;
+/// Partitions of the active-runs index (`ACTIVE#0` …): writes spread, the
+/// sweeper reads each.
+const ACTIVE_SHARDS: u32 = 16;
+
+/// The active-runs index keys of a run (None: it is not in the index).
+fn active_keys(run: &RunRecord) -> Option<(String, String)> {
+    let lease = run.lease.as_ref().filter(|_| !run.status.is_terminal())?;
+    let shard = run
+        .id
+        .as_str()
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % ACTIVE_SHARDS;
+    Some((
+        format!("ACTIVE#{shard}"),
+        format!("{}#{}#{}", super::ts(lease.until), run.workspace_id, run.id),
+    ))
+}
 
 async fn run_attrs(st: &DynamoStore, run: &RunRecord) -> StoreResult<Item> {
     let mut item = key(run_pk(&run.workspace_id, &run.id), "RUN");
@@ -29,6 +54,10 @@ async fn run_attrs(st: &DynamoStore, run: &RunRecord) -> StoreResult<Item> {
     item.insert("workflow_id".into(), s(run.workflow_id.as_str()));
     item.insert("gsi1pk".into(), s(format!("{}#RUNS", run.workspace_id)));
     item.insert("gsi1sk".into(), s(run.id.as_str()));
+    if let Some((pk, sk)) = active_keys(run) {
+        item.insert("gsi2pk".into(), s(pk));
+        item.insert("gsi2sk".into(), s(sk));
+    }
     Ok(item)
 }
 
@@ -151,6 +180,12 @@ impl DynamoStore {
 
 #[async_trait]
 impl RunStore for DynamoStore {
+    fn write_limits(&self) -> WriteLimits {
+        WriteLimits {
+            max_steps: Some(MAX_STEPS_PER_SAVE),
+        }
+    }
+
     async fn create_run(
         &self,
         run: &RunRecord,
@@ -316,40 +351,73 @@ impl RunStore for DynamoStore {
             (None, Some(r)) => ("data_ref", "#d", r.clone()),
             (None, None) => return Err(StoreError::Unavailable("the run item has no data".into())),
         };
+        let mut values: std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> =
+            [
+                (":d".to_owned(), value),
+                (":rev".to_owned(), n(run.revision)),
+                (":st".to_owned(), s(run.status.as_str())),
+                (":prev".to_owned(), n(run.revision.saturating_sub(1))),
+            ]
+            .into();
+        // In the active-runs index while unfinished and leased; out of it
+        // otherwise. (An unchanged key writes nothing to the index.)
+        let active = match active_keys(run) {
+            Some((pk, sk)) => {
+                values.insert(":g2p".to_owned(), s(pk));
+                values.insert(":g2s".to_owned(), s(sk));
+                ", gsi2pk = :g2p, gsi2sk = :g2s"
+            }
+            None => "",
+        };
+        let unlisted = if active.is_empty() {
+            ", gsi2pk, gsi2sk"
+        } else {
+            ""
+        };
         let update = build(
             Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(key(run_pk(&run.workspace_id, &run.id), "RUN")))
                 .update_expression(format!(
-                    "SET {set} = :d, revision = :rev, #st = :st REMOVE {drop}"
+                    "SET {set} = :d, revision = :rev, #st = :st{active} REMOVE {drop}{unlisted}"
                 ))
                 .condition_expression("revision = :prev")
                 .expression_attribute_names("#d", "data")
                 .expression_attribute_names("#st", "status")
-                .set_expression_attribute_values(Some(
-                    [
-                        (":d".to_owned(), value),
-                        (":rev".to_owned(), n(run.revision)),
-                        (":st".to_owned(), s(run.status.as_str())),
-                        (":prev".to_owned(), n(run.revision.saturating_sub(1))),
-                    ]
-                    .into(),
-                ))
+                .set_expression_attribute_values(Some(values))
                 .build(),
         )?;
+        // Steps that only became cancelled may go ahead of the transaction
+        // (`WriteLimits`): any later pass would cancel them too. The rest
+        // is one transaction with the run's conditional update.
+        let (ahead, steps): (Vec<&StepRecord>, Vec<&StepRecord>) =
+            if w.steps.len() > MAX_STEPS_PER_SAVE {
+                w.steps
+                    .iter()
+                    .partition(|st| st.status == crate::domain::StepStatus::Cancelled)
+            } else {
+                (Vec::new(), w.steps.iter().collect())
+            };
         let mut others = Vec::new();
-        for st in &w.steps {
+        for st in steps {
             others.push(step_item(self, run, st).await?);
         }
         others.extend(log_items(run, &w.logs)?);
-        // One transaction when it fits; otherwise the run's conditional
-        // update first (it decides who won), then the rest in batches.
-        let fits = others.len() < MAX_TRANSACTION_ITEMS;
-        let (inline, rest) = if fits {
-            (others, Vec::new())
-        } else {
-            (Vec::new(), others)
-        };
+        if others.len() + 1 > MAX_TRANSACTION_ITEMS {
+            return Err(StoreError::Unavailable(format!(
+                "a save of run {} holds {} items; one transaction holds {MAX_TRANSACTION_ITEMS}",
+                run.id,
+                others.len() + 1
+            )));
+        }
+        if !ahead.is_empty() {
+            let mut items = Vec::with_capacity(ahead.len());
+            for st in ahead {
+                items.push(step_item(self, run, st).await?);
+            }
+            self.batch_put(items).await?;
+        }
+        let inline = others;
         let mut tx = self
             .client
             .transact_write_items()
@@ -373,7 +441,7 @@ impl RunStore for DynamoStore {
                 )),
                 _ => sdk(e),
             })?;
-        self.batch_put(rest).await
+        Ok(())
     }
 
     async fn list_logs(
@@ -419,5 +487,49 @@ impl RunStore for DynamoStore {
             items: page.items.into_iter().map(|(_, l)| l).collect(),
             next_cursor: page.next_cursor,
         })
+    }
+}
+
+#[async_trait]
+impl StalledRuns for DynamoStore {
+    async fn stalled_runs(
+        &self,
+        now: chrono::DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<(WorkspaceId, RunId)>> {
+        // Keys end with `#ws#run`; every key before `now` is a lease that ran
+        // out (timestamps sort as text).
+        let before = super::ts(now);
+        let mut found: Vec<(String, WorkspaceId, RunId)> = Vec::new();
+        for shard in 0..ACTIVE_SHARDS {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("gsi2")
+                .key_condition_expression("gsi2pk = :pk AND gsi2sk < :now")
+                .expression_attribute_values(":pk", s(format!("ACTIVE#{shard}")))
+                .expression_attribute_values(":now", s(before.clone()))
+                .limit(limit as i32)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in out.items() {
+                let sk = get_s(item, "gsi2sk")?;
+                let mut parts = sk.rsplitn(3, '#');
+                let (Some(run), Some(ws), Some(until)) = (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                found.push((
+                    until.to_owned(),
+                    WorkspaceId::from_string(ws),
+                    RunId::from_string(run),
+                ));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.truncate(limit);
+        Ok(found.into_iter().map(|(_, ws, run)| (ws, run)).collect())
     }
 }

@@ -75,13 +75,14 @@ async fn passes_the_store_contract_on_emulated_aws() {
     let ddb = aws_sdk_dynamodb::Client::new(&cfg);
     let table = format!("weft-test-{}", ulid::Ulid::new().to_string().to_lowercase());
     create_table(&ddb, &table).await.expect("table");
-    let s3 = crate::aws::s3_client(&cfg, true);
+    let s3 = crate::aws::s3_client(&cfg, true, None);
     s3.create_bucket()
         .bucket(&table)
         .send()
         .await
         .expect("bucket");
     let store = Arc::new(DynamoStore::new(ddb, table.clone()).with_payloads(s3, table));
+
     let secrets = Arc::new(SecretsManagerStore::new(
         aws_sdk_secretsmanager::Client::new(&cfg),
         format!(
@@ -89,5 +90,50 @@ async fn passes_the_store_contract_on_emulated_aws() {
             ulid::Ulid::new().to_string().to_lowercase()
         ),
     ));
-    contract::run_all(contract::Stores::with_secrets(store, secrets)).await;
+    let stores = contract::Stores::with_secrets(store.clone(), secrets);
+    contract::stalled_runs_are_found(&stores, store.as_ref()).await;
+    contract::run_all(stores).await;
+}
+
+/// Every AWS call of a function is logged (target `aws_calls`), for the
+/// IAM check of infra/local: a change that silenced it would leave that
+/// check with nothing to check.
+#[tokio::test]
+async fn aws_calls_are_logged() {
+    use std::io::Write;
+    use std::sync::Mutex;
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,aws_calls=debug"))
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let m = moto();
+    let cfg = config(&m.endpoint).await;
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&cfg)
+            .interceptor(crate::aws::CallLog {
+                service: "dynamodb",
+            })
+            .build(),
+    );
+    ddb.list_tables().send().await.expect("list tables");
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains(r#""call":"dynamodb:ListTables""#),
+        "no call logged: {text}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Task tokens of runs parked in the state machine's WaitEvent state: one
-//! item in the run's partition, replaced by each park and taken (read and
-//! deleted in one request) by whoever resumes the run.
+//! item in the run's partition, replaced by each park. Whoever resumes the
+//! run reads it, sends it back, and only then removes it: a send that fails
+//! (a throttle, the network) leaves it for the sweeper to send again.
 
 use super::{DynamoStore, get_s, key, n, run_pk, s, sdk};
 use crate::domain::{RunId, WorkspaceId};
@@ -28,23 +29,41 @@ impl DynamoStore {
         self.put(item, false).await
     }
 
-    /// Takes the parked token, if any: only one taker gets it.
-    pub async fn take_task_token(
+    /// The parked token, if any (read consistently).
+    pub async fn task_token(&self, ws: &WorkspaceId, run: &RunId) -> StoreResult<Option<String>> {
+        self.get(key(run_pk(ws, run), SK))
+            .await?
+            .map(|item| get_s(&item, "token").map(str::to_owned))
+            .transpose()
+    }
+
+    /// Removes the parked token once it was sent back (or is known dead),
+    /// unless a newer park replaced it meanwhile.
+    pub async fn clear_task_token(
         &self,
         ws: &WorkspaceId,
         run: &RunId,
-    ) -> StoreResult<Option<String>> {
-        let out = self
+        token: &str,
+    ) -> StoreResult<()> {
+        let res = self
             .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key(run_pk(ws, run), SK)))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .condition_expression("#t = :t")
+            .expression_attribute_names("#t", "token")
+            .expression_attribute_values(":t", s(token))
             .send()
-            .await
-            .map_err(sdk)?;
-        out.attributes
-            .map(|a| get_s(&a, "token").map(str::to_owned))
-            .transpose()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e)
+                    == Some("ConditionalCheckFailedException") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk(e)),
+        }
     }
 }

@@ -63,6 +63,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn finds_stalled_runs() {
+        let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
+        contract::stalled_runs_are_found(
+            &contract::Stores::from_one(store.clone()),
+            store.as_ref(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn reopening_keeps_data() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weft.db");

@@ -7,7 +7,7 @@ use super::tenants::insert_or_conflict;
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
     ActiveRunIndex, CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite,
-    StoreError, StoreResult,
+    StalledRuns, StoreError, StoreResult,
 };
 
 fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> StoreResult<()> {
@@ -240,5 +240,38 @@ impl ActiveRunIndex for SqliteStore {
                 Ok(rows)
             })
             .await
+    }
+}
+
+/// For the store contract (the embedded orchestrator resumes every active
+/// run at start and needs no sweep): the active runs, by the index the
+/// statuses have, whose lease ran out.
+#[async_trait]
+impl StalledRuns for SqliteStore {
+    async fn stalled_runs(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<(WorkspaceId, RunId)>> {
+        let rows: Vec<String> = self
+            .db
+            .read(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT data FROM runs WHERE status IN ('PENDING', 'RUNNING', 'WAITING')",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        let mut found: Vec<RunRecord> = rows
+            .iter()
+            .filter_map(|d| serde_json::from_str::<RunRecord>(d).ok())
+            .filter(|r| crate::orchestrator::lease::stalled(r, now))
+            .collect();
+        found.sort_by_key(|r| r.lease.as_ref().map(|l| l.until));
+        found.truncate(limit);
+        Ok(found.into_iter().map(|r| (r.workspace_id, r.id)).collect())
     }
 }

@@ -13,6 +13,7 @@ use crate::adapters::http::{EgressPolicy, HttpExecutor};
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::{App, DefinitionCache};
 use crate::domain::{RunStatus, WorkflowId};
+use crate::ports::RunStore;
 use crate::ports::{DriverError, RunDriver, StoreSet};
 
 /// The state machine itself starts nothing in these tests.
@@ -30,9 +31,18 @@ impl RunDriver for Manual {
 
 struct Names;
 
+/// The Standard machine of these tests.
+const DRIVER: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:weft-dag-driver";
+/// A Standard execution of it (one driving the run throughout).
+const STD_EXEC: &str = "arn:aws:states:us-east-1:123456789012:execution:weft-dag-driver:std";
+
 impl FunctionNames for Names {
     fn function_for(&self, step_type: &str) -> Option<String> {
         (step_type == "http").then(|| "weft-step-http".to_owned())
+    }
+
+    fn standard_machine(&self) -> Option<&str> {
+        Some(DRIVER)
     }
 }
 
@@ -86,15 +96,26 @@ impl Harness {
 }
 
 /// A Plan request as a machine sends it (the Express one with the time its
-/// execution started).
+/// execution started), from the Standard execution `STD_EXEC`.
 fn planning(
     ws: &WorkspaceId,
     run: &RunId,
     express_started_at: Option<DateTime<Utc>>,
 ) -> PlanRequest {
+    planning_as(ws, run, STD_EXEC, express_started_at)
+}
+
+/// A Plan request from a given execution.
+fn planning_as(
+    ws: &WorkspaceId,
+    run: &RunId,
+    execution: &str,
+    express_started_at: Option<DateTime<Utc>>,
+) -> PlanRequest {
     PlanRequest::Plan {
         workspace_id: ws.clone(),
         run_id: run.clone(),
+        execution: execution.to_owned(),
         results: Vec::new(),
         express_started_at,
     }
@@ -144,17 +165,31 @@ async fn the_machine_loop_runs_a_workflow_with_a_crash_a_retry_and_an_approval()
     let one = r.step.clone().unwrap();
     assert_eq!(r.dispatch, vec![one.clone()]);
     assert_eq!(one.call.step_key, "b");
-    assert_eq!(one.call.request["body"], json!({"n": 42}));
-    // Its function crashes: the machine's Catch records the failure.
+    // The reference is all the state carries; the step function renders
+    // the request again from the store.
+    let call = tick::prepare_call(h.stores(), &ws, &run.id, "b", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(call.request["body"], json!({"n": 42}));
+    // Its function crashes: the machine's Catch records the failure, then
+    // plans.
     h.transitions += 2; // RunStep, RecordFailure
-    let r = h
-        .plan(PlanRequest::RecordFailure {
+    let recorded = handle(
+        h.stores(),
+        &Names,
+        PlanRequest::RecordFailure {
             workspace_id: ws.clone(),
             run_id: run.id.clone(),
             dispatch: r.dispatch.clone(),
             failure: json!({"Error": "Lambda.Unknown", "Cause": "the function ran out of memory"}),
-        })
-        .await;
+        },
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recorded.next, Next::Plan);
+    let r = h.plan(plan(&ws, &run.id)).await;
     // The step's own policy retries it after its interval.
     assert_eq!(r.next, Next::Sleep, "{r:?}");
     let at = DateTime::parse_from_rfc3339(r.wake_at.as_deref().unwrap()).unwrap();
@@ -231,6 +266,7 @@ async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
         .plan(PlanRequest::Plan {
             workspace_id: ws.clone(),
             run_id: run.id.clone(),
+            execution: STD_EXEC.into(),
             results,
             express_started_at: None,
         })
@@ -247,7 +283,7 @@ async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
 #[test]
 fn payloads_match_the_state_machine() {
     let req: PlanRequest = serde_json::from_value(json!({
-        "action": "plan", "workspace_id": "ws_1", "run_id": "run_1"
+        "action": "plan", "workspace_id": "ws_1", "run_id": "run_1", "execution": STD_EXEC
     }))
     .unwrap();
     assert!(matches!(req, PlanRequest::Plan { results, .. } if results.is_empty()));
@@ -267,6 +303,7 @@ fn payloads_match_the_state_machine() {
         Next::Dispatch,
         Next::Sleep,
         Next::WaitEvent,
+        Next::Continue,
         Next::Finished,
     ] {
         let name = serde_json::to_value(next).unwrap();
@@ -287,6 +324,8 @@ fn payloads_match_the_state_machine() {
         wake_at: Some("2026-01-01T00:00:00.000Z".into()),
         wait_seconds: 0,
         hand_off: false,
+        machine: None,
+        execution_name: None,
     })
     .unwrap();
     for (field, _) in asl["States"]["Plan"]["ResultSelector"].as_object().unwrap() {
@@ -324,15 +363,16 @@ fn answer(
 ) -> PlanResponse {
     let dispatch: Vec<Target> = dispatch_timeout_secs
         .map(|t| {
-            let call = serde_json::from_value(json!({
-                "workspace_id": "ws_1", "run_id": "run_1", "workflow_id": "flow",
-                "step_key": "b", "step_type": "http", "attempt": 1,
-                "request": {}, "timeout": t
-            }))
-            .unwrap();
+            let call = StepRef {
+                workspace_id: WorkspaceId::from_string("ws_1"),
+                run_id: RunId::from_string("run_1"),
+                step_key: "b".into(),
+                attempt: 1,
+            };
             vec![Target {
                 function: "weft-step-http".into(),
                 call,
+                timeout_secs: t as u64,
             }]
         })
         .unwrap_or_default();
@@ -349,6 +389,8 @@ fn answer(
         }),
         wait_seconds: 0,
         hand_off: false,
+        machine: None,
+        execution_name: None,
     }
 }
 
@@ -395,7 +437,8 @@ async fn a_run_on_the_express_machine_is_handed_off_when_it_must_wait() {
         .start_run(&ws, &WorkflowId::from_string("flow"), json!({}), None)
         .await
         .unwrap();
-    let express = |ws: &WorkspaceId, run: &RunId| planning(ws, run, Some(Utc::now()));
+    const FAST: &str = "arn:aws:states:us-east-1:123456789012:express:weft-dag-fast:run:0c7e1b2d";
+    let express = |ws: &WorkspaceId, run: &RunId| planning_as(ws, run, FAST, Some(Utc::now()));
     let r = h.plan(express(&ws, &run.id)).await;
     assert_eq!((r.next, r.hand_off), (Next::DispatchOne, false), "{r:?}");
     h.step_function(r.step.as_ref().unwrap()).await;
@@ -404,9 +447,21 @@ async fn a_run_on_the_express_machine_is_handed_off_when_it_must_wait() {
     // What the Standard machine starts with is this answer: its Route
     // carries it out (WaitEvent reads `revision` and `wait_seconds`).
     assert!((3500..=3600).contains(&r.wait_seconds), "{r:?}");
-    assert!(r.revision > 0);
+    let name = r.execution_name.clone().unwrap();
+    assert_eq!(name, format!("{}-1", run.id));
+    assert_eq!(r.machine.as_deref(), Some(DRIVER));
+    // The answer's revision is the run's as written with the hand-off (the
+    // park compares it).
+    let stored = h.store.get_run(&ws, &run.id).await.unwrap().unwrap();
+    assert_eq!(r.revision, stored.revision);
+    // The execution it names already holds the run; the Express one no
+    // longer does.
+    let standard = lease::execution_arn(DRIVER, &name);
+    assert!(lease::holds(&stored.lease.unwrap(), &standard));
+    let r = h.plan(express(&ws, &run.id)).await;
+    assert_eq!(r.next, Next::Finished, "{r:?}");
     // The Standard machine's own Plans never hand off.
-    let r = h.plan(planning(&ws, &run.id, None)).await;
+    let r = h.plan(planning_as(&ws, &run.id, &standard, None)).await;
     assert_eq!((r.next, r.hand_off), (Next::WaitEvent, false), "{r:?}");
 }
 
@@ -453,11 +508,150 @@ fn the_fast_machine_is_the_driver_plus_the_hand_off() {
     // The hand-off starts the driver, named after the run, with the answer,
     // and the driver carries an answer out before planning again.
     let hand_off = &f["HandOff"]["Parameters"];
-    assert_eq!(hand_off["StateMachineArn"], "${DagDriverArn}");
-    assert_eq!(hand_off["Name.$"], "$.run_id");
+    assert_eq!(hand_off["StateMachineArn.$"], "$.machine");
+    assert_eq!(hand_off["Name.$"], "$.execution_name");
     assert_eq!(hand_off["Input.$"], "$");
+    let next = &s["ContinueAsNew"]["Parameters"];
+    assert_eq!(next["StateMachineArn.$"], "$.machine");
+    assert_eq!(next["Name.$"], "$.execution_name");
     assert_eq!(std["StartAt"], "Resume");
     assert_eq!(s["Resume"]["Choices"][0]["Variable"], "$.next");
     assert_eq!(s["Resume"]["Choices"][0]["Next"], "Route");
     assert_eq!(s["Resume"]["Default"], "Plan");
+}
+
+/// An echo server that counts the calls it gets.
+async fn counting_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::post;
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = n.clone();
+    let app = axum::Router::new().route(
+        "/count",
+        post(move || {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                axum::Json(json!({"ok": true}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, n)
+}
+
+/// An at-least-once start drives a run twice over: the second execution
+/// finds the run held and stops, so each step runs once.
+#[tokio::test]
+async fn two_executions_never_drive_one_run() {
+    let mut h = Harness::new();
+    let (base, calls) = counting_server().await;
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "once", "name": "once", "steps": [
+        {"id": "a", "type": "http", "method": "POST", "url": format!("{base}/count")},
+        {"id": "b", "type": "http", "method": "POST", "url": format!("{base}/count"), "depends_on": ["a"]}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(&ws, &WorkflowId::from_string("once"), json!({}), None)
+        .await
+        .unwrap();
+    const A: &str = "arn:aws:states:us-east-1:123456789012:express:weft-dag-fast:x:aaaa";
+    const B: &str = "arn:aws:states:us-east-1:123456789012:express:weft-dag-fast:x:bbbb";
+    let r = h.plan(planning_as(&ws, &run.id, A, None)).await;
+    assert_eq!(r.next, Next::DispatchOne);
+    // The duplicate arrives while `a` runs: it stops, handing out nothing.
+    let dup = h.plan(planning_as(&ws, &run.id, B, None)).await;
+    assert_eq!(dup.next, Next::Finished, "{dup:?}");
+    assert!(dup.dispatch.is_empty());
+    h.step_function(r.step.as_ref().unwrap()).await;
+    let dup = h.plan(planning_as(&ws, &run.id, B, None)).await;
+    assert_eq!(dup.next, Next::Finished, "{dup:?}");
+    let r = h.plan(planning_as(&ws, &run.id, A, None)).await;
+    assert_eq!(r.next, Next::DispatchOne);
+    h.step_function(r.step.as_ref().unwrap()).await;
+    let r = h.plan(planning_as(&ws, &run.id, A, None)).await;
+    assert_eq!(r.next, Next::Finished);
+    let view = h.app.get_run(&ws, &run.id).await.unwrap();
+    assert_eq!(view.run.status, RunStatus::Completed);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(view.run.lease.is_none(), "a finished run holds no lease");
+}
+
+/// A Standard execution whose history is nearly full hands the run to a
+/// fresh one at an answer that hands nothing out.
+#[tokio::test]
+async fn a_long_run_continues_in_a_fresh_execution() {
+    let mut h = Harness::new();
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "long", "name": "long", "steps": [
+        {"id": "wait", "type": "delay", "duration": "1h"}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(&ws, &WorkflowId::from_string("long"), json!({}), None)
+        .await
+        .unwrap();
+    let r = h.plan(planning(&ws, &run.id, None)).await;
+    assert_eq!(r.next, Next::Sleep);
+    tick::update_lease(h.store.as_ref(), &ws, &run.id, |r| {
+        r.lease.as_mut().unwrap().events = lease::MAX_EVENTS + 1;
+        true
+    })
+    .await
+    .unwrap();
+    let r = h.plan(planning(&ws, &run.id, None)).await;
+    assert_eq!(r.next, Next::Continue, "{r:?}");
+    assert_eq!(r.machine.as_deref(), Some(DRIVER));
+    let name = r.execution_name.unwrap();
+    let next = lease::execution_arn(DRIVER, &name);
+    // The new execution holds the run, with a fresh count; the old one is
+    // done with it.
+    let r = h.plan(planning(&ws, &run.id, None)).await;
+    assert_eq!(r.next, Next::Finished, "{r:?}");
+    let r = h.plan(planning_as(&ws, &run.id, &next, None)).await;
+    assert_eq!(r.next, Next::Sleep, "{r:?}");
+    let stored = h.store.get_run(&ws, &run.id).await.unwrap().unwrap();
+    let l = stored.lease.unwrap();
+    assert!(lease::holds(&l, &next));
+    assert!(l.events < 100, "{l:?}");
+}
+
+/// One Plan hands out at most what the machine's Map runs at once; the
+/// rest come in later answers.
+#[tokio::test]
+async fn a_wide_fan_out_is_handed_out_in_waves() {
+    let mut h = Harness::new();
+    let base = echo_server().await;
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "wide", "name": "wide", "steps": [
+        {"id": "m", "type": "map", "items": "{{ range(100) | list }}", "concurrency": 100,
+         "step": {"id": "call", "type": "http", "method": "POST", "url": format!("{base}/echo"), "body": {"i": "{{ item }}"}}}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(&ws, &WorkflowId::from_string("wide"), json!({}), None)
+        .await
+        .unwrap();
+    let mut handed = 0;
+    for _ in 0..10 {
+        let r = h.plan(planning(&ws, &run.id, None)).await;
+        if r.next == Next::Finished {
+            break;
+        }
+        assert!(r.dispatch.len() <= MAX_DISPATCH, "{}", r.dispatch.len());
+        // The answer stays small whatever the requests hold.
+        assert!(serde_json::to_string(&r).unwrap().len() < 16 * 1024);
+        handed += r.dispatch.len();
+        for t in &r.dispatch {
+            h.step_function(t).await;
+        }
+    }
+    assert_eq!(handed, 100);
+    let view = h.app.get_run(&ws, &run.id).await.unwrap();
+    assert_eq!(view.run.status, RunStatus::Completed);
 }

@@ -1,0 +1,213 @@
+"""Runs that never strand, on the emulated AWS stack.
+
+1. A run waiting for an approval loses its execution (StopExecution); the
+   approval still comes in, and the tick function (the sweeper, invoked
+   here as its schedule would) resumes the run, which completes.
+2. A run is started twice (Express starts are at-least-once): both
+   executions run, one drives, and each step's call happens once.
+3. A run's Express execution is stopped mid-run: the sweeper resumes it
+   once its lease runs out.
+
+A counting HTTP server stands in for the outside world. Reads the stack's
+ready file (infra/local/with-stack); exits non-zero on any failure.
+"""
+
+import argparse
+import datetime
+import http.server
+import json
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+import boto3
+
+CALLS = Counter()
+
+
+class Counting(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        CALLS[self.path] += 1
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def api(ready, method, path, body=None):
+    req = urllib.request.Request(
+        ready["api_url"] + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={
+            "authorization": f"Bearer {ready['api_key']}",
+            "content-type": "application/json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def wait_status(ready, run, wanted, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        _, body = api(ready, "GET", f"/v1/runs/{run}")
+        if body["status"] in wanted:
+            return body
+        time.sleep(0.3)
+    sys.exit(f"resilience: run {run} did not reach {wanted}: {json.dumps(body)[:800]}")
+
+
+def clients(ready):
+    kw = dict(
+        endpoint_url=ready["aws_endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return boto3.client("stepfunctions", **kw), boto3.client("lambda", **kw)
+
+
+def executions_of(sfn, machine, run):
+    out = sfn.list_executions(stateMachineArn=machine)["executions"]
+    return [e for e in out if e["name"].startswith(run)]
+
+
+def sweep(lam, at):
+    """Invokes the tick function with a scheduled event of time `at`."""
+    event = {"detail-type": "Scheduled Event", "source": "aws.events", "time": at.strftime("%Y-%m-%dT%H:%M:%SZ"), "detail": {}}
+    out = lam.invoke(FunctionName="weft-tick", Payload=json.dumps(event).encode())
+    answer = json.loads(out["Payload"].read())
+    if out.get("FunctionError"):
+        sys.exit(f"resilience: the tick function failed: {answer}")
+    return answer
+
+
+def create(ready, definition):
+    status, body = api(ready, "POST", "/v1/workflows", definition)
+    if status not in (201, 409):
+        sys.exit(f"resilience: storing {definition['id']} failed: {status} {body}")
+
+
+def start(ready, workflow, base):
+    status, body = api(ready, "POST", f"/v1/workflows/{workflow}/runs", {"input": {"base": base}})
+    if status != 202:
+        sys.exit(f"resilience: starting {workflow} failed: {status} {body}")
+    return body["run_id"]
+
+
+def check_calls(paths):
+    bad = {p: CALLS[p] for p in paths if CALLS[p] != 1}
+    if bad:
+        sys.exit(f"resilience: each call should happen once: {bad} (all: {dict(CALLS)})")
+
+
+def stopped_approval(ready, base, sfn, lam):
+    create(ready, {"id": "res_approval", "name": "approval", "steps": [
+        {"id": "a", "type": "http", "method": "POST", "url": "{{ trigger.base }}/approval/a"},
+        {"id": "ok", "type": "approval", "depends_on": ["a"], "timeout": "1h"},
+        {"id": "b", "type": "http", "method": "POST", "url": "{{ trigger.base }}/approval/b", "depends_on": ["ok"]},
+    ]})
+    run = start(ready, "res_approval", base)
+    wait_status(ready, run, {"WAITING"})
+    driver = ready["state_machines"]["weft-local-dag-driver"]
+    # The run parks its task token a moment after it is WAITING.
+    time.sleep(2)
+    running = [e for e in executions_of(sfn, driver, run) if e["status"] == "RUNNING"]
+    if len(running) != 1:
+        sys.exit(f"resilience: expected one running execution of {run}, found {running}")
+    sfn.stop_execution(executionArn=running[0]["executionArn"], cause="resilience test")
+    status, body = api(ready, "POST", f"/v1/runs/{run}/steps/ok/complete", {"output": {"by": "test"}})
+    if status != 200:
+        sys.exit(f"resilience: completing the approval failed: {status} {body}")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    swept = sweep(lam, now + datetime.timedelta(minutes=1))
+    done = wait_status(ready, run, {"COMPLETED", "FAILED", "CANCELLED"})
+    if done["status"] != "COMPLETED":
+        sys.exit(f"resilience: the resumed run ended {done['status']}: {json.dumps(done)[:800]}")
+    check_calls(["/approval/a", "/approval/b"])
+    print(f"ok  a run whose execution was stopped while it waited completes (sweep: {swept})")
+
+
+def started_twice(ready, base, sfn):
+    create(ready, {"id": "res_twice", "name": "twice", "steps": [
+        {"id": "a", "type": "http", "method": "POST", "url": "{{ trigger.base }}/twice/a"},
+        {"id": "b", "type": "http", "method": "POST", "url": "{{ trigger.base }}/twice/b"},
+        {"id": "c", "type": "http", "method": "POST", "url": "{{ trigger.base }}/twice/c", "depends_on": ["a", "b"]},
+    ]})
+    run = start(ready, "res_twice", base)
+    # The same start delivered again.
+    sfn.start_execution(
+        stateMachineArn=ready["state_machine_arn"],
+        name=f"{run}-again",
+        input=json.dumps({"workspace_id": ready["workspace_id"], "run_id": run}),
+    )
+    done = wait_status(ready, run, {"COMPLETED", "FAILED", "CANCELLED"})
+    if done["status"] != "COMPLETED":
+        sys.exit(f"resilience: the run started twice ended {done['status']}: {json.dumps(done)[:800]}")
+    time.sleep(2)
+    check_calls(["/twice/a", "/twice/b", "/twice/c"])
+    print("ok  a run started twice calls each step once")
+
+
+def stopped_mid_run(ready, base, sfn, lam):
+    create(ready, {"id": "res_midrun", "name": "midrun", "steps": [
+        {"id": "a", "type": "http", "method": "POST", "url": "{{ trigger.base }}/midrun/a"},
+        {"id": "pause", "type": "delay", "duration": "20s", "depends_on": ["a"]},
+        {"id": "b", "type": "http", "method": "POST", "url": "{{ trigger.base }}/midrun/b", "depends_on": ["pause"]},
+    ]})
+    run = start(ready, "res_midrun", base)
+    deadline = time.time() + 60
+    while CALLS["/midrun/a"] == 0 and time.time() < deadline:
+        time.sleep(0.2)
+    fast = ready["state_machine_arn"]
+    for e in executions_of(sfn, fast, run):
+        if e["status"] == "RUNNING":
+            sfn.stop_execution(executionArn=e["executionArn"], cause="resilience test")
+    # Nothing drives the run now; once its lease has run out, a sweep
+    # hands it to a new execution.
+    _, body = api(ready, "GET", f"/v1/runs/{run}")
+    if body["status"] in ("COMPLETED", "FAILED"):
+        sys.exit(f"resilience: the run ended before its execution was stopped: {body['status']}")
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    swept = sweep(lam, later)
+    if swept.get("resumed", 0) < 1:
+        sys.exit(f"resilience: the sweep resumed nothing: {swept}")
+    done = wait_status(ready, run, {"COMPLETED", "FAILED", "CANCELLED"})
+    if done["status"] != "COMPLETED":
+        sys.exit(f"resilience: the resumed run ended {done['status']}: {json.dumps(done)[:800]}")
+    check_calls(["/midrun/a", "/midrun/b"])
+    # A second sweep finds nothing left to do for it.
+    again = sweep(lam, later)
+    if again.get("resumed", 0) != 0:
+        sys.exit(f"resilience: a finished run was resumed again: {again}")
+    print(f"ok  a run whose execution was stopped mid-run completes (sweep: {swept})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ready-file", required=True)
+    args = ap.parse_args()
+    ready = json.load(open(args.ready_file))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    sfn, lam = clients(ready)
+    started_twice(ready, base, sfn)
+    stopped_approval(ready, base, sfn, lam)
+    stopped_mid_run(ready, base, sfn, lam)
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
