@@ -150,3 +150,53 @@ async fn one_process_per_data_directory() {
     drop(first);
     assert!(weft::platform::Platform::open(&db).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_large_run_is_read_in_pages() {
+    let (app, up) = (spawn_app().await, common::upstream::spawn().await);
+    let wf = app
+        .create_workflow(json!({"name": "wide", "steps": [
+            {"id": "m", "type": "map", "items": "{{ range(1200) | list }}", "concurrency": 100,
+             "step": {"id": "t", "type": "transform", "inputs": "{{ item }}"}},
+            {"id": "big1", "type": "http", "url": "{{ trigger.base }}/bytes/3000000"},
+            {"id": "big2", "type": "http", "url": "{{ trigger.base }}/bytes/3000000"}
+        ], "output": {"n": "{{ m | length }}"}}))
+        .await;
+    let run = app.start_run(&wf, json!({"base": up})).await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{}", done["error"]);
+    // One answer holds at most 1,000 steps and 5 MiB of their outputs.
+    assert_eq!(done["steps"].as_array().unwrap().len(), 1000);
+    assert_eq!(done["steps_omitted"], 1203 - 1000);
+    assert!(done.to_string().len() < 6_000_000);
+    // The pages visit every step once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page = app
+            .get(&format!("/v1/runs/{run}/steps?limit=200{cursor}"))
+            .await
+            .body;
+        for s in page["items"].as_array().unwrap() {
+            assert!(
+                seen.insert(s["id"].as_str().unwrap().to_owned()),
+                "{}",
+                s["id"]
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 1203);
+    // A large output left out of a listing is read on its own.
+    let big = app.get(&format!("/v1/runs/{run}/steps/big2")).await.body;
+    assert_eq!(big["output"]["body"].as_str().unwrap().len(), 3_000_000);
+    let one = app.get(&format!("/v1/runs/{run}/steps/m.7.t")).await.body;
+    assert_eq!(one["output"], 7);
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run}/steps/nope")).await.status,
+        404
+    );
+}

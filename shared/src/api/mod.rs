@@ -54,6 +54,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/logs", get(runs::logs))
+        .route("/v1/runs/{id}/steps", get(runs::steps))
+        .route("/v1/runs/{id}/steps/{step_id}", get(runs::step))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route(
             "/v1/runs/{id}/steps/{step_id}/complete",

@@ -73,6 +73,56 @@ pub async fn get(
     Ok(Json(views::run(&view)).into_response())
 }
 
+/// The run's steps in order, a page at a time.
+pub async fn steps(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, Problem> {
+    params.only(&["limit", "cursor"])?;
+    let page = params.page()?;
+    let view = app
+        .get_run(&who.workspace_id, &RunId::from_string(id))
+        .await?;
+    let start = match &page.cursor {
+        None => 0,
+        Some(c) => c
+            .position()
+            .parse::<usize>()
+            .map_err(|_| Problem::bad_request("`cursor` is not a cursor of this listing"))?,
+    };
+    let end = (start + page.limit as usize).min(view.steps.len());
+    let mut budget = views::VIEW_BYTES;
+    let items: Vec<Value> = view
+        .steps
+        .get(start..end)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| views::step_within(s, &mut budget))
+        .collect();
+    let next = (end < view.steps.len())
+        .then(|| crate::ports::Cursor::from_position(&end.to_string()).encode());
+    Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
+}
+
+/// One step of a run, whole (its key: `id`, or `map.3.id` inside a map).
+pub async fn step(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let view = app
+        .get_run(&who.workspace_id, &RunId::from_string(&id))
+        .await?;
+    let s = view
+        .steps
+        .iter()
+        .find(|s| s.key == key)
+        .ok_or_else(|| Problem::not_found(format!("run `{id}` has no step `{key}`")))?;
+    Ok(Json(views::step(s)).into_response())
+}
+
 pub async fn logs(
     State(app): State<Arc<App>>,
     Auth(who): Auth,

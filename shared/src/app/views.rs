@@ -94,6 +94,30 @@ pub fn step(s: &StepRecord) -> Value {
     })
 }
 
+/// Most steps a run's view lists; the rest are in `GET /v1/runs/{id}/steps`.
+pub const VIEW_STEPS: usize = 1000;
+/// Bytes one answer may spend on step outputs (on AWS an answer is at most
+/// 6 MB); an output past it is left out (`output_omitted`) and read with
+/// `GET /v1/runs/{id}/steps/{step_id}`.
+pub const VIEW_BYTES: usize = 5 * 1024 * 1024;
+
+fn size_of(v: &Value) -> usize {
+    crate::domain::limits::json_size(v, usize::MAX, usize::MAX).unwrap_or(0)
+}
+
+/// A step whose output counts against `budget` (left out if past it).
+pub fn step_within(s: &StepRecord, budget: &mut usize) -> Value {
+    let mut v = step(s);
+    let size = s.output.as_ref().map_or(0, size_of);
+    if size > *budget {
+        v["output"] = Value::Null;
+        v["output_omitted"] = json!(true);
+    } else {
+        *budget -= size;
+    }
+    v
+}
+
 pub fn run(view: &RunView) -> Value {
     let mut m = run_fields(&view.run);
     let count = |st: StepStatus| view.steps.iter().filter(|s| s.status == st).count();
@@ -111,9 +135,25 @@ pub fn run(view: &RunView) -> Value {
         }),
     );
     m.insert("usage".into(), json!(view.usage));
+    let mut budget = VIEW_BYTES
+        .saturating_sub(size_of(&view.run.input))
+        .saturating_sub(view.run.output.as_ref().map_or(0, size_of));
     m.insert(
         "steps".into(),
-        Value::Array(view.steps.iter().map(step).collect()),
+        Value::Array(
+            view.steps
+                .iter()
+                .take(VIEW_STEPS)
+                .map(|s| step_within(s, &mut budget))
+                .collect(),
+        ),
+    );
+    if view.steps.len() > VIEW_STEPS {
+        m.insert("steps_omitted".into(), json!(view.steps.len() - VIEW_STEPS));
+    }
+    m.insert(
+        "links".into(),
+        json!({"steps": format!("/v1/runs/{}/steps", view.run.id)}),
     );
     Value::Object(m)
 }

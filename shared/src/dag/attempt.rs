@@ -33,14 +33,29 @@ pub fn finish_attempt(
     seed: &str,
 ) {
     // What a step records must read back and stay small enough to keep.
+    let mut size = 0;
     let result = result.and_then(|output| {
-        use crate::domain::limits::{MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH, check_json};
-        check_json(&output, MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH)
-            .map(|()| output)
-            .map_err(|why| {
-                StepError::permanent("output_too_large", format!("the step's output {why}"))
-            })
+        use crate::domain::limits::{MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH, json_size};
+        match json_size(&output, MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH) {
+            Ok(n) => {
+                size = n as u64;
+                Ok(output)
+            }
+            Err(why) => Err(StepError::permanent(
+                "output_too_large",
+                format!("the step's output {why}"),
+            )),
+        }
     });
+    // A map's items count too (they are recorded when it starts).
+    let items: usize = rec
+        .items
+        .iter()
+        .flatten()
+        .map(|i| crate::domain::limits::json_size(i, usize::MAX, usize::MAX).unwrap_or(0))
+        .sum();
+    let items = items as u64;
+    rec.size = size + items;
     if let Some(a) = rec.attempts.last_mut() {
         a.finished_at = Some(now);
         a.error = result.as_ref().err().cloned();

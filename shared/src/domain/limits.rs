@@ -9,12 +9,21 @@ pub const MAX_VALUE_DEPTH: usize = 64;
 /// Most step records one run may have (map iterations multiply them; a
 /// nested map is held to this as it starts).
 pub const MAX_STEP_RECORDS: usize = 200_000;
-/// Largest output one step may record (an HTTP response body may be 5 MiB).
-pub const MAX_STEP_OUTPUT_BYTES: usize = 6 * 1024 * 1024;
+/// Largest output one step (or a run) may record: with the run's input it
+/// still fits one answer of the API on AWS (6 MB per Lambda response).
+pub const MAX_STEP_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of outputs one run may hold in all (the sum of its steps').
+pub const MAX_RUN_STATE_BYTES: u64 = 128 * 1024 * 1024;
 
 /// Why a value is out of bounds: too deep, or larger than `max_bytes` as
 /// JSON (estimated without building it, stopping as soon as it is over).
 pub fn check_json(v: &Value, max_bytes: usize, max_depth: usize) -> Result<(), String> {
+    json_size(v, max_bytes, max_depth).map(drop)
+}
+
+/// The size of a value as JSON, roughly, if within `max_bytes` and
+/// `max_depth` (see `check_json`).
+pub fn json_size(v: &Value, max_bytes: usize, max_depth: usize) -> Result<usize, String> {
     let mut stack: Vec<(&Value, usize)> = vec![(v, 1)];
     let mut size = 0usize;
     while let Some((v, depth)) = stack.pop() {
@@ -43,7 +52,7 @@ pub fn check_json(v: &Value, max_bytes: usize, max_depth: usize) -> Result<(), S
             return Err(format!("is larger than {} KiB as JSON", max_bytes / 1024));
         }
     }
-    Ok(())
+    Ok(size)
 }
 
 #[cfg(test)]

@@ -151,6 +151,14 @@ pub struct StepRecord {
     /// A map step's resolved items, fixed when the map starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<Value>>,
+    /// About how many bytes its output (and items) take as JSON: what the
+    /// step adds to its run's state.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub size: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 impl StepRecord {
@@ -168,6 +176,7 @@ impl StepRecord {
             retry_at: None,
             wake_at: None,
             items: None,
+            size: 0,
         }
     }
 

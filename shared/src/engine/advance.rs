@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use super::context::{RunInfo, context_for, scope_values, sink_output};
 use super::steps::{self, Started};
 use crate::dag::{self, Decision, Outcome, Records};
-use crate::domain::limits::MAX_STEP_RECORDS;
+use crate::domain::limits::{
+    MAX_RUN_STATE_BYTES, MAX_STEP_OUTPUT_BYTES, MAX_STEP_RECORDS, MAX_VALUE_DEPTH, check_json,
+};
 use crate::domain::{LogEntry, LogLevel, RunStatus, StepError, StepRecord, StepStatus};
 use crate::dsl::{StepKind, Workflow};
 use crate::template::{self, context_from_json};
@@ -107,6 +109,23 @@ pub fn advance(
         .unwrap_or(usize::MAX)
         .min(MAX_DECISIONS_PER_CALL);
     let max_dispatch = limits.max_dispatch.unwrap_or(usize::MAX);
+    // What the run holds in all is bounded like what one step records.
+    let state: u64 = recs.values().map(|r| r.size).sum();
+    if state > MAX_RUN_STATE_BYTES {
+        let error = StepError::permanent(
+            "state_too_large",
+            format!(
+                "the run's steps hold {} MiB of outputs; a run may hold {} MiB",
+                state / (1024 * 1024),
+                MAX_RUN_STATE_BYTES / (1024 * 1024)
+            ),
+        );
+        let failed = Outcome::Failed {
+            key: String::new(),
+            error,
+        };
+        return finish(wf, info, recs, now, failed, fx);
+    }
     loop {
         let plan = dag::plan(wf, recs, now);
         if let Some(outcome) = plan.outcome {
@@ -179,7 +198,13 @@ fn finish(
         ..
     } = fx;
     let failure = match outcome {
-        Outcome::Completed => match run_output(wf, info, recs) {
+        Outcome::Completed => match run_output(wf, info, recs).and_then(|o| {
+            check_json(&o, MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH)
+                .map(|()| o)
+                .map_err(|why| template::TemplateError {
+                    message: format!("it {why}"),
+                })
+        }) {
             Ok(output) => {
                 logs.push(LogEntry::new(LogLevel::Info, None, "run completed"));
                 return Advanced {

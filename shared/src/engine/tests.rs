@@ -268,3 +268,21 @@ fn a_bounded_call_does_part_of_the_work_and_asks_for_more() {
     }
     assert_eq!(calls, 3);
 }
+
+#[test]
+fn a_run_holding_too_much_fails() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "a", "type": "transform", "inputs": 1},
+        {"id": "b", "type": "transform", "inputs": 2, "depends_on": ["a"]}
+    ]}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let mut a = crate::domain::StepRecord::new("a", "transform");
+    a.status = StepStatus::Succeeded;
+    a.output = Some(json!(1));
+    a.size = crate::domain::limits::MAX_RUN_STATE_BYTES + 1;
+    recs.insert("a".into(), a);
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
+    assert_eq!(adv.status, RunStatus::Failed);
+    assert_eq!(adv.error.unwrap().code, "state_too_large");
+}

@@ -16,7 +16,7 @@ use crate::ports::{SecretStore, StepCall, StepExecutor};
 use crate::step_secrets::{self, Filled};
 
 /// Largest response body read.
-pub const MAX_RESPONSE_BYTES: usize = 5 * 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024 - 16 * 1024;
 const MAX_REDIRECTS: usize = 10;
 
 pub struct HttpExecutor {
