@@ -161,6 +161,25 @@ pub struct PlanResponse {
     pub execution_name: Option<String>,
 }
 
+impl PlanResponse {
+    /// An answer that hands nothing out.
+    fn new(workspace_id: WorkspaceId, run_id: RunId, next: Next) -> Self {
+        Self {
+            workspace_id,
+            run_id,
+            next,
+            revision: 0,
+            dispatch: Vec::new(),
+            step: None,
+            wake_at: None,
+            wait_seconds: 0,
+            hand_off: false,
+            machine: None,
+            execution_name: None,
+        }
+    }
+}
+
 /// What the plan function needs of the deployment: the function that runs
 /// each step type, and the Standard machine runs are handed to.
 pub trait FunctionNames {
@@ -276,19 +295,7 @@ pub async fn handle(
                 )
                 .await?;
             }
-            return Ok(PlanResponse {
-                workspace_id,
-                run_id,
-                next: Next::Plan,
-                revision: 0,
-                dispatch: Vec::new(),
-                step: None,
-                wake_at: None,
-                wait_seconds: 0,
-                hand_off: false,
-                machine: None,
-                execution_name: None,
-            });
+            return Ok(PlanResponse::new(workspace_id, run_id, Next::Plan));
         }
         PlanRequest::Park { .. } => {
             anyhow::bail!("`park` needs the AWS task-token store; the plan function handles it")
@@ -427,19 +434,7 @@ async fn answer(
         claim: &|_, _| {},
     };
     let ticked = tick::tick(s, &ws, &run_id, &driving).await?;
-    let mut out = PlanResponse {
-        workspace_id: ws,
-        run_id,
-        next: Next::Finished,
-        revision: 0,
-        dispatch: Vec::new(),
-        step: None,
-        wake_at: None,
-        wait_seconds: 0,
-        hand_off: false,
-        machine: None,
-        execution_name: None,
-    };
+    let mut out = PlanResponse::new(ws, run_id, Next::Finished);
     let Some(t) = ticked else {
         return Ok((out, 0));
     };

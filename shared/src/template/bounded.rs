@@ -356,62 +356,9 @@ fn precheck(name: &str, args: &[Value]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Filters a template may use: MiniJinja's own, each checked and charged.
-/// Left out: `format` and `pprint` (widths and debug output unbounded),
-/// `chain` and `zip` (lazy sequences of unbounded length); `sum` only adds
-/// numbers.
-const FILTERS: &[&str] = &[
-    "abs",
-    "attr",
-    "batch",
-    "bool",
-    "capitalize",
-    "count",
-    "d",
-    "default",
-    "dictsort",
-    "e",
-    "escape",
-    "first",
-    "float",
-    "groupby",
-    "indent",
-    "int",
-    "items",
-    "last",
-    "length",
-    "lines",
-    "list",
-    "lower",
-    "map",
-    "max",
-    "min",
-    "reject",
-    "rejectattr",
-    "replace",
-    "reverse",
-    "round",
-    "safe",
-    "select",
-    "selectattr",
-    "slice",
-    "sort",
-    "split",
-    "title",
-    "tojson",
-    "trim",
-    "unique",
-    "upper",
-    "urlencode",
-];
-
 /// Sets up an environment's filters and globals for bounded evaluation.
 pub(super) fn install(env: &mut Environment<'static>) {
-    for name in FILTERS {
-        let Some(inner) = stock_filter(name) else {
-            continue;
-        };
-        let name: &'static str = name;
+    for (name, inner) in stock_filters() {
         env.add_filter(name, move |state: &State, args: Rest<Value>| {
             precheck(name, &args)?;
             let out = inner.call(state, &args)?;
@@ -463,49 +410,54 @@ pub(super) fn install(env: &mut Environment<'static>) {
     env.add_function(CAT_FN, cat);
 }
 
-/// One of MiniJinja's built-in filters, as a callable value.
-fn stock_filter(name: &str) -> Option<Value> {
+/// The filters a template may use: MiniJinja's own, each checked and
+/// charged by `install`. Left out: `format` and `pprint` (widths and debug
+/// output unbounded), `chain` and `zip` (lazy sequences of unbounded
+/// length); `join`, `string` and `sum` are bounded versions of their own.
+fn stock_filters() -> Vec<(&'static str, Value)> {
     use minijinja::filters as f;
-    Some(match name {
-        "abs" => Value::from_function(f::abs),
-        "attr" => Value::from_function(f::attr),
-        "batch" => Value::from_function(f::batch),
-        "bool" => Value::from_function(f::bool),
-        "capitalize" => Value::from_function(f::capitalize),
-        "count" | "length" => Value::from_function(f::length),
-        "d" | "default" => Value::from_function(f::default),
-        "dictsort" => Value::from_function(f::dictsort),
-        "e" | "escape" => Value::from_function(f::escape),
-        "first" => Value::from_function(f::first),
-        "float" => Value::from_function(f::float),
-        "groupby" => Value::from_function(f::groupby),
-        "indent" => Value::from_function(f::indent),
-        "int" => Value::from_function(f::int),
-        "items" => Value::from_function(f::items),
-        "last" => Value::from_function(f::last),
-        "lines" => Value::from_function(f::lines),
-        "list" => Value::from_function(f::list),
-        "lower" => Value::from_function(f::lower),
-        "map" => Value::from_function(f::map),
-        "max" => Value::from_function(f::max),
-        "min" => Value::from_function(f::min),
-        "reject" => Value::from_function(f::reject),
-        "rejectattr" => Value::from_function(f::rejectattr),
-        "replace" => Value::from_function(f::replace),
-        "reverse" => Value::from_function(f::reverse),
-        "round" => Value::from_function(f::round),
-        "safe" => Value::from_function(f::safe),
-        "select" => Value::from_function(f::select),
-        "selectattr" => Value::from_function(f::selectattr),
-        "slice" => Value::from_function(f::slice),
-        "sort" => Value::from_function(f::sort),
-        "split" => Value::from_function(f::split),
-        "title" => Value::from_function(f::title),
-        "tojson" => Value::from_function(f::tojson),
-        "trim" => Value::from_function(f::trim),
-        "unique" => Value::from_function(f::unique),
-        "upper" => Value::from_function(f::upper),
-        "urlencode" => Value::from_function(f::urlencode),
-        _ => return None,
-    })
+    vec![
+        ("abs", Value::from_function(f::abs)),
+        ("attr", Value::from_function(f::attr)),
+        ("batch", Value::from_function(f::batch)),
+        ("bool", Value::from_function(f::bool)),
+        ("capitalize", Value::from_function(f::capitalize)),
+        ("count", Value::from_function(f::length)),
+        ("length", Value::from_function(f::length)),
+        ("d", Value::from_function(f::default)),
+        ("default", Value::from_function(f::default)),
+        ("dictsort", Value::from_function(f::dictsort)),
+        ("e", Value::from_function(f::escape)),
+        ("escape", Value::from_function(f::escape)),
+        ("first", Value::from_function(f::first)),
+        ("float", Value::from_function(f::float)),
+        ("groupby", Value::from_function(f::groupby)),
+        ("indent", Value::from_function(f::indent)),
+        ("int", Value::from_function(f::int)),
+        ("items", Value::from_function(f::items)),
+        ("last", Value::from_function(f::last)),
+        ("lines", Value::from_function(f::lines)),
+        ("list", Value::from_function(f::list)),
+        ("lower", Value::from_function(f::lower)),
+        ("map", Value::from_function(f::map)),
+        ("max", Value::from_function(f::max)),
+        ("min", Value::from_function(f::min)),
+        ("reject", Value::from_function(f::reject)),
+        ("rejectattr", Value::from_function(f::rejectattr)),
+        ("replace", Value::from_function(f::replace)),
+        ("reverse", Value::from_function(f::reverse)),
+        ("round", Value::from_function(f::round)),
+        ("safe", Value::from_function(f::safe)),
+        ("select", Value::from_function(f::select)),
+        ("selectattr", Value::from_function(f::selectattr)),
+        ("slice", Value::from_function(f::slice)),
+        ("sort", Value::from_function(f::sort)),
+        ("split", Value::from_function(f::split)),
+        ("title", Value::from_function(f::title)),
+        ("tojson", Value::from_function(f::tojson)),
+        ("trim", Value::from_function(f::trim)),
+        ("unique", Value::from_function(f::unique)),
+        ("upper", Value::from_function(f::upper)),
+        ("urlencode", Value::from_function(f::urlencode)),
+    ]
 }
