@@ -129,8 +129,9 @@ async fn the_dev_key_workspace_and_secrets_survive_restarts() {
     let dir = tempfile::tempdir().expect("dir");
     let server = start(dir.path());
     let app = TestApp::external(&server.base, KEY);
+    let up = upstream::spawn().await;
     app.create_workflow(json!({"id": "wf_keep", "name": "Keep", "steps": [
-        {"id": "call", "type": "http", "url": "{{ trigger.base }}/check-key", "headers": {"x-api-key": "{{ secrets.API_KEY }}"}}
+        {"id": "call", "type": "http", "url": format!("{up}/check-key"), "headers": {"x-api-key": "{{ secrets.API_KEY }}"}}
     ]}))
     .await;
     assert_eq!(
@@ -144,8 +145,7 @@ async fn the_dev_key_workspace_and_secrets_survive_restarts() {
     let app = TestApp::external(&server.base, KEY);
     assert_eq!(app.get("/v1/workflows/wf_keep").await.status, 200);
     // The secret is still readable: the master key file kept its key.
-    let up = upstream::spawn().await;
-    let run = app.start_run("wf_keep", json!({"base": up})).await;
+    let run = app.start_run("wf_keep", json!({})).await;
     let done = app.wait_finished(&run).await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(step(&done, "call")["output"]["body"]["authorized"], true);

@@ -200,3 +200,24 @@ async fn a_large_run_is_read_in_pages() {
         404
     );
 }
+
+#[tokio::test]
+async fn a_definition_with_thousands_of_problems_gets_a_readable_answer() {
+    let app = spawn_app().await;
+    let mut step = serde_json::Map::new();
+    step.insert("id".into(), json!("a"));
+    step.insert("type".into(), json!("transform"));
+    for i in 0..8_000 {
+        step.insert(format!("unknown_field_{i:05}"), json!(1));
+    }
+    let r = app
+        .post("/v1/workflows", json!({"name": "t", "steps": [step]}))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["errors"].as_array().unwrap().len(), 200);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("8000"),
+        "{}",
+        r.body["detail"]
+    );
+}

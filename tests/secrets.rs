@@ -82,7 +82,7 @@ async fn http_steps_use_secrets_and_never_record_them() {
     app.put("/v1/secrets/API_KEY", json!({"value": SECRET}))
         .await;
     app.create_workflow(json!({"id": "wf_s", "name": "uses a key", "steps": [
-        {"id": "call", "type": "http", "url": "{{ trigger.base }}/check-key", "headers": {"x-api-key": "{{ secrets.API_KEY }}"}},
+        {"id": "call", "type": "http", "url": format!("{up}/check-key"), "headers": {"x-api-key": "{{ secrets.API_KEY }}"}},
         {"id": "copy", "type": "transform", "inputs": {"sent": "{{ call.body.you_sent }}", "ok": "{{ call.body.authorized }}"}}
     ]}))
     .await;
@@ -108,7 +108,7 @@ async fn http_steps_use_secrets_and_never_record_them() {
 
     // An error that repeats the secret is redacted too.
     app.create_workflow(json!({"id": "wf_e", "name": "rejected", "steps": [
-        {"id": "call", "type": "http", "url": "{{ trigger.base }}/reject", "headers": {"x-api-key": "{{ secrets.API_KEY }}"}}
+        {"id": "call", "type": "http", "url": format!("{up}/reject"), "headers": {"x-api-key": "{{ secrets.API_KEY }}"}}
     ]}))
     .await;
     let run = app.start_run("wf_e", json!({"base": up})).await;
@@ -129,7 +129,7 @@ async fn http_steps_use_secrets_and_never_record_them() {
 async fn missing_and_misplaced_secrets_are_clear_errors() {
     let (app, up) = (spawn_app().await, upstream::spawn().await);
     app.create_workflow(json!({"id": "wf_m", "name": "missing", "steps": [
-        {"id": "call", "type": "http", "url": "{{ trigger.base }}/echo", "headers": {"authorization": "Bearer {{ secrets.NOPE }}"}}
+        {"id": "call", "type": "http", "url": format!("{up}/echo"), "headers": {"authorization": "Bearer {{ secrets.NOPE }}"}}
     ]}))
     .await;
     let run = app.start_run("wf_m", json!({"base": up})).await;
@@ -178,6 +178,20 @@ async fn run_data_can_never_ask_for_a_secret() {
         let msg = r.body["errors"][0]["message"].as_str().unwrap_or("");
         assert!(msg.contains("secret"), "{text}: {msg}");
     }
+    // Nor choose where a secret goes: a step that sends one names its host.
+    for url in [
+        "{{ trigger.base }}/echo".to_owned(),
+        format!("{up}{{{{ trigger.path }}}}"),
+    ] {
+        let r = app
+            .post(
+                "/v1/workflows",
+                json!({"name": "leak", "steps": [{"id": "call", "type": "http", "url": url,
+                    "headers": {"authorization": "Bearer {{ secrets.K }}"}}]}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{url} was accepted");
+    }
     for step in [
         json!({"id": "t", "type": "llm", "model": "gpt-4o", "prompt": "say {{ secrets.K }}"}),
         json!({"id": "t", "type": "transform", "expression": "secrets.K"}),
@@ -194,7 +208,7 @@ async fn run_data_can_never_ask_for_a_secret() {
     // Text that looks like a placeholder, or like a template, is sent as it
     // is: it never becomes a secret.
     app.create_workflow(json!({"id": "wf_echo", "name": "echo", "steps": [
-        {"id": "call", "type": "http", "method": "POST", "url": "{{ trigger.base }}/echo",
+        {"id": "call", "type": "http", "method": "POST", "url": format!("{up}/echo"),
          "headers": {"x-api-key": "{{ secrets.K }}"}, "body": "{{ trigger.text }}"}
     ]}))
     .await;
@@ -220,7 +234,7 @@ async fn encoded_secrets_are_redacted() {
     let (app, up) = (spawn_app().await, upstream::spawn().await);
     app.put("/v1/secrets/ODD", json!({"value": ODD})).await;
     app.create_workflow(json!({"id": "wf_q", "name": "q", "steps": [
-        {"id": "call", "type": "http", "url": "{{ trigger.base }}/echo", "query": {"key": "{{ secrets.ODD }}"}}
+        {"id": "call", "type": "http", "url": format!("{up}/echo"), "query": {"key": "{{ secrets.ODD }}"}}
     ]}))
     .await;
     let run = app.start_run("wf_q", json!({"base": up})).await;
@@ -264,7 +278,7 @@ async fn redirects_keep_credentials_at_their_origin() {
     );
     app.put("/v1/secrets/K", json!({"value": SECRET})).await;
     app.create_workflow(json!({"id": "wf_r", "name": "r", "steps": [
-        {"id": "call", "type": "http", "url": "{{ trigger.base }}/redirect",
+        {"id": "call", "type": "http", "url": format!("{up}/redirect"),
          "query": {"to": "{{ trigger.to }}"},
          "headers": {"x-api-key": "{{ secrets.K }}", "authorization": "Bearer t", "x-plain": "kept"}}
     ]}))
@@ -308,4 +322,23 @@ async fn redirects_keep_credentials_at_their_origin() {
             .unwrap()
             .contains("Host")
     );
+}
+
+/// An error quoting a response body is cut after it is redacted: a secret
+/// across the cut does not leave its first half.
+#[tokio::test]
+async fn a_cut_error_text_holds_no_part_of_a_secret() {
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    app.put("/v1/secrets/K", json!({"value": SECRET})).await;
+    for pad in [280, 285, 290, 295] {
+        app.create_workflow(json!({"id": format!("wf_pad{pad}"), "name": "pad", "steps": [
+            {"id": "call", "type": "http", "url": format!("{up}/reject"), "retry": {"max_attempts": 1},
+             "query": {"pad": pad}, "headers": {"x-api-key": "{{ secrets.K }}"}}
+        ]}))
+        .await;
+        let run = app.start_run(&format!("wf_pad{pad}"), json!({})).await;
+        let done = app.wait_finished(&run).await;
+        let text = done.to_string();
+        assert!(!text.contains(&SECRET[..8]), "pad {pad}: {}", done["error"]);
+    }
 }

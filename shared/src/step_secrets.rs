@@ -241,6 +241,23 @@ fn encoded_forms(v: &str) -> Vec<String> {
         out.push(inner.replace('/', "\\/"));
         out.push(inner);
     }
+    // JSON as other encoders write it: every non-ASCII character, and in
+    // HTML-safe JSON `<`, `>`, `&` and `'` too, as \uXXXX (either case).
+    for html in [false, true] {
+        for upper in [false, true] {
+            out.push(json_escaped(v, html, upper));
+        }
+    }
+    // As the URL library writes it into a path or a query (it leaves some
+    // characters as they are and escapes others), and into a host
+    // (lowercase).
+    if let Ok(mut u) = url::Url::parse("http://h/") {
+        u.set_path(&format!("/{v}"));
+        out.push(u.path().trim_start_matches('/').to_owned());
+        u.set_query(Some(v));
+        out.extend(u.query().map(str::to_owned));
+    }
+    out.push(v.to_ascii_lowercase());
     // Base64 of a text holding the value (`user:secret` in Basic auth):
     // the characters that encode only the value's bytes, at each of the
     // three alignments it can have.
@@ -267,6 +284,32 @@ fn encoded_forms(v: &str) -> Vec<String> {
         }
     }
     out.retain(|f| f != v && f.len() >= MIN_FRAGMENT.min(v.len()));
+    out
+}
+
+/// A string's JSON form without its quotes, with non-ASCII characters (and,
+/// for `html`, `<>&'`) as `\uXXXX` escapes.
+fn json_escaped(v: &str, html: bool, upper: bool) -> String {
+    let mut out = String::with_capacity(v.len() * 2);
+    for c in v.chars() {
+        let escape = !c.is_ascii() || (html && matches!(c, '<' | '>' | '&' | '\''));
+        if escape || (c as u32) < 0x20 {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                if upper {
+                    out.push_str(&format!("\\u{unit:04X}"));
+                } else {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        } else {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c => out.push(c),
+            }
+        }
+    }
     out
 }
 
@@ -300,6 +343,23 @@ mod tests {
         assert_eq!(
             out,
             json!({"echo": "key=[redacted]", "list": ["[redacted]"], "[redacted]": 1})
+        );
+    }
+
+    #[test]
+    fn escaped_json_urls_and_hosts_are_redacted() {
+        let r = Redactor::new([
+            "p\u{e4}ssw\u{f6}rd-9Q".to_owned(),
+            "k3y&v<a>l-zz".to_owned(),
+        ]);
+        let text = r#"{"error": "bad key k3y\u0026v\u003ca\u003el-zz for p\u00e4ssw\u00f6rd-9Q"}"#;
+        let out = r.redact_str(text);
+        assert!(!out.contains("k3y") && !out.contains("rd-9Q"), "{out}");
+        let r = Redactor::new(["ab cd!ef(g)*h;k".to_owned(), "LocalHost".to_owned()]);
+        let out = r.redact_str("GET /a/ab%20cd!ef(g)*h;k from localhost");
+        assert!(
+            !out.contains("cd!ef") && !out.contains("localhost"),
+            "{out}"
         );
     }
 

@@ -125,12 +125,18 @@ async fn check_key(headers: HeaderMap) -> Json<Value> {
     Json(json!({"authorized": key == "s3cret-value-42", "you_sent": key}))
 }
 
-/// A 400 whose body repeats the key it was sent.
-async fn reject(headers: HeaderMap) -> Response {
+/// A 400 whose body repeats the key it was sent (after `pad` characters
+/// of filler, if asked).
+async fn reject(headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     let key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    (StatusCode::BAD_REQUEST, format!("invalid key {key}")).into_response()
+    let pad = q.get("pad").and_then(|p| p.parse().ok()).unwrap_or(0usize);
+    (
+        StatusCode::BAD_REQUEST,
+        format!("{}invalid key {key}", "-".repeat(pad)),
+    )
+        .into_response()
 }

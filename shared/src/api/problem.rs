@@ -9,6 +9,9 @@ use crate::dsl::ValidationError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// Most problems one answer lists (a definition can have thousands).
+const MAX_LISTED: usize = 200;
+
 #[derive(Debug)]
 pub struct Problem {
     pub status: StatusCode,
@@ -56,22 +59,30 @@ impl From<AppError> for Problem {
         match e {
             AppError::NotFound(m) => Problem::not_found(m),
             AppError::InvalidDefinition(errors) => Problem {
-                errors: Some(errors.clone()),
+                errors: Some(errors.iter().take(MAX_LISTED).cloned().collect()),
                 ..Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid-definition",
                     "The workflow definition is invalid",
-                    format!("{} problem(s) found; see `errors`", errors.len()),
+                    if errors.len() > MAX_LISTED {
+                        format!(
+                            "{} problem(s) found; the first {MAX_LISTED} are in `errors`",
+                            errors.len()
+                        )
+                    } else {
+                        format!("{} problem(s) found; see `errors`", errors.len())
+                    },
                 )
             },
             AppError::InvalidRequest(errors) => Problem {
-                errors: Some(errors.clone()),
+                errors: Some(errors.iter().take(MAX_LISTED).cloned().collect()),
                 ..Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid-request",
                     "The request is invalid",
                     errors
                         .iter()
+                        .take(3)
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join("; "),

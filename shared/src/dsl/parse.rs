@@ -875,6 +875,12 @@ fn parse_http(
             secret_slots(p, v, &path.key(field), at, &mut secrets);
         }
     }
+    if !secrets.is_empty() && !names_its_origin(&url) {
+        p.err(
+            &path.key("url"),
+            "a step that sends secrets must name where they go: begin its url with the scheme and host, literally (https://api.example.com/...), so no run data can choose the destination",
+        );
+    }
     Some(Http {
         method,
         url,
@@ -883,6 +889,27 @@ fn parse_http(
         body,
         secrets,
     })
+}
+
+/// True if a URL's scheme, host and port are written out, before any
+/// template: what comes from run data can then only add to its path.
+fn names_its_origin(url: &str) -> bool {
+    let literal = url.find(['{', '%']).map_or(url, |i| &url[..i]);
+    let Some(rest) = literal
+        .strip_prefix("https://")
+        .or_else(|| literal.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    // The authority must end, within the literal part, at `/`, `?` or the
+    // end of a URL with no template at all.
+    let authority_end = rest.find(['/', '?', '#']);
+    let authority = match authority_end {
+        Some(i) => &rest[..i],
+        None if literal.len() == url.len() => rest,
+        None => return false,
+    };
+    !authority.is_empty() && !authority.contains('@')
 }
 
 /// The strings of an http request field that insert secrets. (Secrets used

@@ -225,3 +225,38 @@ fn a_step_of_unknown_type_still_takes_part_in_every_check() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn a_step_sending_secrets_names_its_host() {
+    let step = |url: &str| {
+        json!({"name": "t", "steps": [
+            {"id": "call", "type": "http", "url": url, "headers": {"authorization": "Bearer {{ secrets.K }}"}}
+        ]})
+    };
+    for ok in [
+        "https://api.example.com/v1/{{ trigger.id }}",
+        "http://127.0.0.1:8080/x?a={{ trigger.a }}",
+        "https://api.example.com",
+        "https://api.example.com?q={{ trigger.q }}",
+    ] {
+        assert!(parse_workflow(&step(ok)).is_ok(), "{ok}");
+    }
+    for bad in [
+        "{{ trigger.base }}/x",
+        "https://{{ trigger.host }}/x",
+        "https://api.example.com{{ trigger.path }}",
+        "http://127.0.0.1:18081{{ trigger.p }}",
+        "https://user@api.example.com/x",
+    ] {
+        let errs = errors(step(bad));
+        assert!(
+            has(&errs, "$.steps[0].url", "name where they go"),
+            "{bad}: {errs:#?}"
+        );
+    }
+    // Without secrets, run data may choose the URL (the egress policy
+    // still applies).
+    let free =
+        json!({"name": "t", "steps": [{"id": "call", "type": "http", "url": "{{ trigger.url }}"}]});
+    assert!(parse_workflow(&free).is_ok());
+}

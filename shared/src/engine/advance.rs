@@ -40,6 +40,10 @@ pub struct Advanced {
     pub awaits_event: bool,
 }
 
+/// Most I/O attempts one run has in flight at once, whatever its maps'
+/// `concurrency` says.
+pub const MAX_IN_FLIGHT_PER_RUN: usize = 200;
+
 /// Default limit for one attempt of an I/O step without a `timeout`.
 pub const DEFAULT_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -126,6 +130,13 @@ pub fn advance(
         };
         return finish(wf, info, recs, now, failed, fx);
     }
+    // I/O attempts in flight: nested maps multiply their concurrency, and
+    // one run must not hold thousands of connections open.
+    let in_flight = recs
+        .values()
+        .filter(|r| r.status == StepStatus::Running)
+        .filter(|r| wf.step_by_key(&r.key).is_some_and(|s| s.kind.is_external()))
+        .count();
     loop {
         let plan = dag::plan(wf, recs, now);
         if let Some(outcome) = plan.outcome {
@@ -138,9 +149,16 @@ pub fn advance(
                 deferred = true;
                 break;
             }
-            if fx.dispatch.len() >= max_dispatch && starts_io(wf, &d) {
-                deferred = true;
-                continue;
+            if starts_io(wf, &d) {
+                if fx.dispatch.len() >= max_dispatch {
+                    deferred = true;
+                    continue;
+                }
+                // Past the run's cap, a start waits for an attempt in
+                // flight to end (which wakes the run): no retry now.
+                if in_flight + fx.dispatch.len() >= MAX_IN_FLIGHT_PER_RUN {
+                    continue;
+                }
             }
             applied += 1;
             applied_now += 1;
@@ -306,6 +324,8 @@ fn apply(
             rec.reason = Some(reason);
         }
         Decision::Start { .. } => {
+            // One budget for everything this step's templates do.
+            let _budget = template::scope();
             let ctx = context_for(wf, info, recs, &key);
             if matches!(step.kind, StepKind::Map(_)) && projected.is_none() {
                 *projected = Some(projected_records(wf, recs));
@@ -427,6 +447,7 @@ fn apply(
                 .map_or(0, Vec::len);
             let outputs: Result<Vec<Value>, StepError> = (0..n)
                 .map(|i| {
+                    let _budget = template::scope();
                     let prefix = format!("{key}.{i}.");
                     match &map.output {
                         Some(t) => template::render_value(

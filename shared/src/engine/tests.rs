@@ -286,3 +286,21 @@ fn a_run_holding_too_much_fails() {
     assert_eq!(adv.status, RunStatus::Failed);
     assert_eq!(adv.error.unwrap().code, "state_too_large");
 }
+
+#[test]
+fn a_run_holds_only_so_many_attempts_in_flight() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "outer", "type": "map", "items": "{{ range(20) | list }}", "concurrency": 1000, "step":
+            {"id": "inner", "type": "map", "items": "{{ range(50) | list }}", "concurrency": 1000, "step":
+                {"id": "call", "type": "http", "url": "http://example.com/"}}}
+    ]}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
+    assert_eq!(adv.dispatch.len(), super::advance::MAX_IN_FLIGHT_PER_RUN);
+    // Nothing more starts while they run, and no busy loop is asked for.
+    let again = advance(&w, info(&input), &mut recs, t0(), Limits::default());
+    assert!(again.dispatch.is_empty());
+    assert_eq!(again.wake_at, None);
+    assert_eq!(again.status, RunStatus::Running);
+}

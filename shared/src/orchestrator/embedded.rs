@@ -26,6 +26,9 @@ use crate::ports::{
 
 /// Runs advanced at the same time.
 const PARALLEL_RUNS: usize = 64;
+/// I/O attempts executed at the same time, across runs (each run has its
+/// own cap in the core); the rest wait their turn.
+const PARALLEL_ATTEMPTS: usize = 512;
 
 type RunKey = (WorkspaceId, RunId);
 
@@ -42,6 +45,7 @@ struct Inner {
     /// The earliest timer already set for each run.
     timers: Mutex<HashMap<RunKey, DateTime<Utc>>>,
     permits: Semaphore,
+    attempt_permits: Arc<Semaphore>,
     /// Executors of I/O steps, by step type.
     executors: HashMap<String, Arc<dyn StepExecutor>>,
     /// Attempts of I/O steps being executed now: (run, step key, attempt).
@@ -64,6 +68,7 @@ impl Embedded {
             active: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
             permits: Semaphore::new(PARALLEL_RUNS),
+            attempt_permits: Arc::new(Semaphore::new(PARALLEL_ATTEMPTS)),
             executors,
             in_flight: Mutex::new(HashSet::new()),
             finished: tokio::sync::broadcast::channel(4096).0,
@@ -273,7 +278,9 @@ impl Inner {
                 // In a task of its own: an executor that panics fails the
                 // attempt instead of leaving it in flight for ever.
                 let attempt_call = call.clone();
+                let permits = me.attempt_permits.clone();
                 let result = match tokio::spawn(async move {
+                    let _turn = permits.acquire_owned().await;
                     tick::attempt(executor.as_deref(), &attempt_call).await
                 })
                 .await

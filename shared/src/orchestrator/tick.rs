@@ -21,6 +21,16 @@ pub struct Stores<'a> {
     pub definitions: &'a DefinitionCache,
 }
 
+/// Runs CPU-bound work (a pass of the core, with the run's templates) off
+/// the runtime's async threads where it can, so requests and other runs'
+/// I/O go on meanwhile.
+fn cpu<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// What a pass committed.
 pub struct Ticked {
     /// The run as saved (or as found, when nothing changed).
@@ -193,7 +203,7 @@ pub async fn tick(
                 max_changes: s.runs.write_limits().max_steps,
                 max_dispatch: driving.max_dispatch,
             };
-            let adv = advance(wf, info, &mut recs, now, limits);
+            let adv = cpu(|| advance(wf, info, &mut recs, now, limits));
             let before = (run.status, run.wake_at);
             run.status = adv.status;
             // An attempt still in flight is looked at again at its deadline.

@@ -1,30 +1,26 @@
-//! Checks made on a template's source before anything compiles it, and the
-//! rewrite that routes size-changing operators through bounded functions.
+//! Checks made on a template's source before anything compiles it.
 //!
-//! MiniJinja's parser recurses without a bound on chains of unary operators,
-//! and its code generator and the AST's destructor recurse once per nesting
-//! level of any kind, so the nesting is bounded from the token stream (which
-//! is produced without recursion) before the parser runs. Operators that can
-//! build large values (`*` repeats strings and lists, `+` and `~` join them)
-//! are rewritten into calls of functions that count what they build
-//! (`bounded`), since the engine has no limit of its own on memory.
+//! MiniJinja's parser recurses without a bound on chains of unary operators
+//! and of `elif`s, and its code generator and the AST's destructor recurse
+//! once per nesting level of any kind, so the nesting is bounded from the
+//! token stream (which is produced without recursion) before the parser
+//! runs. Then the parsed template is checked (allowed statements, where
+//! `secrets` may appear) and what costs more than an instruction is
+//! rewritten into bounded calls (`rewrite`).
 
 use std::collections::BTreeSet;
 
 use minijinja::machinery::{self, Token, ast};
 
 use super::TemplateError;
-/// How a rewritten operator's call opens (the functions are `bounded`'s
-/// `MUL_FN`, `ADD_FN`, `CAT_FN`).
-const MUL_CALL: &str = "__weft_mul(";
-const ADD_CALL: &str = "__weft_add(";
-const CAT_CALL: &str = "__weft_cat(";
+use super::rewrite::{BinKind, Located, Node, Tok, rewrite};
 
 /// How deeply an expression may nest: brackets, plus operators chained at
 /// one level (each adds a level to the parsed tree).
 pub const MAX_EXPR_DEPTH: usize = 64;
-/// How deeply `{% if %}`, `{% for %}` and `{% with %}` blocks may nest.
-pub const MAX_BLOCK_DEPTH: usize = 16;
+/// How deeply `{% if %}`, `{% for %}` and `{% with %}` blocks may nest,
+/// each `{% elif %}` counting as one more level (the parser nests them).
+pub const MAX_BLOCK_DEPTH: usize = 32;
 
 /// One piece of a template that inserts secrets: text to render, or the
 /// value of the named secret.
@@ -53,26 +49,28 @@ fn fail(source: &str, what: impl std::fmt::Display) -> TemplateError {
     }
 }
 
-struct Op {
-    kind: OpKind,
-    start: u32,
-    end: u32,
-}
-
-/// What the token scan keeps: bracket and operator positions, and where
-/// each `{{ ... }}` tag starts and ends.
+/// What the token scan keeps: positions the rewrite needs, and where each
+/// `{{ ... }}` tag starts and ends.
 struct Scanned {
-    ops: Vec<Op>,
+    ops: Vec<Located>,
     tags: Vec<(u32, u32)>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum OpKind {
-    Open,
-    Close,
-    Mul,
-    Add,
-    Cat,
+/// The rewritten binary operator a token is, if it is one.
+fn bin_kind(tok: &Token<'_>) -> Option<BinKind> {
+    Some(match tok {
+        Token::Mul => BinKind::Mul,
+        Token::Plus => BinKind::Add,
+        Token::Tilde => BinKind::Cat,
+        Token::Eq => BinKind::Eq,
+        Token::Ne => BinKind::Ne,
+        Token::Lt => BinKind::Lt,
+        Token::Lte => BinKind::Lte,
+        Token::Gt => BinKind::Gt,
+        Token::Gte => BinKind::Gte,
+        Token::Ident("in") => BinKind::In,
+        _ => return None,
+    })
 }
 
 /// Scans the tokens: refuses nesting past the limits and keeps the
@@ -83,7 +81,8 @@ fn scan(source: &str, in_expr: bool) -> Result<Scanned, TemplateError> {
     let mut tag_start = 0u32;
     // Operators chained at each open bracket level of the current tag.
     let mut levels: Vec<usize> = if in_expr { vec![0] } else { Vec::new() };
-    let mut blocks = 0usize;
+    // Open blocks, each with its `elif`s (one level each).
+    let mut blocks: Vec<usize> = Vec::new();
     let mut statement_start = false;
     let tokens = machinery::tokenize(source, in_expr, Default::default(), Default::default());
     for item in tokens {
@@ -101,30 +100,42 @@ fn scan(source: &str, in_expr: bool) -> Result<Scanned, TemplateError> {
                 "is not valid: unexpected tag delimiter in an expression",
             ));
         }
-        let at = |kind| Op {
-            kind,
+        let at = |tok| Located {
+            tok,
             start: span.start_offset,
             end: span.end_offset,
         };
         let keyword = if statement_start {
             statement_start = false;
-            match tok {
+            let grew = match tok {
                 Token::Ident("if" | "for" | "with") => {
-                    blocks += 1;
-                    if blocks > MAX_BLOCK_DEPTH {
-                        return Err(fail(
-                            source,
-                            format!("nests blocks more than {MAX_BLOCK_DEPTH} deep"),
-                        ));
+                    blocks.push(1);
+                    true
+                }
+                Token::Ident("elif") => {
+                    if let Some(top) = blocks.last_mut() {
+                        *top += 1;
                     }
                     true
                 }
                 Token::Ident("endif" | "endfor" | "endwith") => {
-                    blocks = blocks.saturating_sub(1);
-                    true
+                    blocks.pop();
+                    false
                 }
                 _ => false,
+            };
+            if grew && blocks.iter().sum::<usize>() > MAX_BLOCK_DEPTH {
+                return Err(fail(
+                    source,
+                    format!(
+                        "nests blocks more than {MAX_BLOCK_DEPTH} deep (each elif counts as one)"
+                    ),
+                ));
             }
+            matches!(
+                tok,
+                Token::Ident("if" | "for" | "with" | "elif" | "endif" | "endfor" | "endwith")
+            )
         } else {
             false
         };
@@ -149,26 +160,26 @@ fn scan(source: &str, in_expr: bool) -> Result<Scanned, TemplateError> {
                     *top += 1;
                 }
                 levels.push(0);
-                ops.push(at(OpKind::Open));
+                ops.push(at(Tok::Open));
             }
             Token::ParenClose | Token::BracketClose | Token::BraceClose => {
                 levels.pop();
-                ops.push(at(OpKind::Close));
+                ops.push(at(Tok::Close));
             }
             Token::Comma | Token::Colon => {
                 if let Some(top) = levels.last_mut() {
                     *top = 0;
                 }
+                if matches!(tok, Token::Colon) {
+                    ops.push(at(Tok::Colon));
+                }
             }
             _ => {
-                let kind = match tok {
-                    Token::Mul => Some(OpKind::Mul),
-                    Token::Plus => Some(OpKind::Add),
-                    Token::Tilde => Some(OpKind::Cat),
-                    _ => None,
-                };
+                let kind = bin_kind(&tok);
                 if let Some(kind) = kind {
-                    ops.push(at(kind));
+                    ops.push(at(Tok::Op(kind)));
+                } else if matches!(tok, Token::Ident("not")) {
+                    ops.push(at(Tok::Not));
                 }
                 let chains = kind.is_some()
                     || !keyword
@@ -214,7 +225,7 @@ pub(super) fn check(source: &str, in_expr: bool) -> Result<Checked, TemplateErro
     let scanned = scan(source, in_expr)?;
     let mut walk = Walk {
         source,
-        binops: Vec::new(),
+        nodes: Vec::new(),
         secrets: Vec::new(),
         problem: None,
     };
@@ -239,11 +250,32 @@ pub(super) fn check(source: &str, in_expr: bool) -> Result<Checked, TemplateErro
     if let Some(p) = walk.problem {
         return Err(fail(source, p));
     }
-    let rewritten = rewrite(source, &walk.binops, &scanned.ops)?;
+    let rewritten = rewrite(source, &walk.nodes, &scanned.ops)?;
     Ok(Checked {
         rewritten,
         secret_parts,
     })
+}
+
+/// Where an expression's text starts: at its leftmost token. (Not every
+/// node's span says: comparisons and conditionals start theirs at the
+/// token before, filters theirs at the filter's name.)
+fn left_start(e: &ast::Expr<'_>) -> u32 {
+    match e {
+        ast::Expr::BinOp(b) => left_start(&b.left),
+        ast::Expr::Compare(c) => left_start(&c.expr),
+        ast::Expr::IfExpr(i) => left_start(&i.true_expr),
+        ast::Expr::Filter(f) => match &f.expr {
+            Some(inner) => left_start(inner),
+            None => f.span().start_offset,
+        },
+        ast::Expr::Test(t) => left_start(&t.expr),
+        ast::Expr::GetAttr(g) => left_start(&g.expr),
+        ast::Expr::GetItem(g) => left_start(&g.expr),
+        ast::Expr::Slice(s) => left_start(&s.expr),
+        ast::Expr::Call(c) => left_start(&c.expr),
+        other => other.span().start_offset,
+    }
 }
 
 /// `secrets.NAME` or `secrets["NAME"]`: the secret's name.
@@ -265,8 +297,8 @@ fn secret_name(e: &ast::Expr<'_>) -> Option<String> {
 
 struct Walk<'s> {
     source: &'s str,
-    /// (start, end, kind) of every `*`, `+` and `~` expression.
-    binops: Vec<(u32, u32, OpKind)>,
+    /// What the rewrite bounds.
+    nodes: Vec<Node>,
     /// Spans of `{{ secrets.NAME }}` emitted at the top level.
     secrets: Vec<(u32, u32, String)>,
     problem: Option<String>,
@@ -306,7 +338,7 @@ impl Walk<'_> {
                 if f.recursive {
                     self.refuse("uses a recursive loop, which templates here do not allow");
                 }
-                self.expr(&f.target);
+                self.target(&f.target);
                 self.expr(&f.iter);
                 if let Some(e) = &f.filter_expr {
                     self.expr(e);
@@ -321,7 +353,7 @@ impl Walk<'_> {
             }
             ast::Stmt::WithBlock(w) => {
                 for (a, b) in &w.assignments {
-                    self.expr(a);
+                    self.target(a);
                     self.expr(b);
                 }
                 self.stmts(&w.body);
@@ -330,7 +362,7 @@ impl Walk<'_> {
                 if !matches!(set.target, ast::Expr::Var(_) | ast::Expr::List(_)) {
                     self.refuse("assigns to an attribute; only {% set name = ... %} is allowed");
                 }
-                self.expr(&set.target);
+                self.target(&set.target);
                 self.expr(&set.expr);
             }
             ast::Stmt::SetBlock(_)
@@ -339,6 +371,19 @@ impl Walk<'_> {
             | ast::Stmt::Do(_) => self.refuse(
                 "uses a statement templates here do not allow; use {% if %}, {% for %}, {% with %} and {% set name = ... %}",
             ),
+        }
+    }
+
+    /// What a loop or an assignment binds names to: names, or lists of
+    /// them (not literals to rewrite).
+    fn target(&mut self, e: &ast::Expr<'_>) {
+        match e {
+            ast::Expr::List(l) => {
+                for i in &l.items {
+                    self.target(i);
+                }
+            }
+            other => self.expr(other),
         }
     }
 
@@ -372,23 +417,30 @@ impl Walk<'_> {
             ast::Expr::UnaryOp(u) => self.expr(&u.expr),
             ast::Expr::BinOp(b) => {
                 let kind = match b.op {
-                    ast::BinOpKind::Mul => Some(OpKind::Mul),
-                    ast::BinOpKind::Add => Some(OpKind::Add),
-                    ast::BinOpKind::Concat => Some(OpKind::Cat),
+                    ast::BinOpKind::Mul => Some(BinKind::Mul),
+                    ast::BinOpKind::Add => Some(BinKind::Add),
+                    ast::BinOpKind::Concat => Some(BinKind::Cat),
+                    ast::BinOpKind::Eq => Some(BinKind::Eq),
+                    ast::BinOpKind::Ne => Some(BinKind::Ne),
+                    ast::BinOpKind::Lt => Some(BinKind::Lt),
+                    ast::BinOpKind::Lte => Some(BinKind::Lte),
+                    ast::BinOpKind::Gt => Some(BinKind::Gt),
+                    ast::BinOpKind::Gte => Some(BinKind::Gte),
+                    ast::BinOpKind::In => Some(BinKind::In),
                     _ => None,
                 };
                 if let Some(kind) = kind {
-                    let span = b.span();
-                    self.binops.push((span.start_offset, span.end_offset, kind));
+                    self.nodes.push(Node::Bin {
+                        start: left_start(&b.left),
+                        end: b.span().end_offset,
+                        kind,
+                    });
                 }
                 self.expr(&b.left);
                 self.expr(&b.right);
             }
-            ast::Expr::Compare(c) => {
-                self.expr(&c.expr);
-                for op in &c.ops {
-                    self.expr(&op.expr);
-                }
+            ast::Expr::Compare(_) => {
+                self.refuse("chains comparisons (`a < b < c`); write `a < b and b < c`")
             }
             ast::Expr::IfExpr(i) => {
                 self.expr(&i.test_expr);
@@ -417,11 +469,25 @@ impl Walk<'_> {
                 self.args(&c.args);
             }
             ast::Expr::List(l) => {
+                if l.as_const().is_none() {
+                    let span = e.span();
+                    self.nodes.push(Node::List {
+                        start: span.start_offset,
+                        end: span.end_offset,
+                    });
+                }
                 for i in &l.items {
                     self.expr(i);
                 }
             }
             ast::Expr::Map(m) => {
+                if m.as_const().is_none() {
+                    let span = e.span();
+                    self.nodes.push(Node::Map {
+                        start: span.start_offset,
+                        end: span.end_offset,
+                    });
+                }
                 for (k, v) in m.keys.iter().zip(&m.values) {
                     self.expr(k);
                     self.expr(v);
@@ -488,71 +554,6 @@ fn is_plain_secret_tag(text: &str) -> bool {
         return false;
     };
     !inner.starts_with(['-', '+']) && !inner.ends_with(['-', '+'])
-}
-
-/// Replaces each `a * b`, `a + b`, `a ~ b` with a call of the bounded
-/// function: `__weft_mul(a , b)`. The operator is the last one of its kind
-/// at the expression's own bracket level (operands bind tighter, so any
-/// other such operator at that level belongs to the left operand).
-fn rewrite(
-    source: &str,
-    binops: &[(u32, u32, OpKind)],
-    tokens: &[Op],
-) -> Result<String, TemplateError> {
-    if binops.is_empty() {
-        return Ok(source.to_owned());
-    }
-    // (position, order, replaced length, text)
-    let mut edits: Vec<(u32, i64, u32, &str)> = Vec::with_capacity(binops.len() * 3);
-    for &(start, end, kind) in binops {
-        let first = tokens.partition_point(|t| t.start < start);
-        let mut depth = 0i32;
-        let mut found = None;
-        for t in tokens[first..].iter().take_while(|t| t.end <= end) {
-            match t.kind {
-                OpKind::Open => depth += 1,
-                OpKind::Close => depth -= 1,
-                k if k == kind && depth == 0 => found = Some(t),
-                _ => {}
-            }
-        }
-        let Some(op) = found else {
-            return Err(fail(
-                source,
-                "could not be prepared (an operator was not found)",
-            ));
-        };
-        let name = match kind {
-            OpKind::Mul => MUL_CALL,
-            OpKind::Add => ADD_CALL,
-            _ => CAT_CALL,
-        };
-        // Openings at one position: the outer (longer) call first;
-        // closings: the inner (later-starting) call first.
-        edits.push((start, -(i64::from(end)), 0, name));
-        edits.push((op.start, 0, op.end - op.start, ","));
-        edits.push((end, -(i64::from(start)), 0, ")"));
-    }
-    edits.sort_by_key(|e| (e.0, e.1));
-    let mut out = String::with_capacity(source.len() + edits.len() * 12);
-    let mut at = 0usize;
-    for (pos, _, replaced, text) in edits {
-        let pos = pos as usize;
-        out.push_str(source.get(at..pos).unwrap_or_default());
-        out.push_str(text);
-        at = pos + replaced as usize;
-    }
-    out.push_str(source.get(at..).unwrap_or_default());
-    Ok(out)
-}
-
-#[cfg(test)]
-#[test]
-fn calls_name_the_bounded_functions() {
-    use super::bounded::{ADD_FN, CAT_FN, MUL_FN};
-    assert_eq!(MUL_CALL, format!("{MUL_FN}("));
-    assert_eq!(ADD_CALL, format!("{ADD_FN}("));
-    assert_eq!(CAT_CALL, format!("{CAT_FN}("));
 }
 
 /// Names a set of rewritten sources may call that are not references.

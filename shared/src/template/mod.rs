@@ -9,7 +9,10 @@
 //! text it renders and on the value it produces).
 
 mod bounded;
+mod budget;
+mod filters;
 mod guard;
+mod rewrite;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,7 +20,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
 
-pub use bounded::{BUDGET_BYTES, MAX_VALUE_BYTES, MAX_VALUE_DEPTH};
+pub use bounded::{BUDGET_BYTES, MAX_VALUE_BYTES};
+pub use budget::{MAX_VALUE_DEPTH, Scope, TIME_LIMIT, scope};
 pub use guard::{MAX_BLOCK_DEPTH, MAX_EXPR_DEPTH, Part};
 
 /// Instructions one render or evaluation may execute.
@@ -77,7 +81,7 @@ fn env() -> &'static Environment<'static> {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(64);
-        bounded::install(&mut env);
+        filters::install(&mut env);
         env
     })
 }
@@ -264,7 +268,7 @@ fn eval(source: &str, ctx: &Context) -> Result<minijinja::Value, TemplateError> 
         let expr = env()
             .compile_expression(&p.rewritten)
             .map_err(|e| TemplateError::new(source, &e))?;
-        bounded::reset_budget();
+        let _budget = budget::scope();
         expr.eval(ctx).map_err(|e| TemplateError::new(source, &e))
     })
 }
@@ -297,7 +301,7 @@ fn render_unchecked(source: &str, p: &Prepared, ctx: &Context) -> Result<String,
     let tmpl = env()
         .template_from_str(&p.rewritten)
         .map_err(|e| TemplateError::new(source, &e))?;
-    bounded::reset_budget();
+    let _budget = budget::scope();
     let mut out = bounded::CappedBytes {
         bytes: Vec::new(),
         cap: MAX_RENDERED_BYTES,
@@ -341,8 +345,10 @@ pub fn render_text(source: &str, ctx: &Context) -> Result<String, TemplateError>
     }
 }
 
-/// Renders every template string inside a JSON value.
+/// Renders every template string inside a JSON value (all of them on one
+/// budget).
 pub fn render_value(v: &Value, ctx: &Context) -> Result<Value, TemplateError> {
+    let _budget = budget::scope();
     Ok(match v {
         Value::String(s) => render_string(s, ctx)?,
         Value::Array(items) => Value::Array(

@@ -311,3 +311,90 @@ fn the_deepest_accepted_shapes_fit_in_a_small_stack() {
         .expect("thread");
     worker.join().expect("no overflow");
 }
+
+/// What a hostile definition tried (each used to crash the process, hang it
+/// or allocate without bound): every one now fails fast with an error.
+#[test]
+fn costly_operations_are_charged_before_they_run() {
+    let big = context_from_json(&json!({
+        "s": "ab".repeat(4_000_000),
+        "t": "ab".repeat(4_000_000),
+    }));
+    for src in [
+        // Pretty printing multiplies a value by its indentation.
+        "[1] | tojson(indent=1000000000000000)",
+        "[1,2,3,4,5] | tojson(indent=100000000)",
+        // Comparing lists of shared lists walks every copy.
+        "{% set a0 = [1] %}{% set a1 = [a0, a0] %}{% set a2 = [a1, a1] %}{% set a3 = [a2, a2] %}{% set a4 = [a3, a3] %}{% set a5 = [a4, a4] %}{% set a6 = [a5, a5] %}{% set a7 = [a6, a6] %}{% set a8 = [a7, a7] %}{% set a9 = [a8, a8] %}{% set a10 = [a9, a9] %}{% set a11 = [a10, a10] %}{% set a12 = [a11, a11] %}{% set a13 = [a12, a12] %}{% set a14 = [a13, a13] %}{% set a15 = [a14, a14] %}{% set a16 = [a15, a15] %}{% set a17 = [a16, a16] %}{% set a18 = [a17, a17] %}{% set a19 = [a18, a18] %}{% set a20 = [a19, a19] %}{% set a21 = [a20, a20] %}{% set a22 = [a21, a21] %}{{ a22 == a22 }}",
+        // A filter over a large string, many times.
+        "{% for i in range(8000) %}{{ s | max }}{% endfor %}",
+        "s | map('upper') | list",
+        "s | sort",
+        "{% for i in range(1000) %}{% if -1 in range(100000) %}x{% endif %}{% endfor %}",
+        "{% for i in range(10000) %}{% if s == t %}x{% endif %}{% endfor %}",
+    ] {
+        let r = if src.contains("{%") {
+            render_string(src, &big)
+        } else {
+            eval_expression(src, &big)
+        };
+        let msg = err(r);
+        assert!(
+            msg.contains("MiB") || msg.contains("indents") || msg.contains("longer than"),
+            "{}: {msg}",
+            &src[..src.len().min(60)]
+        );
+    }
+}
+
+#[test]
+fn values_cannot_be_built_deeper_than_they_are_stored() {
+    // Each `set` nests what the last built; the chain is under every
+    // per-expression limit.
+    let mut src = String::from("{% set x0 = 0 %}");
+    for i in 1..=67 {
+        src.push_str(&format!(
+            "{{% set x{i} = {}x{}{} %}}",
+            "[".repeat(30),
+            i - 1,
+            "]".repeat(30)
+        ));
+    }
+    src.push_str("{{ x67 }}");
+    let msg = err(render_string(&src, &ctx()));
+    assert!(msg.contains("nested more than"), "{msg}");
+}
+
+#[test]
+fn elif_chains_count_as_nesting() {
+    let src = format!(
+        "{{% if false %}}{}{{% endif %}}",
+        "{% elif false %}".repeat(1000)
+    );
+    let msg = template_references(&src).unwrap_err().message;
+    assert!(msg.contains("elif"), "{msg}");
+    let ok = format!(
+        "{{% if false %}}{}x{{% endif %}}",
+        "{% elif false %}".repeat(20)
+    );
+    assert!(template_references(&ok).is_ok());
+}
+
+#[test]
+fn one_budget_serves_a_whole_value() {
+    // Each string alone is within the budget; together they are not.
+    let mut inputs = serde_json::Map::new();
+    for i in 0..100 {
+        inputs.insert(format!("k{i}"), json!("{{ 'a' * 8000000 }}"));
+    }
+    let msg = render_value(&Value::Object(inputs), &ctx())
+        .unwrap_err()
+        .message;
+    assert!(msg.contains("MiB"), "{msg}");
+}
+
+#[test]
+fn chained_comparisons_are_refused() {
+    let msg = expression_references("1 < 2 < 3").unwrap_err().message;
+    assert!(msg.contains("a < b and b < c"), "{msg}");
+}

@@ -5,7 +5,7 @@
 //! and redirects cannot get around it. An operator may allow ranges
 //! explicitly (local development and tests need 127.0.0.1).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -56,21 +56,39 @@ fn internal(ip: IpAddr) -> Option<&'static str> {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return internal_v4(v4);
             }
-            let first = v6.segments()[0];
+            let seg = v6.segments();
+            let first = seg[0];
             if v6.is_loopback() {
                 Some("a loopback address")
             } else if v6.is_unspecified() {
                 Some("the unspecified address")
+            } else if seg[..6] == [0; 6] {
+                // IPv4-compatible (::a.b.c.d, deprecated): the IPv4 address.
+                internal_v4(Ipv4Addr::from(v6.to_bits() as u32))
+                    .or(Some("an IPv4-compatible address"))
             } else if first & 0xfe00 == 0xfc00 {
                 Some("a unique local (private) address")
-            } else if first & 0xffc0 == 0xfe80 {
-                Some("a link-local address")
+            } else if first & 0xffc0 == 0xfe80 || first & 0xffc0 == 0xfec0 {
+                Some("a link-local or site-local address")
             } else if v6.is_multicast() {
                 Some("a multicast address")
-            } else if v6.segments()[..6]
-                == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0).segments()[..6]
-            {
+            } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                // NAT64: the IPv4 address it translates to.
                 internal_v4(Ipv4Addr::from(v6.to_bits() as u32))
+            } else if seg[..3] == [0x64, 0xff9b, 1] {
+                Some("a local-use NAT64 address")
+            } else if first == 0x2002 {
+                // 6to4: the IPv4 address it carries.
+                internal_v4(Ipv4Addr::new(
+                    (seg[1] >> 8) as u8,
+                    seg[1] as u8,
+                    (seg[2] >> 8) as u8,
+                    seg[2] as u8,
+                ))
+            } else if seg[..2] == [0x2001, 0] {
+                Some("a Teredo tunnel address")
+            } else if seg[..2] == [0x2001, 0xdb8] || seg[..4] == [0x100, 0, 0, 0] {
+                Some("a documentation or discard address")
             } else {
                 None
             }
@@ -79,7 +97,7 @@ fn internal(ip: IpAddr) -> Option<&'static str> {
 }
 
 fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     if ip.is_loopback() {
         Some("a loopback address")
     } else if ip.is_link_local() {
@@ -92,6 +110,13 @@ fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a 'this network' address")
     } else if ip.is_multicast() || ip.is_broadcast() || a >= 240 {
         Some("a multicast, broadcast or reserved address")
+    } else if (a, b, c) == (192, 0, 0) || (a, b) == (198, 18) || (a, b) == (198, 19) {
+        Some("a special-purpose address (protocol assignments, benchmarking)")
+    } else if matches!(
+        (a, b, c),
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) | (192, 88, 99)
+    ) {
+        Some("a documentation or relay address")
     } else {
         None
     }
@@ -157,6 +182,18 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "64:ff9b:1::1",
+            "2002:a9fe:a9fe::",
+            "fec0::1",
+            "2001::1",
+            "2001:db8::1",
+            "192.0.0.1",
+            "192.0.2.2",
+            "198.18.0.1",
+            "198.51.100.7",
+            "203.0.113.9",
         ] {
             assert!(p.check(ip(bad)).is_err(), "{bad} should be refused");
         }
@@ -166,6 +203,8 @@ mod tests {
             "2606:4700::1111",
             "172.32.0.1",
             "100.128.0.1",
+            "2002:0808:0808::1",
+            "198.20.0.1",
         ] {
             assert!(p.check(ip(good)).is_ok(), "{good} should be allowed");
         }

@@ -364,7 +364,14 @@ impl HttpExecutor {
                 "duration_ms": started.elapsed().as_millis() as u64,
             }));
         }
-        let snippet: String = text.chars().take(300).collect();
+        // Redacted before it is cut: a secret across the cut would
+        // otherwise leave its first half.
+        let snippet: String = filled
+            .redactor
+            .redact_str(&text)
+            .chars()
+            .take(300)
+            .collect();
         let message = format!(
             "HTTP {code} {}: {snippet}",
             status.canonical_reason().unwrap_or("")
