@@ -22,25 +22,36 @@ async fn the_frameworks_own_rejections_are_problems() {
 
 #[tokio::test]
 async fn runs_are_listed_newest_first() {
-    let app = spawn_app().await;
+    let app = std::sync::Arc::new(spawn_app().await);
     let wf = app
         .create_workflow(
             json!({"name": "t", "steps": [{"id": "a", "type": "transform", "inputs": 1}]}),
         )
         .await;
-    let mut started = Vec::new();
-    for _ in 0..60 {
-        started.push(app.start_run(&wf, json!({})).await);
+    // Many at once: several are made within one millisecond.
+    let starts: Vec<_> = (0..80)
+        .map(|_| {
+            let (app, wf) = (app.clone(), wf.clone());
+            tokio::spawn(async move { app.start_run(&wf, json!({})).await })
+        })
+        .collect();
+    for s in starts {
+        s.await.unwrap();
     }
     let listed = app.get("/v1/runs?limit=100").await.body;
-    let ids: Vec<&str> = listed["items"]
+    let created: Vec<&str> = listed["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["run_id"].as_str().unwrap())
+        .map(|r| r["created_at"].as_str().unwrap())
         .collect();
-    started.reverse();
-    assert_eq!(ids, started);
+    assert_eq!(created.len(), 80);
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        created.iter().map(|t| t.parse().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "not newest first: {created:?}"
+    );
 }
 
 #[tokio::test]

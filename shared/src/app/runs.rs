@@ -184,10 +184,11 @@ impl App {
             }
         }
 
-        let now = Utc::now();
+        // Made with its id: runs list by id in the order they were made.
+        let (id, now) = RunId::generate_at();
         let run = RunRecord {
             workspace_id: ws.clone(),
-            id: RunId::generate(),
+            id,
             workflow_id: workflow_id.clone(),
             workflow_version: stored.version,
             status: RunStatus::Pending,

@@ -16,15 +16,23 @@ pub fn is_valid_user_id(s: &str) -> bool {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
 }
 
+static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+
 /// The next ULID of this process: increasing, also within a millisecond
 /// (the random part is incremented).
 fn next_ulid() -> ulid::Ulid {
-    static GENERATOR: std::sync::Mutex<ulid::Generator> =
-        std::sync::Mutex::new(ulid::Generator::new());
+    next_ulid_at().0
+}
+
+/// The next ULID and the time it was made, taken together: ids of this
+/// process sort as their times do, even when made at once.
+fn next_ulid_at() -> (ulid::Ulid, chrono::DateTime<chrono::Utc>) {
+    let mut g = GENERATOR.lock().ok();
+    let now = chrono::Utc::now();
     // (`Ulid::default()` is the nil id, so the fallback is spelt out.)
-    match GENERATOR.lock().ok().and_then(|mut g| g.generate().ok()) {
-        Some(id) => id,
-        None => ulid::Ulid::new(),
+    match g.as_mut().and_then(|g| g.generate().ok()) {
+        Some(id) => (id, now),
+        None => (ulid::Ulid::new(), now),
     }
 }
 
@@ -45,6 +53,16 @@ macro_rules! id_type {
                     $prefix,
                     next_ulid().to_string().to_lowercase()
                 ))
+            }
+
+            /// A new id and the time it was made: of two ids made in this
+            /// process, the later-made has the later (or equal) time.
+            pub fn generate_at() -> (Self, chrono::DateTime<chrono::Utc>) {
+                let (id, at) = next_ulid_at();
+                (
+                    Self(format!("{}{}", $prefix, id.to_string().to_lowercase())),
+                    at,
+                )
             }
 
             /// Wraps an id read from storage or a URL. Ids are opaque; lookups
