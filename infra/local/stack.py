@@ -87,6 +87,79 @@ def forward_invocations(lambda_port, timeout):
     LambdaFunction.invoke = invoke
 
 
+def start_runtime_relay(lambda_port):
+    """A relay between the functions and `cargo lambda watch`'s runtime API.
+
+    cargo lambda answers a function's posted result before it has read the
+    result's body, and loses the body if the function's connection closes
+    first: now and then a function's answer became a 500 (seen with answers
+    of tens of KB). The relay reads each request whole and forwards it on
+    connections it keeps open, so cargo lambda always reads the body.
+    Returns the relay's port (127.0.0.1).
+    """
+    import http.client
+    import http.server
+    import queue
+    import threading
+
+    idle = queue.SimpleQueue()  # open connections to cargo lambda
+    skip = {"host", "connection", "content-length", "transfer-encoding", "keep-alive"}
+
+    class Relay(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_):
+            pass
+
+        def body(self):
+            if self.headers.get("transfer-encoding", "").lower() == "chunked":
+                parts = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return b"".join(parts)
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()
+            n = int(self.headers.get("content-length") or 0)
+            return self.rfile.read(n) if n else None
+
+        def forward(self):
+            data = self.body()
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+            try:
+                conn, reused = idle.get_nowait(), True
+            except queue.Empty:
+                conn, reused = http.client.HTTPConnection("127.0.0.1", lambda_port), False
+            try:
+                conn.request(self.command, self.path, body=data, headers=headers)
+                resp = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                # An idle connection cargo lambda had closed: nothing was sent.
+                conn = http.client.HTTPConnection("127.0.0.1", lambda_port)
+                conn.request(self.command, self.path, body=data, headers=headers)
+                resp = conn.getresponse()
+            answer = resp.read()
+            idle.put(conn)
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in skip and k.lower() != "date":
+                    self.send_header(k, v)
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = forward
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
 def mend_step_functions_integration():
     """moto's Step Functions -> Step Functions task (`states:startExecution`,
     the fast machine's hand-off) passes the state's parameter names
@@ -399,6 +472,7 @@ def main():
     signal.signal(signal.SIGINT, stop)
     wait_for_port(args.lambda_port, "cargo lambda watch", watch)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+    relay_port = start_runtime_relay(args.lambda_port)
     for binary in binaries:
         fenv = dict(os.environ)
         fenv.update(env)
@@ -407,7 +481,7 @@ def main():
                 "AWS_LAMBDA_FUNCTION_NAME": binary,
                 "AWS_LAMBDA_FUNCTION_VERSION": "1",
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
-                "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{args.lambda_port}/.rt/{binary}",
+                "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{relay_port}/.rt/{binary}",
             }
         )
         for _ in range(INSTANCES.get(binary, 2)):

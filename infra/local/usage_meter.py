@@ -148,6 +148,9 @@ def _region(environ):
     return scope[2] if len(scope) > 2 else "us-east-1"
 
 
+DYNAMODB = threading.Lock()
+
+
 class Meter:
     """WSGI middleware around moto's server."""
 
@@ -189,14 +192,25 @@ class Meter:
             status["code"] = st
             return start_response(st, headers, exc_info)
 
-        before = {}
         target = environ.get("HTTP_X_AMZ_TARGET", "")
-        if target.startswith("DynamoDB_"):
+        if not target.startswith("DynamoDB_"):
+            return self.serve(environ, path, raw, capture, {})
+        # moto serves requests on several threads, but its tables are plain
+        # dicts (reading a missing key even adds one): a transaction copying
+        # a table while another request touches it failed ("dictionary
+        # changed size during iteration"), and the units counted here read
+        # items around the request. DynamoDB serves each request atomically;
+        # so does moto, one DynamoDB request at a time.
+        with DYNAMODB:
+            before = {}
             try:
                 op = target.split(".", 1)[1]
                 before = index_copies_before(op, json.loads(raw or b"{}"), _region(environ))
             except Exception as e:
                 print(f"usage_meter: {e}", flush=True)
+            return self.serve(environ, path, raw, capture, before)
+
+    def serve(self, environ, path, raw, capture, before):
         started = time.monotonic()
         out = b"".join(self.app(environ, capture))
         elapsed_ms = (time.monotonic() - started) * 1000
