@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use minijinja::value::{Rest, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, Expression, Value};
+use minijinja::{Environment, Error, ErrorKind, Expression, UndefinedBehavior, Value};
 
 pub use super::budget::BUDGET_BYTES;
 use super::budget::{charge, charge_deep, left as budget_left, too_large};
@@ -26,6 +26,8 @@ pub const CAT_FN: &str = "__weft_cat";
 pub const CMP_FN: &str = "__weft_cmp";
 pub const LIST_FN: &str = "__weft_list";
 pub const MAP_FN: &str = "__weft_map";
+pub const ITEM_FN: &str = "__weft_item";
+pub const SLICE_FN: &str = "__weft_slice";
 
 pub(super) const ITEM_BYTES: usize = 24;
 
@@ -127,15 +129,6 @@ const NATIVE: &[(&str, &str)] = &[
 /// MiniJinja's own operator, for operands whose cost is already charged
 /// (or cannot be large: numbers, booleans, and the errors other types give).
 pub(super) fn native(op: &str, a: Value, b: Value) -> Result<Value, Error> {
-    static EXPRS: OnceLock<Vec<(&'static str, Expression<'static, 'static>)>> = OnceLock::new();
-    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    let env = ENV.get_or_init(Environment::new);
-    let exprs = EXPRS.get_or_init(|| {
-        NATIVE
-            .iter()
-            .filter_map(|(_, src)| env.compile_expression(src).ok().map(|e| (*src, e)))
-            .collect()
-    });
     let src = NATIVE
         .iter()
         .find(|(o, _)| *o == op)
@@ -146,11 +139,71 @@ pub(super) fn native(op: &str, a: Value, b: Value) -> Result<Value, Error> {
                 format!("unknown operator `{op}`"),
             )
         })?;
+    eval_native(src, minijinja::context! { a => a, b => b })
+}
+
+/// Subscripts, as MiniJinja's own expressions.
+const SUBSCRIPTS: &[&str] = &["a[b]", "a[b:c:d]"];
+
+/// One of `NATIVE`'s or `SUBSCRIPTS`' expressions, evaluated as the
+/// templates' own environment would (strict: an undefined operand is an
+/// error here as it is there).
+fn eval_native(src: &str, ctx: Value) -> Result<Value, Error> {
+    static EXPRS: OnceLock<Vec<(&'static str, Expression<'static, 'static>)>> = OnceLock::new();
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env
+    });
+    let exprs = EXPRS.get_or_init(|| {
+        NATIVE
+            .iter()
+            .map(|(_, src)| *src)
+            .chain(SUBSCRIPTS.iter().copied())
+            .filter_map(|src| env.compile_expression(src).ok().map(|e| (src, e)))
+            .collect()
+    });
     let (_, expr) = exprs
         .iter()
         .find(|(s, _)| *s == src)
         .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "operator unavailable"))?;
-    expr.eval(minijinja::context! { a => a, b => b })
+    expr.eval(ctx)
+}
+
+/// `a[k]`: a list's or a map's item costs little, but a string's
+/// character is found by walking the string up to it.
+pub fn item(a: Value, k: Value) -> Result<Value, Error> {
+    if let Some(s) = a.as_str() {
+        let walked = match k.as_i64() {
+            Some(i) if i >= 0 => usize::try_from(i)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1)
+                .saturating_mul(4)
+                .min(s.len()),
+            _ => s.len(),
+        };
+        charge(walked, "indexing a string")?;
+    } else if !a.is_undefined()
+        && let Ok(v) = a.get_item(&k)
+        && !v.is_undefined()
+    {
+        return Ok(v);
+    }
+    eval_native(SUBSCRIPTS[0], minijinja::context! { a => a, b => k })
+}
+
+/// `a[start:stop:step]`: builds a copy of what it takes.
+pub fn slice(a: Value, start: Value, stop: Value, step: Value) -> Result<Value, Error> {
+    let what = "slicing";
+    match a.as_str() {
+        Some(s) => charge(s.len(), what)?,
+        None => charge(a.len().unwrap_or(0).saturating_mul(ITEM_BYTES), what)?,
+    }
+    eval_native(
+        SUBSCRIPTS[1],
+        minijinja::context! { a => a, b => start, c => stop, d => step },
+    )
 }
 
 /// `a * b`: numbers multiply; a string or a list repeats, within bounds.
@@ -213,6 +266,9 @@ pub fn add(a: Value, b: Value) -> Result<Value, Error> {
 
 /// `a ~ b`: both as text, joined, within bounds.
 pub fn cat(a: Value, b: Value) -> Result<Value, Error> {
+    if a.is_undefined() || b.is_undefined() {
+        return native("~", a, b);
+    }
     display(&[&a, &b], "joining text with `~`").map(Value::from)
 }
 

@@ -8,8 +8,9 @@ use minijinja::value::{Kwargs, Rest, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State, Value};
 
 use super::bounded::{
-    ADD_FN, CAT_FN, CMP_FN, Capped, CappedBytes, ITEM_BYTES, LIST_FN, MAP_FN, MAX_ITEMS,
-    MAX_VALUE_BYTES, MUL_FN, add, cat, check_value, cmp, display, items, list, map, mul, native,
+    ADD_FN, CAT_FN, CMP_FN, Capped, CappedBytes, ITEM_BYTES, ITEM_FN, LIST_FN, MAP_FN, MAX_ITEMS,
+    MAX_VALUE_BYTES, MUL_FN, SLICE_FN, add, cat, check_value, cmp, display, item, items, list, map,
+    mul, native, slice,
 };
 use super::budget::{charge, charge_deep, left as budget_left, too_large};
 
@@ -135,6 +136,33 @@ fn precheck(name: &str, args: &[Value]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The arguments `replace` and `escape` read as text (numbers, lists, …
+/// are displayed first, as the filters themselves would): written here,
+/// within the budget, so the estimate before the filter runs is of the
+/// text it will work on.
+fn as_text(name: &str, args: Vec<Value>) -> Result<Vec<Value>, Error> {
+    let text_args = match name {
+        "replace" => 3,
+        "escape" | "e" => 1,
+        _ => return Ok(args),
+    };
+    let what = format!("the `{name}` filter");
+    args.into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let keep = i >= text_args
+                || v.as_str().is_some()
+                || v.is_undefined()
+                || (name != "replace" && v.is_safe());
+            if keep {
+                Ok(v)
+            } else {
+                display(&[&v], &what).map(Value::from)
+            }
+        })
+        .collect()
+}
+
 /// Most spaces `tojson` indents by.
 const MAX_INDENT: usize = 16;
 
@@ -205,6 +233,7 @@ fn tojson(value: Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, 
 pub(super) fn install(env: &mut Environment<'static>) {
     for (name, inner) in stock_filters() {
         env.add_filter(name, move |state: &State, args: Rest<Value>| {
+            let args = as_text(name, args.0)?;
             precheck(name, &args)?;
             let what = format!("the `{name}` filter");
             // What it reads (a filter walks its input) and what it built.
@@ -274,6 +303,8 @@ pub(super) fn install(env: &mut Environment<'static>) {
     env.add_function(CMP_FN, cmp);
     env.add_function(LIST_FN, list);
     env.add_function(MAP_FN, map);
+    env.add_function(ITEM_FN, item);
+    env.add_function(SLICE_FN, slice);
 }
 
 /// The tests that compare or scan what they are given (the others look at

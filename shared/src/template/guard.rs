@@ -409,6 +409,11 @@ impl Walk<'_> {
             }
             ast::Expr::Const(_) => {}
             ast::Expr::Slice(s) => {
+                self.nodes.push(Node::Slice {
+                    start: left_start(&s.expr),
+                    end: e.span().end_offset,
+                    parts: [s.start.is_some(), s.stop.is_some(), s.step.is_some()],
+                });
                 self.expr(&s.expr);
                 for part in [&s.start, &s.stop, &s.step].into_iter().flatten() {
                     self.expr(part);
@@ -461,6 +466,10 @@ impl Walk<'_> {
             }
             ast::Expr::GetAttr(g) => self.expr(&g.expr),
             ast::Expr::GetItem(g) => {
+                self.nodes.push(Node::Item {
+                    start: left_start(&g.expr),
+                    end: e.span().end_offset,
+                });
                 self.expr(&g.expr);
                 self.expr(&g.subscript_expr);
             }
@@ -471,8 +480,10 @@ impl Walk<'_> {
             ast::Expr::List(l) => {
                 if l.as_const().is_none() {
                     let span = e.span();
+                    // (An unbracketed tuple's span starts late.)
+                    let first = l.items.first().map_or(u32::MAX, left_start);
                     self.nodes.push(Node::List {
-                        start: span.start_offset,
+                        start: span.start_offset.min(first),
                         end: span.end_offset,
                     });
                 }

@@ -72,6 +72,14 @@ pub(super) enum Node {
     List { start: u32, end: u32 },
     /// A map literal, its braces at `start` and `end - 1`.
     Map { start: u32, end: u32 },
+    /// `a[k]`: `a` starts at `start`, the closing bracket is at `end - 1`.
+    Item { start: u32, end: u32 },
+    /// `a[x:y:z]`, as `Item`; `parts` says which of x, y, z are written.
+    Slice {
+        start: u32,
+        end: u32,
+        parts: [bool; 3],
+    },
 }
 
 /// Where edits at one position go: closings of what ends there, then
@@ -136,6 +144,27 @@ fn operator(tokens: &[Located], end: u32, kind: BinKind) -> Option<usize> {
         }
         if depth < 0 {
             return None;
+        }
+    }
+    None
+}
+
+/// The opening bracket of the one closing at `end - 1`.
+fn opening(tokens: &[Located], end: u32) -> Option<usize> {
+    let last = tokens.partition_point(|t| t.end <= end);
+    let close = last.checked_sub(1)?;
+    if tokens[close].tok != Tok::Close || tokens[close].end != end {
+        return None;
+    }
+    let mut depth = 0i32;
+    for i in (0..=close).rev() {
+        match tokens[i].tok {
+            Tok::Close => depth += 1,
+            Tok::Open => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            return Some(i);
         }
     }
     None
@@ -225,8 +254,55 @@ pub(super) fn rewrite(
                 }
                 edits.push(close(end, start));
             }
+            Node::Item { start, end } | Node::Slice { start, end, .. } => {
+                let i = opening(tokens, end).ok_or_else(|| fail(source))?;
+                let bracket = tokens[i];
+                let closing = Located {
+                    tok: Tok::Close,
+                    start: end - 1,
+                    end,
+                };
+                let start = widen(source, tokens, start, bracket.start);
+                let Node::Slice { parts, .. } = *node else {
+                    edits.push(open(start, end, "__weft_item("));
+                    edits.push(replace(&bracket, ", "));
+                    edits.push(replace(&closing, ")"));
+                    continue;
+                };
+                // `a[x:y:z]` → `__weft_slice(a, x, y, z)`, `none` for what
+                // is not written.
+                let given = |n: usize| if parts[n] { ", " } else { ", none" };
+                let colons: Vec<Located> = top_level(tokens, bracket.end, end - 1)
+                    .filter(|(_, t)| t.tok == Tok::Colon)
+                    .map(|(_, t)| *t)
+                    .collect();
+                edits.push(open(start, end, "__weft_slice("));
+                edits.push(replace(&bracket, given(0)));
+                match colons.as_slice() {
+                    [one] => {
+                        edits.push(replace(one, given(1)));
+                        edits.push(replace(&closing, ", none)"));
+                    }
+                    [one, two] => {
+                        edits.push(replace(one, given(1)));
+                        edits.push(replace(two, given(2)));
+                        edits.push(replace(&closing, ")"));
+                    }
+                    _ => return Err(fail(source)),
+                }
+            }
             Node::List { start, end } | Node::Map { start, end } => {
                 let is_map = matches!(node, Node::Map { .. });
+                let bracketed = source
+                    .as_bytes()
+                    .get(start as usize)
+                    .is_some_and(|b| matches!(b, b'(' | b'[' | b'{'));
+                if !bracketed && !is_map {
+                    // A tuple without brackets (`{% set p, q = a, b %}`).
+                    edits.push(open(start, end, "__weft_list("));
+                    edits.push(close(end, start));
+                    continue;
+                }
                 let bracket = |pos: u32| Located {
                     tok: Tok::Open,
                     start: pos,

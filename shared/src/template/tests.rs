@@ -332,6 +332,16 @@ fn costly_operations_are_charged_before_they_run() {
         "s | sort",
         "{% for i in range(1000) %}{% if -1 in range(100000) %}x{% endif %}{% endfor %}",
         "{% for i in range(10000) %}{% if s == t %}x{% endif %}{% endfor %}",
+        // Slices copy what they take; a string's character is found by
+        // walking to it.
+        "{% for i in range(100) %}{% set c = s[1:] %}{% endfor %}ok",
+        "{% set u = '\u{1F600}' * 2000000 %}{% for i in range(40) %}{% set c = u[i:] %}{% endfor %}ok",
+        "{% for i in range(100) %}{{ s[7999999] }}{% endfor %}",
+        "{% for i in range(100) %}{{ s[-1] }}{% endfor %}",
+        "{% for i in range(100) %}{% set c = (s)[::2] %}{% endfor %}ok",
+        // `replace` and `escape` work on their arguments as text.
+        "{% set b = 'x' * 4000000 %}{{ ('1' * 3000) | replace(1, b) | length }}",
+        "{% set b = 'x' * 4000000 %}{{ 1111111111 | replace(1, b) | length }}",
     ] {
         let r = if src.contains("{%") {
             render_string(src, &big)
@@ -397,4 +407,95 @@ fn one_budget_serves_a_whole_value() {
 fn chained_comparisons_are_refused() {
     let msg = expression_references("1 < 2 < 3").unwrap_err().message;
     assert!(msg.contains("a < b and b < c"), "{msg}");
+}
+
+/// Subscripts, slices, unbracketed tuples and undefined operands behave as
+/// MiniJinja's own (strict, as the engine's environment is).
+#[test]
+fn rewritten_subscripts_agree_with_minijinja() {
+    let mut stock = Environment::new();
+    stock.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let c = json!({
+        "s": "héllo", "l": [1, [2, 3], 4, 5], "m": {"k": "v", "n": {"x": [7, 8]}},
+        "user": {}, "i": 1
+    });
+    for src in [
+        "l[0]",
+        "l[-1]",
+        "l[1][0]",
+        "l[1:]",
+        "l[:2]",
+        "l[::2]",
+        "l[1::]",
+        "l[:-1:]",
+        "l[::-1]",
+        "l[i:i + 2]",
+        "l[1:][0]",
+        "(l)[0]",
+        "(l[1])[1]",
+        "s[1]",
+        "s[-1]",
+        "s[1:3]",
+        "s[::-1]",
+        "m['k']",
+        "m['n']['x'][1]",
+        "m.n['x'][0]",
+        "m['missing'] is defined",
+        "m['k'] ~ s[0] ~ l[0]",
+        "l[0] * 2 + l[2]",
+        "l[l[0]]",
+        "[l[0], s[0]]",
+        "{'a': l[0]}",
+        "s[0] == 'h'",
+        "'v' in m['k']",
+        "l[10] is defined",
+        "range(5)[1:3] | list",
+        "l[1][5:]",
+        "m['missing']",
+        "m['missing'] ~ 'x'",
+        "user.role != 'guest'",
+        "user.role == 'guest'",
+        "user.role ~ '!'",
+        "user.role in ['a']",
+        "user.role * 2",
+        "user.role + 1",
+        "user.x[0]",
+        "user.x[1:]",
+        "missing[0]",
+    ] {
+        let ours = eval_expression(src, &context_from_json(&c));
+        let theirs = stock
+            .compile_expression(src)
+            .and_then(|e| e.eval(minijinja::Value::from_serialize(&c)))
+            .and_then(|v| {
+                if v.is_undefined() {
+                    Err(minijinja::Error::from(minijinja::ErrorKind::UndefinedError))
+                } else {
+                    Ok(serde_json::to_value(&v).unwrap())
+                }
+            });
+        match (&ours, &theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{src}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("{src}: ours {ours:?}, MiniJinja {theirs:?}"),
+        }
+    }
+    for src in [
+        "{% set p, q = l[0], s[0] %}{{ p }}{{ q }}",
+        "{% set p, q = 1, 2 %}{{ p + q }}",
+        "{% for a, b in [[1, 2], [3, 4]] %}{{ a }}{{ b }}{% endfor %}",
+        "{% if user.role != 'guest' %}ran{% endif %}",
+        "{{ s[:2] }}-{{ l[1][1:] }}",
+    ] {
+        let ours = render_string(src, &context_from_json(&c)).map(|v| match v {
+            Value::String(t) => t,
+            other => other.to_string(),
+        });
+        let theirs = stock.render_str(src, minijinja::Value::from_serialize(&c));
+        match (&ours, &theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{src}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("{src}: ours {ours:?}, MiniJinja {theirs:?}"),
+        }
+    }
 }
