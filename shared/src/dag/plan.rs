@@ -23,6 +23,19 @@ pub enum Decision {
     FailMap { key: String, error: StepError },
 }
 
+impl Decision {
+    /// The step it is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Start { key }
+            | Self::Skip { key, .. }
+            | Self::Wake { key }
+            | Self::CompleteMap { key }
+            | Self::FailMap { key, .. } => key,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Completed,

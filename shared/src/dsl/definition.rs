@@ -1,6 +1,7 @@
 //! The validated, typed form of a workflow definition. Only `dsl::parse` builds
 //! these, so holding a `Workflow` means the definition passed every check.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -52,6 +53,9 @@ pub struct Step {
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
     pub continue_on_error: bool,
+    /// The names its templates read (`trigger`, step ids, `item`, …): all
+    /// a step's context needs to hold.
+    pub reads: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -125,6 +129,8 @@ pub struct Map {
     pub steps: Vec<Step>,
     /// Template for each iteration's result; by default the final sub-step's output.
     pub output: Option<Value>,
+    /// The names `output` reads.
+    pub output_reads: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -431,6 +431,20 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
         }),
     };
 
+    if let Some(t) = timeout
+        && let Some(max) = max_timeout(&kind)
+        && t > max
+    {
+        p.err(
+            &path.key("timeout"),
+            format!(
+                "an attempt of a `{}` step may take at most {}s (it runs in one function call)",
+                kind.type_name(),
+                max.as_secs()
+            ),
+        );
+    }
+
     Some(Parsed {
         step: Step {
             id,
@@ -441,12 +455,28 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
             retry,
             timeout,
             continue_on_error,
+            reads: refs
+                .iter()
+                .filter(|r| !r.explicit)
+                .map(|r| r.name.clone())
+                .collect(),
         },
         path: path.clone(),
         refs,
         subs,
         inner_refs,
     })
+}
+
+/// Longest timeout of a step whose attempt is one call of a function (on
+/// AWS, the step functions' own timeouts are a little longer); an I/O slot
+/// is held no longer than this.
+fn max_timeout(kind: &StepKind) -> Option<std::time::Duration> {
+    match kind {
+        StepKind::Http(_) => Some(std::time::Duration::from_secs(300)),
+        StepKind::Llm(_) => Some(std::time::Duration::from_secs(840)),
+        _ => None,
+    }
 }
 
 fn type_fields(kind: &StepKind) -> &'static [&'static str] {
@@ -736,6 +766,7 @@ fn parse_map(
         concurrency,
         steps: Vec::new(),
         output,
+        output_reads: inner_refs.iter().map(|r| r.name.clone()).collect(),
     })
 }
 

@@ -260,3 +260,16 @@ fn a_step_sending_secrets_names_its_host() {
         json!({"name": "t", "steps": [{"id": "call", "type": "http", "url": "{{ trigger.url }}"}]});
     assert!(parse_workflow(&free).is_ok());
 }
+
+#[test]
+fn io_steps_may_not_hold_a_connection_for_hours() {
+    let e = errors(json!({"name": "t", "steps": [
+        {"id": "h", "type": "http", "url": "https://example.com/", "timeout": "1h"},
+        {"id": "l", "type": "llm", "model": "gpt-4o-mini", "prompt": "hi", "timeout": "20m"},
+        {"id": "ok", "type": "http", "url": "https://example.com/", "timeout": "5m"},
+        {"id": "a", "type": "approval", "timeout": "7d"}
+    ]}));
+    assert!(has(&e, "$.steps[0].timeout", "at most 300s"), "{e:?}");
+    assert!(has(&e, "$.steps[1].timeout", "at most 840s"), "{e:?}");
+    assert_eq!(e.len(), 2, "{e:?}");
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::context::{RunInfo, context_for, scope_values, sink_output};
+use super::context::{Names, RunInfo, context_for, scope_values, sink_output};
 use super::steps::{self, Started};
 use crate::dag::{self, Decision, Outcome, Records};
 use crate::domain::limits::{
@@ -113,22 +113,12 @@ pub fn advance(
         .unwrap_or(usize::MAX)
         .min(MAX_DECISIONS_PER_CALL);
     let max_dispatch = limits.max_dispatch.unwrap_or(usize::MAX);
-    // What the run holds in all is bounded like what one step records.
-    let state: u64 = recs.values().map(|r| r.size).sum();
+    // What the run holds in all is bounded like what one step records:
+    // checked here and after every decision (steps run inline add outputs
+    // within one call).
+    let mut state: u64 = recs.values().map(|r| r.size).sum();
     if state > MAX_RUN_STATE_BYTES {
-        let error = StepError::permanent(
-            "state_too_large",
-            format!(
-                "the run's steps hold {} MiB of outputs; a run may hold {} MiB",
-                state / (1024 * 1024),
-                MAX_RUN_STATE_BYTES / (1024 * 1024)
-            ),
-        );
-        let failed = Outcome::Failed {
-            key: String::new(),
-            error,
-        };
-        return finish(wf, info, recs, now, failed, fx);
+        return finish(wf, info, recs, now, state_too_large(state), fx);
     }
     // I/O attempts in flight: nested maps multiply their concurrency, and
     // one run must not hold thousands of connections open.
@@ -162,7 +152,14 @@ pub fn advance(
             }
             applied += 1;
             applied_now += 1;
+            let key = d.key().to_owned();
+            let before = recs.get(&key).map_or(0, |r| r.size);
             apply(wf, info, recs, now, d, &mut fx);
+            let after = recs.get(&key).map_or(0, |r| r.size);
+            state = state.saturating_sub(before).saturating_add(after);
+            if state > MAX_RUN_STATE_BYTES {
+                return finish(wf, info, recs, now, state_too_large(state), fx);
+            }
         }
         if applied_now > 0 {
             continue;
@@ -199,6 +196,21 @@ pub fn advance(
             dispatch: fx.dispatch,
             awaits_event: plan.awaits_event,
         };
+    }
+}
+
+fn state_too_large(state: u64) -> Outcome {
+    let error = StepError::permanent(
+        "state_too_large",
+        format!(
+            "the run's steps hold {} MiB of outputs; a run may hold {} MiB",
+            state / (1024 * 1024),
+            MAX_RUN_STATE_BYTES / (1024 * 1024)
+        ),
+    );
+    Outcome::Failed {
+        key: String::new(),
+        error,
     }
 }
 
@@ -277,7 +289,7 @@ fn run_output(
     match &wf.output {
         Some(t) => template::render_value(
             t,
-            &context_from_json(&Value::Object(scope_values(wf, info, recs, ""))),
+            &context_from_json(&Value::Object(scope_values(wf, info, recs, "", Names::All))),
         ),
         None => Ok(sink_output(&wf.steps, "", recs)),
     }
@@ -453,7 +465,11 @@ fn apply(
                         Some(t) => template::render_value(
                             t,
                             &context_from_json(&Value::Object(scope_values(
-                                wf, info, recs, &prefix,
+                                wf,
+                                info,
+                                recs,
+                                &prefix,
+                                Names::Read(&map.output_reads),
                             ))),
                         )
                         .map_err(|e| {

@@ -2,6 +2,8 @@
 //! outputs of steps already finished, and inside a map iteration `item`,
 //! `index` and the iteration's own steps.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map as JsonMap, Value, json};
 
 use crate::dag::Records;
@@ -29,8 +31,31 @@ pub fn value_of(rec: &StepRecord) -> Option<Value> {
     }
 }
 
-fn add_scope(steps: &[Step], prefix: &str, recs: &Records, out: &mut JsonMap<String, Value>) {
-    for s in steps {
+/// Which names a context holds: all, or only those a template reads (so
+/// starting a step costs what it reads, not what the whole run holds).
+#[derive(Clone, Copy)]
+pub enum Names<'a> {
+    All,
+    Read(&'a BTreeSet<String>),
+}
+
+impl Names<'_> {
+    fn wants(self, name: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Read(names) => names.contains(name),
+        }
+    }
+}
+
+fn add_scope(
+    steps: &[Step],
+    prefix: &str,
+    recs: &Records,
+    names: Names<'_>,
+    out: &mut JsonMap<String, Value>,
+) {
+    for s in steps.iter().filter(|s| names.wants(&s.id)) {
         if let Some(v) = recs.get(&format!("{prefix}{}", s.id)).and_then(value_of) {
             out.insert(s.id.clone(), v);
         }
@@ -44,14 +69,19 @@ pub fn scope_values(
     info: RunInfo<'_>,
     recs: &Records,
     scope: &str,
+    names: Names<'_>,
 ) -> JsonMap<String, Value> {
     let mut out = JsonMap::new();
-    out.insert("trigger".into(), info.input.clone());
-    out.insert(
-        "run".into(),
-        json!({"id": info.run_id, "workflow_id": info.workflow_id, "workflow_version": info.version}),
-    );
-    add_scope(&wf.steps, "", recs, &mut out);
+    if names.wants("trigger") {
+        out.insert("trigger".into(), info.input.clone());
+    }
+    if names.wants("run") {
+        out.insert(
+            "run".into(),
+            json!({"id": info.run_id, "workflow_id": info.workflow_id, "workflow_version": info.version}),
+        );
+    }
+    add_scope(&wf.steps, "", recs, names, &mut out);
     let segs: Vec<&str> = scope.split('.').filter(|s| !s.is_empty()).collect();
     let mut steps = &wf.steps;
     let mut prefix = String::new();
@@ -66,17 +96,21 @@ pub fn scope_values(
         };
         let map_key = format!("{prefix}{map_id}");
         let i: usize = index.parse().unwrap_or(usize::MAX);
-        let item = recs
-            .get(&map_key)
-            .and_then(|r| r.items.as_ref())
-            .and_then(|items| items.get(i))
-            .cloned()
-            .unwrap_or(Value::Null);
-        out.insert("item".into(), item);
-        out.insert("index".into(), json!(i));
+        if names.wants("item") {
+            let item = recs
+                .get(&map_key)
+                .and_then(|r| r.items.as_ref())
+                .and_then(|items| items.get(i))
+                .cloned()
+                .unwrap_or(Value::Null);
+            out.insert("item".into(), item);
+        }
+        if names.wants("index") {
+            out.insert("index".into(), json!(i));
+        }
         prefix = format!("{map_key}.{index}.");
         steps = &map.steps;
-        add_scope(steps, &prefix, recs, &mut out);
+        add_scope(steps, &prefix, recs, names, &mut out);
     }
     out
 }
@@ -87,8 +121,19 @@ pub fn scope_of(key: &str) -> &str {
 }
 
 /// The template context for the step with this key.
+/// (Only the names the step's templates read are put in.)
 pub fn context_for(wf: &Workflow, info: RunInfo<'_>, recs: &Records, key: &str) -> Context {
-    context_from_json(&Value::Object(scope_values(wf, info, recs, scope_of(key))))
+    let names = match wf.step_by_key(key) {
+        Some(step) => Names::Read(&step.reads),
+        None => Names::All,
+    };
+    context_from_json(&Value::Object(scope_values(
+        wf,
+        info,
+        recs,
+        scope_of(key),
+        names,
+    )))
 }
 
 /// The default result of a scope: the output of its one final step, or an

@@ -288,6 +288,25 @@ fn a_run_holding_too_much_fails() {
 }
 
 #[test]
+fn a_run_stops_when_steps_run_in_one_call_grow_it_too_much() {
+    // Each item's step builds 3 MB inline: 1000 of them would hold 3 GB.
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "m", "type": "map", "items": "{{ range(1000) | list }}", "concurrency": 1000, "steps": [
+            {"id": "t", "type": "transform", "inputs": {"v": "{{ 'x' * 3000000 }}"}}]}
+    ]}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
+    assert_eq!(adv.status, RunStatus::Failed);
+    assert_eq!(adv.error.unwrap().code, "state_too_large");
+    let held: u64 = recs.values().map(|r| r.size).sum();
+    assert!(
+        held < crate::domain::limits::MAX_RUN_STATE_BYTES + 8 * 1024 * 1024,
+        "{held}"
+    );
+}
+
+#[test]
 fn a_run_holds_only_so_many_attempts_in_flight() {
     let w = wf(json!({"name": "t", "steps": [
         {"id": "outer", "type": "map", "items": "{{ range(20) | list }}", "concurrency": 1000, "step":
