@@ -232,7 +232,15 @@ fn encoded_forms(v: &str) -> Vec<String> {
     let mut out = Vec::new();
     let form: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
     let percent = utf8_percent_encode(v, NON_ALPHANUMERIC).to_string();
-    for f in [form, percent] {
+    // As `quote` in common libraries writes it: `/`, `_`, `.`, `-`, `~` kept.
+    const QUOTE: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'~');
+    let quoted = utf8_percent_encode(v, QUOTE).to_string();
+    for f in [form, percent, quoted] {
         out.push(lower_escapes(&f));
         out.push(f);
     }
@@ -258,6 +266,21 @@ fn encoded_forms(v: &str) -> Vec<String> {
         out.extend(u.query().map(str::to_owned));
     }
     out.push(v.to_ascii_lowercase());
+    out.push(v.to_ascii_uppercase());
+    // HTML-escaped, as servers echo it into pages and error messages.
+    for apos in ["&#x27;", "&#39;"] {
+        out.push(
+            v.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+                .replace('\'', apos),
+        );
+    }
+    // Its bytes in hex.
+    let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+    out.push(hex.to_ascii_uppercase());
+    out.push(hex);
     // Base64 of a text holding the value (`user:secret` in Basic auth):
     // the characters that encode only the value's bytes, at each of the
     // three alignments it can have.
@@ -372,6 +395,20 @@ mod tests {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("user:{secret}"));
         let basic2 = base64::engine::general_purpose::STANDARD.encode(format!("us:{secret}"));
         let basic3 = base64::engine::general_purpose::STANDARD.encode(format!("u:{secret}!"));
+        let tricky = Redactor::new(["Sk+ab/Cd=ef&g<h>'i~j*k!lZZ9".to_owned()]);
+        for text in [
+            "echo: Sk+ab/Cd=ef&amp;g&lt;h&gt;&#x27;i~j*k!lZZ9",
+            "echo: Sk+ab/Cd=ef&amp;g&lt;h&gt;&#39;i~j*k!lZZ9",
+            "echo: Sk%2Bab/Cd%3Def%26g%3Ch%3E%27i~j%2Ak%21lZZ9",
+            "echo: SK+AB/CD=EF&G<H>'I~J*K!LZZ9",
+            "echo: 536b2b61622f43643d656626673c683e27697e6a2a6b216c5a5a39",
+        ] {
+            let out = tricky.redact_str(text);
+            assert!(
+                out.contains(REDACTED) && !out.contains("Cd"),
+                "{text} → {out}"
+            );
+        }
         for text in [
             format!("GET /?key={form} failed"),
             format!("GET /?key={} failed", form.to_lowercase()),
