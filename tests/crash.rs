@@ -185,3 +185,63 @@ async fn an_http_call_in_flight_at_the_crash_is_retried() {
     assert!(attempts[1]["error"].is_null());
     drop(server);
 }
+
+/// The start-up journal (`weft.db.recovering`) as a start leaves it when
+/// the process stops while resumed runs take their first pass: `alone` is
+/// the run that was advanced with nothing else resumed, so the one that
+/// stopped the process; `together` were advanced at once.
+fn leave_journal(dir: &std::path::Path, culprit: &str, suspects: &[&str]) {
+    let creds: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("dev-credentials.json")).expect("credentials"),
+    )
+    .expect("json");
+    let ws = creds["workspace_id"].as_str().expect("workspace id");
+    let together: Vec<_> = suspects.iter().map(|r| json!([ws, r])).collect();
+    let journal = json!({"alone": [ws, culprit], "together": together});
+    std::fs::write(dir.join("weft.db.recovering"), journal.to_string()).expect("journal");
+}
+
+#[tokio::test]
+async fn a_run_that_stopped_the_server_twice_is_failed_not_resumed_again() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+    app.create_workflow(json!({"id": "wf_gate", "name": "Gate", "steps": [
+        {"id": "ask", "type": "approval"},
+        {"id": "then", "type": "transform", "inputs": "{{ ask.ok }}"}
+    ]}))
+    .await;
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        let run = app.start_run("wf_gate", json!({})).await;
+        app.wait_run(&run, |b| b["status"] == "WAITING").await;
+        runs.push(run);
+    }
+    server.kill_9();
+    // The process stopped while `runs[0]` was advanced alone (after it had
+    // stopped with `runs[0..3]` advanced together).
+    leave_journal(dir.path(), &runs[0], &[&runs[1], &runs[2]]);
+
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+    let failed = app.wait_finished(&runs[0]).await;
+    assert_eq!(failed["status"], "FAILED");
+    assert_eq!(failed["error"]["code"], "internal_error");
+    // The others were resumed: each still waits and can go on.
+    for run in &runs[1..] {
+        let r = app
+            .post(
+                &format!("/v1/runs/{run}/steps/ask/complete"),
+                json!({"output": {"ok": "yes"}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(app.wait_finished(run).await["status"], "COMPLETED");
+    }
+    // Every resumed run took its pass: the journal is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dir.path().join("weft.db.recovering").exists() {
+        assert!(Instant::now() < deadline, "the journal was left behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

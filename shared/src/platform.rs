@@ -100,10 +100,12 @@ impl Platform {
             executors(&config, &stores)?,
         ));
         let app = Arc::new(App::new(stores, orchestrator.clone(), definitions));
-        let resumed = orchestrator
-            .resume_all(shared.as_ref())
-            .await
-            .context("resuming unfinished runs")?;
+        let resumed = if db == Path::new(":memory:") {
+            orchestrator.resume_all(shared.as_ref()).await
+        } else {
+            orchestrator.recover(shared.as_ref(), db).await
+        }
+        .context("resuming unfinished runs")?;
         if resumed > 0 {
             tracing::info!(runs = resumed, "resumed unfinished runs");
         }

@@ -8,13 +8,15 @@
 //! timers keep their stored due times.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use super::recovery::Recovery;
 use super::tick;
 use crate::app::DefinitionCache;
 use crate::domain::*;
@@ -30,7 +32,7 @@ const PARALLEL_RUNS: usize = 64;
 /// own cap in the core); the rest wait their turn.
 const PARALLEL_ATTEMPTS: usize = 512;
 
-type RunKey = (WorkspaceId, RunId);
+use super::recovery::RunKey;
 
 pub struct Embedded {
     inner: Arc<Inner>,
@@ -51,6 +53,9 @@ struct Inner {
     /// Attempts of I/O steps being executed now: (run, step key, attempt).
     in_flight: Mutex<HashSet<(RunKey, String, u32)>>,
     finished: tokio::sync::broadcast::Sender<(RunKey, RunStatus)>,
+    /// The start-up recovery journal, while runs resumed are taking their
+    /// first pass.
+    recovery: OnceLock<Arc<Recovery>>,
     me: Weak<Inner>,
 }
 
@@ -72,6 +77,7 @@ impl Embedded {
             executors,
             in_flight: Mutex::new(HashSet::new()),
             finished: tokio::sync::broadcast::channel(4096).0,
+            recovery: OnceLock::new(),
             me: me.clone(),
         });
         Self { inner }
@@ -84,6 +90,50 @@ impl Embedded {
         for (ws, run) in runs {
             self.inner.wake((ws, run));
         }
+        Ok(n)
+    }
+
+    /// Picks up every unfinished run after a restart, keeping the journal
+    /// beside the database at `db` (see `recovery`): a run that stopped
+    /// the process while it was advanced alone is failed instead, and runs
+    /// that were advanced together when it stopped are resumed one at a
+    /// time first. Returns how many runs were unfinished; the resuming goes
+    /// on in the background.
+    pub async fn recover(
+        &self,
+        index: &dyn ActiveRunIndex,
+        db: &Path,
+    ) -> Result<usize, StoreError> {
+        let recovery = Arc::new(Recovery::beside(db));
+        let prior = recovery.prior();
+        let active: HashSet<RunKey> = index.active_runs().await?.into_iter().collect();
+        let n = active.len();
+        let _ = self.inner.recovery.set(recovery.clone());
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let culprit = prior.culprit.filter(|c| active.contains(c));
+            if let Some(c) = &culprit {
+                inner.fail_culprit(c).await;
+            }
+            let suspects: Vec<RunKey> = prior
+                .suspects
+                .into_iter()
+                .filter(|k| active.contains(k) && Some(k) != culprit.as_ref())
+                .collect();
+            for (i, s) in suspects.iter().enumerate() {
+                recovery.alone(s, &suspects[i + 1..]);
+                inner.wake(s.clone());
+                recovery.alone_passed().await;
+            }
+            let rest: Vec<RunKey> = active
+                .into_iter()
+                .filter(|k| Some(k) != culprit.as_ref() && !suspects.contains(k))
+                .collect();
+            recovery.together(&rest);
+            for k in rest {
+                inner.wake(k);
+            }
+        });
         Ok(n)
     }
 
@@ -130,6 +180,9 @@ impl Inner {
                 Ok(_permit) => self.contained_tick(&key).await,
                 Err(_) => return,
             };
+            if let Some(r) = self.recovery.get() {
+                r.passed(&key);
+            }
             match wake_at {
                 Ok(Some(at)) => self.set_timer(&key, at),
                 Ok(None) => {}
@@ -202,6 +255,27 @@ impl Inner {
                 Ok(None)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fails the run that stopped the process the last two times it was
+    /// advanced, instead of resuming it into a third.
+    async fn fail_culprit(&self, key: &RunKey) {
+        tracing::error!(
+            workspace_id = %key.0,
+            run_id = %key.1,
+            "the server stopped while advancing this run, also when it was resumed alone; failing it"
+        );
+        let error = StepError::permanent(
+            "internal_error",
+            "the server stopped while advancing this run, twice; it was not resumed again",
+        );
+        match tick::fail(self.stores(), &key.0, &key.1, error).await {
+            Ok(true) => {
+                let _ = self.finished.send((key.clone(), RunStatus::Failed));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "failing the run failed"),
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod embedded;
 pub mod lease;
+mod recovery;
 pub mod stepfunctions;
 pub mod tick;
 
