@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use super::fair::FairSlots;
 use super::recovery::Recovery;
 use super::tick;
 use crate::app::DefinitionCache;
@@ -28,9 +28,13 @@ use crate::ports::{
 
 /// Runs advanced at the same time.
 const PARALLEL_RUNS: usize = 64;
+/// Of which one workspace may hold at most this many (`fair`).
+const RUNS_PER_WORKSPACE: usize = 32;
 /// I/O attempts executed at the same time, across runs (each run has its
 /// own cap in the core); the rest wait their turn.
 const PARALLEL_ATTEMPTS: usize = 512;
+/// Of which one workspace may hold at most this many.
+const ATTEMPTS_PER_WORKSPACE: usize = 256;
 
 use super::recovery::RunKey;
 
@@ -46,8 +50,8 @@ struct Inner {
     active: Mutex<HashMap<RunKey, bool>>,
     /// The earliest timer already set for each run.
     timers: Mutex<HashMap<RunKey, DateTime<Utc>>>,
-    permits: Semaphore,
-    attempt_permits: Arc<Semaphore>,
+    run_slots: FairSlots,
+    attempt_slots: Arc<FairSlots>,
     /// Executors of I/O steps, by step type.
     executors: HashMap<String, Arc<dyn StepExecutor>>,
     /// Attempts of I/O steps being executed now: (run, step key, attempt).
@@ -72,8 +76,8 @@ impl Embedded {
             definitions,
             active: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
-            permits: Semaphore::new(PARALLEL_RUNS),
-            attempt_permits: Arc::new(Semaphore::new(PARALLEL_ATTEMPTS)),
+            run_slots: FairSlots::new(PARALLEL_RUNS, RUNS_PER_WORKSPACE),
+            attempt_slots: Arc::new(FairSlots::new(PARALLEL_ATTEMPTS, ATTEMPTS_PER_WORKSPACE)),
             executors,
             in_flight: Mutex::new(HashSet::new()),
             finished: tokio::sync::broadcast::channel(4096).0,
@@ -176,9 +180,9 @@ impl Inner {
 
     async fn drive(self: Arc<Self>, key: RunKey) {
         loop {
-            let wake_at = match self.permits.acquire().await {
-                Ok(_permit) => self.contained_tick(&key).await,
-                Err(_) => return,
+            let wake_at = match self.run_slots.acquire(&key.0).await {
+                Some(_slot) => self.contained_tick(&key).await,
+                None => return,
             };
             if let Some(r) = self.recovery.get() {
                 r.passed(&key);
@@ -352,9 +356,10 @@ impl Inner {
                 // In a task of its own: an executor that panics fails the
                 // attempt instead of leaving it in flight for ever.
                 let attempt_call = call.clone();
-                let permits = me.attempt_permits.clone();
+                let slots = me.attempt_slots.clone();
+                let ws = run.0.clone();
                 let result = match tokio::spawn(async move {
-                    let _turn = permits.acquire_owned().await;
+                    let _turn = slots.acquire(&ws).await;
                     tick::attempt(executor.as_deref(), &attempt_call).await
                 })
                 .await

@@ -2,6 +2,7 @@
 //! runs with Step Functions calling the same `engine::advance`.
 
 mod embedded;
+mod fair;
 pub mod lease;
 mod recovery;
 pub mod stepfunctions;
