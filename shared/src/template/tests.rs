@@ -159,6 +159,19 @@ fn accumulating_constructs_are_refused() {
     }
 }
 
+/// The same value from both, or an error from both.
+fn agree<T: PartialEq + std::fmt::Debug, E: std::fmt::Debug, F: std::fmt::Debug>(
+    src: &str,
+    ours: &Result<T, E>,
+    theirs: &Result<T, F>,
+) {
+    match (ours, theirs) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "{src}"),
+        (Err(_), Err(_)) => {}
+        _ => panic!("{src}: ours {ours:?}, MiniJinja {theirs:?}"),
+    }
+}
+
 /// Operators behave as MiniJinja's own on everything that is not big.
 #[test]
 fn bounded_operators_agree_with_minijinja() {
@@ -206,11 +219,7 @@ fn bounded_operators_agree_with_minijinja() {
             .compile_expression(src)
             .and_then(|e| e.eval(minijinja::Value::from_serialize(&c)))
             .map(|v| serde_json::to_value(&v).unwrap());
-        match (&ours, &theirs) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b, "{src}"),
-            (Err(_), Err(_)) => {}
-            _ => panic!("{src}: ours {ours:?}, MiniJinja {theirs:?}"),
-        }
+        agree(src, &ours, &theirs);
     }
     for src in ["s * 'x'", "m + m", "l * s", "z + 1"] {
         assert!(
@@ -474,11 +483,7 @@ fn rewritten_subscripts_agree_with_minijinja() {
                     Ok(serde_json::to_value(&v).unwrap())
                 }
             });
-        match (&ours, &theirs) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b, "{src}"),
-            (Err(_), Err(_)) => {}
-            _ => panic!("{src}: ours {ours:?}, MiniJinja {theirs:?}"),
-        }
+        agree(src, &ours, &theirs);
     }
     for src in [
         "{% set p, q = l[0], s[0] %}{{ p }}{{ q }}",
@@ -492,10 +497,6 @@ fn rewritten_subscripts_agree_with_minijinja() {
             other => other.to_string(),
         });
         let theirs = stock.render_str(src, minijinja::Value::from_serialize(&c));
-        match (&ours, &theirs) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b, "{src}"),
-            (Err(_), Err(_)) => {}
-            _ => panic!("{src}: ours {ours:?}, MiniJinja {theirs:?}"),
-        }
+        agree(src, &ours, &theirs);
     }
 }
