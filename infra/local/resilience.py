@@ -95,7 +95,12 @@ def sweep(lam, at):
 
 def create(ready, definition):
     status, body = api(ready, "POST", "/v1/workflows", definition)
-    if status not in (201, 409):
+    if status == 409:
+        # Stored by an earlier check on this stack: this definition replaces it.
+        status, body = api(ready, "PUT", f"/v1/workflows/{definition['id']}", definition)
+        if status == 200:
+            status = 201
+    if status != 201:
         sys.exit(f"resilience: storing {definition['id']} failed: {status} {body}")
 
 

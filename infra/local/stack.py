@@ -454,7 +454,9 @@ def main():
     )
     children = [watch]
 
-    def stop(*_):
+    def stop(signum=None, _frame=None, status=0):
+        """Stops every process; exits with `status` (0 when asked to stop by
+        a signal, non-zero when the stack itself failed)."""
         for p in reversed(children):
             try:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -466,7 +468,7 @@ def main():
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
         server.stop()
-        sys.exit(0)
+        sys.exit(status)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -506,7 +508,7 @@ def main():
     answer = json.loads(out["Payload"].read())
     if out.get("FunctionError"):
         print(f"stack.py: creating the workspace failed: {answer}", file=sys.stderr)
-        stop()
+        stop(status=1)
     api = f"http://127.0.0.1:{args.lambda_port}/lambda-url/weft-api"
     ready = {
         "api_url": api,
@@ -531,7 +533,7 @@ def main():
         for p in children:
             if p.poll() is not None:
                 print(f"stack.py: {p.args[0]} exited with {p.returncode}", file=sys.stderr)
-                stop()
+                stop(status=1)
         time.sleep(1)
 
 
