@@ -2,7 +2,11 @@
 //! actions taken during the run and the expected result. The runner speaks
 //! only HTTP, so the same files run against any Weft: the embedded one it
 //! starts itself, or another given by WEFT_SCENARIO_URL and
-//! WEFT_SCENARIO_KEY (such as the AWS deployment).
+//! WEFT_SCENARIO_KEY together (such as the AWS deployment); one of the two
+//! alone is refused. The runner says which target ran.
+//!
+//! A scenario file is read strictly: a key it does not know (a misspelt
+//! expectation, say) fails the scenario instead of being ignored.
 //!
 //! In a scenario file, `$UPSTREAM` is replaced by the base URL of a real HTTP
 //! server the runner starts on 127.0.0.1 (see tests/common/upstream.rs), and
@@ -11,23 +15,164 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::{TestApp, spawn_app, step};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
+
+/// One scenario file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scenario {
+    /// What the scenario shows (for the reader).
+    #[allow(dead_code)]
+    description: String,
+    workflow: Value,
+    #[serde(default)]
+    input: Value,
+    pad_input: Option<usize>,
+    /// The start itself is refused: the answer expected.
+    start_error: Option<StartError>,
+    #[serde(default)]
+    actions: Vec<Action>,
+    expect: Option<Expect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartError {
+    status: u16,
+    contains: Option<String>,
+}
+
+/// What is done while the run is under way, in order.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Action {
+    WaitFor {
+        wait_for: WaitFor,
+    },
+    Complete {
+        complete: String,
+        #[serde(default)]
+        output: Value,
+        #[serde(default = "ok_status")]
+        expect_status: u16,
+    },
+    Cancel {
+        cancel: bool,
+    },
+    UpdateWorkflow {
+        update_workflow: Value,
+    },
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitFor {
+    step: Option<String>,
+    status: Option<String>,
+    run_status: Option<String>,
+}
+
+/// The run's end as expected: every field given is compared.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    status: String,
+    /// Present means compared, even when it is `null`.
+    #[serde(default, deserialize_with = "present")]
+    output: Option<Value>,
+    workflow_version: Option<u64>,
+    error_contains: Option<String>,
+    #[serde(default)]
+    steps: BTreeMap<String, String>,
+    #[serde(default)]
+    step_outputs: BTreeMap<String, Value>,
+    #[serde(default)]
+    attempts: BTreeMap<String, usize>,
+}
+
+/// A field that is there, whatever its value (`null` included).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// Reads a scenario, naming what in it is unknown or misshapen.
+fn parse(text: &str) -> Result<Scenario, String> {
+    let raw: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    // Actions are matched by shape, so each is checked against the known
+    // keys first, for an error that names the unknown one.
+    for action in raw["actions"].as_array().into_iter().flatten() {
+        let known = [
+            "wait_for",
+            "complete",
+            "output",
+            "expect_status",
+            "cancel",
+            "update_workflow",
+        ];
+        for key in action.as_object().into_iter().flat_map(|m| m.keys()) {
+            if !known.contains(&key.as_str()) {
+                return Err(format!("unknown key `{key}` in action {action}"));
+            }
+        }
+    }
+    serde_json::from_value(raw).map_err(|e| e.to_string())
+}
+
+/// Where the suite runs: the environment names another Weft with both
+/// variables, or neither (the embedded one).
+async fn target() -> (TestApp, String) {
+    let url = std::env::var("WEFT_SCENARIO_URL").ok();
+    let key = std::env::var("WEFT_SCENARIO_KEY").ok();
+    match (url, key) {
+        (Some(url), Some(key)) => {
+            let app = TestApp::external(&url, &key);
+            (app, format!("the Weft at {url}"))
+        }
+        (None, None) => (spawn_app().await, "embedded Weft".to_owned()),
+        (url, _) => panic!(
+            "WEFT_SCENARIO_URL and WEFT_SCENARIO_KEY go together; only {} is set",
+            if url.is_some() {
+                "WEFT_SCENARIO_URL"
+            } else {
+                "WEFT_SCENARIO_KEY"
+            }
+        ),
+    }
+}
+
+#[test]
+fn scenario_files_are_read_strictly() {
+    let base = r#"{"description": "d", "workflow": {}, "input": {}"#;
+    let misspelt = format!(r#"{base}, "expect": {{"status": "COMPLETED", "ouput": 1}}}}"#);
+    let e = parse(&misspelt).expect_err("a misspelt expectation");
+    assert!(e.contains("ouput"), "{e}");
+    let action = format!(
+        r#"{base}, "actions": [{{"complete": "a", "outptu": 1}}], "expect": {{"status": "COMPLETED"}}}}"#
+    );
+    let e = parse(&action).expect_err("a misspelt action key");
+    assert!(e.contains("outptu"), "{e}");
+    let top = format!(r#"{base}, "expcet": {{"status": "COMPLETED"}}}}"#);
+    assert!(parse(&top).expect_err("a misspelt key").contains("expcet"));
+    let null_output = format!(r#"{base}, "expect": {{"status": "COMPLETED", "output": null}}}}"#);
+    let s = parse(&null_output).expect("valid");
+    assert_eq!(s.expect.and_then(|e| e.output), Some(Value::Null));
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenarios() {
-    let app = Arc::new(
-        match (
-            std::env::var("WEFT_SCENARIO_URL"),
-            std::env::var("WEFT_SCENARIO_KEY"),
-        ) {
-            (Ok(url), Ok(key)) => TestApp::external(&url, &key),
-            _ => spawn_app().await,
-        },
-    );
+    let (app, target) = target().await;
+    eprintln!("scenario suite against {target}");
+    let app = Arc::new(app);
     let upstream = Arc::new(common::upstream::spawn().await);
     let unique = Arc::new(format!(
         "{}",
@@ -56,9 +201,8 @@ async fn scenarios() {
                     .map_err(|e| format!("{name}: {e}"))?
                     .replace("$UPSTREAM", &upstream)
                     .replace("$UNIQUE", &unique);
-                let scenario: Value =
-                    serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
-                run_scenario(&app, &scenario)
+                let scenario = parse(&text).map_err(|e| format!("{name}: {e}"))?;
+                run_scenario(&app, scenario)
                     .await
                     .map_err(|e| format!("{name}: {e}"))
             })
@@ -75,19 +219,19 @@ async fn scenarios() {
     }
     assert!(
         failures.is_empty(),
-        "{} scenario(s) failed:\n{}",
+        "{} scenario(s) failed against {target}:\n{}",
         failures.len(),
         failures.join("\n")
     );
-    eprintln!("{passed} scenarios passed");
+    eprintln!("{passed} scenarios passed against {target}");
 }
 
 fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
     if cond { Ok(()) } else { Err(msg()) }
 }
 
-async fn run_scenario(app: &TestApp, s: &Value) -> Result<(), String> {
-    let mut def = s["workflow"].clone();
+async fn run_scenario(app: &TestApp, s: Scenario) -> Result<(), String> {
+    let mut def = s.workflow;
     // The server names the workflow, so a suite can run twice against the
     // same deployment.
     if let Some(m) = def.as_object_mut() {
@@ -101,9 +245,9 @@ async fn run_scenario(app: &TestApp, s: &Value) -> Result<(), String> {
 
     // `pad_input`: a `padding` field of that many bytes is added to the
     // input (large inputs without a large file).
-    let mut input = s["input"].clone();
-    if let (Some(n), Some(m)) = (s["pad_input"].as_u64(), input.as_object_mut()) {
-        m.insert("padding".into(), json!("x".repeat(n as usize)));
+    let mut input = s.input;
+    if let (Some(n), Some(m)) = (s.pad_input, input.as_object_mut()) {
+        m.insert("padding".into(), json!("x".repeat(n)));
     }
     let started = app
         .post(
@@ -111,24 +255,24 @@ async fn run_scenario(app: &TestApp, s: &Value) -> Result<(), String> {
             json!({ "input": input }),
         )
         .await;
-    if let Some(expected) = s.get("start_error") {
-        check(
-            started.status as u64 == expected["status"].as_u64().unwrap_or(0),
-            || {
-                format!(
-                    "start: expected {} got {} {}",
-                    expected["status"], started.status, started.body
-                )
-            },
-        )?;
+    if let Some(expected) = s.start_error {
+        check(started.status == expected.status, || {
+            format!(
+                "start: expected {} got {} {}",
+                expected.status, started.status, started.body
+            )
+        })?;
         let text = started.body.to_string();
-        if let Some(needle) = expected["contains"].as_str() {
-            check(text.contains(needle), || {
+        if let Some(needle) = expected.contains {
+            check(text.contains(&needle), || {
                 format!("start error should mention {needle:?}: {text}")
             })?;
         }
         return Ok(());
     }
+    let expect = s
+        .expect
+        .ok_or("a scenario that starts a run needs `expect`")?;
     check(started.status == 202, || {
         format!("starting the run: {} {}", started.status, started.body)
     })?;
@@ -137,97 +281,99 @@ async fn run_scenario(app: &TestApp, s: &Value) -> Result<(), String> {
         .unwrap_or_default()
         .to_owned();
 
-    for action in s["actions"].as_array().cloned().unwrap_or_default() {
-        if let Some(w) = action.get("wait_for") {
-            let (st, status, run_status) = (
-                w["step"].as_str(),
-                w["status"].as_str(),
-                w["run_status"].as_str(),
-            );
-            app.wait_run(&run, |b| {
-                run_status.is_none_or(|rs| b["status"] == rs)
-                    && st.is_none_or(|id| status.is_none_or(|want| step(b, id)["status"] == want))
-            })
-            .await;
-        } else if let Some(id) = action.get("complete").and_then(Value::as_str) {
-            let r = app
-                .post(
-                    &format!("/v1/runs/{run}/steps/{id}/complete"),
-                    json!({"output": action["output"]}),
-                )
+    for action in s.actions {
+        match action {
+            Action::WaitFor { wait_for: w } => {
+                app.wait_run(&run, |b| {
+                    w.run_status.as_ref().is_none_or(|rs| b["status"] == **rs)
+                        && w.step.as_ref().is_none_or(|id| {
+                            w.status
+                                .as_ref()
+                                .is_none_or(|want| step(b, id)["status"] == **want)
+                        })
+                })
                 .await;
-            let want = action["expect_status"].as_u64().unwrap_or(200);
-            check(r.status as u64 == want, || {
-                format!(
-                    "completing {id}: expected {want}, got {} {}",
-                    r.status, r.body
-                )
-            })?;
-        } else if action.get("cancel").is_some() {
-            let r = app.post(&format!("/v1/runs/{run}/cancel"), json!({})).await;
-            check(r.status == 200, || {
-                format!("cancelling: {} {}", r.status, r.body)
-            })?;
-        } else if let Some(def) = action.get("update_workflow") {
-            let mut def = def.clone();
-            if let Some(m) = def.as_object_mut() {
-                m.remove("id");
             }
-            let r = app.put(&format!("/v1/workflows/{wf}"), def).await;
-            check(r.status == 200, || {
-                format!("updating the workflow: {} {}", r.status, r.body)
-            })?;
-        } else {
-            return Err(format!("unknown action {action}"));
+            Action::Complete {
+                complete: id,
+                output,
+                expect_status: want,
+            } => {
+                let r = app
+                    .post(
+                        &format!("/v1/runs/{run}/steps/{id}/complete"),
+                        json!({ "output": output }),
+                    )
+                    .await;
+                check(r.status == want, || {
+                    format!(
+                        "completing {id}: expected {want}, got {} {}",
+                        r.status, r.body
+                    )
+                })?;
+            }
+            Action::Cancel { cancel } => {
+                check(cancel, || "`cancel` is `true` or absent".to_owned())?;
+                let r = app.post(&format!("/v1/runs/{run}/cancel"), json!({})).await;
+                check(r.status == 200, || {
+                    format!("cancelling: {} {}", r.status, r.body)
+                })?;
+            }
+            Action::UpdateWorkflow {
+                update_workflow: mut def,
+            } => {
+                if let Some(m) = def.as_object_mut() {
+                    m.remove("id");
+                }
+                let r = app.put(&format!("/v1/workflows/{wf}"), def).await;
+                check(r.status == 200, || {
+                    format!("updating the workflow: {} {}", r.status, r.body)
+                })?;
+            }
         }
     }
 
     let done = app.wait_finished(&run).await;
-    let expect = &s["expect"];
-    check(done["status"] == expect["status"], || {
+    check(done["status"] == expect.status, || {
         format!(
             "status: expected {} got {}: {done}",
-            expect["status"], done["status"]
+            expect.status, done["status"]
         )
     })?;
-    if let Some(out) = expect.get("output") {
+    if let Some(out) = &expect.output {
         check(&done["output"] == out, || {
             format!("output: expected {out} got {}", done["output"])
         })?;
     }
-    if let Some(v) = expect.get("workflow_version") {
-        check(&done["workflow_version"] == v, || {
+    if let Some(v) = expect.workflow_version {
+        check(done["workflow_version"] == v, || {
             format!(
                 "workflow_version: expected {v} got {}",
                 done["workflow_version"]
             )
         })?;
     }
-    if let Some(needle) = expect["error_contains"].as_str() {
+    if let Some(needle) = &expect.error_contains {
         let err = done["error"].to_string();
         check(err.contains(needle), || {
             format!("error should mention {needle:?}: {err}")
         })?;
     }
-    for (id, want) in expect["steps"].as_object().cloned().unwrap_or_default() {
-        let got = &step(&done, &id)["status"];
-        check(got == &want, || {
+    for (id, want) in &expect.steps {
+        let got = &step(&done, id)["status"];
+        check(got == want.as_str(), || {
             format!("step {id}: expected {want} got {got}")
         })?;
     }
-    for (id, want) in expect["step_outputs"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let got = &step(&done, &id)["output"];
-        check(got == &want, || {
+    for (id, want) in &expect.step_outputs {
+        let got = &step(&done, id)["output"];
+        check(got == want, || {
             format!("step {id} output: expected {want} got {got}")
         })?;
     }
-    for (id, want) in expect["attempts"].as_object().cloned().unwrap_or_default() {
-        let got = step(&done, &id)["attempts"].as_array().map_or(0, Vec::len);
-        check(Some(got as u64) == want.as_u64(), || {
+    for (id, want) in &expect.attempts {
+        let got = step(&done, id)["attempts"].as_array().map_or(0, Vec::len);
+        check(got == *want, || {
             format!("step {id}: expected {want} attempts, got {got}")
         })?;
     }

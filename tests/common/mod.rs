@@ -174,9 +174,23 @@ impl TestApp {
         r.body["run_id"].as_str().expect("run_id").to_owned()
     }
 
-    /// Polls the run until `done` holds (at most 20 s).
+    /// How long a run may take to reach a state the tests wait for. Not a
+    /// performance claim (those are benchmarks): a bound that only a run
+    /// that is stuck reaches, generous for debug builds on two loaded cores
+    /// with every scenario started at once — and on emulated AWS, where
+    /// each step is a Step Functions state and a Lambda invocation through
+    /// the emulator, several times that.
+    pub fn wait_deadline(&self) -> Duration {
+        if self.platform.is_some() {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(300)
+        }
+    }
+
+    /// Polls the run until `done` holds (at most `wait_deadline`).
     pub async fn wait_run(&self, run: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + self.wait_deadline();
         loop {
             let r = self.get(&format!("/v1/runs/{run}")).await;
             assert_eq!(r.status, 200, "{}", r.body);
@@ -185,7 +199,8 @@ impl TestApp {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "run did not reach the expected state: {}",
+                "run did not reach the expected state within {:?}: {}",
+                self.wait_deadline(),
                 r.body
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
