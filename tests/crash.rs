@@ -82,7 +82,6 @@ async fn runs_resume_after_kill_9() {
     app.wait_run(&gated, |b| b["status"] == "WAITING").await;
     let before = step(&waiting, "before").clone();
     let wake_at = step(&waiting, "nap")["wake_at"].clone();
-    let killed_at = Instant::now();
 
     server.kill_9();
     let server = start(dir.path());
@@ -109,7 +108,6 @@ async fn runs_resume_after_kill_9() {
             .unwrap();
     let due = chrono::DateTime::parse_from_rfc3339(wake_at.as_str().unwrap()).unwrap();
     assert!(nap_end >= due, "the delay did not end early");
-    assert!(killed_at.elapsed() < Duration::from_secs(15));
 
     // The approval is still waiting and can be completed on the new process.
     let r = app
@@ -158,24 +156,25 @@ async fn an_http_call_in_flight_at_the_crash_is_retried() {
     let dir = tempfile::tempdir().expect("dir");
     let server = start(dir.path());
     let app = TestApp::external(&server.base, KEY);
+    // The upstream holds the first call unanswered, so the kill below lands
+    // while it is certainly in flight, however slow the machine.
     app.create_workflow(json!({"id": "wf_call", "name": "Call", "steps": [
-        {"id": "call", "type": "http", "url": "{{ trigger.url }}", "timeout": "20s",
+        {"id": "call", "type": "http", "url": "{{ trigger.url }}", "timeout": "5m",
          "retry": {"max_attempts": 3, "initial_interval": "100ms"}},
-        {"id": "after", "type": "transform", "inputs": "{{ call.body.slept_ms }}"}
+        {"id": "after", "type": "transform", "inputs": "{{ call.body.calls }}"}
     ]}))
     .await;
     let run = app
-        .start_run("wf_call", json!({"url": format!("{up}/slow/1500")}))
+        .start_run("wf_call", json!({"url": format!("{up}/hold-once/crash")}))
         .await;
-    app.wait_run(&run, |b| step(b, "call")["status"] == "running")
-        .await;
+    wait_for_calls(&up, "crash", 1).await;
     server.kill_9();
 
     let server = start(dir.path());
     let app = TestApp::external(&server.base, KEY);
     let done = app.wait_finished(&run).await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
-    assert_eq!(done["output"], 1500);
+    assert_eq!(done["output"], 2, "the second call answered");
     let attempts = step(&done, "call")["attempts"]
         .as_array()
         .cloned()
@@ -184,6 +183,27 @@ async fn an_http_call_in_flight_at_the_crash_is_retried() {
     assert_eq!(attempts[0]["error"]["code"], "interrupted");
     assert!(attempts[1]["error"].is_null());
     drop(server);
+}
+
+/// Waits until the upstream has had `n` calls for `key` (at most a minute).
+async fn wait_for_calls(up: &str, key: &str, n: u64) {
+    let client = common::test_client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: serde_json::Value = client
+            .get(format!("{up}/calls/{key}"))
+            .send()
+            .await
+            .expect("upstream")
+            .json()
+            .await
+            .expect("json");
+        if seen["calls"].as_u64() >= Some(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the upstream saw {seen}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The start-up journal (`weft.db.recovering`) as a start leaves it when
@@ -239,7 +259,7 @@ async fn a_run_that_stopped_the_server_twice_is_failed_not_resumed_again() {
         assert_eq!(app.wait_finished(run).await["status"], "COMPLETED");
     }
     // Every resumed run took its pass: the journal is gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while dir.path().join("weft.db.recovering").exists() {
         assert!(Instant::now() < deadline, "the journal was left behind");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -110,8 +110,18 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn client_errors_are_permanent_and_timeouts_transient() {
     let (app, up) = (spawn_app().await, upstream::spawn().await);
+    // The 404 and the large response are answered at once: their step's
+    // timeout is generous, so a loaded machine cannot turn them into
+    // timeouts. Only the timeout case has a short one, against a server
+    // that answers ten times later than it.
     let wf = app
         .create_workflow(json!({"name": "errors", "steps": [
+            {"id": "call", "type": "http", "url": "{{ trigger.url }}", "timeout": "60s",
+             "retry": {"max_attempts": 2, "initial_interval": "10ms"}}
+        ]}))
+        .await;
+    let short = app
+        .create_workflow(json!({"name": "short timeout", "steps": [
             {"id": "call", "type": "http", "url": "{{ trigger.url }}", "timeout": "300ms",
              "retry": {"max_attempts": 2, "initial_interval": "10ms"}}
         ]}))
@@ -125,7 +135,7 @@ async fn client_errors_are_permanent_and_timeouts_transient() {
     assert_eq!(attempts(&done, "call").len(), 1, "a 404 is not retried");
 
     let run = app
-        .start_run(&wf, json!({"url": format!("{up}/slow/3000")}))
+        .start_run(&short, json!({"url": format!("{up}/slow/3000")}))
         .await;
     let done = app.wait_finished(&run).await;
     assert_eq!(done["status"], "FAILED");
@@ -193,4 +203,31 @@ async fn internal_destinations_are_refused() {
         .start_run(&wf, json!({"url": format!("{up}/redirect?to={up}/echo")}))
         .await;
     assert_eq!(app.wait_finished(&run).await["status"], "COMPLETED");
+}
+
+#[tokio::test]
+async fn a_map_holds_at_most_its_concurrency_in_flight() {
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    let wf = app
+        .create_workflow(json!({"name": "fan", "steps": [
+            {"id": "m", "type": "map", "items": "{{ range(12) | list }}", "concurrency": 3,
+             "step": {"id": "call", "type": "http", "url": "{{ trigger.base }}/inflight/map"}}
+        ]}))
+        .await;
+    let done = app
+        .wait_finished(&app.start_run(&wf, json!({"base": up})).await)
+        .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let seen: Value = common::test_client()
+        .get(format!("{up}/inflight-max/map"))
+        .send()
+        .await
+        .expect("upstream")
+        .json()
+        .await
+        .expect("json");
+    // Counted at the server: never more than 3 at once, and more than one
+    // (the map does run items side by side).
+    let max = seen["max"].as_u64().unwrap_or(0);
+    assert!((2..=3).contains(&max), "{seen}");
 }

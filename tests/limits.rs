@@ -5,7 +5,7 @@
 mod common;
 
 use common::{spawn_app, step};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn the_frameworks_own_rejections_are_problems() {
@@ -231,4 +231,58 @@ async fn a_definition_with_thousands_of_problems_gets_a_readable_answer() {
         "{}",
         r.body["detail"]
     );
+}
+
+/// The limits the README documents, at their edges: the limit itself is
+/// accepted, one past it is refused with a problem naming it.
+#[tokio::test]
+async fn documented_limits_hold_at_their_edges() {
+    let app = spawn_app().await;
+    let steps = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"id": format!("s{i}"), "type": "transform", "inputs": 1}))
+            .collect()
+    };
+    // 1,000 steps per workflow.
+    let r = app
+        .post(
+            "/v1/workflows",
+            json!({"name": "max", "steps": steps(1000)}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = app
+        .post(
+            "/v1/workflows",
+            json!({"name": "over", "steps": steps(1001)}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("the limit is 1000"),
+        "{}",
+        r.body
+    );
+
+    // A usage report covers at most 366 days.
+    let r = app.get("/v1/usage?from=2025-01-01&to=2026-01-01").await;
+    assert_eq!(r.status, 200, "366 days: {}", r.body);
+    let r = app.get("/v1/usage?from=2025-01-01&to=2026-01-02").await;
+    assert_eq!(r.status, 400, "367 days: {}", r.body);
+    assert!(r.body["detail"].to_string().contains("366"), "{}", r.body);
+
+    // A cache TTL of at most 30 days.
+    let cached = |ttl: &str| json!({"name": "c", "steps": [{"id": "s", "type": "llm", "model": "m", "prompt": "p", "cache": {"ttl": ttl}}]});
+    assert_eq!(app.post("/v1/workflows", cached("30d")).await.status, 201);
+    let r = app.post("/v1/workflows", cached("31d")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["errors"][0]["path"], "$.steps[0].cache.ttl");
+
+    // Pages of at most 200.
+    for path in ["/v1/workflows", "/v1/runs"] {
+        assert_eq!(app.get(&format!("{path}?limit=200")).await.status, 200);
+        let r = app.get(&format!("{path}?limit=201")).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(r.body["detail"].to_string().contains("200"), "{}", r.body);
+    }
 }

@@ -16,6 +16,17 @@ fn close(a: &Value, b: f64) -> bool {
     a.as_f64().is_some_and(|a| (a - b).abs() < 1e-9)
 }
 
+/// The dollar amount written just before `marker` in `msg` (`$0.00045`).
+fn amount_before(msg: &str, marker: &str) -> f64 {
+    let head = &msg[..msg
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker:?} in {msg}"))];
+    let figure = head.rsplit('$').next().unwrap_or_default();
+    figure
+        .parse()
+        .unwrap_or_else(|e| panic!("{figure:?} in {msg}: {e}"))
+}
+
 async fn start(app: &TestApp, wf: &str, body: Value) -> String {
     let r = app.post(&format!("/v1/workflows/{wf}/runs"), body).await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -79,7 +90,11 @@ async fn the_run_budget_counts_what_earlier_steps_spent() {
     assert_eq!(step(&done, "a")["status"], "succeeded");
     assert_eq!(step(&done, "b")["error"]["code"], "budget_exceeded");
     let msg = done["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("$0.0004 is spent"), "{msg}");
+    let spent = amount_before(msg, " is spent");
+    assert!(
+        (spent - MINI_CALL_USD).abs() < 1e-9,
+        "the message names what `a` cost: {msg}"
+    );
     assert_eq!(calls(&base).await.len(), 1);
     assert!(
         close(&done["usage"]["cost_usd"], MINI_CALL_USD),
@@ -115,15 +130,29 @@ async fn the_monthly_cap_covers_every_run_of_the_workspace() {
     let usage = app.get("/v1/usage").await;
     assert_eq!(usage.body["month"]["budget_usd"], 0.0001);
 
-    // Another workspace is not held back by this one's cap.
+    // Another workspace is not held back by this one's cap: the same
+    // priced call (over $0.0001 at its worst) is made for it.
     let other = TestApp::external(&app.base, &app.other_workspace().await);
+    assert_eq!(
+        other
+            .put(
+                "/v1/secrets/OPENAI_API_KEY",
+                json!({"value": common::providers::OPENAI_KEY})
+            )
+            .await
+            .status,
+        200
+    );
     let wf = other
         .create_workflow(json!({"name": "o", "steps": [
-            {"id": "ask", "type": "llm", "provider": "groq", "model": "llama-3.1-8b", "prompt": "hi"}
+            {"id": "ask", "type": "llm", "model": "gpt-4o-mini", "prompt": "hi"}
         ]}))
         .await;
     let run = other.start_run(&wf, json!({})).await;
-    assert_eq!(other.wait_finished(&run).await["status"], "COMPLETED");
+    let done = other.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(close(&done["usage"]["cost_usd"], MINI_CALL_USD), "{done}");
+    assert_eq!(calls(&base).await, vec!["openai/gpt-4o-mini"]);
 }
 
 #[tokio::test]
@@ -168,6 +197,124 @@ async fn identical_calls_are_served_from_the_cache() {
         .await;
     assert_eq!(bad.status, 422, "{}", bad.body);
     assert_eq!(bad.body["errors"][0]["path"], "$.steps[0].cache.ttl");
+}
+
+#[tokio::test]
+async fn the_cache_key_holds_the_provider_and_every_parameter() {
+    let (app, base) = setup(true).await;
+    // The same prompt with a different provider, model, temperature,
+    // max_tokens, system prompt or json mode is a different call; each is
+    // made once and then served from the cache.
+    let variants = [
+        json!({"model": "gpt-4o-mini"}),
+        json!({"model": "gpt-4o-mini", "provider": "groq"}),
+        json!({"model": "gpt-4o"}),
+        json!({"model": "gpt-4o-mini", "temperature": 0.5}),
+        json!({"model": "gpt-4o-mini", "max_tokens": 50}),
+        json!({"model": "gpt-4o-mini", "system": "be brief"}),
+        json!({"model": "gpt-4o-mini", "json": true, "prompt": "answer in JSON: {\"a\": 1}"}),
+    ];
+    let steps: Vec<Value> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut s = json!({"id": format!("s{i}"), "type": "llm", "prompt": "same words", "cache": {"ttl": "1h"}});
+            for (k, val) in v.as_object().expect("object") {
+                s[k] = val.clone();
+            }
+            s
+        })
+        .collect();
+    let wf = app
+        .create_workflow(json!({"name": "keys", "steps": steps}))
+        .await;
+    let first = app
+        .wait_finished(&app.start_run(&wf, json!({})).await)
+        .await;
+    assert_eq!(first["status"], "COMPLETED", "{first}");
+    assert_eq!(
+        calls(&base).await.len(),
+        variants.len(),
+        "no variant hit another's entry"
+    );
+    let second = app
+        .wait_finished(&app.start_run(&wf, json!({})).await)
+        .await;
+    for i in 0..variants.len() {
+        assert_eq!(
+            step(&second, &format!("s{i}"))["output"]["cached"],
+            true,
+            "{second}"
+        );
+    }
+    assert_eq!(calls(&base).await.len(), variants.len());
+}
+
+#[tokio::test]
+async fn a_cache_entry_expires_with_its_ttl() {
+    let (app, base) = setup(true).await;
+    let wf = app
+        .create_workflow(json!({"name": "ttl", "steps": [
+            {"id": "ask", "type": "llm", "model": "gpt-4o-mini", "prompt": "hi", "cache": {"ttl": "5s"}}
+        ]}))
+        .await;
+    let started = std::time::Instant::now();
+    app.wait_finished(&app.start_run(&wf, json!({})).await)
+        .await;
+    let hit = app
+        .wait_finished(&app.start_run(&wf, json!({})).await)
+        .await;
+    // A run takes milliseconds: the second is well within the TTL.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(step(&hit, "ask")["output"]["cached"], true, "{hit}");
+    assert_eq!(calls(&base).await.len(), 1);
+    tokio::time::sleep(
+        std::time::Duration::from_secs(5).saturating_sub(started.elapsed())
+            + std::time::Duration::from_millis(500),
+    )
+    .await;
+    let after = app
+        .wait_finished(&app.start_run(&wf, json!({})).await)
+        .await;
+    assert!(
+        step(&after, "ask")["output"].get("cached").is_none(),
+        "{after}"
+    );
+    assert_eq!(
+        calls(&base).await.len(),
+        2,
+        "an expired entry is called again"
+    );
+}
+
+#[tokio::test]
+async fn parallel_calls_cannot_jointly_pass_the_run_budget() {
+    let (app, base) = setup(true).await;
+    // Each call's worst case (about $0.00006) fits in $0.0001; two do not.
+    // Both steps start in the same pass: the reservation of one counts
+    // against the other, so exactly one call is made.
+    let wf = app
+        .create_workflow(json!({"name": "pair", "budget_usd": 0.0001, "steps": [
+            {"id": "a", "type": "llm", "model": "gpt-4o-mini", "max_tokens": 100, "prompt": "one"},
+            {"id": "b", "type": "llm", "model": "gpt-4o-mini", "max_tokens": 100, "prompt": "two"}
+        ]}))
+        .await;
+    let done = app
+        .wait_finished(&app.start_run(&wf, json!({})).await)
+        .await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let mut codes: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            step(&done, id)["error"]["code"]
+                .as_str()
+                .unwrap_or("ok")
+                .to_owned()
+        })
+        .collect();
+    codes.sort();
+    assert_eq!(codes, ["budget_exceeded", "ok"], "{done}");
+    assert_eq!(calls(&base).await.len(), 1, "one call was made");
 }
 
 #[tokio::test]

@@ -165,13 +165,80 @@ async fn a_missing_key_is_a_clear_permanent_error() {
         calls(&base).await.is_empty(),
         "nothing was sent without a key"
     );
-    let logs = app
-        .get(&format!(
-            "/v1/runs/{}/logs",
-            done["run_id"].as_str().unwrap()
-        ))
-        .await
-        .body
-        .to_string();
-    assert!(!logs.contains(providers::OPENAI_KEY));
+}
+
+#[tokio::test]
+async fn the_provider_key_used_never_appears_in_what_a_run_shows() {
+    let (app, base) = setup(true).await;
+    // One call succeeds (the test provider accepts only the configured
+    // key, so the key was sent), one fails on the server and is retried.
+    let wf = app
+        .create_workflow(json!({"name": "keys", "steps": [
+            {"id": "ok", "type": "llm", "model": "gpt-4o", "prompt": "hello"},
+            {"id": "broken", "type": "llm", "model": "gpt-4o-broken", "prompt": "hello",
+             "retry": {"max_attempts": 2, "initial_interval": "10ms"}}
+        ]}))
+        .await;
+    let run = app.start_run(&wf, json!({})).await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(step(&done, "ok")["status"], "succeeded", "{done}");
+    assert_eq!(
+        step(&done, "broken")["attempts"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(calls(&base).await.len(), 3);
+    for path in [
+        format!("/v1/runs/{run}"),
+        format!("/v1/runs/{run}/logs"),
+        format!("/v1/runs/{run}/steps"),
+        format!("/v1/runs/{run}/steps/ok"),
+        format!("/v1/runs/{run}/steps/broken"),
+        "/v1/usage".to_owned(),
+    ] {
+        let r = app.get(&path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let text = r.body.to_string();
+        assert!(!text.contains(providers::OPENAI_KEY), "{path}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_call_that_times_out_falls_back() {
+    let (app, base) = setup(true).await;
+    // The first model never answers: its share of the attempt's timeout
+    // (half of 4 s) ends it, and the fallback answers.
+    let done = run_one(
+        &app,
+        json!({"id": "ask", "type": "llm", "model": "gpt-4o-hangs", "prompt": "hello", "timeout": "4s",
+               "fallback": [{"provider": "gemini", "model": "gemini-2.0-flash"}],
+               "retry": {"max_attempts": 1}}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let out = &step(&done, "ask")["output"];
+    assert_eq!(out["model"], "gemini-2.0-flash");
+    assert_eq!(out["tries"][0]["error"]["code"], "llm_timeout", "{out}");
+    assert_eq!(
+        calls(&base).await,
+        ["openai/gpt-4o-hangs", "gemini/gemini-2.0-flash"]
+    );
+}
+
+#[tokio::test]
+async fn a_provider_without_a_key_is_called_without_one() {
+    // `local` is added with no key anywhere (as Ollama): the call is made,
+    // and sends no authorization (the server refuses one that does).
+    let (app, base) = setup(false).await;
+    let done = run_one(
+        &app,
+        json!({"id": "ask", "type": "llm", "provider": "local", "model": "llama3", "prompt": "hello"}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let out = &step(&done, "ask")["output"];
+    assert_eq!(out["provider"], "local");
+    assert_eq!(out["response"], "echo: hello");
+    assert_eq!(calls(&base).await, ["local/llama3"]);
 }

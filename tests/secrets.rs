@@ -342,3 +342,77 @@ async fn a_cut_error_text_holds_no_part_of_a_secret() {
         assert!(!text.contains(&SECRET[..8]), "pad {pad}: {}", done["error"]);
     }
 }
+
+#[tokio::test]
+async fn secrets_are_encrypted_at_rest_and_a_wrong_master_key_fails_clearly() {
+    use weft::adapters::http::EgressPolicy;
+    use weft::adapters::sqlite::MasterKey;
+    use weft::platform::{Platform, PlatformConfig};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("weft.db");
+    let up = upstream::spawn().await;
+    let config = |key: [u8; 32]| PlatformConfig {
+        egress: EgressPolicy::allowing("127.0.0.0/8").expect("policy"),
+        master_key: Some(MasterKey::from_bytes(key)),
+        ..Default::default()
+    };
+    let platform = Platform::open_with(&db, config([7; 32]))
+        .await
+        .expect("open");
+    let (_, key) = platform
+        .create_workspace("at rest", None)
+        .await
+        .expect("ws");
+    let app = common::TestApp::external(&common::serve(platform.router()).await, &key);
+    assert_eq!(
+        app.put("/v1/secrets/API_KEY", json!({"value": SECRET}))
+            .await
+            .status,
+        200
+    );
+    let wf = app
+        .create_workflow(json!({"name": "use", "steps": [
+            {"id": "call", "type": "http", "url": format!("{up}/check-key"),
+             "headers": {"x-api-key": "{{ secrets.API_KEY }}"}}
+        ]}))
+        .await;
+    let done = app
+        .wait_finished(&app.start_run(&wf, json!({})).await)
+        .await;
+    assert_eq!(
+        step(&done, "call")["output"]["body"]["authorized"],
+        true,
+        "{done}"
+    );
+    drop(platform);
+
+    // No file of the database (main, WAL, shared memory) holds the value.
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(dir.path()).expect("list") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        scanned += bytes.len();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the secret in the clear",
+            path.display()
+        );
+    }
+    assert!(scanned > 0);
+
+    // Another master key: the secret cannot be read, and the step says why.
+    let error = match Platform::open_with(&db, config([8; 32])).await {
+        Err(e) => format!("{e:#}"),
+        Ok(platform) => {
+            let app = common::TestApp::external(&common::serve(platform.router()).await, &key);
+            let done = app
+                .wait_finished(&app.start_run(&wf, json!({})).await)
+                .await;
+            assert_eq!(done["status"], "FAILED", "{done}");
+            done["error"].to_string()
+        }
+    };
+    assert!(error.contains("master key"), "{error}");
+    assert!(!error.contains(SECRET));
+}

@@ -3,7 +3,10 @@
 //! documented error shapes. What a model does is chosen by its name:
 //! `…-ratelimited` answers 429 (with retry-after), `…-broken` a server error
 //! (Anthropic: 529 overloaded), `…-toolong` the provider's context-length
-//! error; any other model echoes the last user message. Keys are checked.
+//! error, `…-hangs` (OpenAI) never answers; any other model echoes the last
+//! user message. Keys are checked; `/keyless` is an OpenAI-compatible
+//! server that takes no key (as Ollama) and refuses a request that brings
+//! one.
 
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +41,7 @@ pub async fn spawn() -> String {
     let log: Shared = Arc::default();
     let app = Router::new()
         .route("/openai/v1/chat/completions", post(openai))
+        .route("/keyless/v1/chat/completions", post(keyless))
         .route("/anthropic/v1/messages", post(anthropic))
         .route("/gemini/v1beta/models/{call}", post(gemini))
         .route("/calls", get(list_calls))
@@ -72,6 +76,8 @@ pub async fn setup_with(with_keys: bool, egress: EgressPolicy) -> (TestApp, Stri
     llm.add_compatible(&format!("groq={base}/openai/v1"))
         .expect("provider");
     llm.operator_keys.insert("groq".into(), OPENAI_KEY.into());
+    llm.add_compatible(&format!("local={base}/keyless/v1"))
+        .expect("provider");
     let app = spawn_app_with(PlatformConfig {
         egress,
         llm,
@@ -197,6 +203,29 @@ async fn openai(
     if model.ends_with("-toolong") {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "code": "context_length_exceeded"}}))).into_response();
     }
+    if model.ends_with("-hangs") {
+        std::future::pending::<()>().await;
+    }
+    chat_completion(&log, &model, &body)
+}
+
+/// An OpenAI-compatible server without keys: a request that sends one is
+/// refused, so a test sees that none was sent.
+async fn keyless(
+    State(log): State<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    record(&log, "local", &model, &body);
+    if headers.contains_key("authorization") {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "this server takes no key", "type": "invalid_request_error"}}))).into_response();
+    }
+    chat_completion(&log, &model, &body)
+}
+
+/// The answer of an OpenAI-compatible model that echoes.
+fn chat_completion(log: &Shared, model: &str, body: &Value) -> Response {
     let last = body["messages"]
         .as_array()
         .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
@@ -205,7 +234,7 @@ async fn openai(
     let json_mode = body["response_format"]["type"] == "json_object";
     Json(json!({
         "id": "chatcmpl-1", "object": "chat.completion", "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_text(&log, &last, json_mode)}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_text(log, &last, json_mode)}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
     }))
     .into_response()

@@ -13,9 +13,17 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 #[derive(Default)]
-struct Calls(Mutex<HashMap<String, u32>>);
+struct Calls(
+    Mutex<HashMap<String, u32>>,
+    /// Per key: requests in flight now, and the most there ever were.
+    Mutex<HashMap<String, (u32, u32)>>,
+);
 
 impl Calls {
+    fn count(&self, key: &str) -> u32 {
+        self.0.lock().expect("lock").get(key).copied().unwrap_or(0)
+    }
+
     fn bump(&self, key: &str) -> u32 {
         let mut m = self.0.lock().expect("lock");
         let n = m.entry(key.to_owned()).or_insert(0);
@@ -37,6 +45,10 @@ pub async fn spawn() -> String {
         .route("/bytes/{n}", any(bytes))
         .route("/check-key", any(check_key))
         .route("/reject", any(reject))
+        .route("/hold-once/{key}", any(hold_once))
+        .route("/calls/{key}", any(calls_of))
+        .route("/inflight/{key}", any(inflight))
+        .route("/inflight-max/{key}", any(inflight_max))
         .with_state(calls);
     super::serve(app).await
 }
@@ -139,4 +151,41 @@ async fn reject(headers: HeaderMap, Query(q): Query<HashMap<String, String>>) ->
         format!("{}invalid key {key}", "-".repeat(pad)),
     )
         .into_response()
+}
+
+/// The first call per key is held without an answer for as long as the
+/// caller waits; later calls answer at once with their number. A test can
+/// then act while a call is certainly in flight (see `/calls/{key}`).
+async fn hold_once(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Json<Value> {
+    let n = calls.bump(&key);
+    if n == 1 {
+        std::future::pending::<()>().await;
+    }
+    Json(json!({"calls": n}))
+}
+
+/// How many calls `key` has had (of `/hold-once/{key}` or `/flaky/...`).
+async fn calls_of(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Json<Value> {
+    Json(json!({"calls": calls.count(&key)}))
+}
+
+/// Counts the requests in flight per key while each is held for 300 ms.
+async fn inflight(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Json<Value> {
+    {
+        let mut m = calls.1.lock().expect("lock");
+        let e = m.entry(key.clone()).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(e) = calls.1.lock().expect("lock").get_mut(&key) {
+        e.0 -= 1;
+    }
+    Json(json!({"ok": true}))
+}
+
+/// The most requests `/inflight/{key}` had in flight at once.
+async fn inflight_max(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Json<Value> {
+    let max = calls.1.lock().expect("lock").get(&key).map_or(0, |e| e.1);
+    Json(json!({"max": max}))
 }

@@ -31,12 +31,16 @@ pub fn worst_case_usd(price: Option<(f64, f64)>, input_tokens: u64, max_tokens: 
     })
 }
 
+/// A dollar amount as people read it: cents from a dollar up; below, as
+/// many places as the amount needs (up to millionths), so a small figure
+/// is not rounded into a different one.
 fn usd(x: f64) -> String {
     if x >= 1.0 {
-        format!("${x:.2}")
-    } else {
-        format!("${x:.4}")
+        return format!("${x:.2}");
     }
+    let s = format!("{x:.6}");
+    let s = s.trim_end_matches('0');
+    format!("${}", s.strip_suffix('.').unwrap_or(s))
 }
 
 /// The step error for a call a cap refused.
@@ -96,6 +100,15 @@ mod tests {
     }
 
     #[test]
+    fn small_amounts_keep_their_places() {
+        assert_eq!(usd(0.00045), "$0.00045");
+        assert_eq!(usd(0.0001), "$0.0001");
+        assert_eq!(usd(0.0), "$0");
+        assert_eq!(usd(0.5), "$0.5");
+        assert_eq!(usd(12.345), "$12.35");
+    }
+
+    #[test]
     fn a_refusal_names_the_cap() {
         let e = refusal(
             &CapHit::Run {
@@ -110,7 +123,7 @@ mod tests {
         assert_eq!(e.code, "budget_exceeded");
         assert!(!e.retryable);
         assert!(
-            e.message.contains("the run's budget of $0.0100"),
+            e.message.contains("the run's budget of $0.01 "),
             "{}",
             e.message
         );
