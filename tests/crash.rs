@@ -187,17 +187,9 @@ async fn an_http_call_in_flight_at_the_crash_is_retried() {
 
 /// Waits until the upstream has had `n` calls for `key` (at most a minute).
 async fn wait_for_calls(up: &str, key: &str, n: u64) {
-    let client = common::test_client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let seen: serde_json::Value = client
-            .get(format!("{up}/calls/{key}"))
-            .send()
-            .await
-            .expect("upstream")
-            .json()
-            .await
-            .expect("json");
+        let seen = upstream::read(up, &format!("/calls/{key}")).await;
         if seen["calls"].as_u64() >= Some(n) {
             return;
         }

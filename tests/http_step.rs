@@ -218,14 +218,7 @@ async fn a_map_holds_at_most_its_concurrency_in_flight() {
         .wait_finished(&app.start_run(&wf, json!({"base": up})).await)
         .await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
-    let seen: Value = common::test_client()
-        .get(format!("{up}/inflight-max/map"))
-        .send()
-        .await
-        .expect("upstream")
-        .json()
-        .await
-        .expect("json");
+    let seen = upstream::read(&up, "/inflight-max/map").await;
     // Counted at the server: never more than 3 at once, and more than one
     // (the map does run items side by side).
     let max = seen["max"].as_u64().unwrap_or(0);

@@ -121,18 +121,7 @@ async fn an_archived_workflows_id_can_be_used_again() {
     app.create_workflow(def.clone()).await;
     let run = app.start_run("wf_again", json!({})).await;
     app.wait_finished(&run).await;
-    assert_eq!(
-        app.call(
-            "DELETE",
-            "/v1/workflows/wf_again",
-            None,
-            Some(&app.key.clone()),
-            &[]
-        )
-        .await
-        .status,
-        204
-    );
+    assert_eq!(app.delete("/v1/workflows/wf_again").await.status, 204);
     let mut def2 = def.clone();
     def2["name"] = json!("two");
     let r = app.post("/v1/workflows", def2).await;

@@ -50,30 +50,8 @@ async fn secrets_are_write_only_and_per_workspace() {
         404
     );
 
-    assert_eq!(
-        app.call(
-            "DELETE",
-            "/v1/secrets/API_KEY",
-            None,
-            Some(&app.key.clone()),
-            &[]
-        )
-        .await
-        .status,
-        204
-    );
-    assert_eq!(
-        app.call(
-            "DELETE",
-            "/v1/secrets/API_KEY",
-            None,
-            Some(&app.key.clone()),
-            &[]
-        )
-        .await
-        .status,
-        404
-    );
+    assert_eq!(app.delete("/v1/secrets/API_KEY").await.status, 204);
+    assert_eq!(app.delete("/v1/secrets/API_KEY").await.status, 404);
 }
 
 #[tokio::test]

@@ -19,11 +19,10 @@ import json
 import secrets
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
-import boto3
+import stack_client
+from stack_client import api, aws
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVED = []
@@ -44,29 +43,8 @@ class Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def api(ready, method, path, body=None):
-    req = urllib.request.Request(
-        ready["api_url"] + path,
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"authorization": f"Bearer {ready['api_key']}", "content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def wait_status(ready, run, wanted, seconds=180):
-    deadline = time.time() + seconds
-    body = None
-    while time.time() < deadline:
-        _, body = api(ready, "GET", f"/v1/runs/{run}")
-        if body["status"] in wanted:
-            return body
-        time.sleep(0.3)
-    sys.exit(f"at_rest: run {run} did not reach {wanted}: {json.dumps(body)[:800]}")
+def wait_status(ready, run, wanted):
+    return stack_client.wait_status(ready, run, wanted, "at_rest")
 
 
 def forms(value):
@@ -118,17 +96,15 @@ def main():
         sys.exit(f"at_rest: the service never received the secret: {RECEIVED}")
     server.shutdown()
 
-    kw = dict(endpoint_url=ready["aws_endpoint"], region_name="us-east-1",
-              aws_access_key_id="testing", aws_secret_access_key="testing")
     leaks = []
-    ddb = boto3.client("dynamodb", **kw)
+    ddb = aws(ready, "dynamodb")
     items = 0
     for page in ddb.get_paginator("scan").paginate(TableName=ready["table"]):
         for item in page["Items"]:
             items += 1
             if found_in(json.dumps(item, default=str), value):
                 leaks.append(f"DynamoDB item {item.get('pk')} {item.get('sk')}")
-    s3 = boto3.client("s3", **kw)
+    s3 = aws(ready, "s3")
     objects = 0
     for bucket in s3.list_buckets()["Buckets"]:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
@@ -137,7 +113,7 @@ def main():
                 data = s3.get_object(Bucket=bucket["Name"], Key=obj["Key"])["Body"].read()
                 if found_in(data, value):
                     leaks.append(f"S3 object {bucket['Name']}/{obj['Key']}")
-    sfn = boto3.client("stepfunctions", **kw)
+    sfn = aws(ready, "stepfunctions")
     executions = 0
     for machine in set(ready["state_machines"].values()) | {ready["state_machine_arn"]}:
         for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=machine):

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import boto3
+from stack_client import api, aws, store_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,20 +66,6 @@ class Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def api(base, key, method, path, body=None):
-    req = urllib.request.Request(
-        base + path,
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
 def meter(endpoint, reset=False):
     req = urllib.request.Request(
         endpoint + "/_weft/usage" + ("/reset" if reset else ""),
@@ -116,14 +102,8 @@ def main():
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     ready = json.loads(Path(args.ready_file).read_text())
-    base, key, endpoint = ready["api_url"], ready["api_key"], ready["aws_endpoint"]
-    sfn = boto3.client(
-        "stepfunctions",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    endpoint = ready["aws_endpoint"]
+    sfn = aws(ready, "stepfunctions")
     start = ready["state_machine_arn"]  # Express: every run starts here
     standard = [a for a in ready["state_machines"].values() if a != start]
 
@@ -150,23 +130,12 @@ def main():
     target = f"http://127.0.0.1:{upstream.server_address[1]}"
 
     definition = json.loads((Path(__file__).parent / "reference-workflow.json").read_text())
-    status, body = api(base, key, "POST", "/v1/workflows", definition)
-    if status == 409:
-        # Stored by an earlier measurement: measure this definition, not
-        # whatever that one stored.
-        status, body = api(base, key, "PUT", f"/v1/workflows/{definition['id']}", definition)
-        if status != 200:
-            raise SystemExit(f"updating the reference workflow: {status} {body}")
-    elif status != 201:
-        raise SystemExit(f"creating the reference workflow: {status} {body}")
-    status, stored = api(base, key, "GET", f"/v1/workflows/{definition['id']}")
-    if status != 200 or stored.get("definition", {}).get("steps") != definition["steps"]:
-        raise SystemExit(f"the stored reference workflow is not the file's: {status} {stored}")
+    store_workflow(ready, definition, "measure.py")
 
     def run_once(i):
         amount = [50, 500, 5000][i % 3]
         inp = {"base": target, "email": f"Customer{i}@Example.com", "amount": amount}
-        status, body = api(base, key, "POST", "/v1/workflows/reference/runs", {"input": inp})
+        status, body = api(ready, "POST", "/v1/workflows/reference/runs", {"input": inp})
         if status != 202:
             raise SystemExit(f"starting a run: {status} {body}")
         run_id = body["run_id"]
@@ -183,7 +152,7 @@ def main():
     steps = trans = billed = 0
     express_s = 0.0
     for run_id, fast, handed in runs:
-        status, view = api(base, key, "GET", f"/v1/runs/{run_id}")
+        status, view = api(ready, "GET", f"/v1/runs/{run_id}")
         if view["status"] != "COMPLETED":
             raise SystemExit(f"run {run_id} ended {view['status']}: {view.get('error')}")
         steps += sum(1 for s in view["steps"] if s["status"] in ("succeeded", "failed"))

@@ -19,10 +19,10 @@ import json
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 
-import boto3
+import stack_client
+from stack_client import api, aws, store_workflow
 
 CALLS = Counter()
 
@@ -41,41 +41,12 @@ class Counting(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def api(ready, method, path, body=None):
-    req = urllib.request.Request(
-        ready["api_url"] + path,
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={
-            "authorization": f"Bearer {ready['api_key']}",
-            "content-type": "application/json",
-        },
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def wait_status(ready, run, wanted, seconds=120):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        _, body = api(ready, "GET", f"/v1/runs/{run}")
-        if body["status"] in wanted:
-            return body
-        time.sleep(0.3)
-    sys.exit(f"resilience: run {run} did not reach {wanted}: {json.dumps(body)[:800]}")
+def wait_status(ready, run, wanted):
+    return stack_client.wait_status(ready, run, wanted, "resilience", seconds=120)
 
 
 def clients(ready):
-    kw = dict(
-        endpoint_url=ready["aws_endpoint"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    return boto3.client("stepfunctions", **kw), boto3.client("lambda", **kw)
+    return aws(ready, "stepfunctions"), aws(ready, "lambda")
 
 
 def executions_of(sfn, machine, run):
@@ -94,14 +65,7 @@ def sweep(lam, at):
 
 
 def create(ready, definition):
-    status, body = api(ready, "POST", "/v1/workflows", definition)
-    if status == 409:
-        # Stored by an earlier check on this stack: this definition replaces it.
-        status, body = api(ready, "PUT", f"/v1/workflows/{definition['id']}", definition)
-        if status == 200:
-            status = 201
-    if status != 201:
-        sys.exit(f"resilience: storing {definition['id']} failed: {status} {body}")
+    store_workflow(ready, definition, "resilience")
 
 
 def start(ready, workflow, base):

@@ -157,6 +157,11 @@ impl TestApp {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call("DELETE", path, None, Some(&self.key.clone()), &[])
+            .await
+    }
+
     pub async fn create_workflow(&self, def: Value) -> String {
         let r = self.post("/v1/workflows", def).await;
         assert_eq!(r.status, 201, "{}", r.body);

@@ -32,6 +32,18 @@ impl Calls {
     }
 }
 
+/// What the server at `up` answers to `GET {path}` (its counters).
+pub async fn read(up: &str, path: &str) -> Value {
+    super::test_client()
+        .get(format!("{up}{path}"))
+        .send()
+        .await
+        .expect("upstream")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// Starts the server on 127.0.0.1 and returns its base URL.
 pub async fn spawn() -> String {
     let calls = Arc::new(Calls::default());
