@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 import stack_client
-from stack_client import api, aws
+from stack_client import answer_json, api, aws
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVED = []
@@ -32,12 +32,7 @@ class Echo(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         key = self.headers.get("x-api-key", "")
         RECEIVED.append(key)
-        body = json.dumps({"you_sent": key, "status": "accepted"}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_json(self, {"you_sent": key, "status": "accepted"})
 
     def log_message(self, *args):
         pass

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stack_client import api, aws, store_workflow
+from stack_client import answer_json, api, aws, store_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,12 +55,7 @@ class Echo(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        out = json.dumps({"json": json.loads(body or b"null")}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        answer_json(self, {"json": json.loads(body or b"null")})
 
     def log_message(self, *_):
         pass

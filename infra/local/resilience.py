@@ -22,7 +22,7 @@ import time
 from collections import Counter
 
 import stack_client
-from stack_client import api, aws, store_workflow
+from stack_client import answer_json, api, aws, store_workflow
 
 CALLS = Counter()
 
@@ -30,12 +30,7 @@ CALLS = Counter()
 class Counting(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         CALLS[self.path] += 1
-        body = b'{"ok": true}'
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_json(self, {"ok": True})
 
     def log_message(self, *args):
         pass

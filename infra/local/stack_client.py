@@ -1,7 +1,8 @@
 """What the checks on the emulated stack share: its API called with the
 ready file's key, waiting for a run to reach a status, storing a workflow
 whatever an earlier check stored under its id, and boto3 clients for the
-emulated AWS endpoint."""
+emulated AWS endpoint; and the answer of the local services that stand
+in for the outside world."""
 
 import json
 import sys
@@ -56,8 +57,19 @@ def store_workflow(ready, definition, who):
         sys.exit(f"{who}: the stored workflow {wid} is not the one given: {status} {stored}")
 
 
+def answer_json(handler, payload):
+    """Answers a request of an http.server handler with 200 and `payload`."""
+    body = json.dumps(payload).encode()
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def aws(ready, service, **config):
-    """A boto3 client for `service` on the emulated AWS endpoint."""
+    """A boto3 client for `service` on the emulated AWS endpoint; and the answer of the local services that stand
+in for the outside world."""
     return boto3.client(
         service,
         endpoint_url=ready["aws_endpoint"],
