@@ -5,7 +5,19 @@
 //!   W2  one run fanning out to 50 parallel steps, then a join, over 30 runs
 //!   W3  500 runs of a 3-step chain submitted through the HTTP API as fast as
 //!       possible by 32 concurrent clients: completed runs per second
+//!   W4  a 10-step chain of http steps to a local no-op server (each a real
+//!       I/O step, recorded before the next starts), over 30 runs
+//!   S1  scale: one run mapping N transform items (concurrency 10), for N
+//!       from 100 up; time per item, and its ratio to the 100-item run
+//!   S2  scale: one run fanning out to N transform steps and a join (up to
+//!       999: with the join, the 1,000 steps a workflow may have); time
+//!       per step, and its ratio to the 50-step run
+//!   S3  scale: one run mapping N http items (concurrency 10) to the no-op
+//!       server; time per item, and its ratio to the 100-item run
 //! Latency is from the start call to the orchestrator's "finished" event.
+//! `WEFT_BENCH_SCALE=0` leaves S1–S3 out; `WEFT_BENCH_MAP_MAX` sets the
+//! largest S1 map (default 10000; up to 100000), `WEFT_BENCH_HTTP_MAP_MAX`
+//! the largest S3 map (default 1000; up to 10000).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +46,104 @@ fn fan_out(n: usize) -> Value {
     let deps: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
     steps.push(json!({"id": "join", "type": "transform", "inputs": {"n": n}, "depends_on": deps}));
     json!({"name": "fan", "steps": steps})
+}
+
+/// A server that answers every request at once: `{"ok": true}`.
+async fn noop_server() -> String {
+    use axum::routing::any;
+    let app = axum::Router::new().route("/noop", any(|| async { axum::Json(json!({"ok": true})) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+fn http_chain(n: usize, base: &str) -> Value {
+    let steps: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut s = json!({"id": format!("h{i}"), "type": "http", "url": format!("{base}/noop")});
+            if i > 0 {
+                s["depends_on"] = json!([format!("h{}", i - 1)]);
+            }
+            s
+        })
+        .collect();
+    json!({"name": format!("http chain {n}"), "steps": steps})
+}
+
+fn http_map(n: usize, base: &str) -> Value {
+    json!({"name": format!("http map {n}"), "steps": [
+        {"id": "m", "type": "map", "items": format!("{{{{ range({n}) | list }}}}"), "concurrency": 10,
+         "step": {"id": "h", "type": "http", "url": format!("{base}/noop")}}
+    ]})
+}
+
+fn map_of(n: usize) -> Value {
+    json!({"name": format!("map{n}"), "steps": [
+        {"id": "m", "type": "map", "items": format!("{{{{ range({n}) | list }}}}"), "concurrency": 10,
+         "step": {"id": "t", "type": "transform", "inputs": {"i": "{{ item }}"}}}
+    ]})
+}
+
+/// The median time of `runs` runs of `wf` (one after another).
+async fn median_run(
+    p: &Platform,
+    ws: &weft::domain::WorkspaceId,
+    wf: &str,
+    runs: usize,
+) -> Duration {
+    let d = latencies(p, ws, wf, runs).await;
+    d[d.len() / 2]
+}
+
+/// S1 and S2: how the time per item or step grows with a run's size.
+async fn scale(p: &Platform, ws: &weft::domain::WorkspaceId, base_url: &str) {
+    let map_max: usize = std::env::var("WEFT_BENCH_MAP_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rows: [(&str, &str, Vec<usize>, fn(usize) -> Value); 2] = [
+        (
+            "S1 map",
+            "scale_map",
+            [100, 1_000, 10_000, 100_000]
+                .into_iter()
+                .filter(|n| *n <= map_max)
+                .collect(),
+            map_of,
+        ),
+        ("S2 fan-out", "scale_fan", vec![50, 500, 999], fan_out),
+    ];
+    let http_max: usize = std::env::var("WEFT_BENCH_HTTP_MAP_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let url = base_url.to_owned();
+    let http_rows: Vec<usize> = [100, 1_000, 10_000].into_iter().filter(|n| *n <= http_max).collect();
+    let rows = rows.into_iter().map(|(l, p, s, b)| (l, p, s, Box::new(b) as Box<dyn Fn(usize) -> Value>));
+    let rows = rows.chain(std::iter::once((
+        "S3 http map",
+        "scale_http",
+        http_rows,
+        Box::new(move |n| http_map(n, &url)) as Box<dyn Fn(usize) -> Value>,
+    )));
+    for (label, prefix, sizes, build) in rows {
+        let mut base = None;
+        for n in sizes {
+            let id = format!("{prefix}{n}");
+            let mut def = build(n);
+            def["id"] = json!(id);
+            p.app.create_workflow(ws, def).await.expect("workflow");
+            let runs = if n <= 1_000 { 5 } else { 1 };
+            let t = median_run(p, ws, &id, runs).await;
+            let per = t.as_secs_f64() * 1e6 / n as f64;
+            let ratio = per / *base.get_or_insert(per);
+            println!(
+                "{label} of {n:>6}: {:>9.1} ms   {per:>7.1} µs per item   {ratio:>4.2}x the smallest",
+                ms(t)
+            );
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -81,9 +191,23 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("dir");
-        let platform = Arc::new(Platform::open(&dir.path().join("bench.db")).await.expect("platform"));
+        let config = weft::platform::PlatformConfig {
+            egress: weft::adapters::http::EgressPolicy::allowing("127.0.0.0/8").expect("policy"),
+            ..Default::default()
+        };
+        let platform = Arc::new(
+            Platform::open_with(&dir.path().join("bench.db"), config)
+                .await
+                .expect("platform"),
+        );
+        let noop = noop_server().await;
         let (ws, key) = platform.create_workspace("bench", None).await.expect("workspace");
-        for (id, def) in [("chain10", chain(10)), ("fan50", fan_out(50)), ("chain3", chain(3))] {
+        for (id, def) in [
+            ("chain10", chain(10)),
+            ("fan50", fan_out(50)),
+            ("chain3", chain(3)),
+            ("httpchain10", http_chain(10, &noop)),
+        ] {
             let mut def = def;
             def["id"] = json!(id);
             platform.app.create_workflow(&ws, def).await.expect("workflow");
@@ -101,6 +225,14 @@ fn main() {
             "W2 50-way fan-out+join: median {:.2} ms   p95 {:.2} ms   (30 runs; target: median <= 25 ms)",
             ms(percentile(&w2, 0.5)),
             ms(percentile(&w2, 0.95))
+        );
+
+        let _ = latencies(&platform, &ws, "httpchain10", 5).await; // warm-up
+        let w4 = latencies(&platform, &ws, "httpchain10", 30).await;
+        println!(
+            "W4 10 http steps chain: median {:.2} ms   p95 {:.2} ms   (30 runs; target: median <= 10 ms)",
+            ms(percentile(&w4, 0.5)),
+            ms(percentile(&w4, 0.95))
         );
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -144,5 +276,8 @@ fn main() {
             RUNS as f64 / elapsed.as_secs_f64(),
             elapsed.as_secs_f64()
         );
+        if std::env::var("WEFT_BENCH_SCALE").as_deref() != Ok("0") {
+            scale(&platform, &ws, &noop).await;
+        }
     });
 }

@@ -267,6 +267,25 @@ async fn documented_limits_hold_at_their_edges() {
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(r.body["errors"][0]["path"], "$.steps[0].cache.ttl");
 
+    // A map iterates over at most 100,000 items.
+    let wf = app
+        .create_workflow(json!({"name": "wide map", "steps": [
+            {"id": "m", "type": "map", "items": "{{ trigger.items }}", "step": {"id": "t", "type": "transform", "inputs": 1}}
+        ]}))
+        .await;
+    let run = app
+        .start_run(&wf, json!({"items": vec![0; 100_001]}))
+        .await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert!(
+        done["error"]["message"]
+            .to_string()
+            .contains("the map has 100001 items; the limit is 100000"),
+        "{}",
+        done["error"]
+    );
+
     // Pages of at most 200.
     for path in ["/v1/workflows", "/v1/runs"] {
         assert_eq!(app.get(&format!("{path}?limit=200")).await.status, 200);

@@ -10,7 +10,7 @@ mod attempt;
 mod plan;
 
 pub use attempt::{backoff, begin_attempt, close_open_steps, finish_attempt};
-pub use plan::{Decision, Outcome, Plan, Records, plan};
+pub use plan::{Cursors, Decision, Outcome, Plan, Records, plan, plan_from};
 
 #[cfg(test)]
 mod tests;

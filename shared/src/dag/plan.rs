@@ -83,10 +83,37 @@ enum Scope {
     Active,
 }
 
+/// Where each running map's unfinished iterations begin: every iteration
+/// before the cursor has finished. A step that finished stays finished, so
+/// a driver that plans the same run again and again (as `advance` does
+/// while steps run inline) keeps these between calls, and each plan looks
+/// at a map's open window, not at every iteration it ever ran.
+#[derive(Clone, Debug, Default)]
+pub struct Cursors(std::collections::HashMap<String, usize>);
+
+impl Cursors {
+    /// Where map `key`'s open iterations begin, if known.
+    pub fn at(&self, key: &str) -> Option<usize> {
+        self.0.get(key).copied()
+    }
+
+    /// Drops what is known of map `key` and the maps inside it (it starts
+    /// again, or ended).
+    pub fn forget(&mut self, key: &str) {
+        let inner = format!("{key}.");
+        self.0.retain(|k, _| k != key && !k.starts_with(&inner));
+    }
+}
+
 /// Decides what happens next in a run.
 pub fn plan(wf: &Workflow, recs: &Records, now: DateTime<Utc>) -> Plan {
+    plan_from(wf, recs, now, &mut Cursors::default())
+}
+
+/// `plan`, starting each map at its cursor (and moving the cursors on).
+pub fn plan_from(wf: &Workflow, recs: &Records, now: DateTime<Utc>, cursors: &mut Cursors) -> Plan {
     let mut p = Plan::default();
-    match plan_scope(&wf.steps, "", recs, now, &mut p) {
+    match plan_scope(&wf.steps, "", recs, now, &mut p, cursors) {
         Scope::Done => {
             p = Plan {
                 outcome: Some(Outcome::Completed),
@@ -114,6 +141,7 @@ fn plan_scope(
     recs: &Records,
     now: DateTime<Utc>,
     p: &mut Plan,
+    cursors: &mut Cursors,
 ) -> Scope {
     let mut done = true;
     for step in steps {
@@ -145,7 +173,7 @@ fn plan_scope(
             StepStatus::Running => {
                 done = false;
                 match (&step.kind, rec) {
-                    (StepKind::Map(map), Some(r)) => plan_map(map, &key, r, recs, now, p),
+                    (StepKind::Map(map), Some(r)) => plan_map(map, &key, r, recs, now, p, cursors),
                     _ => p.running = true,
                 }
             }
@@ -216,12 +244,15 @@ fn plan_map(
     recs: &Records,
     now: DateTime<Utc>,
     p: &mut Plan,
+    cursors: &mut Cursors,
 ) {
     let n = rec.items.as_ref().map_or(0, Vec::len);
+    let from = cursors.0.get(key).copied().unwrap_or(0).min(n);
+    let mut finished_before = from;
     let mut inner = Plan::default();
     let mut open = 0;
     let mut all_done = true;
-    for i in 0..n {
+    for i in from..n {
         let prefix = format!("{key}.{i}.");
         let started = map
             .steps
@@ -232,8 +263,12 @@ fn plan_map(
             all_done = false;
             break;
         }
-        match plan_scope(&map.steps, &prefix, recs, now, &mut inner) {
-            Scope::Done => {}
+        match plan_scope(&map.steps, &prefix, recs, now, &mut inner, cursors) {
+            Scope::Done => {
+                if finished_before == i {
+                    finished_before = i + 1;
+                }
+            }
             Scope::Active => {
                 all_done = false;
                 open += 1;
@@ -250,6 +285,7 @@ fn plan_map(
             }
         }
     }
+    cursors.0.insert(key.to_owned(), finished_before);
     if all_done {
         p.decisions.push(Decision::CompleteMap {
             key: key.to_owned(),

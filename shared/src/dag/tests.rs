@@ -264,3 +264,37 @@ fn closing_a_run_cancels_what_is_open() {
     assert_eq!(recs["b"].status, StepStatus::Cancelled);
     assert_eq!(recs["c"].status, StepStatus::Cancelled);
 }
+
+#[test]
+fn a_maps_cursor_skips_finished_iterations_and_plans_the_same() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "m", "type": "map", "items": "{{ trigger }}", "concurrency": 2, "step": {"id": "s", "type": "approval"}}
+    ]}));
+    let mut m = StepRecord::new("m", "map");
+    m.status = StepStatus::Running;
+    m.items = Some((0..6).map(|i| json!(i)).collect());
+    let mut recs = Records::new();
+    recs.insert("m".into(), m);
+    let mut cursors = Cursors::default();
+    let waiting = |k: &str| {
+        let mut r = StepRecord::new(k, "approval");
+        r.status = StepStatus::Waiting;
+        r
+    };
+    // Iterations finish out of order: the cursor stops at the first open
+    // one, and every plan from it equals a plan from the start.
+    for (finish, expect_cursor) in [(None, 0), (Some(1), 0), (Some(0), 2), (Some(2), 3)] {
+        if let Some(i) = finish {
+            let k = format!("m.{i}.s");
+            recs.insert(k.clone(), rec(&k, StepStatus::Succeeded, json!(i)));
+        }
+        let with = plan_from(&w, &recs, t0(), &mut cursors);
+        assert_eq!(with, plan(&w, &recs, t0()));
+        assert_eq!(cursors.at("m"), Some(expect_cursor));
+        for k in starts(&with).iter().map(|k| k.to_string()).collect::<Vec<_>>() {
+            recs.insert(k.clone(), waiting(&k));
+        }
+    }
+    cursors.forget("m");
+    assert_eq!(cursors.at("m"), None);
+}

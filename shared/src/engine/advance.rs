@@ -127,8 +127,9 @@ pub fn advance(
         .filter(|r| r.status == StepStatus::Running)
         .filter(|r| wf.step_by_key(&r.key).is_some_and(|s| s.kind.is_external()))
         .count();
+    let mut cursors = dag::Cursors::default();
     loop {
-        let plan = dag::plan(wf, recs, now);
+        let plan = dag::plan_from(wf, recs, now, &mut cursors);
         if let Some(outcome) = plan.outcome {
             return finish(wf, info, recs, now, outcome, fx);
         }
@@ -153,6 +154,15 @@ pub fn advance(
             applied += 1;
             applied_now += 1;
             let key = d.key().to_owned();
+            if matches!(
+                d,
+                Decision::Start { .. } | Decision::CompleteMap { .. } | Decision::FailMap { .. }
+            ) && wf
+                .step_by_key(&key)
+                .is_some_and(|s| matches!(s.kind, StepKind::Map(_)))
+            {
+                cursors.forget(&key);
+            }
             let before = recs.get(&key).map_or(0, |r| r.size);
             apply(wf, info, recs, now, d, &mut fx);
             let after = recs.get(&key).map_or(0, |r| r.size);

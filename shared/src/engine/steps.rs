@@ -10,7 +10,7 @@ use crate::dsl::{Delay, Step, StepKind, Transform, TransformAction};
 use crate::template::{self, Context, TemplateError};
 
 /// Most items a map step may iterate over.
-pub const MAX_MAP_ITEMS: usize = 10_000;
+pub const MAX_MAP_ITEMS: usize = 100_000;
 
 /// What a step does when started.
 #[derive(Debug)]
