@@ -52,7 +52,9 @@ fn fan_out(n: usize) -> Value {
 async fn noop_server() -> String {
     use axum::routing::any;
     let app = axum::Router::new().route("/noop", any(|| async { axum::Json(json!({"ok": true})) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     base
@@ -61,7 +63,8 @@ async fn noop_server() -> String {
 fn http_chain(n: usize, base: &str) -> Value {
     let steps: Vec<Value> = (0..n)
         .map(|i| {
-            let mut s = json!({"id": format!("h{i}"), "type": "http", "url": format!("{base}/noop")});
+            let mut s =
+                json!({"id": format!("h{i}"), "type": "http", "url": format!("{base}/noop")});
             if i > 0 {
                 s["depends_on"] = json!([format!("h{}", i - 1)]);
             }
@@ -96,37 +99,41 @@ async fn median_run(
     d[d.len() / 2]
 }
 
-/// S1 and S2: how the time per item or step grows with a run's size.
-async fn scale(p: &Platform, ws: &weft::domain::WorkspaceId, base_url: &str) {
-    let map_max: usize = std::env::var("WEFT_BENCH_MAP_MAX")
+/// Builds the definition of a scale row's run of size N.
+type Build = Box<dyn Fn(usize) -> Value>;
+
+/// Sizes up to the limit an environment variable sets.
+fn sizes(all: &[usize], var: &str, default: usize) -> Vec<usize> {
+    let max: usize = std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let rows: [(&str, &str, Vec<usize>, fn(usize) -> Value); 2] = [
+        .unwrap_or(default);
+    all.iter().copied().filter(|n| *n <= max).collect()
+}
+
+/// S1–S3: how the time per item or step grows with a run's size.
+async fn scale(p: &Platform, ws: &weft::domain::WorkspaceId, base_url: &str) {
+    let url = base_url.to_owned();
+    let rows: Vec<(&str, &str, Vec<usize>, Build)> = vec![
         (
             "S1 map",
             "scale_map",
-            [100, 1_000, 10_000, 100_000]
-                .into_iter()
-                .filter(|n| *n <= map_max)
-                .collect(),
-            map_of,
+            sizes(&[100, 1_000, 10_000, 100_000], "WEFT_BENCH_MAP_MAX", 10_000),
+            Box::new(map_of),
         ),
-        ("S2 fan-out", "scale_fan", vec![50, 500, 999], fan_out),
+        (
+            "S2 fan-out",
+            "scale_fan",
+            vec![50, 500, 999],
+            Box::new(fan_out),
+        ),
+        (
+            "S3 http map",
+            "scale_http",
+            sizes(&[100, 1_000, 10_000], "WEFT_BENCH_HTTP_MAP_MAX", 1_000),
+            Box::new(move |n| http_map(n, &url)),
+        ),
     ];
-    let http_max: usize = std::env::var("WEFT_BENCH_HTTP_MAP_MAX")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000);
-    let url = base_url.to_owned();
-    let http_rows: Vec<usize> = [100, 1_000, 10_000].into_iter().filter(|n| *n <= http_max).collect();
-    let rows = rows.into_iter().map(|(l, p, s, b)| (l, p, s, Box::new(b) as Box<dyn Fn(usize) -> Value>));
-    let rows = rows.chain(std::iter::once((
-        "S3 http map",
-        "scale_http",
-        http_rows,
-        Box::new(move |n| http_map(n, &url)) as Box<dyn Fn(usize) -> Value>,
-    )));
     for (label, prefix, sizes, build) in rows {
         let mut base = None;
         for n in sizes {

@@ -224,3 +224,34 @@ async fn a_map_holds_at_most_its_concurrency_in_flight() {
     let max = seen["max"].as_u64().unwrap_or(0);
     assert!((2..=3).contains(&max), "{seen}");
 }
+
+#[tokio::test]
+async fn results_and_an_approval_arriving_together_are_all_kept() {
+    // The map's results are recorded by the run's passes (from the records
+    // the orchestrator keeps between them) while the approval is completed
+    // through the API: neither may overwrite the other.
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    let wf = app
+        .create_workflow(json!({"name": "both", "steps": [
+            {"id": "m", "type": "map", "items": "{{ range(30) | list }}", "concurrency": 3,
+             "step": {"id": "call", "type": "http", "url": "{{ trigger.base }}/inflight/both"},
+             "output": "{{ index }}"},
+            {"id": "ok", "type": "approval"},
+            {"id": "end", "type": "transform", "depends_on": ["m", "ok"],
+             "inputs": {"n": "{{ m | length }}", "sum": "{{ m | sum }}", "by": "{{ ok.by }}"}}
+        ]}))
+        .await;
+    let run = app.start_run(&wf, json!({"base": up})).await;
+    app.wait_run(&run, |b| step(b, "ok")["status"] == "waiting")
+        .await;
+    let r = app
+        .post(
+            &format!("/v1/runs/{run}/steps/ok/complete"),
+            json!({"output": {"by": "ada"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["output"], json!({"n": 30, "sum": 435, "by": "ada"}));
+}

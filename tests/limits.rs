@@ -273,9 +273,7 @@ async fn documented_limits_hold_at_their_edges() {
             {"id": "m", "type": "map", "items": "{{ trigger.items }}", "step": {"id": "t", "type": "transform", "inputs": 1}}
         ]}))
         .await;
-    let run = app
-        .start_run(&wf, json!({"items": vec![0; 100_001]}))
-        .await;
+    let run = app.start_run(&wf, json!({"items": vec![0; 100_001]})).await;
     let done = app.wait_finished(&run).await;
     assert_eq!(done["status"], "FAILED", "{done}");
     assert!(

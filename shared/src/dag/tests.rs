@@ -291,7 +291,11 @@ fn a_maps_cursor_skips_finished_iterations_and_plans_the_same() {
         let with = plan_from(&w, &recs, t0(), &mut cursors);
         assert_eq!(with, plan(&w, &recs, t0()));
         assert_eq!(cursors.at("m"), Some(expect_cursor));
-        for k in starts(&with).iter().map(|k| k.to_string()).collect::<Vec<_>>() {
+        for k in starts(&with)
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+        {
             recs.insert(k.clone(), waiting(&k));
         }
     }

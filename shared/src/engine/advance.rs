@@ -106,6 +106,19 @@ pub fn advance(
     now: DateTime<Utc>,
     limits: Limits,
 ) -> Advanced {
+    advance_from(wf, info, recs, now, limits, &mut dag::Cursors::default())
+}
+
+/// `advance`, planning maps from `cursors` (kept by a driver that holds
+/// the run's records between calls; see `dag::Cursors`).
+pub fn advance_from(
+    wf: &Workflow,
+    info: RunInfo<'_>,
+    recs: &mut Records,
+    now: DateTime<Utc>,
+    limits: Limits,
+    cursors: &mut dag::Cursors,
+) -> Advanced {
     let mut fx = Effects::default();
     let mut applied = 0;
     let max_changes = limits
@@ -127,9 +140,8 @@ pub fn advance(
         .filter(|r| r.status == StepStatus::Running)
         .filter(|r| wf.step_by_key(&r.key).is_some_and(|s| s.kind.is_external()))
         .count();
-    let mut cursors = dag::Cursors::default();
     loop {
-        let plan = dag::plan_from(wf, recs, now, &mut cursors);
+        let plan = dag::plan_from(wf, recs, now, cursors);
         if let Some(outcome) = plan.outcome {
             return finish(wf, info, recs, now, outcome, fx);
         }

@@ -54,8 +54,18 @@ struct Inner {
     attempt_slots: Arc<FairSlots>,
     /// Executors of I/O steps, by step type.
     executors: HashMap<String, Arc<dyn StepExecutor>>,
-    /// Attempts of I/O steps being executed now: (run, step key, attempt).
+    /// Attempts of I/O steps being executed now, or whose result waits in
+    /// `results` for the run's next pass: (run, step key, attempt).
     in_flight: Mutex<HashSet<(RunKey, String, u32)>>,
+    /// Results of attempts, by run, for the run's next pass to record: the
+    /// pass is the run's one writer, so results never race it, and it
+    /// records all that came in since the last one in one write.
+    results: Mutex<HashMap<RunKey, Vec<tick::StepResult>>>,
+    /// The step records of runs being driven, as of the revision the last
+    /// pass wrote (`tick::RecordCache`): a pass with nothing written in
+    /// between reads only the run row. Dropped once a run has nothing in
+    /// flight and nothing left to do now, or finishes.
+    records: Mutex<HashMap<RunKey, tick::Kept>>,
     finished: tokio::sync::broadcast::Sender<(RunKey, RunStatus)>,
     /// The start-up recovery journal, while runs resumed are taking their
     /// first pass.
@@ -80,6 +90,8 @@ impl Embedded {
             attempt_slots: Arc::new(FairSlots::new(PARALLEL_ATTEMPTS, ATTEMPTS_PER_WORKSPACE)),
             executors,
             in_flight: Mutex::new(HashSet::new()),
+            results: Mutex::new(HashMap::new()),
+            records: Mutex::new(HashMap::new()),
             finished: tokio::sync::broadcast::channel(4096).0,
             recovery: OnceLock::new(),
             me: me.clone(),
@@ -202,6 +214,10 @@ impl Inner {
                 Some(again) if *again => *again = false,
                 _ => {
                     active.remove(&key);
+                    drop(active);
+                    if !self.has_in_flight(&key) {
+                        self.forget_records(&key);
+                    }
                     return;
                 }
             }
@@ -249,6 +265,11 @@ impl Inner {
             Ok(r) => r,
             Err(e) if e.is_panic() => {
                 tracing::error!("a pass of the run panicked; failing the run");
+                // What the pass held goes with it: the run ends here.
+                self.forget_records(key);
+                if let Ok(mut f) = self.in_flight.lock() {
+                    f.retain(|(r, _, _)| r != key);
+                }
                 let error = StepError::permanent(
                     "internal_error",
                     "the engine failed on this run (a bug, logged by the server)",
@@ -301,22 +322,70 @@ impl Inner {
             let attempts = d.iter().map(|d| (d.key.as_str(), d.attempt));
             self.set_in_flight(key, attempts, on)
         };
+        let results = self.take_results(key);
+        let cache = RunRecords { inner: self, key };
         let driving = tick::Driving {
             in_flight: InFlight::Known(&in_flight),
             max_dispatch: None,
             holder: None,
             claim: &claim,
+            results: &results,
+            cache: Some(&cache),
         };
-        let Some(t) = tick::tick(self.stores(), &key.0, &key.1, &driving).await? else {
+        let ticked = tick::tick(self.stores(), &key.0, &key.1, &driving).await;
+        match &ticked {
+            // Not written: the next pass records them.
+            Err(_) => self.put_back_results(key, results),
+            // Recorded, or dropped as stale: no longer in flight.
+            Ok(_) => {
+                let done = results.iter().map(|r| (r.key.as_str(), r.attempt));
+                self.set_in_flight(key, done, false);
+            }
+        }
+        let Some(t) = ticked? else {
+            self.forget_records(key);
             return Ok(None);
         };
         if t.finished {
+            self.forget_records(key);
             let _ = self.finished.send((key.clone(), t.run.status));
         }
         for d in &t.dispatch {
             self.execute(key.clone(), t.call(d));
         }
         Ok(t.run.wake_at)
+    }
+
+    fn take_results(&self, run: &RunKey) -> Vec<tick::StepResult> {
+        self.results
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(run))
+            .unwrap_or_default()
+    }
+
+    fn put_back_results(&self, run: &RunKey, mut taken: Vec<tick::StepResult>) {
+        if taken.is_empty() {
+            return;
+        }
+        if let Ok(mut r) = self.results.lock() {
+            let pending = r.entry(run.clone()).or_default();
+            taken.append(pending);
+            *pending = taken;
+        }
+    }
+
+    fn has_in_flight(&self, run: &RunKey) -> bool {
+        self.in_flight
+            .lock()
+            .map(|f| f.iter().any(|(r, _, _)| r == run))
+            .unwrap_or(false)
+    }
+
+    fn forget_records(&self, run: &RunKey) {
+        if let Ok(mut c) = self.records.lock() {
+            c.remove(run);
+        }
     }
 
     fn is_in_flight(&self, run: &RunKey, step: &str, attempt: u32) -> bool {
@@ -370,22 +439,36 @@ impl Inner {
                         "the step's executor failed (a bug, logged by the server)",
                     )),
                 };
-                let recorded = tick::record(
-                    me.stores(),
-                    &run.0,
-                    &run.1,
-                    &call.step_key,
-                    call.attempt,
-                    result,
-                )
-                .await;
-                if let Err(e) = recorded {
-                    tracing::error!(error = %e, "recording a step result failed; the attempt will be retried");
+                // The run's next pass records it (and only then is the
+                // attempt no longer in flight).
+                if let Ok(mut r) = me.results.lock() {
+                    r.entry(run.clone()).or_default().push(tick::StepResult {
+                        key: call.step_key.clone(),
+                        attempt: call.attempt,
+                        result,
+                    });
                 }
-                me.set_in_flight(&run, [(call.step_key.as_str(), call.attempt)], false);
                 me.wake(run);
             }
             .instrument(span),
         );
+    }
+}
+
+/// One run's entry in the orchestrator's record cache.
+struct RunRecords<'a> {
+    inner: &'a Inner,
+    key: &'a RunKey,
+}
+
+impl tick::RecordCache for RunRecords<'_> {
+    fn take(&self) -> Option<tick::Kept> {
+        self.inner.records.lock().ok()?.remove(self.key)
+    }
+
+    fn keep(&self, kept: tick::Kept) {
+        if let Ok(mut c) = self.inner.records.lock() {
+            c.insert(self.key.clone(), kept);
+        }
     }
 }

@@ -187,6 +187,8 @@ async fn an_approval_past_its_deadline_is_refused() {
         max_dispatch: None,
         holder: None,
         claim: &|_, _| {},
+        results: &[],
+        cache: None,
     };
     let t = super::tick::tick(stores, &ws, &run.id, &driving)
         .await

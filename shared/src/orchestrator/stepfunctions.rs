@@ -432,6 +432,8 @@ async fn answer(
         max_dispatch: Some(MAX_DISPATCH),
         holder: Some(holder),
         claim: &|_, _| {},
+        results: &[],
+        cache: None,
     };
     let ticked = tick::tick(s, &ws, &run_id, &driving).await?;
     let mut out = PlanResponse::new(ws, run_id, Next::Finished);

@@ -7,10 +7,10 @@ use chrono::Utc;
 
 use super::lease;
 use crate::app::{DefinitionCache, DefinitionError};
-use crate::dag::Records;
+use crate::dag::{Cursors, Records};
 use crate::domain::*;
 pub use crate::engine::Dispatch;
-use crate::engine::{InFlight, Limits, RunInfo, advance, interrupt_orphans, record_external};
+use crate::engine::{InFlight, Limits, RunInfo, advance_from, interrupt_orphans, record_external};
 use crate::ports::{RunStore, RunWrite, StepCall, StepExecutor, StoreError, WorkflowStore};
 
 /// Where a driver reads and writes runs.
@@ -74,6 +74,37 @@ pub struct Driving<'a> {
     /// Called with a pass's dispatches before its write is tried (`true`)
     /// and after the write lost (`false`).
     pub claim: &'a (dyn Fn(&[Dispatch], bool) + Sync),
+    /// Results of attempts to record in this pass's write (stale ones, of a
+    /// run that moved on, are dropped).
+    pub results: &'a [StepResult],
+    /// The driver's copy of the run's records, if it keeps one.
+    pub cache: Option<&'a dyn RecordCache>,
+}
+
+/// The result of an I/O attempt, handed to the pass that records it (the
+/// embedded driver executes attempts itself and is the run's one writer).
+#[derive(Clone, Debug)]
+pub struct StepResult {
+    pub key: String,
+    pub attempt: u32,
+    pub result: Result<serde_json::Value, StepError>,
+}
+
+/// A run's step records as of a revision, with where its maps' open
+/// iterations begin (`dag::Cursors`), as a driver keeps them between passes.
+pub struct Kept {
+    pub revision: u64,
+    pub records: Records,
+    pub cursors: Cursors,
+}
+
+/// Where a driver keeps a run's records between its passes, so a pass reads
+/// only the run row when nothing else wrote since (every write moves the
+/// run's revision on) and plans its maps from where the last pass left.
+pub trait RecordCache: Sync {
+    /// What is kept (taken out: the pass owns it).
+    fn take(&self) -> Option<Kept>;
+    fn keep(&self, kept: Kept);
 }
 
 /// The execution holding a run's lease (see `lease`).
@@ -130,6 +161,35 @@ pub async fn load_active(
     )))
 }
 
+/// The run and its steps for a pass: the steps from the driver's cache when
+/// it holds them at the stored revision, else from the store.
+async fn load_for_pass(
+    s: Stores<'_>,
+    ws: &WorkspaceId,
+    id: &RunId,
+    cache: Option<&dyn RecordCache>,
+) -> anyhow::Result<Option<(RunRecord, Records, Cursors)>> {
+    let Some(kept) = cache.and_then(|c| c.take()) else {
+        return Ok(load_active(s, ws, id)
+            .await?
+            .map(|(run, recs)| (run, recs, Cursors::default())));
+    };
+    let Some(run) = s.runs.get_run(ws, id).await.context("reading the run")? else {
+        return Ok(None);
+    };
+    if run.status.is_terminal() {
+        return Ok(None);
+    }
+    if run.revision == kept.revision {
+        return Ok(Some((run, kept.records, kept.cursors)));
+    }
+    // Written since: its steps as stored now (a write between these two
+    // reads moves the revision on, and the pass's write then conflicts).
+    let steps = s.runs.get_steps(ws, id).await.context("reading the run")?;
+    let recs = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
+    Ok(Some((run, recs, Cursors::default())))
+}
+
 /// Advances the run once and commits it. Returns None if the run is gone
 /// or already finished.
 pub async fn tick(
@@ -139,7 +199,9 @@ pub async fn tick(
     driving: &Driving<'_>,
 ) -> anyhow::Result<Option<Ticked>> {
     loop {
-        let Some((mut run, mut recs)) = load_active(s, ws, id).await? else {
+        let Some((mut run, mut recs, mut cursors)) =
+            load_for_pass(s, ws, id, driving.cache).await?
+        else {
             return Ok(None);
         };
         let now = Utc::now();
@@ -185,6 +247,17 @@ pub async fn tick(
         let mut awaits_event = false;
         let mut progressed = wf.is_none() || !logs.is_empty();
         if let Some(wf) = &wf {
+            let mut recorded = Vec::new();
+            for r in driving.results {
+                let result = r.result.clone();
+                if let Some(line) =
+                    record_external(wf, &mut recs, id.as_str(), &r.key, r.attempt, result, now)
+                {
+                    tracing::info!(step_id = %r.key, "{}", line.message);
+                    logs.push(line);
+                    recorded.push(r.key.clone());
+                }
+            }
             let orphans = interrupt_orphans(
                 wf,
                 &mut recs,
@@ -203,7 +276,7 @@ pub async fn tick(
                 max_changes: s.runs.write_limits().max_steps,
                 max_dispatch: driving.max_dispatch,
             };
-            let adv = cpu(|| advance(wf, info, &mut recs, now, limits));
+            let adv = cpu(|| advance_from(wf, info, &mut recs, now, limits, &mut cursors));
             let before = (run.status, run.wake_at);
             run.status = adv.status;
             // An attempt still in flight is looked at again at its deadline.
@@ -216,7 +289,10 @@ pub async fn tick(
                 run.output = adv.output.clone();
                 run.error = adv.error.clone();
             }
-            let mut keys = orphans.changed;
+            // Each changed step once (a store writes an item once per write).
+            let mut keys: std::collections::BTreeSet<String> =
+                orphans.changed.into_iter().collect();
+            keys.extend(recorded);
             keys.extend(adv.changed);
             progressed |= !keys.is_empty()
                 || !logs.is_empty()
@@ -254,6 +330,13 @@ pub async fn tick(
             }
         }
         if !progressed && !lease_changed {
+            if let Some(c) = driving.cache {
+                c.keep(Kept {
+                    revision: run.revision,
+                    records: recs,
+                    cursors,
+                });
+            }
             return Ok(Some(Ticked {
                 run,
                 dispatch: Vec::new(),
@@ -272,6 +355,13 @@ pub async fn tick(
         (driving.claim)(&dispatch, true);
         match s.runs.save_run(&write).await {
             Ok(()) => {
+                if let Some(c) = driving.cache.filter(|_| !finished) {
+                    c.keep(Kept {
+                        revision: write.run.revision,
+                        records: recs,
+                        cursors,
+                    });
+                }
                 if finished {
                     let r = &write.run;
                     let ms = r
