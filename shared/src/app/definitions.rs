@@ -23,7 +23,10 @@ pub enum DefinitionError {
     Missing,
     #[error("stored definition no longer parses: {0}")]
     Invalid(String),
-    #[error(transparent)]
+    /// Kept as the source (not `transparent`), so whoever classifies the
+    /// error finds the `StoreError` in its chain (a throttle stays
+    /// retryable).
+    #[error("the workflow could not be read")]
     Store(#[from] StoreError),
 }
 

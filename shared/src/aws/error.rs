@@ -61,3 +61,33 @@ impl From<FunctionError> for lambda_runtime::Diagnostic {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    use super::*;
+    use crate::app::DefinitionError;
+
+    #[test]
+    fn store_trouble_under_other_errors_stays_retryable() {
+        let throttled = || StoreError::Unavailable("DynamoDB: ThrottlingException".into());
+        // As a pass or a step result meets it: reading the definition
+        // through the cache, then context.
+        let e = Err::<(), _>(DefinitionError::Store(throttled()))
+            .context("loading the workflow")
+            .unwrap_err();
+        let f = FunctionError::from_core(e);
+        assert_eq!(f.error_type(), "StoreUnavailable", "{f}");
+        assert!(f.to_string().contains("ThrottlingException"), "{f}");
+        let e = Err::<(), _>(throttled())
+            .context("saving the run")
+            .unwrap_err();
+        assert_eq!(FunctionError::from_core(e).error_type(), "StoreUnavailable");
+        // What is not store trouble is not retried.
+        let e = Err::<(), _>(DefinitionError::Missing)
+            .context("loading the workflow")
+            .unwrap_err();
+        assert_eq!(FunctionError::from_core(e).error_type(), "Internal");
+    }
+}
