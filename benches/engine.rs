@@ -7,6 +7,7 @@
 //!       possible by 32 concurrent clients: completed runs per second
 //!   W4  a 10-step chain of http steps to a local no-op server (each a real
 //!       I/O step, recorded before the next starts), over 30 runs
+//!   W1, W4 and W3 again in durable mode (`synchronous=FULL`, group commit)
 //!   S1  scale: one run mapping N transform items (concurrency 10), for N
 //!       from 100 up; time per item, and its ratio to the 100-item run
 //!   S2  scale: one run fanning out to N transform steps and a join (up to
@@ -191,98 +192,139 @@ async fn latencies(
     out
 }
 
+/// A platform on a fresh database with the benchmark's workflows.
+async fn bench_platform(
+    dir: &std::path::Path,
+    durability: weft::adapters::sqlite::Durability,
+    noop: &str,
+) -> (Arc<Platform>, weft::domain::WorkspaceId, String) {
+    let config = weft::platform::PlatformConfig {
+        egress: weft::adapters::http::EgressPolicy::allowing("127.0.0.0/8").expect("policy"),
+        durability,
+        ..Default::default()
+    };
+    let platform = Arc::new(
+        Platform::open_with(&dir.join("bench.db"), config)
+            .await
+            .expect("platform"),
+    );
+    let (ws, key) = platform
+        .create_workspace("bench", None)
+        .await
+        .expect("workspace");
+    for (id, def) in [
+        ("chain10", chain(10)),
+        ("fan50", fan_out(50)),
+        ("chain3", chain(3)),
+        ("httpchain10", http_chain(10, noop)),
+    ] {
+        let mut def = def;
+        def["id"] = json!(id);
+        platform
+            .app
+            .create_workflow(&ws, def)
+            .await
+            .expect("workflow");
+    }
+    let _ = latencies(&platform, &ws, "chain10", 10).await; // warm-up
+    let _ = latencies(&platform, &ws, "httpchain10", 5).await;
+    (platform, ws, key)
+}
+
+fn report(label: &str, d: &[Duration], target: &str) {
+    println!(
+        "{label} median {:.2} ms   p95 {:.2} ms   ({} runs; target: {target})",
+        ms(percentile(d, 0.5)),
+        ms(percentile(d, 0.95)),
+        d.len()
+    );
+}
+
+/// W3: completed runs per second of 500 runs started through the API by
+/// 32 clients.
+async fn w3(platform: &Arc<Platform>, key: &str) -> (f64, Duration) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = platform.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
+    let mut events = platform.orchestrator.subscribe_finished();
+    const RUNS: usize = 500;
+    const CLIENTS: usize = 32;
+    let t = Instant::now();
+    let submitters: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (client, base, key) = (client.clone(), base.clone(), key.to_owned());
+            tokio::spawn(async move {
+                for i in (c..RUNS).step_by(CLIENTS) {
+                    let r = client
+                        .post(format!("{base}/v1/workflows/chain3/runs"))
+                        .bearer_auth(&key)
+                        .json(&json!({"input": {"v": i}}))
+                        .send()
+                        .await
+                        .expect("submit");
+                    assert_eq!(r.status(), 202);
+                }
+            })
+        })
+        .collect();
+    let mut done = 0;
+    while done < RUNS {
+        let (_, status) = events.recv().await.expect("event");
+        assert_eq!(status, RunStatus::Completed);
+        done += 1;
+    }
+    let elapsed = t.elapsed();
+    for s in submitters {
+        s.await.expect("submitter");
+    }
+    (RUNS as f64 / elapsed.as_secs_f64(), elapsed)
+}
+
 fn main() {
+    use weft::adapters::sqlite::Durability;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let dir = tempfile::tempdir().expect("dir");
-        let config = weft::platform::PlatformConfig {
-            egress: weft::adapters::http::EgressPolicy::allowing("127.0.0.0/8").expect("policy"),
-            ..Default::default()
-        };
-        let platform = Arc::new(
-            Platform::open_with(&dir.path().join("bench.db"), config)
-                .await
-                .expect("platform"),
-        );
         let noop = noop_server().await;
-        let (ws, key) = platform.create_workspace("bench", None).await.expect("workspace");
-        for (id, def) in [
-            ("chain10", chain(10)),
-            ("fan50", fan_out(50)),
-            ("chain3", chain(3)),
-            ("httpchain10", http_chain(10, &noop)),
-        ] {
-            let mut def = def;
-            def["id"] = json!(id);
-            platform.app.create_workflow(&ws, def).await.expect("workflow");
-        }
-        let _ = latencies(&platform, &ws, "chain10", 10).await; // warm-up
+        let dir = tempfile::tempdir().expect("dir");
+        let (platform, ws, key) = bench_platform(dir.path(), Durability::Normal, &noop).await;
 
         let w1 = latencies(&platform, &ws, "chain10", 60).await;
-        println!(
-            "W1 10-step chain:       median {:.2} ms   p95 {:.2} ms   (60 runs; target: median <= 10 ms)",
-            ms(percentile(&w1, 0.5)),
-            ms(percentile(&w1, 0.95))
-        );
+        report("W1 10-step chain:      ", &w1, "median <= 10 ms");
         let w2 = latencies(&platform, &ws, "fan50", 30).await;
-        println!(
-            "W2 50-way fan-out+join: median {:.2} ms   p95 {:.2} ms   (30 runs; target: median <= 25 ms)",
-            ms(percentile(&w2, 0.5)),
-            ms(percentile(&w2, 0.95))
-        );
-
-        let _ = latencies(&platform, &ws, "httpchain10", 5).await; // warm-up
+        report("W2 50-way fan-out+join:", &w2, "median <= 25 ms");
         let w4 = latencies(&platform, &ws, "httpchain10", 30).await;
+        report("W4 10 http steps chain:", &w4, "median <= 10 ms");
+        let (rate, took) = w3(&platform, &key).await;
         println!(
-            "W4 10 http steps chain: median {:.2} ms   p95 {:.2} ms   (30 runs; target: median <= 10 ms)",
-            ms(percentile(&w4, 0.5)),
-            ms(percentile(&w4, 0.95))
+            "W3 500 API runs:        {rate:.0} completed runs/s   ({:.2} s, 32 clients; target: >= 2000 runs/s)",
+            took.as_secs_f64()
         );
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let router = platform.router();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
-        let mut events = platform.orchestrator.subscribe_finished();
-        const RUNS: usize = 500;
-        const CLIENTS: usize = 32;
-        let t = Instant::now();
-        let submitters: Vec<_> = (0..CLIENTS)
-            .map(|c| {
-                let (client, base, key) = (client.clone(), base.clone(), key.clone());
-                tokio::spawn(async move {
-                    for i in (c..RUNS).step_by(CLIENTS) {
-                        let r = client
-                            .post(format!("{base}/v1/workflows/chain3/runs"))
-                            .bearer_auth(&key)
-                            .json(&json!({"input": {"v": i}}))
-                            .send()
-                            .await
-                            .expect("submit");
-                        assert_eq!(r.status(), 202);
-                    }
-                })
-            })
-            .collect();
-        let mut done = 0;
-        while done < RUNS {
-            let (_, status) = events.recv().await.expect("event");
-            assert_eq!(status, RunStatus::Completed);
-            done += 1;
-        }
-        let elapsed = t.elapsed();
-        for s in submitters {
-            s.await.expect("submitter");
-        }
+        // The same with every commit synced to the disk (durable mode).
+        let dir_full = tempfile::tempdir().expect("dir");
+        let (full, ws_full, key_full) = bench_platform(dir_full.path(), Durability::Full, &noop).await;
+        let d1 = latencies(&full, &ws_full, "chain10", 60).await;
+        report("W1 durable:            ", &d1, "none; compare W1");
+        let d4 = latencies(&full, &ws_full, "httpchain10", 30).await;
+        report("W4 durable:            ", &d4, "none; compare W4");
+        let (rate_full, took) = w3(&full, &key_full).await;
         println!(
-            "W3 500 API runs:        {:.0} completed runs/s   ({:.2} s for {RUNS} runs, {CLIENTS} clients; target: >= 2000 runs/s)",
-            RUNS as f64 / elapsed.as_secs_f64(),
-            elapsed.as_secs_f64()
+            "W3 durable:             {rate_full:.0} completed runs/s   ({:.2} s; {:.2}x W3; target: within 1.5x)",
+            took.as_secs_f64(),
+            rate / rate_full
         );
+        drop(full);
+
         if std::env::var("WEFT_BENCH_SCALE").as_deref() != Ok("0") {
             scale(&platform, &ws, &noop).await;
         }

@@ -32,6 +32,10 @@ enum Command {
         /// loopback, link-local and private ranges are refused.
         #[arg(long, default_value = "", env = "WEFT_EGRESS_ALLOW")]
         egress_allow: String,
+        /// Sync every commit to the disk (SQLite `synchronous=FULL`, commits
+        /// grouped): nothing acknowledged is lost to a power loss.
+        #[arg(long, env = "WEFT_DURABLE")]
+        durable: bool,
     },
     /// Check a workflow definition file and list every problem in it.
     Validate {
@@ -48,6 +52,7 @@ pub fn main() -> ExitCode {
             port,
             host,
             egress_allow,
+            durable,
         } => match (
             weft::adapters::http::EgressPolicy::allowing(&egress_allow),
             weft::adapters::llm::LlmConfig::from_env(),
@@ -59,6 +64,11 @@ pub fn main() -> ExitCode {
                     egress,
                     master_key: None,
                     llm,
+                    durability: if durable {
+                        weft::adapters::sqlite::Durability::Full
+                    } else {
+                        weft::adapters::sqlite::Durability::Normal
+                    },
                 },
             ),
             (Err(e), _) => Err(anyhow::anyhow!("--egress-allow: {e}")),

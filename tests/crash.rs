@@ -19,9 +19,14 @@ struct Server {
 }
 
 fn start(dir: &std::path::Path) -> Server {
+    start_with(dir, &[])
+}
+
+fn start_with(dir: &std::path::Path, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["dev", "--port", "0", "--data-dir"])
         .arg(dir)
+        .args(args)
         .env("WEFT_DEV_API_KEY", KEY)
         .env("WEFT_EGRESS_ALLOW", "127.0.0.0/8")
         .env("WEFT_LOG", "warn")
@@ -120,6 +125,50 @@ async fn runs_resume_after_kill_9() {
     let done = app.wait_finished(&gated).await;
     assert_eq!(done["status"], "COMPLETED");
     assert_eq!(done["output"], "yes");
+}
+
+#[tokio::test]
+async fn durable_mode_keeps_what_it_acknowledged() {
+    // `--durable` syncs every commit; what the API acknowledged is there
+    // after a kill, and runs go on as in the default mode.
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start_with(dir.path(), &["--durable"]);
+    let app = TestApp::external(&server.base, KEY);
+    app.create_workflow(json!({"id": "wf_durable", "name": "Durable", "steps": [
+        {"id": "a", "type": "transform", "inputs": "{{ trigger.n * 2 }}"},
+        {"id": "ask", "type": "approval", "depends_on": ["a"]}
+    ]}))
+    .await;
+    let runs: Vec<String> = start_runs(&app, 20).await;
+    for r in &runs {
+        app.wait_run(r, |b| b["status"] == "WAITING").await;
+    }
+    server.kill_9();
+    let server = start_with(dir.path(), &["--durable"]);
+    let app = TestApp::external(&server.base, KEY);
+    for r in &runs {
+        let ok = app
+            .post(
+                &format!("/v1/runs/{r}/steps/ask/complete"),
+                json!({"output": true}),
+            )
+            .await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert_eq!(app.wait_finished(r).await["status"], "COMPLETED");
+    }
+    drop(server);
+}
+
+/// Starts `n` runs of `wf_durable`.
+async fn start_runs(app: &TestApp, n: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    let starts: Vec<_> = (0..n)
+        .map(|i| app.start_run("wf_durable", json!({"n": i})))
+        .collect();
+    for s in starts {
+        out.push(s.await);
+    }
+    out
 }
 
 #[tokio::test]

@@ -74,6 +74,9 @@ pub struct PlatformConfig {
     pub master_key: Option<MasterKey>,
     /// LLM providers for `llm` steps.
     pub llm: LlmConfig,
+    /// How commits reach the disk (`Full`: every acknowledged write
+    /// survives a power loss).
+    pub durability: crate::adapters::sqlite::Durability,
 }
 
 impl Platform {
@@ -86,7 +89,7 @@ impl Platform {
     /// Opens the database at `db` and resumes every unfinished run found there.
     pub async fn open_with(db: &Path, config: PlatformConfig) -> anyhow::Result<Self> {
         let lock = lock(db)?;
-        let mut store = SqliteStore::open(db)?;
+        let mut store = SqliteStore::open_with(db, config.durability)?;
         if let Some(k) = &config.master_key {
             store = store.with_master_key(k.clone());
         }

@@ -2,6 +2,12 @@
 //! at a time; a general pool would only make writers queue on the file lock
 //! with busy-waits) and a few readers, which WAL lets run beside it. Work is
 //! done on tokio's blocking threads.
+//!
+//! Writes are group-committed: writes that queue while one is being
+//! committed go into the next transaction together, each in a savepoint of
+//! its own (a write that fails is rolled back alone), and each caller hears
+//! of its write only once the transaction holding it is committed. With
+//! `synchronous=FULL` (durable mode) that shares one fsync among them.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,10 +18,35 @@ use crate::ports::{StoreError, StoreResult};
 
 const READERS: usize = 4;
 
+/// Most writes committed in one transaction.
+const GROUP: usize = 256;
+
+/// How commits reach the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL` (WAL): a commit survives the process being
+    /// killed; an operating-system crash or power loss can lose the last
+    /// commits.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every acknowledged commit is on the disk (an
+    /// fsync per commit, shared by the writes grouped into it).
+    Full,
+}
+
+/// Tells a write's caller its outcome once the commit is known (None:
+/// committed).
+type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// A queued write: runs in the group's transaction.
+type Job = Box<dyn FnOnce(&Transaction<'_>) -> Done + Send>;
+
 pub(crate) struct Db {
     writer: Mutex<Connection>,
     /// Empty for an in-memory database, where the writer serves reads.
     readers: Mutex<Vec<Connection>>,
+    /// Writes waiting for the writer; `true` while a writer task drains it.
+    queue: Mutex<(Vec<Job>, bool)>,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -30,19 +61,23 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
-fn configure(c: &Connection) -> rusqlite::Result<()> {
+fn configure(c: &Connection, durability: Durability) -> rusqlite::Result<()> {
     c.busy_timeout(std::time::Duration::from_secs(5))?;
     // WAL with synchronous=NORMAL: a commit survives the process being killed
     // (what `kill -9` tests); only an OS crash or power loss can drop the last
-    // commits.
+    // commits. FULL syncs every commit.
     c.pragma_update(None, "journal_mode", "WAL")?;
-    c.pragma_update(None, "synchronous", "NORMAL")?;
+    let sync = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    c.pragma_update(None, "synchronous", sync)?;
     c.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
 
 impl Db {
-    pub(crate) fn open(path: &Path) -> anyhow::Result<Arc<Self>> {
+    pub(crate) fn open(path: &Path, durability: Durability) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context as _;
         let memory = path.as_os_str() == ":memory:";
         let writer = if memory {
@@ -51,7 +86,7 @@ impl Db {
             Connection::open(path)
                 .with_context(|| format!("opening database {}", path.display()))?
         };
-        configure(&writer).context("configuring the database")?;
+        configure(&writer, durability).context("configuring the database")?;
         super::schema::migrate(&writer).context("creating the database schema")?;
         let mut readers = Vec::new();
         if !memory {
@@ -67,30 +102,69 @@ impl Db {
         Ok(Arc::new(Self {
             writer: Mutex::new(writer),
             readers: Mutex::new(readers),
+            queue: Mutex::new((Vec::new(), false)),
         }))
     }
 
-    /// Runs `f` in one immediate transaction, committed if it returns Ok.
+    /// Runs `f` atomically (in a savepoint of a group's immediate
+    /// transaction); returns once that transaction is committed, or with
+    /// `f`'s error after its changes are rolled back.
     pub(crate) async fn write<T, F>(self: &Arc<Self>, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
-        let db = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = db
-                .writer
+        let (tx, rx) = tokio::sync::oneshot::channel::<StoreResult<T>>();
+        let job: Job = Box::new(move |t: &Transaction<'_>| {
+            let out = in_savepoint(t, f);
+            let done: Done = Box::new(move |commit: Option<&StoreError>| {
+                let out = match (out, commit) {
+                    (Ok(_), Some(e)) => Err(StoreError::Unavailable(e.to_string())),
+                    (out, _) => out,
+                };
+                let _ = tx.send(out);
+            });
+            done
+        });
+        let start = {
+            let mut q = self
+                .queue
                 .lock()
                 .map_err(|_| StoreError::Unavailable("database lock poisoned".into()))?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+            q.0.push(job);
+            !std::mem::replace(&mut q.1, true)
+        };
+        if start {
+            let db = Arc::clone(self);
+            tokio::task::spawn_blocking(move || db.drain());
+        }
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?
     }
 
+    /// The writer task: commits queued writes in groups until none are left.
+    fn drain(&self) {
+        loop {
+            let jobs: Vec<Job> = {
+                let Ok(mut q) = self.queue.lock() else { return };
+                if q.0.is_empty() {
+                    q.1 = false;
+                    return;
+                }
+                let n = q.0.len().min(GROUP);
+                q.0.drain(..n).collect()
+            };
+            let mut done = Vec::with_capacity(jobs.len());
+            let commit = match self.writer.lock() {
+                Err(_) => Err(StoreError::Unavailable("database lock poisoned".into())),
+                Ok(mut conn) => run_group(&mut conn, jobs, &mut done),
+            };
+            let error = commit.err();
+            for d in done {
+                d(error.as_ref());
+            }
+        }
+    }
     /// Runs `f` on a reader connection.
     pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> StoreResult<T>
     where
@@ -120,4 +194,36 @@ impl Db {
         .await
         .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
     }
+}
+
+/// Runs a group of writes in one transaction and commits it. A write that
+/// panics is rolled back (its caller hears that the writer stopped); the
+/// others go on.
+fn run_group(conn: &mut Connection, jobs: Vec<Job>, done: &mut Vec<Done>) -> StoreResult<()> {
+    let t = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for job in jobs {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&t))) {
+            Ok(d) => done.push(d),
+            Err(_) => t.execute_batch("ROLLBACK TO write; RELEASE write")?,
+        }
+    }
+    t.commit()?;
+    Ok(())
+}
+
+/// Runs `f` in a savepoint of `t`: kept if it returns Ok, rolled back if
+/// it fails.
+fn in_savepoint<T>(
+    t: &Transaction<'_>,
+    f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
+) -> StoreResult<T> {
+    t.execute_batch("SAVEPOINT write")?;
+    let out = f(t);
+    let end = if out.is_ok() {
+        "RELEASE write"
+    } else {
+        "ROLLBACK TO write; RELEASE write"
+    };
+    t.execute_batch(end)?;
+    out
 }

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use db::Db;
+pub use db::Durability;
 
 /// Implements every store port on one SQLite database.
 #[derive(Clone)]
@@ -33,8 +34,13 @@ impl SqliteStore {
     }
 
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_with(path, Durability::Normal)
+    }
+
+    /// `open`, with how commits reach the disk.
+    pub fn open_with(path: &Path, durability: Durability) -> anyhow::Result<Self> {
         Ok(Self {
-            db: Db::open(path)?,
+            db: Db::open(path, durability)?,
             master: None,
         })
     }
@@ -52,6 +58,67 @@ mod tests {
             .unwrap()
             .with_master_key(MasterKey::generate());
         contract::run_all(contract::Stores::from_one(Arc::new(store))).await;
+    }
+
+    #[tokio::test]
+    async fn passes_the_store_contract_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(&dir.path().join("weft.db"), Durability::Full)
+            .unwrap()
+            .with_master_key(MasterKey::generate());
+        contract::run_all(contract::Stores::from_one(Arc::new(store))).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_writes_commit_or_roll_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("weft.db"), Durability::Full).unwrap();
+        db.write(|t| Ok(t.execute_batch("CREATE TABLE t (n INTEGER)")?))
+            .await
+            .unwrap();
+        // Many writes at once (so they are grouped); the odd ones write and
+        // then fail.
+        let writes: Vec<_> = (0..200)
+            .map(|n: i64| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.write(move |t| {
+                        t.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
+                        if n % 2 == 1 {
+                            return Err(crate::ports::StoreError::Conflict("odd".into()));
+                        }
+                        Ok(n)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for (n, w) in writes.into_iter().enumerate() {
+            match w.await.unwrap() {
+                Ok(v) => {
+                    assert_eq!(v, n as i64);
+                    ok += 1;
+                }
+                Err(e) => assert!(n % 2 == 1, "{n}: {e}"),
+            }
+        }
+        assert_eq!(ok, 100);
+        let (count, odd): (i64, i64) = db
+            .read(|c| {
+                Ok(
+                    c.query_row("SELECT COUNT(*), COALESCE(SUM(n % 2), 0) FROM t", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?,
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (count, odd),
+            (100, 0),
+            "only the writes that succeeded stay"
+        );
     }
 
     #[tokio::test]
