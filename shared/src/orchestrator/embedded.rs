@@ -265,16 +265,18 @@ impl Inner {
             Ok(r) => r,
             Err(e) if e.is_panic() => {
                 tracing::error!("a pass of the run panicked; failing the run");
-                // What the pass held goes with it: the run ends here.
                 self.forget_records(key);
-                if let Ok(mut f) = self.in_flight.lock() {
-                    f.retain(|(r, _, _)| r != key);
-                }
                 let error = StepError::permanent(
                     "internal_error",
                     "the engine failed on this run (a bug, logged by the server)",
                 );
-                if tick::fail(self.stores(), &key.0, &key.1, error).await? {
+                // Until the run is failed, its attempts still executing
+                // stay in flight (a later pass must not run them again).
+                let failed = tick::fail(self.stores(), &key.0, &key.1, error).await?;
+                if let Ok(mut f) = self.in_flight.lock() {
+                    f.retain(|(r, _, _)| r != key);
+                }
+                if failed {
                     let _ = self.finished.send((key.clone(), RunStatus::Failed));
                 }
                 Ok(None)

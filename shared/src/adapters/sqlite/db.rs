@@ -38,8 +38,9 @@ pub enum Durability {
 /// committed).
 type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
-/// A queued write: runs in the group's transaction.
-type Job = Box<dyn FnOnce(&Transaction<'_>) -> Done + Send>;
+/// A queued write: runs in the group's transaction (None: the transaction
+/// was lost before its turn; it fails without running).
+type Job = Box<dyn FnOnce(Option<&Transaction<'_>>) -> Done + Send>;
 
 pub(crate) struct Db {
     writer: Mutex<Connection>,
@@ -115,8 +116,13 @@ impl Db {
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel::<StoreResult<T>>();
-        let job: Job = Box::new(move |t: &Transaction<'_>| {
-            let out = in_savepoint(t, f);
+        let job: Job = Box::new(move |t: Option<&Transaction<'_>>| {
+            let out = match t {
+                Some(t) => in_savepoint(t, f),
+                None => Err(StoreError::Unavailable(
+                    "the database rolled the transaction back".into(),
+                )),
+            };
             let done: Done = Box::new(move |commit: Option<&StoreError>| {
                 let out = match (out, commit) {
                     (Ok(_), Some(e)) => Err(StoreError::Unavailable(e.to_string())),
@@ -127,16 +133,19 @@ impl Db {
             done
         });
         let start = {
-            let mut q = self
-                .queue
-                .lock()
-                .map_err(|_| StoreError::Unavailable("database lock poisoned".into()))?;
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.0.push(job);
             !std::mem::replace(&mut q.1, true)
         };
         if start {
-            let db = Arc::clone(self);
-            tokio::task::spawn_blocking(move || db.drain());
+            // Should the task never run (the runtime shutting down) or stop
+            // early, the guard lets the next write start a writer again and
+            // fails the writes left queued (their callers hear of it).
+            let mut guard = Drainer(Arc::clone(self), true);
+            tokio::task::spawn_blocking(move || {
+                guard.0.drain();
+                guard.released();
+            });
         }
         rx.await
             .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?
@@ -146,7 +155,7 @@ impl Db {
     fn drain(&self) {
         loop {
             let jobs: Vec<Job> = {
-                let Ok(mut q) = self.queue.lock() else { return };
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 if q.0.is_empty() {
                     q.1 = false;
                     return;
@@ -202,13 +211,50 @@ impl Db {
 fn run_group(conn: &mut Connection, jobs: Vec<Job>, done: &mut Vec<Done>) -> StoreResult<()> {
     let t = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in jobs {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&t))) {
+        // SQLite rolls a transaction back by itself on some errors (disk
+        // full, I/O): the writes after that must not run outside it.
+        if t.is_autocommit() {
+            done.push(job(None));
+            continue;
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&t)))) {
             Ok(d) => done.push(d),
+            Err(_) if t.is_autocommit() => {}
             Err(_) => t.execute_batch("ROLLBACK TO write; RELEASE write")?,
         }
     }
+    if t.is_autocommit() {
+        return Err(StoreError::Unavailable(
+            "the database rolled the transaction back".into(),
+        ));
+    }
     t.commit()?;
     Ok(())
+}
+
+/// The writer task's claim on the queue (`true` while it holds it): dropped
+/// still holding it (the task never ran, or stopped early), it gives the
+/// claim up and fails what is queued.
+struct Drainer(Arc<Db>, bool);
+
+impl Drainer {
+    /// `drain` gave the claim up itself.
+    fn released(&mut self) {
+        self.1 = false;
+    }
+}
+
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        if !self.1 {
+            return;
+        }
+        let mut q = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.1 = false;
+        // Dropping a job drops its caller's sender: the caller hears that
+        // the writer stopped.
+        q.0.clear();
+    }
 }
 
 /// Runs `f` in a savepoint of `t`: kept if it returns Ok, rolled back if

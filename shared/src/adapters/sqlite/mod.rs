@@ -121,6 +121,52 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_callers_hear_is_what_is_stored_when_a_transaction_is_lost() {
+        // One write ends the group's transaction (as SQLite does by itself
+        // on a full disk or an I/O error); every caller told Ok must find
+        // its row, every caller told Err must not.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("weft.db"), Durability::Normal).unwrap();
+        db.write(|t| Ok(t.execute_batch("CREATE TABLE t (n INTEGER)")?))
+            .await
+            .unwrap();
+        for round in 0..5 {
+            let writes: Vec<_> = (0..60)
+                .map(|n: i64| {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        db.write(move |t| {
+                            if n == 20 {
+                                t.execute_batch("ROLLBACK")?;
+                                return Ok(());
+                            }
+                            t.execute("INSERT INTO t (n) VALUES (?1)", [round * 100 + n])?;
+                            Ok(())
+                        })
+                        .await
+                        .is_ok()
+                    })
+                })
+                .collect();
+            for (n, w) in writes.into_iter().enumerate() {
+                let told_ok = w.await.unwrap();
+                let id = round * 100 + n as i64;
+                let stored: i64 = db
+                    .read(move |c| {
+                        Ok(c.query_row("SELECT COUNT(*) FROM t WHERE n = ?1", [id], |r| r.get(0))?)
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    stored == 1,
+                    told_ok,
+                    "write {id}: told ok {told_ok}, stored {stored}"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn passes_the_store_contract_in_memory() {
         let store = SqliteStore::open(Path::new(":memory:"))
