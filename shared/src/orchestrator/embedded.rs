@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
 use super::fair::FairSlots;
+use super::kept::{self, KeptRuns};
 use super::recovery::Recovery;
 use super::tick;
 use crate::app::DefinitionCache;
@@ -64,8 +65,9 @@ struct Inner {
     /// The step records of runs being driven, as of the revision the last
     /// pass wrote (`tick::RecordCache`): a pass with nothing written in
     /// between reads only the run row. Dropped once a run has nothing in
-    /// flight and nothing left to do now, or finishes.
-    records: Mutex<HashMap<RunKey, tick::Kept>>,
+    /// flight and nothing left to do now, or finishes; bounded in all
+    /// (`kept`).
+    records: Mutex<KeptRuns>,
     finished: tokio::sync::broadcast::Sender<(RunKey, RunStatus)>,
     /// The start-up recovery journal, while runs resumed are taking their
     /// first pass.
@@ -91,7 +93,7 @@ impl Embedded {
             executors,
             in_flight: Mutex::new(HashSet::new()),
             results: Mutex::new(HashMap::new()),
-            records: Mutex::new(HashMap::new()),
+            records: Mutex::new(KeptRuns::new(kept::BUDGET_BYTES)),
             finished: tokio::sync::broadcast::channel(4096).0,
             recovery: OnceLock::new(),
             me: me.clone(),
@@ -386,7 +388,7 @@ impl Inner {
 
     fn forget_records(&self, run: &RunKey) {
         if let Ok(mut c) = self.records.lock() {
-            c.remove(run);
+            c.forget(run);
         }
     }
 
@@ -465,12 +467,12 @@ struct RunRecords<'a> {
 
 impl tick::RecordCache for RunRecords<'_> {
     fn take(&self) -> Option<tick::Kept> {
-        self.inner.records.lock().ok()?.remove(self.key)
+        self.inner.records.lock().ok()?.take(self.key)
     }
 
     fn keep(&self, kept: tick::Kept) {
         if let Ok(mut c) = self.inner.records.lock() {
-            c.insert(self.key.clone(), kept);
+            c.keep(self.key, kept);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod embedded;
 mod fair;
+mod kept;
 pub mod lease;
 mod recovery;
 pub mod stepfunctions;
