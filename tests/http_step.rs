@@ -5,6 +5,8 @@
 mod common;
 
 use common::{spawn_app, spawn_app_with, step, upstream};
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use weft::platform::PlatformConfig;
 
@@ -254,4 +256,67 @@ async fn results_and_an_approval_arriving_together_are_all_kept() {
     let done = app.wait_finished(&run).await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(done["output"], json!({"n": 30, "sum": 435, "by": "ada"}));
+}
+
+#[tokio::test]
+async fn a_cancelled_runs_attempts_stop_and_free_their_slots() {
+    // Two runs hold every attempt slot of the workspace with calls that
+    // never answer (the second has attempts queued behind the first's).
+    // Cancelling them must stop the calls under way, never start the
+    // queued ones, and leave the slots to the workspace's next run.
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    let wf = app
+        .create_workflow(json!({"name": "hold", "steps": [
+            {"id": "m", "type": "map", "items": "{{ range(300) | list }}", "concurrency": 300,
+             "step": {"id": "call", "type": "http", "url": "{{ trigger.base }}/hold/h",
+                      "timeout": "5m"}}
+        ]}))
+        .await;
+    let a = app.start_run(&wf, json!({"base": up})).await;
+    let b = app.start_run(&wf, json!({"base": up})).await;
+    let calls = || async {
+        upstream::read(&up, "/calls/h").await["calls"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + app.wait_deadline();
+    // The workspace's attempt slots (256) all taken; the rest queue.
+    while calls().await < 256 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "calls: {}",
+            calls().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for run in [&b, &a] {
+        let r = app.post(&format!("/v1/runs/{run}/cancel"), json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // The calls under way are dropped...
+    loop {
+        let now = upstream::read(&up, "/inflight-now/h").await["now"]
+            .as_u64()
+            .unwrap_or(0);
+        if now == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still in flight: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...the slots serve the next run at once...
+    let quick = app
+        .create_workflow(json!({"name": "quick", "steps": [
+            {"id": "call", "type": "http", "url": "{{ trigger.base }}/echo"}
+        ]}))
+        .await;
+    let done = app
+        .wait_finished(&app.start_run(&quick, json!({"base": up})).await)
+        .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    // ...and no queued attempt of the cancelled runs ever started.
+    assert_eq!(calls().await, 256);
 }

@@ -60,7 +60,9 @@ pub async fn spawn() -> String {
         .route("/hold-once/{key}", any(hold_once))
         .route("/calls/{key}", any(calls_of))
         .route("/inflight/{key}", any(inflight))
+        .route("/hold/{key}", any(hold))
         .route("/inflight-max/{key}", any(inflight_max))
+        .route("/inflight-now/{key}", any(inflight_now))
         .with_state(calls);
     super::serve(app).await
 }
@@ -200,4 +202,34 @@ async fn inflight(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> J
 async fn inflight_max(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Json<Value> {
     let max = calls.1.lock().expect("lock").get(&key).map_or(0, |e| e.1);
     Json(json!({"max": max}))
+}
+
+/// Holds every call without an answer for as long as the caller waits,
+/// counting it in flight under `key` until the caller goes away (read with
+/// `/inflight-now/{key}`; `/calls/{key}` counts them all).
+async fn hold(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Json<Value> {
+    struct InFlight(Arc<Calls>, String);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            if let Some(e) = self.0.1.lock().expect("lock").get_mut(&self.1) {
+                e.0 -= 1;
+            }
+        }
+    }
+    calls.bump(&key);
+    {
+        let mut m = calls.1.lock().expect("lock");
+        let e = m.entry(key.clone()).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+    }
+    let _held = InFlight(calls.clone(), key);
+    std::future::pending::<()>().await;
+    Json(json!({}))
+}
+
+/// How many requests `/hold/{key}` has in flight now.
+async fn inflight_now(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Json<Value> {
+    let now = calls.1.lock().expect("lock").get(&key).map_or(0, |e| e.0);
+    Json(json!({"now": now}))
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::fair::FairSlots;
@@ -68,6 +69,10 @@ struct Inner {
     /// flight and nothing left to do now, or finishes; bounded in all
     /// (`kept`).
     records: Mutex<KeptRuns>,
+    /// For each run with attempts handed out, what stops them: a pass that
+    /// finds the run ended (cancelled, failed) stops its attempts still
+    /// queued or executing, so they neither call out nor hold slots.
+    stops: Mutex<HashMap<RunKey, CancellationToken>>,
     finished: tokio::sync::broadcast::Sender<(RunKey, RunStatus)>,
     /// The start-up recovery journal, while runs resumed are taking their
     /// first pass.
@@ -94,6 +99,7 @@ impl Embedded {
             in_flight: Mutex::new(HashSet::new()),
             results: Mutex::new(HashMap::new()),
             records: Mutex::new(KeptRuns::new(kept::BUDGET_BYTES)),
+            stops: Mutex::new(HashMap::new()),
             finished: tokio::sync::broadcast::channel(4096).0,
             recovery: OnceLock::new(),
             me: me.clone(),
@@ -219,6 +225,7 @@ impl Inner {
                     drop(active);
                     if !self.has_in_flight(&key) {
                         self.forget_records(&key);
+                        self.forget_stop(&key);
                     }
                     return;
                 }
@@ -347,11 +354,14 @@ impl Inner {
             }
         }
         let Some(t) = ticked? else {
+            // Gone or ended (by a cancel, or a failure written elsewhere).
             self.forget_records(key);
+            self.stop_attempts(key);
             return Ok(None);
         };
         if t.finished {
             self.forget_records(key);
+            self.stop_attempts(key);
             let _ = self.finished.send((key.clone(), t.run.status));
         }
         for d in &t.dispatch {
@@ -389,6 +399,27 @@ impl Inner {
     fn forget_records(&self, run: &RunKey) {
         if let Ok(mut c) = self.records.lock() {
             c.forget(run);
+        }
+    }
+
+    /// What stops the run's attempts (made on its first dispatch).
+    fn stop_for(&self, run: &RunKey) -> CancellationToken {
+        match self.stops.lock() {
+            Ok(mut s) => s.entry(run.clone()).or_default().clone(),
+            Err(_) => CancellationToken::new(),
+        }
+    }
+
+    /// The run ended: its attempts queued or executing stop.
+    fn stop_attempts(&self, run: &RunKey) {
+        if let Some(t) = self.stops.lock().ok().and_then(|mut s| s.remove(run)) {
+            t.cancel();
+        }
+    }
+
+    fn forget_stop(&self, run: &RunKey) {
+        if let Ok(mut s) = self.stops.lock() {
+            s.remove(run);
         }
     }
 
@@ -431,9 +462,20 @@ impl Inner {
                 let attempt_call = call.clone();
                 let slots = me.attempt_slots.clone();
                 let ws = run.0.clone();
+                let stop = me.stop_for(&run);
                 let result = match tokio::spawn(async move {
-                    let _turn = slots.acquire(&ws).await;
-                    tick::attempt(executor.as_deref(), &attempt_call).await
+                    tokio::select! {
+                        r = async {
+                            let _turn = slots.acquire(&ws).await;
+                            tick::attempt(executor.as_deref(), &attempt_call).await
+                        } => r,
+                        // The run ended: not executed (or no longer), and
+                        // the slot is free for other runs.
+                        _ = stop.cancelled() => Err(StepError::permanent(
+                            "run_ended",
+                            "the run ended before the attempt finished",
+                        )),
+                    }
                 })
                 .await
                 {
