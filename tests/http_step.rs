@@ -320,3 +320,43 @@ async fn a_cancelled_runs_attempts_stop_and_free_their_slots() {
     // ...and no queued attempt of the cancelled runs ever started.
     assert_eq!(calls().await, 256);
 }
+
+#[tokio::test]
+async fn an_approval_and_a_cancel_beside_a_busy_map_take_effect_at_once() {
+    // The map's passes commit one after another while the approval and
+    // the cancel are made: each writes only the run and the one step it
+    // changes, so it must not lose its turn to them (409) nor be lost.
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    let wf = app
+        .create_workflow(json!({"name": "busy", "steps": [
+            {"id": "m", "type": "map", "items": "{{ range(4000) | list }}", "concurrency": 200,
+             "step": {"id": "call", "type": "http", "url": "{{ trigger.base }}/echo"}},
+            {"id": "ok", "type": "approval"},
+            {"id": "end", "type": "transform", "depends_on": ["m", "ok"], "value": 1}
+        ]}))
+        .await;
+    let run = app.start_run(&wf, json!({"base": up})).await;
+    app.wait_run(&run, |b| {
+        step(b, "ok")["status"] == "waiting" && b["counts"]["succeeded"].as_u64() >= Some(300)
+    })
+    .await;
+    let r = app
+        .post(
+            &format!("/v1/runs/{run}/steps/ok/complete"),
+            json!({"output": {"by": "ada"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(step(&r.body, "ok")["output"], json!({"by": "ada"}));
+    let r = app.post(&format!("/v1/runs/{run}/cancel"), json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "CANCELLED", "{}", r.body);
+    // Nothing of it is left open, and the approval's output stays.
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "CANCELLED");
+    for open in ["running", "pending", "waiting"] {
+        assert_eq!(done["counts"][open], 0, "{}", done["counts"]);
+    }
+    assert_eq!(step(&done, "ok")["output"], json!({"by": "ada"}));
+    assert_eq!(step(&done, "end")["status"], "cancelled");
+}

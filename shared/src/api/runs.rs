@@ -62,6 +62,18 @@ pub async fn list(
     Ok(super::page_json(page, views::run_summary).into_response())
 }
 
+/// The run as the API shows it: the first steps with their outputs, as far
+/// as one answer holds them.
+async fn shown(app: &App, mut view: crate::app::RunView) -> Result<Response, Problem> {
+    let size = |v: &Value| crate::domain::limits::json_size(v, usize::MAX, usize::MAX).unwrap_or(0);
+    let budget = views::VIEW_BYTES
+        .saturating_sub(size(&view.run.input))
+        .saturating_sub(view.run.output.as_ref().map_or(0, size));
+    app.with_outputs(&mut view, 0..views::VIEW_STEPS, budget)
+        .await?;
+    Ok(Json(views::run(&view)).into_response())
+}
+
 pub async fn get(
     State(app): State<Arc<App>>,
     Auth(who): Auth,
@@ -70,7 +82,7 @@ pub async fn get(
     let view = app
         .get_run(&who.workspace_id, &RunId::from_string(id))
         .await?;
-    Ok(Json(views::run(&view)).into_response())
+    shown(&app, view).await
 }
 
 /// The run's steps in order, a page at a time.
@@ -82,7 +94,7 @@ pub async fn steps(
 ) -> Result<Response, Problem> {
     params.only(&["limit", "cursor"])?;
     let page = params.page()?;
-    let view = app
+    let mut view = app
         .get_run(&who.workspace_id, &RunId::from_string(id))
         .await?;
     let start = match &page.cursor {
@@ -92,12 +104,12 @@ pub async fn steps(
             .parse::<usize>()
             .map_err(|_| Problem::bad_request("`cursor` is not a cursor of this listing"))?,
     };
-    let end = (start + page.limit as usize).min(view.steps.len());
+    let end = (start.saturating_add(page.limit as usize)).min(view.steps.len());
+    let start = start.min(end);
+    app.with_outputs(&mut view, start..end, views::VIEW_BYTES)
+        .await?;
     let mut budget = views::VIEW_BYTES;
-    let items: Vec<Value> = view
-        .steps
-        .get(start..end)
-        .unwrap_or_default()
+    let items: Vec<Value> = view.steps[start..end]
         .iter()
         .map(|s| views::step_within(s, &mut budget))
         .collect();
@@ -112,15 +124,10 @@ pub async fn step(
     Auth(who): Auth,
     Path((id, key)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let view = app
-        .get_run(&who.workspace_id, &RunId::from_string(&id))
+    let s = app
+        .get_step(&who.workspace_id, &RunId::from_string(&id), &key)
         .await?;
-    let s = view
-        .steps
-        .iter()
-        .find(|s| s.key == key)
-        .ok_or_else(|| Problem::not_found(format!("run `{id}` has no step `{key}`")))?;
-    Ok(Json(views::step(s)).into_response())
+    Ok(Json(views::step(&s)).into_response())
 }
 
 pub async fn logs(
@@ -144,7 +151,7 @@ pub async fn cancel(
     let view = app
         .cancel_run(&who.workspace_id, &RunId::from_string(id))
         .await?;
-    Ok(Json(views::run(&view)).into_response())
+    shown(&app, view).await
 }
 
 pub async fn complete_step(
@@ -172,5 +179,5 @@ pub async fn complete_step(
     let view = app
         .complete_step(&who.workspace_id, &RunId::from_string(id), &step, output)
         .await?;
-    Ok(Json(views::run(&view)).into_response())
+    shown(&app, view).await
 }

@@ -1,4 +1,4 @@
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map as JsonMap, Value};
 use sha2::{Digest, Sha256};
 
@@ -13,11 +13,13 @@ use crate::ports::{
 /// How long an Idempotency-Key holds after first use.
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 /// How often a write that lost a race is tried again.
-const WRITE_ATTEMPTS: usize = 8;
+const WRITE_ATTEMPTS: usize = 50;
 /// Largest run input accepted (the request body limit bounds it too).
 const MAX_INPUT_BYTES: usize = 1024 * 1024;
 
-/// A run with its steps, in definition order (map iterations follow their map).
+/// A run with its steps, in definition order (map iterations follow their
+/// map). The steps are read without their outputs; `App::with_outputs`
+/// reads those of the steps shown.
 #[derive(Clone, Debug)]
 pub struct RunView {
     pub run: RunRecord,
@@ -62,8 +64,21 @@ fn idempotency_key(key: &str) -> Result<&str, AppError> {
 }
 
 /// Steps in the order a person reads them: definition order, with each map's
-/// iterations after the map step.
+/// iterations after the map step, by index. (Read from the records' keys,
+/// so records read without their items order the same.)
 fn ordered(wf: &Workflow, mut recs: Records, include_unstarted: bool) -> Vec<StepRecord> {
+    /// The iteration indices recorded under the map at `key`, in order.
+    fn iterations(recs: &Records, key: &str) -> Vec<usize> {
+        let prefix = format!("{key}.");
+        let mut found: Vec<usize> = recs
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, _)| k[prefix.len()..].split('.').next()?.parse().ok())
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
     fn walk(
         steps: &[crate::dsl::Step],
         prefix: &str,
@@ -78,10 +93,9 @@ fn ordered(wf: &Workflow, mut recs: Records, include_unstarted: bool) -> Vec<Ste
                 None if unstarted => StepRecord::new(&key, s.kind.type_name()),
                 None => continue,
             };
-            let items = rec.items.as_ref().map_or(0, Vec::len);
             out.push(rec);
             if let StepKind::Map(m) = &s.kind {
-                for i in 0..items {
+                for i in iterations(recs, &key) {
                     walk(&m.steps, &format!("{key}.{i}."), recs, out, false);
                 }
             }
@@ -245,26 +259,28 @@ impl App {
         }
     }
 
+    /// A run with every step in order (their outputs not read: see
+    /// `with_outputs`).
     pub async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<RunView, AppError> {
-        let (run, steps) = self
+        let run = self
             .stores
             .runs
-            .load_run(ws, id)
+            .get_run(ws, id)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("run `{id}` not found")))?;
-        let recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
-        let wf = self.definition(&run).await?;
-        self.view(&wf, run, recs).await
+        self.view(run).await
     }
 
-    /// What the API shows of a run. Only runs whose workflow calls models
-    /// read the usage ledger.
-    async fn view(
-        &self,
-        wf: &Workflow,
-        run: RunRecord,
-        recs: Records,
-    ) -> Result<RunView, AppError> {
+    /// What the API shows of a run: its steps read without their outputs,
+    /// so the read costs what the run has in steps, not in outputs. Only
+    /// runs whose workflow calls models read the usage ledger.
+    async fn view(&self, run: RunRecord) -> Result<RunView, AppError> {
+        let wf = self.definition(&run).await?;
+        let heads = self
+            .stores
+            .runs
+            .get_step_heads(&run.workspace_id, &run.id)
+            .await?;
         let usage = if wf.calls_models() {
             self.stores
                 .usage
@@ -273,8 +289,64 @@ impl App {
         } else {
             Usage::default()
         };
-        let steps = ordered(wf, recs, !run.status.is_terminal());
+        let recs: Records = heads.into_iter().map(|s| (s.key.clone(), s)).collect();
+        let steps = ordered(&wf, recs, !run.status.is_terminal());
         Ok(RunView { run, steps, usage })
+    }
+
+    /// Reads the outputs of the view's steps in `range` that fit in
+    /// `budget` bytes, in order; the rest stay out (`output_omitted`).
+    pub async fn with_outputs(
+        &self,
+        view: &mut RunView,
+        range: std::ops::Range<usize>,
+        mut budget: usize,
+    ) -> Result<(), AppError> {
+        let end = range.end.min(view.steps.len());
+        let start = range.start.min(end);
+        let mut wanted = Vec::new();
+        for (i, s) in view.steps[start..end].iter().enumerate() {
+            let size = usize::try_from(s.size).unwrap_or(usize::MAX);
+            if s.status == StepStatus::Succeeded && size <= budget {
+                budget -= size;
+                wanted.push((start + i, s.key.clone()));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
+        let mut found: std::collections::HashMap<String, StepRecord> = self
+            .stores
+            .runs
+            .get_steps_by_keys(&view.run.workspace_id, &view.run.id, &keys)
+            .await?
+            .into_iter()
+            .map(|s| (s.key.clone(), s))
+            .collect();
+        for (i, key) in wanted {
+            if let Some(full) = found.remove(&key) {
+                view.steps[i].output = full.output;
+            }
+        }
+        Ok(())
+    }
+
+    /// One step of a run, whole.
+    pub async fn get_step(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+    ) -> Result<StepRecord, AppError> {
+        if self.stores.runs.get_run(ws, id).await?.is_none() {
+            return Err(AppError::NotFound(format!("run `{id}` not found")));
+        }
+        self.stores
+            .runs
+            .get_step(ws, id, key)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("run `{id}` has no step `{key}`")))
     }
 
     pub async fn list_runs(
@@ -298,52 +370,53 @@ impl App {
         Ok(self.stores.runs.list_logs(ws, id, page).await?)
     }
 
-    /// Reads a run, lets `change` edit it and its steps, and writes it back
-    /// conditionally, trying again if another writer got there first.
+    /// Reads the run's row and one step (if `key` names one), lets `change`
+    /// edit them, and writes back the row with the step, trying again if
+    /// another writer got there first. Only what it changes is read, so it
+    /// wins its turn against passes of a run however large.
     async fn change_run<F>(
         &self,
         ws: &WorkspaceId,
         id: &RunId,
+        key: Option<&str>,
         mut change: F,
-    ) -> Result<RunView, AppError>
+    ) -> Result<RunRecord, AppError>
     where
         F: FnMut(
             &Workflow,
             &mut RunRecord,
-            &mut Records,
-        ) -> Result<(Vec<String>, Vec<LogEntry>), AppError>,
+            Option<&mut StepRecord>,
+        ) -> Result<Vec<LogEntry>, AppError>,
     {
-        for _ in 0..WRITE_ATTEMPTS {
-            let (mut run, steps) = self
+        for attempt in 0..WRITE_ATTEMPTS {
+            if attempt > 0 {
+                let ms = rand::random_range(1..=5 * attempt.min(10) as u64);
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            let mut run = self
                 .stores
                 .runs
-                .load_run(ws, id)
+                .get_run(ws, id)
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("run `{id}` not found")))?;
-            let mut recs: Records = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
             let wf = self.definition(&run).await?;
-            let (changed, logs) = change(&wf, &mut run, &mut recs)?;
+            let mut step = match key {
+                Some(k) => self.stores.runs.get_step(ws, id, k).await?,
+                None => None,
+            };
+            let logs = change(&wf, &mut run, step.as_mut())?;
             run.revision += 1;
-            let steps = changed
-                .iter()
-                .filter_map(|k| recs.get(k).cloned())
-                .collect();
             match self
                 .stores
                 .runs
                 .save_run(&RunWrite {
                     run: run.clone(),
-                    steps,
+                    steps: step.into_iter().collect(),
                     logs,
                 })
                 .await
             {
-                Ok(()) => {
-                    if let Err(e) = self.driver.poke(ws, id).await {
-                        tracing::warn!(workspace_id = %ws, run_id = %id, error = %e, "run changed but the orchestrator was not told");
-                    }
-                    return self.view(&wf, run, recs).await;
-                }
+                Ok(()) => return Ok(run),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -353,30 +426,106 @@ impl App {
         )))
     }
 
-    pub async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<RunView, AppError> {
-        self.change_run(ws, id, |wf, run, recs| {
-            if run.status.is_terminal() {
-                return Err(AppError::Conflict(format!(
-                    "run `{}` already ended as {}; only active runs can be cancelled",
-                    run.id,
-                    run.status.as_str()
-                )));
+    fn poke(&self, ws: &WorkspaceId, id: &RunId) -> impl Future<Output = ()> + '_ {
+        let (ws, id) = (ws.clone(), id.clone());
+        async move {
+            if let Err(e) = self.driver.poke(&ws, &id).await {
+                tracing::warn!(workspace_id = %ws, run_id = %id, error = %e, "run changed but the orchestrator was not told");
             }
-            let now = Utc::now();
-            let changed = dag::close_open_steps(wf, recs, now, "the run was cancelled");
-            run.status = RunStatus::Cancelled;
-            run.finished_at = Some(now);
-            run.wake_at = None;
-            Ok((
-                changed,
-                vec![LogEntry::new(
+        }
+    }
+
+    pub async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<RunView, AppError> {
+        let now = Utc::now();
+        let run = self
+            .change_run(ws, id, None, |_, run, _| {
+                if run.status.is_terminal() {
+                    return Err(AppError::Conflict(format!(
+                        "run `{}` already ended as {}; only active runs can be cancelled",
+                        run.id,
+                        run.status.as_str()
+                    )));
+                }
+                run.status = RunStatus::Cancelled;
+                run.finished_at = Some(now);
+                run.wake_at = None;
+                Ok(vec![LogEntry::new(
                     LogLevel::Warn,
                     None,
                     "run cancelled through the API",
-                )],
-            ))
-        })
-        .await
+                )])
+            })
+            .await?;
+        // No pass writes an ended run: its open steps are closed in a write
+        // of their own, which races nothing.
+        if let Err(e) = self.close_open_steps(&run, now).await {
+            tracing::warn!(workspace_id = %ws, run_id = %id, error = %e, "run cancelled; closing its open steps failed");
+        }
+        self.poke(ws, id).await;
+        self.get_run(ws, id).await
+    }
+
+    /// Marks the open steps of an ended run cancelled (read as heads; only
+    /// the open ones read whole and written).
+    async fn close_open_steps(
+        &self,
+        ended: &RunRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let (ws, id) = (&ended.workspace_id, &ended.id);
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(mut run) = self.stores.runs.get_run(ws, id).await? else {
+                return Ok(());
+            };
+            let wf = self.definition(&run).await?;
+            let heads = self.stores.runs.get_step_heads(ws, id).await?;
+            let open: Vec<String> = heads
+                .iter()
+                .filter(|h| !h.status.is_terminal())
+                .map(|h| h.key.clone())
+                .collect();
+            let mut recs: Records = self
+                .stores
+                .runs
+                .get_steps_by_keys(ws, id, &open)
+                .await?
+                .into_iter()
+                .map(|s| (s.key.clone(), s))
+                .collect();
+            // Steps never started have no record yet; the top-level ones
+            // get one (as cancelled) so the view says so.
+            let started: std::collections::HashSet<&str> =
+                heads.iter().map(|h| h.key.as_str()).collect();
+            let reason = "the run was cancelled";
+            // (Records it adds for steps that do have one, not read here,
+            // are left out.)
+            let steps: Vec<StepRecord> = dag::close_open_steps(&wf, &mut recs, now, reason)
+                .iter()
+                .filter(|k| open.contains(k) || !started.contains(k.as_str()))
+                .filter_map(|k| recs.remove(k))
+                .collect();
+            if steps.is_empty() {
+                return Ok(());
+            }
+            run.revision += 1;
+            match self
+                .stores
+                .runs
+                .save_run(&RunWrite {
+                    run,
+                    steps,
+                    logs: Vec::new(),
+                })
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Conflict(format!(
+            "run `{id}` is changing quickly"
+        )))
     }
 
     /// Completes a waiting approval step with the given output.
@@ -387,7 +536,17 @@ impl App {
         key: &str,
         output: Value,
     ) -> Result<RunView, AppError> {
-        self.change_run(ws, id, |wf, run, recs| {
+        if let Err(why) = crate::domain::limits::check_json(
+            &output,
+            crate::api::MAX_BODY_BYTES,
+            crate::domain::limits::MAX_VALUE_DEPTH,
+        ) {
+            return Err(AppError::InvalidRequest(vec![ValidationError::new(
+                &Path::root().key("output"),
+                format!("the output {why}"),
+            )]));
+        }
+        self.change_run(ws, id, Some(key), |wf, run, rec| {
             let Some(step) = wf.step_by_key(key) else {
                 return Err(AppError::NotFound(format!(
                     "run `{id}` has no step `{key}`"
@@ -399,7 +558,7 @@ impl App {
                     run.status.as_str()
                 )));
             }
-            let status = recs.get(key).map_or(StepStatus::Pending, |r| r.status);
+            let status = rec.as_ref().map_or(StepStatus::Pending, |r| r.status);
             if status != StepStatus::Waiting {
                 return Err(AppError::Conflict(format!(
                     "step `{key}` is {}, not waiting",
@@ -415,18 +574,11 @@ impl App {
                     step.kind.type_name()
                 )));
             }
-            if let Err(why) = crate::domain::limits::check_json(
-                &output,
-                crate::api::MAX_BODY_BYTES,
-                crate::domain::limits::MAX_VALUE_DEPTH,
-            ) {
-                return Err(AppError::InvalidRequest(vec![ValidationError::new(
-                    &Path::root().key("output"),
-                    format!("the output {why}"),
-                )]));
-            }
             let now = Utc::now();
-            if let Some(deadline) = recs.get(key).and_then(|r| r.wake_at)
+            let Some(rec) = rec else {
+                return Err(AppError::Internal(format!("step `{key}` has no record")));
+            };
+            if let Some(deadline) = rec.wake_at
                 && deadline <= now
             {
                 return Err(AppError::Conflict(format!(
@@ -434,25 +586,22 @@ impl App {
                     deadline.to_rfc3339()
                 )));
             }
-            if let Some(rec) = recs.get_mut(key) {
-                dag::finish_attempt(
-                    rec,
-                    &step.retry,
-                    Ok(output.clone()),
-                    now,
-                    &format!("{id}/{key}"),
-                );
-            }
+            dag::finish_attempt(
+                rec,
+                &step.retry,
+                Ok(output.clone()),
+                now,
+                &format!("{id}/{key}"),
+            );
             run.wake_at = Some(now);
-            Ok((
-                vec![key.to_owned()],
-                vec![LogEntry::new(
-                    LogLevel::Info,
-                    Some(key),
-                    "completed through the API",
-                )],
-            ))
+            Ok(vec![LogEntry::new(
+                LogLevel::Info,
+                Some(key),
+                "completed through the API",
+            )])
         })
-        .await
+        .await?;
+        self.poke(ws, id).await;
+        self.get_run(ws, id).await
     }
 }

@@ -105,11 +105,13 @@ fn size_of(v: &Value) -> usize {
     crate::domain::limits::json_size(v, usize::MAX, usize::MAX).unwrap_or(0)
 }
 
-/// A step whose output counts against `budget` (left out if past it).
+/// A step whose output counts against `budget` (left out if past it, or if
+/// it was not read: see `App::with_outputs`).
 pub fn step_within(s: &StepRecord, budget: &mut usize) -> Value {
     let mut v = step(s);
     let size = s.output.as_ref().map_or(0, size_of);
-    if size > *budget {
+    let unread = s.output.is_none() && s.status == StepStatus::Succeeded && s.size > 0;
+    if size > *budget || unread {
         v["output"] = Value::Null;
         v["output_omitted"] = json!(true);
     } else {

@@ -157,6 +157,62 @@ pub struct StepRecord {
     pub size: u64,
 }
 
+/// A step record read without its output and items: what ordering and
+/// counting a run's steps needs, whatever its outputs hold (they are read
+/// for the steps shown, by key). `size` still says how large they are.
+pub struct StepHead(pub StepRecord);
+
+impl<'de> Deserialize<'de> for StepHead {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IgnoredAny;
+        #[derive(Deserialize)]
+        struct Fields {
+            key: String,
+            #[serde(rename = "type")]
+            step_type: String,
+            status: StepStatus,
+            #[serde(default)]
+            attempts: Vec<Attempt>,
+            #[serde(default)]
+            #[allow(dead_code)]
+            output: Option<IgnoredAny>,
+            #[serde(default)]
+            error: Option<StepError>,
+            #[serde(default)]
+            reason: Option<String>,
+            #[serde(default)]
+            started_at: Option<DateTime<Utc>>,
+            #[serde(default)]
+            finished_at: Option<DateTime<Utc>>,
+            #[serde(default)]
+            retry_at: Option<DateTime<Utc>>,
+            #[serde(default)]
+            wake_at: Option<DateTime<Utc>>,
+            #[serde(default)]
+            #[allow(dead_code)]
+            items: Option<IgnoredAny>,
+            #[serde(default)]
+            size: u64,
+        }
+        let f = Fields::deserialize(d)?;
+        Ok(StepHead(StepRecord {
+            key: f.key,
+            step_type: f.step_type,
+            status: f.status,
+            attempts: f.attempts,
+            output: None,
+            error: f.error,
+            reason: f.reason,
+            started_at: f.started_at,
+            finished_at: f.finished_at,
+            retry_at: f.retry_at,
+            wake_at: f.wake_at,
+            items: None,
+            size: f.size,
+        }))
+    }
+}
+
 fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }

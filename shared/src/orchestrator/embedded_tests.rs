@@ -47,6 +47,17 @@ impl RunStore for PanicsOnce {
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
         self.inner.get_steps(ws, id).await
     }
+    async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
+        self.inner.get_step_heads(ws, id).await
+    }
+    async fn get_steps_by_keys(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        keys: &[String],
+    ) -> StoreResult<Vec<StepRecord>> {
+        self.inner.get_steps_by_keys(ws, id, keys).await
+    }
     async fn list_runs(
         &self,
         ws: &WorkspaceId,

@@ -122,6 +122,29 @@ pub trait RunStore: Send + Sync {
     async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>>;
     /// Every step record of a run.
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>>;
+    /// Every step record of a run without its output and items (see
+    /// `StepHead`): a read whose memory does not grow with the outputs.
+    async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>>;
+    /// The step records at `keys`, whole, in that order (missing ones left
+    /// out).
+    async fn get_steps_by_keys(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        keys: &[String],
+    ) -> StoreResult<Vec<StepRecord>>;
+    /// One step record, whole.
+    async fn get_step(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+    ) -> StoreResult<Option<StepRecord>> {
+        Ok(self
+            .get_steps_by_keys(ws, id, &[key.to_owned()])
+            .await?
+            .pop())
+    }
     /// A run with all its steps, read together (one query where the store
     /// allows it: the orchestrator does this on every tick).
     async fn load_run(

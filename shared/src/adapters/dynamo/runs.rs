@@ -262,6 +262,31 @@ impl RunStore for DynamoStore {
         Ok(steps)
     }
 
+    async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
+        let mut steps = Vec::new();
+        for item in self.query_between(run_pk(ws, id), "STEP#", "STEP$").await? {
+            steps.push(self.read_data::<crate::domain::StepHead>(&item).await?.0);
+        }
+        Ok(steps)
+    }
+
+    async fn get_steps_by_keys(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        keys: &[String],
+    ) -> StoreResult<Vec<StepRecord>> {
+        let keys = keys
+            .iter()
+            .map(|k| key(run_pk(ws, id), format!("STEP#{k}")))
+            .collect();
+        let mut steps = Vec::new();
+        for item in self.batch_get(keys).await? {
+            steps.push(self.read_data(&item).await?);
+        }
+        Ok(steps)
+    }
+
     async fn load_run(
         &self,
         ws: &WorkspaceId,

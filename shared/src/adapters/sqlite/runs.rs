@@ -76,6 +76,37 @@ fn read_steps(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Vec<S
     Ok(rows)
 }
 
+fn read_step_heads(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Vec<StepRecord>> {
+    let mut stmt =
+        c.prepare_cached("SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2")?;
+    let rows = stmt
+        .query_map(params![ws, id], |r| r.get::<_, String>(0))?
+        .map(|d| Ok(serde_json::from_str::<crate::domain::StepHead>(&d?)?.0))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(rows)
+}
+
+fn read_steps_at(
+    c: &rusqlite::Connection,
+    ws: &str,
+    id: &str,
+    keys: &[String],
+) -> StoreResult<Vec<StepRecord>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2 AND key = ?3",
+    )?;
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        let data: Option<String> = stmt
+            .query_row(params![ws, id, k], |r| r.get(0))
+            .optional()?;
+        if let Some(d) = data {
+            out.push(serde_json::from_str(&d)?);
+        }
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn create_run(
@@ -106,6 +137,23 @@ impl RunStore for SqliteStore {
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
         let (ws, id) = (ws.to_string(), id.to_string());
         self.db.read(move |c| read_steps(c, &ws, &id)).await
+    }
+
+    async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db.read(move |c| read_step_heads(c, &ws, &id)).await
+    }
+
+    async fn get_steps_by_keys(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        keys: &[String],
+    ) -> StoreResult<Vec<StepRecord>> {
+        let (ws, id, keys) = (ws.to_string(), id.to_string(), keys.to_vec());
+        self.db
+            .read(move |c| read_steps_at(c, &ws, &id, &keys))
+            .await
     }
 
     async fn load_run(
