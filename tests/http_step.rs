@@ -360,3 +360,30 @@ async fn an_approval_and_a_cancel_beside_a_busy_map_take_effect_at_once() {
     assert_eq!(step(&done, "ok")["output"], json!({"by": "ada"}));
     assert_eq!(step(&done, "end")["status"], "cancelled");
 }
+
+#[tokio::test]
+async fn json_that_would_take_too_much_memory_parsed_is_refused_before_parsing() {
+    // 3.4 MB of `{"a":0}` is within the 4 MiB body limit but would take
+    // several hundred MiB parsed: refused by its estimate, not parsed. The
+    // same shape, smaller, is parsed as usual.
+    let (app, up) = (spawn_app().await, upstream::spawn().await);
+    let wf = app
+        .create_workflow(json!({"name": "dense", "steps": [
+            {"id": "call", "type": "http", "url": "{{ trigger.base }}/dense/{{ trigger.n }}"}
+        ]}))
+        .await;
+    let big = app
+        .wait_finished(&app.start_run(&wf, json!({"base": up, "n": 420_000})).await)
+        .await;
+    assert_eq!(big["status"], "FAILED", "{big}");
+    let call = step(&big, "call");
+    assert_eq!(call["error"]["code"], "response_too_large", "{call}");
+    let msg = call["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("in memory once parsed"), "{msg}");
+    let small = app
+        .wait_finished(&app.start_run(&wf, json!({"base": up, "n": 1000})).await)
+        .await;
+    assert_eq!(small["status"], "COMPLETED", "{small}");
+    let body = &step(&small, "call")["output"]["body"];
+    assert_eq!(body.as_array().map(Vec::len), Some(1000), "{body}");
+}

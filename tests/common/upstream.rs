@@ -61,6 +61,7 @@ pub async fn spawn() -> String {
         .route("/calls/{key}", any(calls_of))
         .route("/inflight/{key}", any(inflight))
         .route("/hold/{key}", any(hold))
+        .route("/dense/{n}", any(dense))
         .route("/inflight-max/{key}", any(inflight_max))
         .route("/inflight-now/{key}", any(inflight_now))
         .with_state(calls);
@@ -232,4 +233,19 @@ async fn hold(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Json<
 async fn inflight_now(State(calls): State<Arc<Calls>>, Path(key): Path<String>) -> Json<Value> {
     let now = calls.1.lock().expect("lock").get(&key).map_or(0, |e| e.0);
     Json(json!({"now": now}))
+}
+
+/// A JSON list of `n` small maps (`{"a":0}`): a few bytes of text each,
+/// hundreds once parsed.
+async fn dense(Path(n): Path<usize>) -> Response {
+    let mut body = String::with_capacity(n * 8 + 2);
+    body.push('[');
+    for i in 0..n.min(1_000_000) {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str("{\"a\":0}");
+    }
+    body.push(']');
+    ([("content-type", "application/json")], body).into_response()
 }

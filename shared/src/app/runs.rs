@@ -216,6 +216,7 @@ impl App {
             budget_usd: budget.or(wf.budget_usd),
             revision: 1,
             lease: self.driver.initial_lease(now),
+            state_bytes: 0,
         };
         let claim = idempotency.map(|key| {
             let mut h = Sha256::new();

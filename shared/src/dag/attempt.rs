@@ -35,27 +35,39 @@ pub fn finish_attempt(
     // What a step records must read back and stay small enough to keep.
     let mut size = 0;
     let result = result.and_then(|output| {
-        use crate::domain::limits::{MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH, json_size};
-        match json_size(&output, MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH) {
-            Ok(n) => {
-                size = n as u64;
-                Ok(output)
-            }
-            Err(why) => Err(StepError::permanent(
+        use crate::domain::limits::{
+            MAX_STEP_OUTPUT_BYTES, MAX_STEP_OUTPUT_MEMORY, MAX_VALUE_DEPTH, json_size,
+        };
+        if let Err(why) = json_size(&output, MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH) {
+            return Err(StepError::permanent(
                 "output_too_large",
                 format!("the step's output {why}"),
-            )),
+            ));
         }
+        size = crate::memory::mem_size(&output);
+        if size > MAX_STEP_OUTPUT_MEMORY {
+            return Err(StepError::permanent(
+                "output_too_large",
+                format!(
+                    "the step's output would take {} MiB in memory; an output may take {} MiB",
+                    size / (1024 * 1024),
+                    MAX_STEP_OUTPUT_MEMORY / (1024 * 1024)
+                ),
+            ));
+        }
+        Ok(output)
     });
+    if result.is_err() {
+        size = 0;
+    }
     // A map's items count too (they are recorded when it starts).
-    let items: usize = rec
+    let items: u64 = rec
         .items
         .iter()
         .flatten()
-        .map(|i| crate::domain::limits::json_size(i, usize::MAX, usize::MAX).unwrap_or(0))
-        .sum();
-    let items = items as u64;
-    rec.size = size + items;
+        .map(crate::memory::mem_size)
+        .fold(0, u64::saturating_add);
+    rec.size = size.saturating_add(items);
     if let Some(a) = rec.attempts.last_mut() {
         a.finished_at = Some(now);
         a.error = result.as_ref().err().cloned();

@@ -12,8 +12,12 @@ pub const MAX_STEP_RECORDS: usize = 200_000;
 /// Largest output one step (or a run) may record: with the run's input it
 /// still fits one answer of the API on AWS (6 MB per Lambda response).
 pub const MAX_STEP_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
-/// Most bytes of outputs one run may hold in all (the sum of its steps').
-pub const MAX_RUN_STATE_BYTES: u64 = 128 * 1024 * 1024;
+/// Most memory one step's output may take once parsed (`memory::mem_size`):
+/// dense JSON takes many times its text.
+pub const MAX_STEP_OUTPUT_MEMORY: u64 = 32 * 1024 * 1024;
+/// Most memory the outputs of one run may take in all (the sum of its
+/// steps' `size`, counted as `memory::mem_size`).
+pub const MAX_RUN_STATE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Why a value is out of bounds: too deep, or larger than `max_bytes` as
 /// JSON (estimated without building it, stopping as soon as it is over).

@@ -273,6 +273,10 @@ pub struct RunRecord {
     /// the one holding them (embedded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
+    /// What its steps' outputs take in memory, as of its last pass (the sum
+    /// of their `size`): known before its steps are read.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub state_bytes: u64,
 }
 
 /// A run's driver on AWS: one execution at a time holds the run, and must

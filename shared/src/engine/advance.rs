@@ -38,6 +38,9 @@ pub struct Advanced {
     pub dispatch: Vec<Dispatch>,
     /// The run waits for an outside event (an approval), not only timers.
     pub awaits_event: bool,
+    /// What the run's outputs take in memory now (the sum of the records'
+    /// `size`): `RunRecord::state_bytes`.
+    pub state_bytes: u64,
 }
 
 /// Most I/O attempts one run has in flight at once, whatever its maps'
@@ -129,7 +132,7 @@ pub fn advance_from(
     // What the run holds in all is bounded like what one step records:
     // checked here and after every decision (steps run inline add outputs
     // within one call).
-    let mut state: u64 = recs.values().map(|r| r.size).sum();
+    let mut state: u64 = state_of(recs);
     if state > MAX_RUN_STATE_BYTES {
         return finish(wf, info, recs, now, state_too_large(state), fx);
     }
@@ -217,8 +220,13 @@ pub fn advance_from(
             logs: fx.logs,
             dispatch: fx.dispatch,
             awaits_event: plan.awaits_event,
+            state_bytes: state,
         };
     }
+}
+
+fn state_of(recs: &Records) -> u64 {
+    recs.values().map(|r| r.size).fold(0, u64::saturating_add)
 }
 
 fn state_too_large(state: u64) -> Outcome {
@@ -268,6 +276,7 @@ fn finish(
                     logs,
                     dispatch: Vec::new(),
                     awaits_event: false,
+                    state_bytes: state_of(recs),
                 };
             }
             Err(e) => StepError::permanent(
@@ -300,6 +309,7 @@ fn finish(
         logs,
         dispatch: Vec::new(),
         awaits_event: false,
+        state_bytes: state_of(recs),
     }
 }
 
@@ -449,6 +459,11 @@ fn apply(
                         Some(&key),
                         format!("started (attempt {attempt}) over {} items", items.len()),
                     ));
+                    // The items count toward the run's state from now.
+                    rec.size = items
+                        .iter()
+                        .map(crate::memory::mem_size)
+                        .fold(0, u64::saturating_add);
                     if items.is_empty() {
                         rec.items = Some(items);
                         record_result(rec, step, Ok(json!([])), now, &seed, logs);

@@ -323,3 +323,34 @@ fn a_run_holds_only_so_many_attempts_in_flight() {
     assert_eq!(again.wake_at, None);
     assert_eq!(again.status, RunStatus::Running);
 }
+
+#[test]
+fn a_runs_state_counts_what_its_outputs_take_in_memory() {
+    // 2000 small maps are ~16 KB of JSON but several hundred KB parsed:
+    // the run's state (and `state_bytes`, what a pass reserves before it
+    // reads the run) counts the latter, for outputs and map items alike.
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "dense", "type": "transform", "expression": "range(2000) | map('string') | list"},
+        {"id": "m", "type": "map", "items": "{{ range(3) | list }}", "step":
+            {"id": "t", "type": "transform", "inputs": {"a": 0}}}
+    ]}));
+    let input = json!({});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
+    assert_eq!(adv.status, RunStatus::Completed, "{:?}", adv.error);
+    let sum: u64 = recs.values().map(|r| r.size).sum();
+    assert_eq!(adv.state_bytes, sum);
+    let dense = &recs["dense"];
+    assert_eq!(
+        dense.size,
+        crate::memory::mem_size(dense.output.as_ref().unwrap())
+    );
+    assert!(dense.size > 2000 * 64, "{}", dense.size);
+    // A map's record counts its items and its output.
+    let m = &recs["m"];
+    let items: u64 = m.items.iter().flatten().map(crate::memory::mem_size).sum();
+    assert_eq!(
+        m.size,
+        items + crate::memory::mem_size(m.output.as_ref().unwrap())
+    );
+}

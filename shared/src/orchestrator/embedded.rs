@@ -38,7 +38,14 @@ const PARALLEL_ATTEMPTS: usize = 512;
 /// Of which one workspace may hold at most this many.
 const ATTEMPTS_PER_WORKSPACE: usize = 256;
 
+/// What results waiting to be recorded may take in memory, in all.
+const RESULTS_MEMORY: u64 = 1 << 30;
+/// What runs being advanced at once may take in memory, in all (by their
+/// state as of their last pass; a run may hold `MAX_RUN_STATE_BYTES`).
+const PASS_MEMORY: u64 = 2 << 30;
+
 use super::recovery::RunKey;
+use crate::memory::Budget;
 
 pub struct Embedded {
     inner: Arc<Inner>,
@@ -73,6 +80,11 @@ struct Inner {
     /// finds the run ended (cancelled, failed) stops its attempts still
     /// queued or executing, so they neither call out nor hold slots.
     stops: Mutex<HashMap<RunKey, CancellationToken>>,
+    /// What results not yet recorded may take in memory, in all: an
+    /// attempt charges its response before reading and parsing it.
+    results_memory: Arc<Budget>,
+    /// What the runs being advanced may take in memory, in all.
+    pass_memory: Arc<Budget>,
     finished: tokio::sync::broadcast::Sender<(RunKey, RunStatus)>,
     /// The start-up recovery journal, while runs resumed are taking their
     /// first pass.
@@ -100,6 +112,8 @@ impl Embedded {
             results: Mutex::new(HashMap::new()),
             records: Mutex::new(KeptRuns::new(kept::BUDGET_BYTES)),
             stops: Mutex::new(HashMap::new()),
+            results_memory: Budget::new(RESULTS_MEMORY),
+            pass_memory: Budget::new(PASS_MEMORY),
             finished: tokio::sync::broadcast::channel(4096).0,
             recovery: OnceLock::new(),
             me: me.clone(),
@@ -342,6 +356,7 @@ impl Inner {
             claim: &claim,
             results: &results,
             cache: Some(&cache),
+            memory: Some(&self.pass_memory),
         };
         let ticked = tick::tick(self.stores(), &key.0, &key.1, &driving).await;
         match &ticked {
@@ -451,8 +466,10 @@ impl Inner {
 
     /// Runs one attempt of an I/O step on its executor, records the result
     /// and wakes the run.
-    fn execute(&self, run: RunKey, call: StepCall) {
+    fn execute(&self, run: RunKey, mut call: StepCall) {
         let Some(me) = self.me.upgrade() else { return };
+        let hold = self.results_memory.hold();
+        call.memory = hold.clone();
         let executor = self.executors.get(&call.step_type).cloned();
         let span = tracing::info_span!("step", workspace_id = %run.0, run_id = %run.1, step_id = %call.step_key);
         tokio::spawn(
@@ -492,6 +509,7 @@ impl Inner {
                         key: call.step_key.clone(),
                         attempt: call.attempt,
                         result,
+                        hold,
                     });
                 }
                 me.wake(run);

@@ -200,6 +200,7 @@ async fn an_approval_past_its_deadline_is_refused() {
         claim: &|_, _| {},
         results: &[],
         cache: None,
+        memory: None,
     };
     let t = super::tick::tick(stores, &ws, &run.id, &driving)
         .await
@@ -219,4 +220,70 @@ async fn an_approval_past_its_deadline_is_refused() {
             other.map(|v| v.run.status)
         ),
     }
+}
+
+#[tokio::test]
+async fn a_pass_waits_for_room_for_its_runs_state_before_reading_it() {
+    let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
+    let defs = Arc::new(DefinitionCache::default());
+    let app = App::new(
+        StoreSet::from_one(store.clone()),
+        Arc::new(Manual),
+        defs.clone(),
+    );
+    let (ws, _) = create_workspace(store.as_ref(), store.as_ref(), "t", None)
+        .await
+        .unwrap();
+    let wf = app
+        .create_workflow(
+            &ws,
+            json!({"name": "t", "steps": [
+                {"id": "big", "type": "transform", "expression": "range(5000) | list"},
+                {"id": "ok", "type": "approval", "depends_on": ["big"]}
+            ]}),
+        )
+        .await
+        .unwrap();
+    let (run, _) = app.start_run(&ws, &wf.id, json!({}), None).await.unwrap();
+    let stores = super::tick::Stores {
+        runs: store.as_ref(),
+        workflows: store.as_ref(),
+        definitions: &defs,
+    };
+    let budget = crate::memory::Budget::new(64 << 20);
+    let driving = super::tick::Driving {
+        in_flight: crate::engine::InFlight::Known(&|_, _| false),
+        max_dispatch: None,
+        holder: None,
+        claim: &|_, _| {},
+        results: &[],
+        cache: None,
+        memory: Some(&budget),
+    };
+    let t = super::tick::tick(stores, &ws, &run.id, &driving)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.run.status, RunStatus::Waiting);
+    // What the run holds is stored with it, known before its steps are read.
+    let stored = store.get_run(&ws, &run.id).await.unwrap().unwrap();
+    assert!(stored.state_bytes > 5000 * 64, "{}", stored.state_bytes);
+    assert_eq!(budget.available(), 64 << 20, "the pass gave its room back");
+    app.complete_step(&ws, &run.id, "ok", json!({}))
+        .await
+        .unwrap();
+    // Other passes hold all but a little of the budget: this one waits...
+    let others = budget.take((64 << 20) - 100 * 1024).await.unwrap();
+    let pass = super::tick::tick(stores, &ws, &run.id, &driving);
+    tokio::pin!(pass);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut pass)
+            .await
+            .is_err(),
+        "the pass went ahead without room"
+    );
+    // ...and goes on once they are done.
+    drop(others);
+    let t = pass.await.unwrap().unwrap();
+    assert_eq!(t.run.status, RunStatus::Completed);
 }

@@ -13,11 +13,19 @@ use super::tick::Kept;
 pub const BUDGET_BYTES: u64 = 1 << 30;
 
 /// About what a record takes in memory: its output and items as counted
-/// for the run's state, parsed (a few times their JSON), plus the record.
+/// for the run's state (`memory::mem_size`, an upper bound), plus the
+/// record itself, its key (twice: the map's and its own) and attempts.
 fn estimate(kept: &Kept) -> u64 {
+    let fixed = (std::mem::size_of::<crate::domain::StepRecord>() + 128) as u64;
+    let attempt = (std::mem::size_of::<crate::domain::Attempt>() + 64) as u64;
     kept.records
         .values()
-        .map(|r| r.size.saturating_mul(4).saturating_add(512))
+        .map(|r| {
+            r.size
+                .saturating_add(fixed)
+                .saturating_add(2 * r.key.len() as u64)
+                .saturating_add(attempt.saturating_mul(r.attempts.len() as u64))
+        })
         .fold(0, u64::saturating_add)
 }
 
@@ -86,8 +94,10 @@ mod tests {
             )
         };
         let (a, b, c) = (key(1), key(2), key(3));
-        // Each about 10 * (4 * 1000 + 512) bytes; the budget holds two.
-        let mut kept_runs = KeptRuns::new(2 * 45_120);
+        // The budget holds two.
+        let one = estimate(&kept(10, 1000));
+        assert!(one > 10 * 1000, "{one}");
+        let mut kept_runs = KeptRuns::new(2 * one);
         kept_runs.keep(&a, kept(10, 1000));
         kept_runs.keep(&b, kept(10, 1000));
         kept_runs.keep(&c, kept(10, 1000));
@@ -99,7 +109,7 @@ mod tests {
         // Keeping a run again replaces its entry, not adds to it.
         kept_runs.keep(&b, kept(10, 1000));
         kept_runs.keep(&b, kept(10, 1000));
-        assert_eq!(kept_runs.bytes, 45_120);
+        assert_eq!(kept_runs.bytes, one);
         kept_runs.forget(&b);
         assert_eq!(kept_runs.bytes, 0);
     }

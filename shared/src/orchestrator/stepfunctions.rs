@@ -434,6 +434,7 @@ async fn answer(
         claim: &|_, _| {},
         results: &[],
         cache: None,
+        memory: None,
     };
     let ticked = tick::tick(s, &ws, &run_id, &driving).await?;
     let mut out = PlanResponse::new(ws, run_id, Next::Finished);

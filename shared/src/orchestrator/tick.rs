@@ -58,6 +58,7 @@ impl Ticked {
             attempt: d.attempt,
             request: d.request.clone(),
             timeout: d.timeout,
+            memory: Default::default(),
         }
     }
 }
@@ -79,6 +80,10 @@ pub struct Driving<'a> {
     pub results: &'a [StepResult],
     /// The driver's copy of the run's records, if it keeps one.
     pub cache: Option<&'a dyn RecordCache>,
+    /// What the runs a process advances at once may take in memory (where
+    /// one process advances many): a pass waits for room for its run's
+    /// state (`RunRecord::state_bytes`) before it reads its steps.
+    pub memory: Option<&'a crate::memory::Budget>,
 }
 
 /// The result of an I/O attempt, handed to the pass that records it (the
@@ -88,6 +93,8 @@ pub struct StepResult {
     pub key: String,
     pub attempt: u32,
     pub result: Result<serde_json::Value, StepError>,
+    /// The memory the result was charged, given back once it is recorded.
+    pub hold: crate::memory::Hold,
 }
 
 /// A run's step records as of a revision, with where its maps' open
@@ -161,33 +168,61 @@ pub async fn load_active(
     )))
 }
 
+/// A run and its steps as a pass holds them, with the room it was given
+/// in the driver's memory budget.
+struct Loaded {
+    run: RunRecord,
+    recs: Records,
+    cursors: Cursors,
+    _room: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// The run and its steps for a pass: the steps from the driver's cache when
-/// it holds them at the stored revision, else from the store.
+/// it holds them at the stored revision, else from the store (after room
+/// for them is found in the driver's budget, if it has one).
 async fn load_for_pass(
     s: Stores<'_>,
     ws: &WorkspaceId,
     id: &RunId,
-    cache: Option<&dyn RecordCache>,
-) -> anyhow::Result<Option<(RunRecord, Records, Cursors)>> {
-    let Some(kept) = cache.and_then(|c| c.take()) else {
-        return Ok(load_active(s, ws, id)
-            .await?
-            .map(|(run, recs)| (run, recs, Cursors::default())));
-    };
+    driving: &Driving<'_>,
+) -> anyhow::Result<Option<Loaded>> {
+    let kept = driving.cache.and_then(|c| c.take());
+    if kept.is_none() && driving.memory.is_none() {
+        return Ok(load_active(s, ws, id).await?.map(|(run, recs)| Loaded {
+            run,
+            recs,
+            cursors: Cursors::default(),
+            _room: None,
+        }));
+    }
     let Some(run) = s.runs.get_run(ws, id).await.context("reading the run")? else {
         return Ok(None);
     };
     if run.status.is_terminal() {
         return Ok(None);
     }
-    if run.revision == kept.revision {
-        return Ok(Some((run, kept.records, kept.cursors)));
+    let room = match driving.memory {
+        Some(m) => m.take(run.state_bytes).await,
+        None => None,
+    };
+    if let Some(kept) = kept.filter(|k| k.revision == run.revision) {
+        return Ok(Some(Loaded {
+            run,
+            recs: kept.records,
+            cursors: kept.cursors,
+            _room: room,
+        }));
     }
     // Written since: its steps as stored now (a write between these two
     // reads moves the revision on, and the pass's write then conflicts).
     let steps = s.runs.get_steps(ws, id).await.context("reading the run")?;
     let recs = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
-    Ok(Some((run, recs, Cursors::default())))
+    Ok(Some(Loaded {
+        run,
+        recs,
+        cursors: Cursors::default(),
+        _room: room,
+    }))
 }
 
 /// Advances the run once and commits it. Returns None if the run is gone
@@ -199,8 +234,12 @@ pub async fn tick(
     driving: &Driving<'_>,
 ) -> anyhow::Result<Option<Ticked>> {
     loop {
-        let Some((mut run, mut recs, mut cursors)) =
-            load_for_pass(s, ws, id, driving.cache).await?
+        let Some(Loaded {
+            mut run,
+            mut recs,
+            mut cursors,
+            _room,
+        }) = load_for_pass(s, ws, id, driving).await?
         else {
             return Ok(None);
         };
@@ -299,6 +338,7 @@ pub async fn tick(
                 || !adv.logs.is_empty()
                 || before != (run.status, run.wake_at);
             changed = keys.iter().filter_map(|k| recs.get(k).cloned()).collect();
+            run.state_bytes = adv.state_bytes;
             for l in &adv.logs {
                 tracing::debug!(
                     step_id = l.step_id.as_deref().unwrap_or(""),
@@ -476,6 +516,7 @@ pub async fn prepare_call(
         attempt,
         request,
         timeout: step.timeout.unwrap_or(crate::engine::DEFAULT_STEP_TIMEOUT),
+        memory: Default::default(),
     }))
 }
 

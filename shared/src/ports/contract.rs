@@ -319,6 +319,7 @@ fn run(ws: &WorkspaceId, workflow: &str) -> RunRecord {
         budget_usd: None,
         revision: 1,
         lease: None,
+        state_bytes: 0,
     }
 }
 

@@ -25,6 +25,10 @@ pub struct StepCall {
     pub request: Value,
     #[serde(with = "humantime_serde_secs")]
     pub timeout: Duration,
+    /// Where the executor charges the memory its result will take before
+    /// it reads and parses it (see `memory::Hold`); not sent anywhere.
+    #[serde(skip)]
+    pub memory: crate::memory::Hold,
 }
 
 mod humantime_serde_secs {

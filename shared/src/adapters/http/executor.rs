@@ -12,6 +12,7 @@ use serde_json::{Map as JsonMap, Value, json};
 
 use super::egress::{EgressDenied, EgressPolicy, GuardedResolver};
 use crate::domain::StepError;
+use crate::domain::limits::MAX_STEP_OUTPUT_MEMORY;
 use crate::ports::{SecretStore, StepCall, StepExecutor};
 use crate::step_secrets::{self, Filled};
 
@@ -332,6 +333,9 @@ impl HttpExecutor {
                             format!("the response body is larger than {MAX_RESPONSE_BYTES} bytes"),
                         ));
                     }
+                    // Counted before it is kept: what many attempts hold
+                    // at once is bounded (`memory::Hold`).
+                    call.memory.charge(chunk.len() as u64).await?;
                     bytes.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
@@ -350,10 +354,25 @@ impl HttpExecutor {
             }
         }
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        let body = if is_json {
-            serde_json::from_slice(&bytes).unwrap_or(Value::String(text.clone()))
-        } else {
-            Value::String(text.clone())
+        // JSON is parsed only if what it takes parsed is within bounds
+        // (dense JSON takes many times its text); else it is refused.
+        let cost = is_json.then(|| crate::memory::parse_cost(&bytes)).flatten();
+        let body = match cost {
+            Some(c) if c > MAX_STEP_OUTPUT_MEMORY => {
+                return Err(StepError::permanent(
+                    "response_too_large",
+                    format!(
+                        "the response's JSON would take {} MiB in memory once parsed; a step's output may take {} MiB",
+                        c / (1024 * 1024),
+                        MAX_STEP_OUTPUT_MEMORY / (1024 * 1024)
+                    ),
+                ));
+            }
+            Some(c) => {
+                call.memory.charge(c).await?;
+                serde_json::from_slice(&bytes).unwrap_or(Value::String(text.clone()))
+            }
+            None => Value::String(text.clone()),
         };
         let code = status.as_u16();
         if status.is_success() {

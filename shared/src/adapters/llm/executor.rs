@@ -16,6 +16,9 @@ use crate::domain::{Caps, Charge, StepError, Usage, WorkspaceId, WorkspaceSettin
 use crate::ports::{ResultCache, SecretStore, SettingsStore, StepCall, StepExecutor, UsageStore};
 use crate::step_secrets::Redactor;
 
+/// Largest reply read from a model provider.
+const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
+
 /// Where each provider is reached and which provider a step without one uses.
 #[derive(Clone, Debug)]
 pub struct LlmConfig {
@@ -215,6 +218,7 @@ impl LlmExecutor {
         provider: &str,
         prompt: &Prompt<'_>,
         timeout: Duration,
+        memory: &crate::memory::Hold,
     ) -> Result<Reply, CallError> {
         let fail = |class, message: String| CallError {
             class,
@@ -269,21 +273,61 @@ impl LlmExecutor {
         })?;
         let status = res.status().as_u16();
         let wait = retry_after(res.headers());
-        let raw = res.text().await.map_err(|e| {
-            if e.is_timeout() {
-                fail(
-                    ErrorClass::Timeout,
-                    "the reply did not arrive in time".into(),
-                )
-            } else {
-                fail(
-                    ErrorClass::ServerError,
-                    format!("reading the reply failed: {}", e.without_url()),
-                )
+        // Read within a bound and counted (`memory::Hold`), like an http
+        // step's response: a provider is outside and may send anything.
+        let mut res = res;
+        let mut bytes = Vec::new();
+        loop {
+            match res.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > MAX_REPLY_BYTES {
+                        return Err(fail(
+                            ErrorClass::ServerError,
+                            format!("the reply is larger than {MAX_REPLY_BYTES} bytes"),
+                        ));
+                    }
+                    memory
+                        .charge(chunk.len() as u64)
+                        .await
+                        .map_err(|e| fail(ErrorClass::Invalid, e.message))?;
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => {
+                    return Err(fail(
+                        ErrorClass::Timeout,
+                        "the reply did not arrive in time".into(),
+                    ));
+                }
+                Err(e) => {
+                    return Err(fail(
+                        ErrorClass::ServerError,
+                        format!("reading the reply failed: {}", e.without_url()),
+                    ));
+                }
             }
-        })?;
-        let raw = redactor.redact_str(&raw);
-        let parsed: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+        }
+        let raw = redactor.redact_str(&String::from_utf8_lossy(&bytes));
+        drop(bytes);
+        let parsed: Value = match crate::memory::parse_cost(raw.as_bytes()) {
+            Some(c) if c > crate::domain::limits::MAX_STEP_OUTPUT_MEMORY => {
+                return Err(fail(
+                    ErrorClass::ServerError,
+                    format!(
+                        "the reply would take {} MiB in memory once parsed",
+                        c / (1024 * 1024)
+                    ),
+                ));
+            }
+            Some(c) => {
+                memory
+                    .charge(c)
+                    .await
+                    .map_err(|e| fail(ErrorClass::Invalid, e.message))?;
+                serde_json::from_str(&raw).unwrap_or(Value::Null)
+            }
+            None => Value::Null,
+        };
         if (200..300).contains(&status) {
             return providers::reply(kind, &parsed).ok_or_else(|| {
                 fail(
@@ -462,7 +506,13 @@ impl LlmExecutor {
                 json: req["json"].as_bool().unwrap_or(false),
             };
             let result = self
-                .call(&call.workspace_id, provider, &prompt, per_call)
+                .call(
+                    &call.workspace_id,
+                    provider,
+                    &prompt,
+                    per_call,
+                    &call.memory,
+                )
                 .await;
             let used = match &result {
                 Ok(r) => Usage {
