@@ -13,11 +13,12 @@ pub const MAX_STEP_RECORDS: usize = 200_000;
 /// still fits one answer of the API on AWS (6 MB per Lambda response).
 pub const MAX_STEP_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Most memory one step's output may take once parsed (`memory::mem_size`):
-/// dense JSON takes many times its text.
-pub const MAX_STEP_OUTPUT_MEMORY: u64 = 32 * 1024 * 1024;
+/// dense JSON takes many times its text (4 MiB of typical API objects take
+/// some 50 MiB parsed; of `{"a":0}`, some 400 MiB).
+pub const MAX_STEP_OUTPUT_MEMORY: u64 = 128 * 1024 * 1024;
 /// Most memory the outputs of one run may take in all (the sum of its
 /// steps' `size`, counted as `memory::mem_size`).
-pub const MAX_RUN_STATE_BYTES: u64 = 256 * 1024 * 1024;
+pub const MAX_RUN_STATE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Why a value is out of bounds: too deep, or larger than `max_bytes` as
 /// JSON (estimated without building it, stopping as soon as it is over).
