@@ -7,13 +7,12 @@ use crate::dag::{self, Records};
 use crate::domain::*;
 use crate::dsl::{Path, StepKind, ValidationError, Workflow};
 use crate::ports::{
-    CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunWrite, StoreError,
+    CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunWrite, StoreError, Tried,
+    retry_conflicts,
 };
 
 /// How long an Idempotency-Key holds after first use.
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
-/// How often a write that lost a race is tried again.
-const WRITE_ATTEMPTS: usize = 50;
 /// Largest run input accepted (the request body limit bounds it too).
 const MAX_INPUT_BYTES: usize = 1024 * 1024;
 
@@ -380,20 +379,16 @@ impl App {
         ws: &WorkspaceId,
         id: &RunId,
         key: Option<&str>,
-        mut change: F,
+        change: F,
     ) -> Result<RunRecord, AppError>
     where
-        F: FnMut(
+        F: Fn(
             &Workflow,
             &mut RunRecord,
             Option<&mut StepRecord>,
         ) -> Result<Vec<LogEntry>, AppError>,
     {
-        for attempt in 0..WRITE_ATTEMPTS {
-            if attempt > 0 {
-                let ms = rand::random_range(1..=5 * attempt.min(10) as u64);
-                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-            }
+        let once = || async {
             let mut run = self
                 .stores
                 .runs
@@ -407,24 +402,20 @@ impl App {
             };
             let logs = change(&wf, &mut run, step.as_mut())?;
             run.revision += 1;
-            match self
-                .stores
-                .runs
-                .save_run(&RunWrite {
-                    run: run.clone(),
-                    steps: step.into_iter().collect(),
-                    logs,
-                })
-                .await
-            {
-                Ok(()) => return Ok(run),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+            let write = RunWrite {
+                run,
+                steps: step.into_iter().collect(),
+                logs,
+            };
+            match self.stores.runs.save_run(&write).await {
+                Ok(()) => Ok(Tried::Done(write.run)),
+                Err(StoreError::Conflict(_)) => Ok(Tried::Conflict),
+                Err(e) => Err(AppError::from(e)),
             }
-        }
-        Err(AppError::Conflict(format!(
-            "run `{id}` is changing quickly; try again"
-        )))
+        };
+        retry_conflicts(once)
+            .await?
+            .ok_or_else(|| AppError::Conflict(format!("run `{id}` is changing quickly; try again")))
     }
 
     fn poke(&self, ws: &WorkspaceId, id: &RunId) -> impl Future<Output = ()> + '_ {
@@ -474,9 +465,9 @@ impl App {
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         let (ws, id) = (&ended.workspace_id, &ended.id);
-        for _ in 0..WRITE_ATTEMPTS {
+        let once = || async {
             let Some(mut run) = self.stores.runs.get_run(ws, id).await? else {
-                return Ok(());
+                return Ok(Tried::Done(()));
             };
             let wf = self.definition(&run).await?;
             let heads = self.stores.runs.get_step_heads(ws, id).await?;
@@ -494,39 +485,34 @@ impl App {
                 .map(|s| (s.key.clone(), s))
                 .collect();
             // Steps never started have no record yet; the top-level ones
-            // get one (as cancelled) so the view says so.
+            // get one (as cancelled) so the view says so. (Records it adds
+            // for steps that do have one, not read here, are left out.)
             let started: std::collections::HashSet<&str> =
                 heads.iter().map(|h| h.key.as_str()).collect();
             let reason = "the run was cancelled";
-            // (Records it adds for steps that do have one, not read here,
-            // are left out.)
             let steps: Vec<StepRecord> = dag::close_open_steps(&wf, &mut recs, now, reason)
                 .iter()
                 .filter(|k| open.contains(k) || !started.contains(k.as_str()))
                 .filter_map(|k| recs.remove(k))
                 .collect();
             if steps.is_empty() {
-                return Ok(());
+                return Ok(Tried::Done(()));
             }
             run.revision += 1;
-            match self
-                .stores
-                .runs
-                .save_run(&RunWrite {
-                    run,
-                    steps,
-                    logs: Vec::new(),
-                })
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+            let write = RunWrite {
+                run,
+                steps,
+                logs: Vec::new(),
+            };
+            match self.stores.runs.save_run(&write).await {
+                Ok(()) => Ok(Tried::Done(())),
+                Err(StoreError::Conflict(_)) => Ok(Tried::Conflict),
+                Err(e) => Err(AppError::from(e)),
             }
-        }
-        Err(AppError::Conflict(format!(
-            "run `{id}` is changing quickly"
-        )))
+        };
+        retry_conflicts(once)
+            .await?
+            .ok_or_else(|| AppError::Conflict(format!("run `{id}` is changing quickly")))
     }
 
     /// Completes a waiting approval step with the given output.

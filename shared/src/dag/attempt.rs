@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::plan::Records;
-use crate::domain::{Attempt, StepError, StepRecord, StepStatus};
+use crate::domain::{Attempt, LogEntry, LogLevel, StepError, StepRecord, StepStatus};
 use crate::dsl::{RetryPolicy, Workflow};
 
 /// Marks the start of a new attempt.
@@ -137,17 +137,65 @@ pub fn close_open_steps(
         }
     }
     for (key, rec) in recs.iter_mut() {
-        if !rec.status.is_terminal() {
-            rec.status = StepStatus::Cancelled;
-            rec.reason = Some(reason.to_owned());
-            rec.finished_at = Some(now);
-            rec.retry_at = None;
-            rec.wake_at = None;
-            if let Some(a) = rec.attempts.last_mut().filter(|a| a.finished_at.is_none()) {
-                a.finished_at = Some(now);
-            }
+        if cancel_step(rec, reason, now) {
             changed.push(key.clone());
         }
     }
     changed
+}
+
+/// Ends an open step as cancelled (a failed map's iterations, a cancelled
+/// or failed run's steps): no retry or wake-up left, its attempt closed.
+/// False if it had already ended.
+pub fn cancel_step(rec: &mut StepRecord, reason: &str, now: DateTime<Utc>) -> bool {
+    if rec.status.is_terminal() {
+        return false;
+    }
+    rec.status = StepStatus::Cancelled;
+    rec.reason = Some(reason.to_owned());
+    rec.finished_at = Some(now);
+    rec.retry_at = None;
+    rec.wake_at = None;
+    if let Some(a) = rec.attempts.last_mut().filter(|a| a.finished_at.is_none()) {
+        a.finished_at = Some(now);
+    }
+    true
+}
+
+/// Ends a step as skipped, with why; its log line.
+pub fn skip_step(rec: &mut StepRecord, reason: String, now: DateTime<Utc>) -> LogEntry {
+    rec.status = StepStatus::Skipped;
+    rec.finished_at = Some(now);
+    let line = LogEntry::new(LogLevel::Info, Some(&rec.key), format!("skipped: {reason}"));
+    rec.reason = Some(reason);
+    line
+}
+
+/// Records how the current attempt ended (`finish_attempt`) and returns its
+/// log line: how long it took, and when it is retried if it is.
+pub fn record_attempt(
+    rec: &mut StepRecord,
+    policy: &RetryPolicy,
+    result: Result<Value, StepError>,
+    now: DateTime<Utc>,
+    seed: &str,
+) -> LogEntry {
+    let attempt = rec.attempts.len();
+    let started = rec.attempts.last().map_or(now, |a| a.started_at);
+    let ms = (now - started).num_milliseconds();
+    let (level, mut message) = match &result {
+        Ok(_) => (
+            LogLevel::Info,
+            format!("succeeded (attempt {attempt}, {ms} ms)"),
+        ),
+        Err(e) => (
+            LogLevel::Error,
+            format!("failed (attempt {attempt}, {ms} ms): {e}"),
+        ),
+    };
+    finish_attempt(rec, policy, result, now, seed);
+    if let Some(at) = rec.retry_at {
+        message.push_str(&format!("; retrying at {}", at.to_rfc3339()));
+    }
+    LogEntry::new(level, Some(&rec.key), message)
 }

@@ -9,7 +9,10 @@
 mod attempt;
 mod plan;
 
-pub use attempt::{backoff, begin_attempt, close_open_steps, finish_attempt};
+pub use attempt::{
+    backoff, begin_attempt, cancel_step, close_open_steps, finish_attempt, record_attempt,
+    skip_step,
+};
 pub use plan::{Cursors, Decision, Outcome, Plan, Records, plan, plan_from};
 
 #[cfg(test)]

@@ -358,14 +358,7 @@ fn apply(
             let rec = recs
                 .entry(key.clone())
                 .or_insert_with(|| StepRecord::new(&key, step.kind.type_name()));
-            rec.status = StepStatus::Skipped;
-            rec.finished_at = Some(now);
-            logs.push(LogEntry::new(
-                LogLevel::Info,
-                Some(&key),
-                format!("skipped: {reason}"),
-            ));
-            rec.reason = Some(reason);
+            logs.push(dag::skip_step(rec, reason, now));
         }
         Decision::Start { .. } => {
             // One budget for everything this step's templates do.
@@ -381,15 +374,8 @@ fn apply(
                 match template::eval_condition(cond, &ctx) {
                     Ok(true) => {}
                     Ok(false) => {
-                        rec.status = StepStatus::Skipped;
-                        rec.finished_at = Some(now);
                         let reason = format!("`if` was false: {cond}");
-                        logs.push(LogEntry::new(
-                            LogLevel::Info,
-                            Some(&key),
-                            format!("skipped: {reason}"),
-                        ));
-                        rec.reason = Some(reason);
+                        logs.push(dag::skip_step(rec, reason, now));
                         return;
                     }
                     Err(e) => {
@@ -529,11 +515,7 @@ fn apply(
                 if !k.starts_with(&prefix) {
                     break;
                 }
-                if !r.status.is_terminal() {
-                    r.status = StepStatus::Cancelled;
-                    r.reason = Some(format!("map `{key}` failed"));
-                    r.finished_at = Some(now);
-                    r.wake_at = None;
+                if dag::cancel_step(r, &format!("map `{key}` failed"), now) {
                     changed.insert(k.clone());
                 }
             }
@@ -552,28 +534,5 @@ fn record_result(
     seed: &str,
     logs: &mut Vec<LogEntry>,
 ) {
-    let attempt = rec.attempts.len();
-    let started = rec.attempts.last().map_or(now, |a| a.started_at);
-    let ms = (now - started).num_milliseconds();
-    let line = match &result {
-        Ok(_) => LogEntry::new(
-            LogLevel::Info,
-            Some(&rec.key),
-            format!("succeeded (attempt {attempt}, {ms} ms)"),
-        ),
-        Err(e) => LogEntry::new(
-            LogLevel::Error,
-            Some(&rec.key),
-            format!("failed (attempt {attempt}): {e}"),
-        ),
-    };
-    logs.push(line);
-    dag::finish_attempt(rec, &step.retry, result, now, seed);
-    if let Some(at) = rec.retry_at {
-        logs.push(LogEntry::new(
-            LogLevel::Warn,
-            Some(&rec.key),
-            format!("retrying at {}", at.to_rfc3339()),
-        ));
-    }
+    logs.push(dag::record_attempt(rec, &step.retry, result, now, seed));
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::dag::{self, Records};
-use crate::domain::{LogEntry, LogLevel, StepError, StepStatus};
+use crate::domain::{LogEntry, StepError, StepStatus};
 use crate::dsl::Workflow;
 
 /// Records the result of attempt `attempt` of step `key`. Returns the log
@@ -25,28 +25,13 @@ pub fn record_external(
     if rec.status != StepStatus::Running || rec.attempts.len() != attempt as usize {
         return None;
     }
-    let started = rec.attempts.last().map_or(now, |a| a.started_at);
-    let ms = (now - started).num_milliseconds();
-    let line = match &result {
-        Ok(_) => LogEntry::new(
-            LogLevel::Info,
-            Some(key),
-            format!("succeeded (attempt {attempt}, {ms} ms)"),
-        ),
-        Err(e) => LogEntry::new(
-            LogLevel::Error,
-            Some(key),
-            format!("failed (attempt {attempt}, {ms} ms): {e}"),
-        ),
-    };
-    dag::finish_attempt(rec, &step.retry, result, now, &format!("{run_id}/{key}"));
-    Some(match rec.retry_at {
-        Some(at) => LogEntry {
-            message: format!("{}; retrying at {}", line.message, at.to_rfc3339()),
-            ..line
-        },
-        None => line,
-    })
+    Some(dag::record_attempt(
+        rec,
+        &step.retry,
+        result,
+        now,
+        &format!("{run_id}/{key}"),
+    ))
 }
 
 /// How a driver tells whether an attempt of an I/O step is still being

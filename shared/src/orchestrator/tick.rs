@@ -11,7 +11,10 @@ use crate::dag::{Cursors, Records};
 use crate::domain::*;
 pub use crate::engine::Dispatch;
 use crate::engine::{InFlight, Limits, RunInfo, advance_from, interrupt_orphans, record_external};
-use crate::ports::{RunStore, RunWrite, StepCall, StepExecutor, StoreError, WorkflowStore};
+use crate::ports::{
+    RunStore, RunWrite, StepCall, StepExecutor, StoreError, Tried, WRITE_TRIES, WorkflowStore,
+    retry_conflicts,
+};
 
 /// Where a driver reads and writes runs.
 #[derive(Clone, Copy)]
@@ -225,15 +228,27 @@ async fn load_for_pass(
     }))
 }
 
-/// Advances the run once and commits it. Returns None if the run is gone
-/// or already finished.
+/// Advances the run once and commits it (read again and tried again while
+/// other writers win). Returns None if the run is gone or already finished.
 pub async fn tick(
     s: Stores<'_>,
     ws: &WorkspaceId,
     id: &RunId,
     driving: &Driving<'_>,
 ) -> anyhow::Result<Option<Ticked>> {
-    loop {
+    retry_conflicts(|| pass(s, ws, id, driving))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("other writers kept changing the run ({WRITE_TRIES} tries)"))
+}
+
+/// One try of `tick`.
+async fn pass(
+    s: Stores<'_>,
+    ws: &WorkspaceId,
+    id: &RunId,
+    driving: &Driving<'_>,
+) -> anyhow::Result<Tried<Option<Ticked>>> {
+    {
         let Some(Loaded {
             mut run,
             mut recs,
@@ -241,19 +256,19 @@ pub async fn tick(
             _room,
         }) = load_for_pass(s, ws, id, driving).await?
         else {
-            return Ok(None);
+            return Ok(Tried::Done(None));
         };
         let now = Utc::now();
         if let (Some(h), Some(l)) = (&driving.holder, &run.lease)
             && lease::held_elsewhere(l, h.owner, now)
         {
-            return Ok(Some(Ticked {
+            return Ok(Tried::Done(Some(Ticked {
                 run,
                 dispatch: Vec::new(),
                 finished: false,
                 awaits_event: false,
                 superseded: true,
-            }));
+            })));
         }
         let mut logs = Vec::new();
         let wf = match s.definitions.for_run(s.workflows, &run).await {
@@ -377,13 +392,13 @@ pub async fn tick(
                     cursors,
                 });
             }
-            return Ok(Some(Ticked {
+            return Ok(Tried::Done(Some(Ticked {
                 run,
                 dispatch: Vec::new(),
                 finished: false,
                 awaits_event,
                 superseded: false,
-            }));
+            })));
         }
         run.revision += 1;
         let finished = run.status.is_terminal();
@@ -410,23 +425,23 @@ pub async fn tick(
                         .map(|(a, b)| (b - a).num_milliseconds());
                     tracing::info!(status = r.status.as_str(), duration_ms = ms, "run finished");
                 }
-                return Ok(Some(Ticked {
+                Ok(Tried::Done(Some(Ticked {
                     run: write.run,
                     dispatch,
                     finished,
                     awaits_event,
                     superseded: false,
-                }));
+                })))
             }
             // Someone else (a cancel, an approval, a step result) wrote
             // first: read again.
             Err(StoreError::Conflict(_)) => {
                 (driving.claim)(&dispatch, false);
-                continue;
+                Ok(Tried::Conflict)
             }
             Err(e) => {
                 (driving.claim)(&dispatch, false);
-                return Err(e).context("saving the run");
+                Err(e).context("saving the run")
             }
         }
     }
@@ -441,12 +456,12 @@ pub async fn update_lease(
     id: &RunId,
     f: impl Fn(&mut RunRecord) -> bool,
 ) -> anyhow::Result<Option<RunRecord>> {
-    loop {
+    let once = || async {
         let Some(mut run) = runs.get_run(ws, id).await.context("reading the run")? else {
-            return Ok(None);
+            return Ok(Tried::Done(None));
         };
         if run.status.is_terminal() || !f(&mut run) {
-            return Ok(None);
+            return Ok(Tried::Done(None));
         }
         run.revision += 1;
         let write = RunWrite {
@@ -455,11 +470,21 @@ pub async fn update_lease(
             logs: Vec::new(),
         };
         match runs.save_run(&write).await {
-            Ok(()) => return Ok(Some(write.run)),
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e).context("saving the run's lease"),
+            Ok(()) => Ok(Tried::Done(Some(write.run))),
+            Err(StoreError::Conflict(_)) => Ok(Tried::Conflict),
+            Err(e) => Err(e).context("saving the run's lease"),
         }
-    }
+    };
+    retry_conflicts(once)
+        .await?
+        .ok_or_else(|| gave_up("its lease"))
+}
+
+/// The error of a read-change-write that lost to other writers every time.
+fn gave_up(what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "other writers kept changing the run while writing {what} ({WRITE_TRIES} tries)"
+    )
 }
 
 /// The call a step function makes for one dispatched attempt, rebuilt from
@@ -530,9 +555,9 @@ pub async fn record(
     attempt: u32,
     result: Result<serde_json::Value, StepError>,
 ) -> anyhow::Result<()> {
-    loop {
+    let once = || async {
         let Some((mut run, mut recs)) = load_active(s, ws, id).await? else {
-            return Ok(());
+            return Ok(Tried::Done(()));
         };
         let wf = s
             .definitions
@@ -549,26 +574,26 @@ pub async fn record(
             result.clone(),
             now,
         ) else {
-            return Ok(());
+            return Ok(Tried::Done(()));
         };
         tracing::info!(step_id = %key, "{}", line.message);
         run.revision += 1;
         run.wake_at = Some(now);
         let steps = recs.get(key).cloned().into_iter().collect();
-        match s
-            .runs
-            .save_run(&RunWrite {
-                run,
-                steps,
-                logs: vec![line],
-            })
-            .await
-        {
-            Ok(()) => return Ok(()),
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e).context("saving the step result"),
+        let write = RunWrite {
+            run,
+            steps,
+            logs: vec![line],
+        };
+        match s.runs.save_run(&write).await {
+            Ok(()) => Ok(Tried::Done(())),
+            Err(StoreError::Conflict(_)) => Ok(Tried::Conflict),
+            Err(e) => Err(anyhow::Error::from(e).context("saving the step result")),
         }
-    }
+    };
+    retry_conflicts(once)
+        .await?
+        .ok_or_else(|| gave_up("a step result"))
 }
 
 /// Ends the run as failed with `error`, closing its open steps (for a run
@@ -579,9 +604,9 @@ pub async fn fail(
     id: &RunId,
     error: StepError,
 ) -> anyhow::Result<bool> {
-    loop {
+    let once = || async {
         let Some((mut run, mut recs)) = load_active(s, ws, id).await? else {
-            return Ok(false);
+            return Ok(Tried::Done(false));
         };
         let now = Utc::now();
         let changed = match s.definitions.for_run(s.workflows, &run).await {
@@ -602,18 +627,18 @@ pub async fn fail(
             .iter()
             .filter_map(|k| recs.get(k).cloned())
             .collect();
-        match s
-            .runs
-            .save_run(&RunWrite {
-                run,
-                steps,
-                logs: vec![line],
-            })
-            .await
-        {
-            Ok(()) => return Ok(true),
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e).context("saving the failed run"),
+        let write = RunWrite {
+            run,
+            steps,
+            logs: vec![line],
+        };
+        match s.runs.save_run(&write).await {
+            Ok(()) => Ok(Tried::Done(true)),
+            Err(StoreError::Conflict(_)) => Ok(Tried::Conflict),
+            Err(e) => Err(anyhow::Error::from(e).context("saving the failed run")),
         }
-    }
+    };
+    retry_conflicts(once)
+        .await?
+        .ok_or_else(|| gave_up("its failure"))
 }

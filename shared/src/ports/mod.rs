@@ -2,6 +2,7 @@
 //! embedded adapter (SQLite, in-process) and, for the AWS deployment, an AWS
 //! one; `contract` holds the tests every store adapter must pass.
 
+mod conflict;
 mod driver;
 mod executor;
 mod page;
@@ -9,6 +10,7 @@ mod set;
 mod store;
 mod usage;
 
+pub use conflict::{Tried, WRITE_TRIES, retry_conflicts};
 pub use driver::{DriverError, RunDriver};
 pub use executor::{StepCall, StepExecutor};
 pub use page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, Page, PageRequest};
