@@ -2,6 +2,7 @@
 
 pub mod ids;
 pub mod limits;
+pub mod models;
 pub mod run;
 pub mod usage;
 pub mod workflow;
