@@ -1,10 +1,8 @@
 //! The workflows under examples/, run end to end against the provider test
 //! server with scripted model replies.
 
-mod common;
-
-use common::providers::{calls, script, setup};
-use common::step;
+use crate::common::providers::{calls, script, setup};
+use crate::common::step;
 use serde_json::{Value, json};
 
 fn example(name: &str) -> Value {

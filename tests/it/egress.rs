@@ -2,17 +2,16 @@
 //! policy and never use a proxy from the environment; the model providers
 //! the operator configured are trusted by configuration.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{providers, spawn_app, step, upstream};
+use crate::common::{TestApp, providers, server, step, upstream};
 use serde_json::json;
 use weft::adapters::http::EgressPolicy;
 
 /// A proxy in the environment would resolve host names past the egress
 /// guard. The step goes straight to its service; the proxy sees nothing.
+/// (The server is a process of its own: the variables touch nothing else.)
 #[tokio::test]
 async fn environment_proxies_are_not_used() {
     let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -26,18 +25,20 @@ async fn environment_proxies_are_not_used() {
             seen.fetch_add(1, Ordering::SeqCst);
         }
     });
-    // This test binary holds this one test: the variables touch nothing else.
-    for var in [
+    let env: Vec<(&str, &str)> = [
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "ALL_PROXY",
         "http_proxy",
         "all_proxy",
-    ] {
-        unsafe { std::env::set_var(var, &proxy_url) };
-    }
+    ]
+    .into_iter()
+    .map(|v| (v, proxy_url.as_str()))
+    .collect();
+    let dir = tempfile::tempdir().expect("dir");
+    let server = server::start_with_env(dir.path(), &[], &env);
+    let app = TestApp::external(&server.base, server::KEY);
     let up = upstream::spawn().await;
-    let app = spawn_app().await;
     app.create_workflow(json!({"id": "wf_p", "name": "p", "steps": [
         {"id": "call", "type": "http", "url": "{{ trigger.base }}/echo", "retry": {"max_attempts": 1}}
     ]}))
@@ -47,19 +48,12 @@ async fn environment_proxies_are_not_used() {
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(step(&done, "call")["output"]["body"]["method"], "GET");
     assert_eq!(connections.load(Ordering::SeqCst), 0);
+}
 
+#[tokio::test]
+async fn operator_providers_are_trusted_and_tenants_kept_off_loopback() {
     // A model provider on loopback, configured by the operator, is
-    // reached, while the default policy keeps tenants off loopback. (The
-    // operator's own calls may use the environment's proxy: unset it.)
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "all_proxy",
-    ] {
-        unsafe { std::env::remove_var(var) };
-    }
+    // reached, while the default policy keeps tenants off loopback.
     let (app, base) = providers::setup_with(true, EgressPolicy::default()).await;
     let done = providers::run_one(
         &app,

@@ -2,9 +2,7 @@
 //! templates, retries of transient failures, Retry-After, permanent errors,
 //! timeouts, and refusal of internal destinations.
 
-mod common;
-
-use common::{spawn_app, spawn_app_with, step, upstream};
+use crate::common::{spawn_app, spawn_app_with, step, upstream};
 use std::time::Duration;
 
 use serde_json::{Value, json};

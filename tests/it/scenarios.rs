@@ -13,13 +13,11 @@
 //! `$UNIQUE` by a string unique to this run of the suite; `pad_input: N`
 //! adds a `padding` field of N bytes to the input.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{TestApp, spawn_app, step};
+use crate::common::{TestApp, spawn_app, step};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
@@ -173,7 +171,7 @@ async fn scenarios() {
     let (app, target) = target().await;
     eprintln!("scenario suite against {target}");
     let app = Arc::new(app);
-    let upstream = Arc::new(common::upstream::spawn().await);
+    let upstream = Arc::new(crate::common::upstream::spawn().await);
     let unique = Arc::new(format!(
         "{}",
         std::time::SystemTime::now()

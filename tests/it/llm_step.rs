@@ -1,9 +1,7 @@
 //! The `llm` step against a server speaking each provider's wire format.
 
-mod common;
-
-use common::providers::{calls, run_one, setup};
-use common::{providers, step};
+use crate::common::providers::{calls, run_one, setup};
+use crate::common::{providers, step};
 use serde_json::json;
 
 #[tokio::test]

@@ -2,65 +2,11 @@
 //! resumes where it stood, finished steps are not executed again, timers
 //! keep their time and approvals can still be completed.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, step, upstream};
+use crate::common::server::{KEY, start, start_with};
+use crate::common::{TestApp, step, upstream};
 use serde_json::json;
-
-const KEY: &str = "weft_crash_test_key_0123456789abcdefghij";
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn start(dir: &std::path::Path) -> Server {
-    start_with(dir, &[])
-}
-
-fn start_with(dir: &std::path::Path, args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["dev", "--port", "0", "--data-dir"])
-        .arg(dir)
-        .args(args)
-        .env("WEFT_DEV_API_KEY", KEY)
-        .env("WEFT_EGRESS_ALLOW", "127.0.0.0/8")
-        .env("WEFT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start weft dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("a banner line").expect("readable");
-    let base = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("the banner names the URL")
-        .to_owned();
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
-}
-
-impl Server {
-    fn kill_9(mut self) {
-        // Child::kill sends SIGKILL on Unix: no shutdown code runs.
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn runs_resume_after_kill_9() {

@@ -1,8 +1,6 @@
 //! The API as a client sees it, against the real embedded server.
 
-mod common;
-
-use common::spawn_app;
+use crate::common::spawn_app;
 use serde_json::{Value, json};
 
 fn simple(id: Option<&str>) -> Value {

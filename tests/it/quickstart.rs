@@ -3,12 +3,10 @@
 //! workflow runs through the API as shown, and `weft validate` checks files
 //! offline.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::{TestApp, step};
+use crate::common::{TestApp, step};
 use serde_json::json;
 
 struct Dev {

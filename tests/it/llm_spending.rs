@@ -2,10 +2,8 @@
 //! before the call, the result cache, usage reports, workspace prices and
 //! providers an operator adds.
 
-mod common;
-
-use common::providers::{calls, run_one, setup};
-use common::{TestApp, step};
+use crate::common::providers::{calls, run_one, setup};
+use crate::common::{TestApp, step};
 use serde_json::{Value, json};
 
 /// What one call to the test server costs on gpt-4o-mini: it reports 1000
@@ -137,7 +135,7 @@ async fn the_monthly_cap_covers_every_run_of_the_workspace() {
         other
             .put(
                 "/v1/secrets/OPENAI_API_KEY",
-                json!({"value": common::providers::OPENAI_KEY})
+                json!({"value": crate::common::providers::OPENAI_KEY})
             )
             .await
             .status,

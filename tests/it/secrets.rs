@@ -1,9 +1,7 @@
 //! Workspace secrets: write-only through the API, usable in http steps as
 //! `{{ secrets.NAME }}`, and never visible in run state, logs or responses.
 
-mod common;
-
-use common::{spawn_app, step, upstream};
+use crate::common::{spawn_app, step, upstream};
 use serde_json::json;
 
 const SECRET: &str = "s3cret-value-42";
@@ -342,7 +340,8 @@ async fn secrets_are_encrypted_at_rest_and_a_wrong_master_key_fails_clearly() {
         .create_workspace("at rest", None)
         .await
         .expect("ws");
-    let app = common::TestApp::external(&common::serve(platform.router()).await, &key);
+    let app =
+        crate::common::TestApp::external(&crate::common::serve(platform.router()).await, &key);
     assert_eq!(
         app.put("/v1/secrets/API_KEY", json!({"value": SECRET}))
             .await
@@ -383,7 +382,10 @@ async fn secrets_are_encrypted_at_rest_and_a_wrong_master_key_fails_clearly() {
     let error = match Platform::open_with(&db, config([8; 32])).await {
         Err(e) => format!("{e:#}"),
         Ok(platform) => {
-            let app = common::TestApp::external(&common::serve(platform.router()).await, &key);
+            let app = crate::common::TestApp::external(
+                &crate::common::serve(platform.router()).await,
+                &key,
+            );
             let done = app
                 .wait_finished(&app.start_run(&wf, json!({})).await)
                 .await;

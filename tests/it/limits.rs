@@ -2,9 +2,7 @@
 //! where a user would trip over them: every error a problem document, runs
 //! listed in the order they were made, ids free again once archived.
 
-mod common;
-
-use common::{spawn_app, step};
+use crate::common::{spawn_app, step};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -153,7 +151,7 @@ async fn one_process_per_data_directory() {
 
 #[tokio::test]
 async fn a_large_run_is_read_in_pages() {
-    let (app, up) = (spawn_app().await, common::upstream::spawn().await);
+    let (app, up) = (spawn_app().await, crate::common::upstream::spawn().await);
     let wf = app
         .create_workflow(json!({"name": "wide", "steps": [
             {"id": "m", "type": "map", "items": "{{ range(1200) | list }}", "concurrency": 100,

@@ -1,0 +1,17 @@
+//! The integration tests, in one binary (one link, one process): each
+//! module is a suite; `common` holds the servers and clients they share.
+//! Run one suite with `cargo test --test it <module>::` (e.g. `scenarios::`).
+
+mod common;
+
+mod api;
+mod crash;
+mod egress;
+mod examples;
+mod http_step;
+mod limits;
+mod llm_spending;
+mod llm_step;
+mod quickstart;
+mod scenarios;
+mod secrets;
