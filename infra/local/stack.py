@@ -57,36 +57,6 @@ def functions(tpl):
             yield lid, res["Metadata"]["BuildProperties"]["Binary"], res["Properties"]
 
 
-def forward_invocations(lambda_port, timeout):
-    """Makes moto's Lambda run functions on `cargo lambda watch`."""
-    from moto.awslambda.models import LambdaFunction
-
-    def invoke(self, body, request_headers, response_headers):
-        url = (
-            f"http://127.0.0.1:{lambda_port}/2015-03-31/functions/"
-            f"{self.function_name}/invocations"
-        )
-        data = body.encode() if isinstance(body, str) else (body or b"{}")
-        req = urllib.request.Request(url, data=data, method="POST")
-        req.add_header("content-type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                payload = resp.read()
-        except urllib.error.HTTPError as e:
-            # cargo lambda watch answers a function error with a 500; Lambda
-            # answers 200 and says so in a header.
-            payload = e.read()
-            response_headers["x-amz-function-error"] = "Unhandled"
-        except OSError as e:
-            payload = json.dumps(
-                {"errorType": "Lambda.ServiceException", "errorMessage": str(e)}
-            ).encode()
-            response_headers["x-amz-function-error"] = "Unhandled"
-        return payload
-
-    LambdaFunction.invoke = invoke
-
-
 def start_runtime_relay(lambda_port):
     """A relay between the functions and `cargo lambda watch`'s runtime API.
 
@@ -158,52 +128,6 @@ def start_runtime_relay(lambda_port):
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server.server_address[1]
-
-
-def mend_step_functions_integration():
-    """moto's Step Functions -> Step Functions task (`states:startExecution`,
-    the fast machine's hand-off) passes the state's parameter names
-    (`StateMachineArn`) to boto3 as they are and hands back boto3's answer
-    (`executionArn`, a datetime) as it is; AWS maps both ways. Do the same."""
-    import datetime
-
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
-        StateTaskServiceSfn,
-    )
-
-    normalise_parameters = StateTaskServiceSfn._normalise_parameters
-
-    def to_api(self, parameters, boto_service_name=None, service_action_name=None):
-        normalise_parameters(self, parameters, boto_service_name, service_action_name)
-        for k in list(parameters):
-            parameters[k[:1].lower() + k[1:]] = parameters.pop(k)
-
-    def from_api(self, response, boto_service_name=None, service_action_name=None):
-        if isinstance(response, dict):
-            for k in list(response):
-                v = response.pop(k)
-                response[k[:1].upper() + k[1:]] = (
-                    v.isoformat() if isinstance(v, datetime.datetime) else v
-                )
-
-    StateTaskServiceSfn._normalise_parameters = to_api
-    StateTaskServiceSfn._normalise_response = from_api
-
-
-def mend_stop_execution():
-    """moto keeps a stopped execution RUNNING while one of its tasks waits
-    for a task token (and so still takes the token back); AWS ends it at
-    once (ABORTED) and refuses its tokens from then on. Do the same."""
-    from moto.stepfunctions.parser.api import ExecutionStatus
-    from moto.stepfunctions.parser.backend.execution import Execution
-
-    stop = Execution.stop
-
-    def stop_now(self, stop_date, error, cause):
-        stop(self, stop_date, error, cause)
-        self.exec_status = ExecutionStatus.ABORTED
-
-    Execution.stop = stop_now
 
 
 def tiny_zip():
@@ -410,13 +334,14 @@ def main():
     )
     from werkzeug.serving import make_server
 
+    import moto_patches
     from usage_meter import Meter
 
     class MeteredServer(ThreadedMotoServer):
         """moto's server with every request metered (GET /_weft/usage)."""
 
         def _server_entry(self):
-            app = Meter(DomainDispatcherApplication(create_backend_app))
+            app = Meter(serial(DomainDispatcherApplication(create_backend_app)))
             self._server = make_server(
                 self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
             )
@@ -424,9 +349,7 @@ def main():
             self._server.serve_forever()
 
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
-    forward_invocations(args.lambda_port, timeout=960)
-    mend_step_functions_integration()
-    mend_stop_execution()
+    serial = moto_patches.apply(args.lambda_port, timeout=960)
     server = MeteredServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
 
@@ -475,6 +398,7 @@ def main():
     wait_for_port(args.lambda_port, "cargo lambda watch", watch)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
     relay_port = start_runtime_relay(args.lambda_port)
+    envs = {}
     for binary in binaries:
         fenv = dict(os.environ)
         fenv.update(env)
@@ -490,6 +414,7 @@ def main():
             children.append(
                 subprocess.Popen([str(target / binary)], env=fenv, start_new_session=True)
             )
+            envs[binary] = fenv
 
     import boto3
 
@@ -529,12 +454,28 @@ def main():
         f"  curl -H \"authorization: Bearer $WEFT_KEY\" $WEFT_URL/v1/health\n",
         flush=True,
     )
+    # A function instance that exits is replaced, as Lambda replaces one
+    # that crashed; one that keeps exiting fails the stack. cargo lambda
+    # watch exiting fails it at once.
+    restarts = {}
     while True:
-        for p in children:
-            if p.poll() is not None:
-                print(f"stack.py: {p.args[0]} exited with {p.returncode}", file=sys.stderr)
+        for i, p in enumerate(children):
+            if p.poll() is None:
+                continue
+            name = Path(p.args[0]).name
+            print(f"stack.py: {name} exited with {p.returncode}", file=sys.stderr, flush=True)
+            if p is watch:
                 stop(status=1)
-        time.sleep(1)
+            now = time.monotonic()
+            recent = [t for t in restarts.get(name, []) if now - t < 60] + [now]
+            restarts[name] = recent
+            if len(recent) > 10:
+                print(f"stack.py: {name} exited 10 times in a minute", file=sys.stderr)
+                stop(status=1)
+            children[i] = subprocess.Popen(
+                [str(p.args[0])], env=envs[name], start_new_session=True
+            )
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":

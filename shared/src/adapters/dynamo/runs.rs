@@ -133,7 +133,12 @@ impl DynamoStore {
 
     /// The items at `keys`, in that order (missing ones left out).
     async fn batch_get(&self, keys: Vec<Item>) -> StoreResult<Vec<Item>> {
-        let mut found: std::collections::HashMap<String, Item> = Default::default();
+        // Found items by their whole key (the steps of a run share one
+        // partition key).
+        let id = |item: &Item| -> StoreResult<(String, String)> {
+            Ok((get_s(item, "pk")?.to_owned(), get_s(item, "sk")?.to_owned()))
+        };
+        let mut found: std::collections::HashMap<(String, String), Item> = Default::default();
         for chunk in keys.chunks(100) {
             let mut pending = Some(
                 KeysAndAttributes::builder()
@@ -154,7 +159,7 @@ impl DynamoStore {
                     .and_then(|mut r| r.remove(&self.table))
                     .unwrap_or_default()
                 {
-                    found.insert(get_s(&item, "pk")?.to_owned(), item);
+                    found.insert(id(&item)?, item);
                 }
                 pending = out
                     .unprocessed_keys
@@ -170,7 +175,7 @@ impl DynamoStore {
         }
         let mut items = Vec::new();
         for k in &keys {
-            if let Some(item) = found.remove(get_s(k, "pk")?) {
+            if let Some(item) = found.remove(&id(k)?) {
                 items.push(item);
             }
         }
