@@ -24,6 +24,14 @@ const ELEMENT: u64 = 32;
 const MAP: u64 = 640;
 /// Per map entry, besides its value: its share of half-full nodes.
 const ENTRY: u64 = 120;
+/// What the allocator takes per block besides what is asked (a 1-byte
+/// string is a block of its own).
+const ALLOC: u64 = 16;
+
+/// A heap block of `len` bytes (none for an empty string or list).
+fn block(len: u64) -> u64 {
+    if len == 0 { 0 } else { len + ALLOC }
+}
 
 /// About how many bytes `v` takes in memory (an upper bound).
 pub fn mem_size(v: &Value) -> u64 {
@@ -32,9 +40,9 @@ pub fn mem_size(v: &Value) -> u64 {
     while let Some(v) = stack.pop() {
         total = total.saturating_add(SLOT);
         match v {
-            Value::String(s) => total = total.saturating_add(s.len() as u64),
+            Value::String(s) => total = total.saturating_add(block(s.len() as u64)),
             Value::Array(a) => {
-                total = total.saturating_add(ELEMENT.saturating_mul(a.len() as u64));
+                total = total.saturating_add(block(ELEMENT.saturating_mul(a.len() as u64)));
                 stack.extend(a.iter());
             }
             Value::Object(m) => {
@@ -42,7 +50,7 @@ pub fn mem_size(v: &Value) -> u64 {
                     total = total.saturating_add(MAP);
                 }
                 for (k, v) in m {
-                    total = total.saturating_add(ENTRY + k.len() as u64);
+                    total = total.saturating_add(ENTRY + block(k.len() as u64));
                     stack.push(v);
                 }
             }
@@ -96,12 +104,17 @@ impl<'de> Visitor<'de> for CostVisitor {
         Ok(SLOT)
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<u64, E> {
-        Ok(SLOT + s.len() as u64)
+        Ok(SLOT + block(s.len() as u64))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         let mut total = SLOT;
+        let mut any = false;
         while let Some(c) = seq.next_element_seed(Cost)? {
+            any = true;
             total = total.saturating_add(ELEMENT).saturating_add(c);
+        }
+        if any {
+            total = total.saturating_add(ALLOC);
         }
         Ok(total)
     }

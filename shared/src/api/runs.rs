@@ -69,7 +69,8 @@ async fn shown(app: &App, mut view: crate::app::RunView) -> Result<Response, Pro
     let budget = views::VIEW_BYTES
         .saturating_sub(size(&view.run.input))
         .saturating_sub(view.run.output.as_ref().map_or(0, size));
-    app.with_outputs(&mut view, 0..views::VIEW_STEPS, budget)
+    let _room = app
+        .with_outputs(&mut view, 0..views::VIEW_STEPS, budget)
         .await?;
     Ok(Json(views::run(&view)).into_response())
 }
@@ -106,7 +107,8 @@ pub async fn steps(
     };
     let end = (start.saturating_add(page.limit as usize)).min(view.steps.len());
     let start = start.min(end);
-    app.with_outputs(&mut view, start..end, views::VIEW_BYTES)
+    let _room = app
+        .with_outputs(&mut view, start..end, views::VIEW_BYTES)
         .await?;
     let mut budget = views::VIEW_BYTES;
     let items: Vec<Value> = view.steps[start..end]
@@ -124,7 +126,7 @@ pub async fn step(
     Auth(who): Auth,
     Path((id, key)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let s = app
+    let (s, _room) = app
         .get_step(&who.workspace_id, &RunId::from_string(&id), &key)
         .await?;
     Ok(Json(views::step(&s)).into_response())

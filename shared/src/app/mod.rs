@@ -26,7 +26,13 @@ pub struct App {
     pub driver: Arc<dyn RunDriver>,
     pub definitions: Arc<DefinitionCache>,
     pub auth_cache: AuthCache,
+    /// What step outputs read for answers may take in memory at once
+    /// (requests past it wait their turn).
+    pub reads: Arc<crate::memory::Budget>,
 }
+
+/// Step outputs the API's answers may hold in memory at once, in all.
+pub const READ_MEMORY: u64 = 512 << 20;
 
 impl App {
     /// The application on these stores, telling `driver` about runs.
@@ -40,6 +46,7 @@ impl App {
             driver,
             definitions,
             auth_cache: Default::default(),
+            reads: crate::memory::Budget::new(READ_MEMORY),
         }
     }
 }

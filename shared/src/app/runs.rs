@@ -1,6 +1,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map as JsonMap, Value};
 use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{App, AppError};
 use crate::dag::{self, Records};
@@ -295,13 +296,15 @@ impl App {
     }
 
     /// Reads the outputs of the view's steps in `range` that fit in
-    /// `budget` bytes, in order; the rest stay out (`output_omitted`).
+    /// `budget` bytes (as held in memory), in order; the rest stay out
+    /// (`output_omitted`). The room they take in the process's read budget
+    /// is held until the answer is built (the returned permit).
     pub async fn with_outputs(
         &self,
         view: &mut RunView,
         range: std::ops::Range<usize>,
         mut budget: usize,
-    ) -> Result<(), AppError> {
+    ) -> Result<Option<OwnedSemaphorePermit>, AppError> {
         let end = range.end.min(view.steps.len());
         let start = range.start.min(end);
         let mut wanted = Vec::new();
@@ -313,9 +316,15 @@ impl App {
             }
         }
         if wanted.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let keys: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
+        // Read, then copied into the answer: twice what they take.
+        let held: u64 = wanted
+            .iter()
+            .map(|(i, _)| view.steps[*i].size)
+            .fold(0, u64::saturating_add);
+        let room = self.reads.take(held.saturating_mul(2)).await;
         let mut found: std::collections::HashMap<String, StepRecord> = self
             .stores
             .runs
@@ -329,24 +338,37 @@ impl App {
                 view.steps[i].output = full.output;
             }
         }
-        Ok(())
+        Ok(room)
     }
 
-    /// One step of a run, whole.
+    /// One step of a run, whole, with the room it takes in the process's
+    /// read budget (found before it is read; hold it until the answer is
+    /// built).
     pub async fn get_step(
         &self,
         ws: &WorkspaceId,
         id: &RunId,
         key: &str,
-    ) -> Result<StepRecord, AppError> {
+    ) -> Result<(StepRecord, Option<OwnedSemaphorePermit>), AppError> {
         if self.stores.runs.get_run(ws, id).await?.is_none() {
             return Err(AppError::NotFound(format!("run `{id}` not found")));
         }
-        self.stores
+        let missing = || AppError::NotFound(format!("run `{id}` has no step `{key}`"));
+        let head = self
+            .stores
+            .runs
+            .get_step_head(ws, id, key)
+            .await?
+            .ok_or_else(missing)?;
+        // Read, then copied into the answer: twice what it takes.
+        let room = self.reads.take(head.size.saturating_mul(2)).await;
+        let step = self
+            .stores
             .runs
             .get_step(ws, id, key)
             .await?
-            .ok_or_else(|| AppError::NotFound(format!("run `{id}` has no step `{key}`")))
+            .ok_or_else(missing)?;
+        Ok((step, room))
     }
 
     pub async fn list_runs(

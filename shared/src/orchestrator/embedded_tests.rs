@@ -50,6 +50,14 @@ impl RunStore for PanicsOnce {
     async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
         self.inner.get_step_heads(ws, id).await
     }
+    async fn get_step_head(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+    ) -> StoreResult<Option<StepRecord>> {
+        self.inner.get_step_head(ws, id, key).await
+    }
     async fn get_steps_by_keys(
         &self,
         ws: &WorkspaceId,
@@ -286,4 +294,75 @@ async fn a_pass_waits_for_room_for_its_runs_state_before_reading_it() {
     drop(others);
     let t = pass.await.unwrap().unwrap();
     assert_eq!(t.run.status, RunStatus::Completed);
+}
+
+#[tokio::test]
+async fn reading_a_large_step_waits_for_room_in_the_read_budget() {
+    let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
+    let defs = Arc::new(DefinitionCache::default());
+    let app = App::new(
+        StoreSet::from_one(store.clone()),
+        Arc::new(Manual),
+        defs.clone(),
+    );
+    let (ws, _) = create_workspace(store.as_ref(), store.as_ref(), "t", None)
+        .await
+        .unwrap();
+    let wf = app
+        .create_workflow(
+            &ws,
+            json!({"name": "t", "steps": [
+                {"id": "big", "type": "transform", "expression": "range(20000) | list"},
+                {"id": "ok", "type": "approval", "depends_on": ["big"]}
+            ]}),
+        )
+        .await
+        .unwrap();
+    let (run, _) = app.start_run(&ws, &wf.id, json!({}), None).await.unwrap();
+    let stores = super::tick::Stores {
+        runs: store.as_ref(),
+        workflows: store.as_ref(),
+        definitions: &defs,
+    };
+    let driving = super::tick::Driving {
+        in_flight: crate::engine::InFlight::Known(&|_, _| false),
+        max_dispatch: None,
+        holder: None,
+        claim: &|_, _| {},
+        results: &[],
+        cache: None,
+        memory: None,
+    };
+    super::tick::tick(stores, &ws, &run.id, &driving)
+        .await
+        .unwrap();
+    // Other answers hold all but a little of the budget: this read waits
+    // (before it reads the step)...
+    let others = app
+        .reads
+        .take(crate::app::READ_MEMORY - 64 * 1024)
+        .await
+        .unwrap();
+    let read = app.get_step(&ws, &run.id, "big");
+    tokio::pin!(read);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut read)
+            .await
+            .is_err(),
+        "the read went ahead without room"
+    );
+    // ...and goes on once they are done, holding its room until dropped.
+    drop(others);
+    let (step, room) = read.await.unwrap();
+    assert_eq!(
+        step.output
+            .as_ref()
+            .and_then(|o| o.as_array())
+            .map(Vec::len),
+        Some(20000)
+    );
+    assert!(room.is_some());
+    assert!(app.reads.available() < crate::app::READ_MEMORY);
+    drop(room);
+    assert_eq!(app.reads.available(), crate::app::READ_MEMORY);
 }

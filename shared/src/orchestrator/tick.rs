@@ -204,8 +204,19 @@ async fn load_for_pass(
     if run.status.is_terminal() {
         return Ok(None);
     }
+    // The run's state, and the results this pass records: each is
+    // copied into the run's records and again into the write.
+    let recorded: u64 = driving
+        .results
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .map(crate::memory::mem_size)
+        .fold(0, u64::saturating_add);
     let room = match driving.memory {
-        Some(m) => m.take(run.state_bytes).await,
+        Some(m) => {
+            m.take(run.state_bytes.saturating_add(recorded.saturating_mul(2)))
+                .await
+        }
         None => None,
     };
     if let Some(kept) = kept.filter(|k| k.revision == run.revision) {

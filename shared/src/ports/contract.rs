@@ -736,6 +736,17 @@ async fn large_records_round_trip(s: &Stores) {
         Some(step.clone())
     );
     assert_eq!(s.runs.get_step(&w, &r.id, "none").await.unwrap(), None);
+    let mut fetch_head = step.clone();
+    fetch_head.output = None;
+    assert_eq!(
+        s.runs.get_step_head(&w, &r.id, "fetch").await.unwrap(),
+        Some(fetch_head)
+    );
+    assert_eq!(s.runs.get_step_head(&w, &r.id, "none").await.unwrap(), None);
+    assert_eq!(
+        s.runs.get_step_head(&ws(), &r.id, "fetch").await.unwrap(),
+        None
+    );
     assert_eq!(
         s.runs.get_step(&ws(), &r.id, "fetch").await.unwrap(),
         None,

@@ -133,6 +133,13 @@ pub trait RunStore: Send + Sync {
         id: &RunId,
         keys: &[String],
     ) -> StoreResult<Vec<StepRecord>>;
+    /// One step record without its output and items (`StepHead`).
+    async fn get_step_head(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+    ) -> StoreResult<Option<StepRecord>>;
     /// One step record, whole.
     async fn get_step(
         &self,

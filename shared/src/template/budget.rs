@@ -18,11 +18,16 @@ pub use crate::domain::limits::MAX_VALUE_DEPTH;
 /// Units (bytes, roughly: of strings built or walked, and a few per list
 /// item) one step's templates may spend.
 pub const BUDGET_BYTES: usize = 16 * 1024 * 1024;
+/// What the values one step's templates hand out may take in memory in all
+/// (each is built anew: a large value copied many times is many values).
+pub const HANDED_OUT_BYTES: usize = 64 * 1024 * 1024;
 /// How long one step's templates may run.
 pub const TIME_LIMIT: Duration = Duration::from_secs(2);
 
 struct Budget {
     left: usize,
+    /// Of `HANDED_OUT_BYTES`.
+    handed_out: usize,
     deadline: Instant,
     /// Open scopes on this thread (only the outermost resets the budget).
     depth: usize,
@@ -31,6 +36,7 @@ struct Budget {
 thread_local! {
     static BUDGET: RefCell<Budget> = RefCell::new(Budget {
         left: BUDGET_BYTES,
+        handed_out: 0,
         deadline: Instant::now() + TIME_LIMIT,
         depth: 0,
     });
@@ -45,6 +51,7 @@ pub fn scope() -> Scope {
         let mut b = b.borrow_mut();
         if b.depth == 0 {
             b.left = BUDGET_BYTES;
+            b.handed_out = 0;
             b.deadline = Instant::now() + TIME_LIMIT;
         }
         b.depth += 1;
@@ -93,6 +100,25 @@ pub fn charge(units: usize, what: &str) -> Result<(), Error> {
             b.left -= units;
             Ok(())
         }
+    })
+}
+
+/// Counts a value handed out (`bytes` in memory) against
+/// `HANDED_OUT_BYTES`, or fails past it.
+pub fn hand_out(bytes: usize) -> Result<(), Error> {
+    BUDGET.with(|b| {
+        let mut b = b.borrow_mut();
+        b.handed_out = b.handed_out.saturating_add(bytes);
+        if b.handed_out > HANDED_OUT_BYTES {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "the values this step's templates build would take more than the {} MiB of memory they may",
+                    HANDED_OUT_BYTES / (1024 * 1024)
+                ),
+            ));
+        }
+        Ok(())
     })
 }
 

@@ -245,9 +245,15 @@ fn to_json(source: &str, v: minijinja::Value) -> Result<Value, TemplateError> {
     }
     contained(source, || {
         bounded::check_value(&v).map_err(|e| TemplateError::at(source, e))?;
-        serde_json::to_value(&v).map_err(|e| {
+        let json = serde_json::to_value(&v).map_err(|e| {
             TemplateError::at(source, format!("produced a value that is not JSON: {e}"))
-        })
+        })?;
+        // Each value a step's templates hand out is built anew (a whole
+        // value copied many times is many values): it counts against the
+        // step's budget as what it takes in memory.
+        let held = usize::try_from(crate::memory::mem_size(&json)).unwrap_or(usize::MAX);
+        budget::hand_out(held).map_err(|e| TemplateError::new(source, &e))?;
+        Ok(json)
     })
 }
 

@@ -500,3 +500,18 @@ fn rewritten_subscripts_agree_with_minijinja() {
         agree(src, &ours, &theirs);
     }
 }
+
+#[test]
+fn copies_of_a_large_value_count_against_the_steps_budget() {
+    // One copy of a dense value is fine; the step's templates cannot hand
+    // out dozens (each copy is built anew, several MiB in memory each).
+    let dense: Vec<serde_json::Value> = (0..20_000).map(|_| json!({"a": 0})).collect();
+    let ctx = context_from_json(&json!({"trigger": {"x": dense}}));
+    let one = render_value(&json!({"k": "{{ trigger.x }}"}), &ctx);
+    assert!(one.is_ok(), "{one:?}");
+    let keys: serde_json::Map<String, serde_json::Value> = (0..60)
+        .map(|i| (format!("k{i}"), json!("{{ trigger.x }}")))
+        .collect();
+    let err = render_value(&serde_json::Value::Object(keys), &ctx).unwrap_err();
+    assert!(err.message.contains("MiB of memory"), "{}", err.message);
+}

@@ -275,6 +275,23 @@ impl RunStore for DynamoStore {
         Ok(steps)
     }
 
+    async fn get_step_head(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+    ) -> StoreResult<Option<StepRecord>> {
+        match self
+            .get(super::key(run_pk(ws, id), format!("STEP#{key}")))
+            .await?
+        {
+            Some(item) => Ok(Some(
+                self.read_data::<crate::domain::StepHead>(&item).await?.0,
+            )),
+            None => Ok(None),
+        }
+    }
+
     async fn get_steps_by_keys(
         &self,
         ws: &WorkspaceId,

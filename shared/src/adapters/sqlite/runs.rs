@@ -144,6 +144,29 @@ impl RunStore for SqliteStore {
         self.db.read(move |c| read_step_heads(c, &ws, &id)).await
     }
 
+    async fn get_step_head(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+    ) -> StoreResult<Option<StepRecord>> {
+        let (ws, id, key) = (ws.to_string(), id.to_string(), key.to_owned());
+        self.db
+            .read(move |c| {
+                let data: Option<String> = c
+                    .prepare_cached(
+                        "SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2 AND key = ?3",
+                    )?
+                    .query_row(params![ws, id, key], |r| r.get(0))
+                    .optional()?;
+                Ok(data
+                    .map(|d| serde_json::from_str::<crate::domain::StepHead>(&d))
+                    .transpose()?
+                    .map(|h| h.0))
+            })
+            .await
+    }
+
     async fn get_steps_by_keys(
         &self,
         ws: &WorkspaceId,
