@@ -156,6 +156,15 @@ async fn listings_paginate_with_opaque_cursors() {
         .map(|r| r["run_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [runs[2].as_str(), runs[1].as_str()], "newest first");
+    // Listings carry no input or output (a run's own view does).
+    let first = &page["items"][0];
+    assert_eq!(first["status"], "COMPLETED", "{first}");
+    assert!(
+        first.get("input").is_none() && first.get("output").is_none(),
+        "{first}"
+    );
+    let whole = app.get(&format!("/v1/runs/{}", runs[2])).await.body;
+    assert_eq!(whole["input"], json!({"x": 2}));
     let next = app
         .get(&format!(
             "/v1/runs?workflow_id=wf_0&limit=2&cursor={}",

@@ -290,3 +290,24 @@ async fn documented_limits_hold_at_their_edges() {
         assert!(r.body["detail"].to_string().contains("200"), "{}", r.body);
     }
 }
+
+#[tokio::test]
+async fn an_input_that_would_take_too_much_memory_is_refused() {
+    // 400 KB of `{"a":0}` is within the input's 1 MiB limit but takes some
+    // 40 MiB parsed: refused at the start, with what it would take.
+    let app = spawn_app().await;
+    app.create_workflow(json!({"id": "wf_in", "name": "in", "steps": [
+        {"id": "t", "type": "transform", "inputs": "{{ trigger.x | length }}"}
+    ], "output": "{{ t }}"}))
+        .await;
+    let dense: Vec<serde_json::Value> = (0..50_000).map(|_| json!({"a": 0})).collect();
+    let r = app
+        .post("/v1/workflows/wf_in/runs", json!({"input": {"x": dense}}))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.to_string().contains("in memory"), "{}", r.body);
+    let few: Vec<serde_json::Value> = (0..1000).map(|_| json!({"a": 0})).collect();
+    let run = app.start_run("wf_in", json!({"x": few})).await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["output"], json!(1000), "{done}");
+}

@@ -69,8 +69,7 @@ async fn shown(app: &App, mut view: crate::app::RunView) -> Result<Response, Pro
     let budget = views::VIEW_BYTES
         .saturating_sub(size(&view.run.input))
         .saturating_sub(view.run.output.as_ref().map_or(0, size));
-    let _room = app
-        .with_outputs(&mut view, 0..views::VIEW_STEPS, budget)
+    app.with_outputs(&mut view, 0..views::VIEW_STEPS, budget)
         .await?;
     Ok(Json(views::run(&view)).into_response())
 }
@@ -107,8 +106,7 @@ pub async fn steps(
     };
     let end = (start.saturating_add(page.limit as usize)).min(view.steps.len());
     let start = start.min(end);
-    let _room = app
-        .with_outputs(&mut view, start..end, views::VIEW_BYTES)
+    app.with_outputs(&mut view, start..end, views::VIEW_BYTES)
         .await?;
     let mut budget = views::VIEW_BYTES;
     let items: Vec<Value> = view.steps[start..end]

@@ -16,6 +16,8 @@ use crate::ports::{
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 /// Largest run input accepted (the request body limit bounds it too).
 const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// Most memory a run input may take once parsed (`memory::mem_size`).
+const MAX_INPUT_MEMORY: u64 = 32 * 1024 * 1024;
 
 /// A run with its steps, in definition order (map iterations follow their
 /// map). The steps are read without their outputs; `App::with_outputs`
@@ -26,6 +28,9 @@ pub struct RunView {
     pub steps: Vec<StepRecord>,
     /// Model calls the run made, summed.
     pub usage: Usage,
+    /// The room what it holds takes in the process's read budget
+    /// (`App::reads`), given back when the view is dropped.
+    pub rooms: Vec<std::sync::Arc<OwnedSemaphorePermit>>,
 }
 
 fn request_error(path: &Path, msg: impl Into<String>) -> AppError {
@@ -163,6 +168,7 @@ impl App {
                 }
             },
         };
+        let mut io_bytes = 0;
         if let Err(why) = crate::domain::limits::check_json(
             &input,
             MAX_INPUT_BYTES,
@@ -172,6 +178,18 @@ impl App {
                 &Path::root().key("input"),
                 format!("the input {why}"),
             ));
+        } else {
+            io_bytes = crate::memory::mem_size(&input);
+            if io_bytes > MAX_INPUT_MEMORY {
+                errors.push(ValidationError::new(
+                    &Path::root().key("input"),
+                    format!(
+                        "the input would take {} MiB in memory; an input may take {} MiB (many tiny values take many times their text)",
+                        io_bytes / (1024 * 1024),
+                        MAX_INPUT_MEMORY / (1024 * 1024)
+                    ),
+                ));
+            }
         }
         let budget = crate::dsl::budget_usd(fields.get("budget_usd")).unwrap_or_else(|e| {
             errors.push(ValidationError::new(&Path::root().key("budget_usd"), e));
@@ -217,6 +235,7 @@ impl App {
             revision: 1,
             lease: self.driver.initial_lease(now),
             state_bytes: 0,
+            io_bytes,
         };
         let claim = idempotency.map(|key| {
             let mut h = Sha256::new();
@@ -263,13 +282,24 @@ impl App {
     /// A run with every step in order (their outputs not read: see
     /// `with_outputs`).
     pub async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<RunView, AppError> {
+        let missing = || AppError::NotFound(format!("run `{id}` not found"));
+        // Its input and output are read once there is room for them.
+        let head = self
+            .stores
+            .runs
+            .get_run_head(ws, id)
+            .await?
+            .ok_or_else(missing)?;
+        let room = self.reads.take(head.io_bytes.saturating_mul(2)).await;
         let run = self
             .stores
             .runs
             .get_run(ws, id)
             .await?
-            .ok_or_else(|| AppError::NotFound(format!("run `{id}` not found")))?;
-        self.view(run).await
+            .ok_or_else(missing)?;
+        let mut view = self.view(run).await?;
+        view.rooms.extend(room.map(std::sync::Arc::new));
+        Ok(view)
     }
 
     /// What the API shows of a run: its steps read without their outputs,
@@ -292,19 +322,24 @@ impl App {
         };
         let recs: Records = heads.into_iter().map(|s| (s.key.clone(), s)).collect();
         let steps = ordered(&wf, recs, !run.status.is_terminal());
-        Ok(RunView { run, steps, usage })
+        Ok(RunView {
+            run,
+            steps,
+            usage,
+            rooms: Vec::new(),
+        })
     }
 
     /// Reads the outputs of the view's steps in `range` that fit in
     /// `budget` bytes (as held in memory), in order; the rest stay out
     /// (`output_omitted`). The room they take in the process's read budget
-    /// is held until the answer is built (the returned permit).
+    /// is held with the view.
     pub async fn with_outputs(
         &self,
         view: &mut RunView,
         range: std::ops::Range<usize>,
         mut budget: usize,
-    ) -> Result<Option<OwnedSemaphorePermit>, AppError> {
+    ) -> Result<(), AppError> {
         let end = range.end.min(view.steps.len());
         let start = range.start.min(end);
         let mut wanted = Vec::new();
@@ -316,7 +351,7 @@ impl App {
             }
         }
         if wanted.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
         let keys: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
         // Read, then copied into the answer: twice what they take.
@@ -338,7 +373,8 @@ impl App {
                 view.steps[i].output = full.output;
             }
         }
-        Ok(room)
+        view.rooms.extend(room.map(std::sync::Arc::new));
+        Ok(())
     }
 
     /// One step of a run, whole, with the room it takes in the process's

@@ -66,9 +66,12 @@ fn run_fields(r: &RunRecord) -> serde_json::Map<String, Value> {
     }
 }
 
-/// A run in listings: no steps.
+/// A run in listings: no steps, input or output (read the run for those).
 pub fn run_summary(r: &RunRecord) -> Value {
-    Value::Object(run_fields(r))
+    let mut m = run_fields(r);
+    m.remove("input");
+    m.remove("output");
+    Value::Object(m)
 }
 
 pub fn step(s: &StepRecord) -> Value {

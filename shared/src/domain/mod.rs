@@ -10,8 +10,8 @@ pub mod workspace;
 
 pub use ids::{ApiKeyId, RunId, WorkflowId, WorkspaceId};
 pub use run::{
-    Attempt, Lease, LogEntry, LogLevel, RunRecord, RunStatus, StepError, StepHead, StepRecord,
-    StepStatus,
+    Attempt, Lease, LogEntry, LogLevel, RunHead, RunRecord, RunStatus, StepError, StepHead,
+    StepRecord, StepStatus,
 };
 pub use usage::{CapHit, Caps, Charge, ModelPrice, Usage, UsageRow, WorkspaceSettings};
 pub use workflow::{WorkflowSummary, WorkflowVersion};

@@ -277,6 +277,71 @@ pub struct RunRecord {
     /// of their `size`): known before its steps are read.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub state_bytes: u64,
+    /// What its input and output take in memory (`memory::mem_size`):
+    /// known before they are read.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub io_bytes: u64,
+}
+
+/// A run's row read without its input and output (`input` is null,
+/// `output` None): what listing runs needs, whatever they hold.
+pub struct RunHead(pub RunRecord);
+
+impl<'de> Deserialize<'de> for RunHead {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IgnoredAny;
+        #[derive(Deserialize)]
+        struct Fields {
+            workspace_id: WorkspaceId,
+            id: RunId,
+            workflow_id: WorkflowId,
+            workflow_version: u32,
+            status: RunStatus,
+            #[allow(dead_code)]
+            input: IgnoredAny,
+            #[serde(default)]
+            #[allow(dead_code)]
+            output: Option<IgnoredAny>,
+            #[serde(default)]
+            error: Option<StepError>,
+            created_at: DateTime<Utc>,
+            #[serde(default)]
+            started_at: Option<DateTime<Utc>>,
+            #[serde(default)]
+            finished_at: Option<DateTime<Utc>>,
+            #[serde(default)]
+            wake_at: Option<DateTime<Utc>>,
+            #[serde(default)]
+            budget_usd: Option<f64>,
+            revision: u64,
+            #[serde(default)]
+            lease: Option<Lease>,
+            #[serde(default)]
+            state_bytes: u64,
+            #[serde(default)]
+            io_bytes: u64,
+        }
+        let f = Fields::deserialize(d)?;
+        Ok(RunHead(RunRecord {
+            workspace_id: f.workspace_id,
+            id: f.id,
+            workflow_id: f.workflow_id,
+            workflow_version: f.workflow_version,
+            status: f.status,
+            input: Value::Null,
+            output: None,
+            error: f.error,
+            created_at: f.created_at,
+            started_at: f.started_at,
+            finished_at: f.finished_at,
+            wake_at: f.wake_at,
+            budget_usd: f.budget_usd,
+            revision: f.revision,
+            lease: f.lease,
+            state_bytes: f.state_bytes,
+            io_bytes: f.io_bytes,
+        }))
+    }
 }
 
 /// A run's driver on AWS: one execution at a time holds the run, and must

@@ -47,6 +47,9 @@ impl RunStore for PanicsOnce {
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
         self.inner.get_steps(ws, id).await
     }
+    async fn get_run_head(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        self.inner.get_run_head(ws, id).await
+    }
     async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
         self.inner.get_step_heads(ws, id).await
     }

@@ -214,7 +214,8 @@ async fn load_for_pass(
         .fold(0, u64::saturating_add);
     let room = match driving.memory {
         Some(m) => {
-            m.take(run.state_bytes.saturating_add(recorded.saturating_mul(2)))
+            let held = run.state_bytes.saturating_add(run.io_bytes);
+            m.take(held.saturating_add(recorded.saturating_mul(2)))
                 .await
         }
         None => None,
@@ -351,6 +352,9 @@ async fn pass(
             };
             if adv.status.is_terminal() {
                 run.finished_at = Some(now);
+                if let Some(o) = &adv.output {
+                    run.io_bytes = run.io_bytes.saturating_add(crate::memory::mem_size(o));
+                }
                 run.output = adv.output.clone();
                 run.error = adv.error.clone();
             }

@@ -120,6 +120,8 @@ pub trait RunStore: Send + Sync {
         claim: Option<&IdempotencyClaim>,
     ) -> StoreResult<CreateRun>;
     async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>>;
+    /// The run's row without its input and output (`RunHead`).
+    async fn get_run_head(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>>;
     /// Every step record of a run.
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>>;
     /// Every step record of a run without its output and items (see
@@ -164,7 +166,7 @@ pub trait RunStore: Send + Sync {
         };
         Ok(Some((run, self.get_steps(ws, id).await?)))
     }
-    /// Newest first.
+    /// Newest first, each without its input and output (`RunHead`).
     async fn list_runs(
         &self,
         ws: &WorkspaceId,

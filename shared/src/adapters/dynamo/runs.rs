@@ -259,6 +259,15 @@ impl RunStore for DynamoStore {
         }
     }
 
+    async fn get_run_head(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        match self.get(key(run_pk(ws, id), "RUN")).await? {
+            Some(item) => Ok(Some(
+                self.read_data::<crate::domain::RunHead>(&item).await?.0,
+            )),
+            None => Ok(None),
+        }
+    }
+
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
         let mut steps = Vec::new();
         for item in self.query_between(run_pk(ws, id), "STEP#", "STEP$").await? {
@@ -383,7 +392,7 @@ impl RunStore for DynamoStore {
         keys.truncate(want);
         let mut runs: Vec<RunRecord> = Vec::new();
         for item in self.batch_get(keys).await? {
-            runs.push(self.read_data(&item).await?);
+            runs.push(self.read_data::<crate::domain::RunHead>(&item).await?.0);
         }
         Ok(Page::from_overfetch(runs, page.limit, |r| r.id.to_string()))
     }

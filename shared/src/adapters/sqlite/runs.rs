@@ -66,6 +66,17 @@ fn read_run(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Option<
     Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
 }
 
+fn read_run_head(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Option<RunRecord>> {
+    let data: Option<String> = c
+        .prepare_cached("SELECT data FROM runs WHERE workspace_id = ?1 AND id = ?2")?
+        .query_row(params![ws, id], |r| r.get(0))
+        .optional()?;
+    Ok(data
+        .map(|d| serde_json::from_str::<crate::domain::RunHead>(&d))
+        .transpose()?
+        .map(|h| h.0))
+}
+
 fn read_steps(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Vec<StepRecord>> {
     let mut stmt =
         c.prepare_cached("SELECT data FROM steps WHERE workspace_id = ?1 AND run_id = ?2")?;
@@ -132,6 +143,11 @@ impl RunStore for SqliteStore {
     async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
         let (ws, id) = (ws.to_string(), id.to_string());
         self.db.read(move |c| read_run(c, &ws, &id)).await
+    }
+
+    async fn get_run_head(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db.read(move |c| read_run_head(c, &ws, &id)).await
     }
 
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
@@ -219,7 +235,7 @@ impl RunStore for SqliteStore {
                     .query_map(params![ws, before, status, workflow, limit + 1], |r| {
                         r.get::<_, String>(0)
                     })?
-                    .map(|d| Ok(serde_json::from_str::<RunRecord>(&d?)?))
+                    .map(|d| Ok(serde_json::from_str::<crate::domain::RunHead>(&d?)?.0))
                     .collect::<StoreResult<Vec<_>>>()?;
                 Ok(Page::from_overfetch(rows, limit, |r| r.id.to_string()))
             })
