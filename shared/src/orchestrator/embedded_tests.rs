@@ -179,8 +179,17 @@ impl RunDriver for Manual {
     }
 }
 
-#[tokio::test]
-async fn an_approval_past_its_deadline_is_refused() {
+/// A store, an app whose runs nothing drives, and a run of `def` started
+/// in a new workspace: the test drives it with `pass`.
+struct Manually {
+    store: Arc<SqliteStore>,
+    defs: Arc<DefinitionCache>,
+    app: App,
+    ws: WorkspaceId,
+    run: RunId,
+}
+
+async fn manually(def: Value) -> Manually {
     let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
     let defs = Arc::new(DefinitionCache::default());
     let app = App::new(
@@ -191,38 +200,56 @@ async fn an_approval_past_its_deadline_is_refused() {
     let (ws, _) = create_workspace(store.as_ref(), store.as_ref(), "t", None)
         .await
         .unwrap();
-    let wf = app
-        .create_workflow(
-            &ws,
-            json!({"name": "t", "steps": [{"id": "ok", "type": "approval", "timeout": "1s"}]}),
-        )
-        .await
-        .unwrap();
+    let wf = app.create_workflow(&ws, def).await.unwrap();
     let (run, _) = app.start_run(&ws, &wf.id, json!({}), None).await.unwrap();
-    let stores = super::tick::Stores {
-        runs: store.as_ref(),
-        workflows: store.as_ref(),
-        definitions: &defs,
-    };
-    let driving = super::tick::Driving {
-        in_flight: crate::engine::InFlight::Known(&|_, _| false),
-        max_dispatch: None,
-        holder: None,
-        claim: &|_, _| {},
-        results: &[],
-        cache: None,
-        memory: None,
-    };
-    let t = super::tick::tick(stores, &ws, &run.id, &driving)
-        .await
-        .unwrap()
-        .unwrap();
+    Manually {
+        store,
+        defs,
+        app,
+        ws,
+        run: run.id,
+    }
+}
+
+impl Manually {
+    /// One pass of the run, held to `memory` if given.
+    async fn pass(
+        &self,
+        memory: Option<&crate::memory::Budget>,
+    ) -> anyhow::Result<Option<super::tick::Ticked>> {
+        let stores = super::tick::Stores {
+            runs: self.store.as_ref(),
+            workflows: self.store.as_ref(),
+            definitions: &self.defs,
+        };
+        let driving = super::tick::Driving {
+            in_flight: crate::engine::InFlight::Known(&|_, _| false),
+            max_dispatch: None,
+            holder: None,
+            claim: &|_, _| {},
+            results: &[],
+            cache: None,
+            memory,
+        };
+        super::tick::tick(stores, &self.ws, &self.run, &driving).await
+    }
+}
+
+#[tokio::test]
+async fn an_approval_past_its_deadline_is_refused() {
+    let m = manually(
+        json!({"name": "t", "steps": [{"id": "ok", "type": "approval", "timeout": "1s"}]}),
+    )
+    .await;
+    let (app, ws) = (&m.app, &m.ws);
+    let run = m.run.clone();
+    let t = m.pass(None).await.unwrap().unwrap();
     assert_eq!(t.run.status, RunStatus::Waiting);
     // The deadline passes; the driver has not looked at the run yet (a
     // late timer, a busy machine).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     match app
-        .complete_step(&ws, &run.id, "ok", json!({"approved": true}))
+        .complete_step(ws, &run, "ok", json!({"approved": true}))
         .await
     {
         Err(AppError::Conflict(m)) => assert!(m.contains("timed out"), "{m}"),
@@ -235,57 +262,25 @@ async fn an_approval_past_its_deadline_is_refused() {
 
 #[tokio::test]
 async fn a_pass_waits_for_room_for_its_runs_state_before_reading_it() {
-    let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
-    let defs = Arc::new(DefinitionCache::default());
-    let app = App::new(
-        StoreSet::from_one(store.clone()),
-        Arc::new(Manual),
-        defs.clone(),
-    );
-    let (ws, _) = create_workspace(store.as_ref(), store.as_ref(), "t", None)
-        .await
-        .unwrap();
-    let wf = app
-        .create_workflow(
-            &ws,
-            json!({"name": "t", "steps": [
-                {"id": "big", "type": "transform", "expression": "range(5000) | list"},
-                {"id": "ok", "type": "approval", "depends_on": ["big"]}
-            ]}),
-        )
-        .await
-        .unwrap();
-    let (run, _) = app.start_run(&ws, &wf.id, json!({}), None).await.unwrap();
-    let stores = super::tick::Stores {
-        runs: store.as_ref(),
-        workflows: store.as_ref(),
-        definitions: &defs,
-    };
+    let m = manually(json!({"name": "t", "steps": [
+        {"id": "big", "type": "transform", "expression": "range(5000) | list"},
+        {"id": "ok", "type": "approval", "depends_on": ["big"]}
+    ]}))
+    .await;
+    let (app, ws, store) = (&m.app, &m.ws, &m.store);
     let budget = crate::memory::Budget::new(64 << 20);
-    let driving = super::tick::Driving {
-        in_flight: crate::engine::InFlight::Known(&|_, _| false),
-        max_dispatch: None,
-        holder: None,
-        claim: &|_, _| {},
-        results: &[],
-        cache: None,
-        memory: Some(&budget),
-    };
-    let t = super::tick::tick(stores, &ws, &run.id, &driving)
-        .await
-        .unwrap()
-        .unwrap();
+    let t = m.pass(Some(&budget)).await.unwrap().unwrap();
     assert_eq!(t.run.status, RunStatus::Waiting);
     // What the run holds is stored with it, known before its steps are read.
-    let stored = store.get_run(&ws, &run.id).await.unwrap().unwrap();
+    let stored = store.get_run(ws, &m.run).await.unwrap().unwrap();
     assert!(stored.state_bytes > 5000 * 64, "{}", stored.state_bytes);
     assert_eq!(budget.available(), 64 << 20, "the pass gave its room back");
-    app.complete_step(&ws, &run.id, "ok", json!({}))
+    app.complete_step(ws, &m.run, "ok", json!({}))
         .await
         .unwrap();
     // Other passes hold all but a little of the budget: this one waits...
     let others = budget.take((64 << 20) - 100 * 1024).await.unwrap();
-    let pass = super::tick::tick(stores, &ws, &run.id, &driving);
+    let pass = m.pass(Some(&budget));
     tokio::pin!(pass);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), &mut pass)
@@ -301,44 +296,13 @@ async fn a_pass_waits_for_room_for_its_runs_state_before_reading_it() {
 
 #[tokio::test]
 async fn reading_a_large_step_waits_for_room_in_the_read_budget() {
-    let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
-    let defs = Arc::new(DefinitionCache::default());
-    let app = App::new(
-        StoreSet::from_one(store.clone()),
-        Arc::new(Manual),
-        defs.clone(),
-    );
-    let (ws, _) = create_workspace(store.as_ref(), store.as_ref(), "t", None)
-        .await
-        .unwrap();
-    let wf = app
-        .create_workflow(
-            &ws,
-            json!({"name": "t", "steps": [
-                {"id": "big", "type": "transform", "expression": "range(20000) | list"},
-                {"id": "ok", "type": "approval", "depends_on": ["big"]}
-            ]}),
-        )
-        .await
-        .unwrap();
-    let (run, _) = app.start_run(&ws, &wf.id, json!({}), None).await.unwrap();
-    let stores = super::tick::Stores {
-        runs: store.as_ref(),
-        workflows: store.as_ref(),
-        definitions: &defs,
-    };
-    let driving = super::tick::Driving {
-        in_flight: crate::engine::InFlight::Known(&|_, _| false),
-        max_dispatch: None,
-        holder: None,
-        claim: &|_, _| {},
-        results: &[],
-        cache: None,
-        memory: None,
-    };
-    super::tick::tick(stores, &ws, &run.id, &driving)
-        .await
-        .unwrap();
+    let m = manually(json!({"name": "t", "steps": [
+        {"id": "big", "type": "transform", "expression": "range(20000) | list"},
+        {"id": "ok", "type": "approval", "depends_on": ["big"]}
+    ]}))
+    .await;
+    let (app, ws, run) = (&m.app, &m.ws, &m.run);
+    m.pass(None).await.unwrap();
     // Other answers hold all but a little of the budget: this read waits
     // (before it reads the step)...
     let others = app
@@ -346,7 +310,7 @@ async fn reading_a_large_step_waits_for_room_in_the_read_budget() {
         .take(crate::app::READ_MEMORY - 64 * 1024)
         .await
         .unwrap();
-    let read = app.get_step(&ws, &run.id, "big");
+    let read = app.get_step(ws, run, "big");
     tokio::pin!(read);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), &mut read)
