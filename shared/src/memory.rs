@@ -138,6 +138,23 @@ impl<'de> Visitor<'de> for CostVisitor {
     }
 }
 
+/// `max`, or a sixteenth of the machine's memory if that is less (at least
+/// 256 MiB): the process's budgets together stay well within a small
+/// machine.
+pub fn share_of_machine(max: u64) -> u64 {
+    static TOTAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let total = *TOTAL.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib.saturating_mul(1024))
+    });
+    match total {
+        Some(t) => max.min((t / 16).max(256 << 20)),
+        None => max,
+    }
+}
+
 /// A process's budget for memory held by parts of it that many tenants
 /// share (results waiting to be recorded, runs being advanced). Charges
 /// wait for room; a charge larger than the whole budget is refused.

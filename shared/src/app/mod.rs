@@ -46,7 +46,7 @@ impl App {
             driver,
             definitions,
             auth_cache: Default::default(),
-            reads: crate::memory::Budget::new(READ_MEMORY),
+            reads: crate::memory::Budget::new(crate::memory::share_of_machine(READ_MEMORY)),
         }
     }
 }

@@ -45,7 +45,7 @@ const RESULTS_MEMORY: u64 = 1 << 30;
 const PASS_MEMORY: u64 = 2 << 30;
 
 use super::recovery::RunKey;
-use crate::memory::Budget;
+use crate::memory::{Budget, share_of_machine};
 
 pub struct Embedded {
     inner: Arc<Inner>,
@@ -110,10 +110,10 @@ impl Embedded {
             executors,
             in_flight: Mutex::new(HashSet::new()),
             results: Mutex::new(HashMap::new()),
-            records: Mutex::new(KeptRuns::new(kept::BUDGET_BYTES)),
+            records: Mutex::new(KeptRuns::new(share_of_machine(kept::BUDGET_BYTES))),
             stops: Mutex::new(HashMap::new()),
-            results_memory: Budget::new(RESULTS_MEMORY),
-            pass_memory: Budget::new(PASS_MEMORY),
+            results_memory: Budget::new(share_of_machine(RESULTS_MEMORY)),
+            pass_memory: Budget::new(share_of_machine(PASS_MEMORY)),
             finished: tokio::sync::broadcast::channel(4096).0,
             recovery: OnceLock::new(),
             me: me.clone(),
