@@ -20,6 +20,10 @@
 //! largest S1 map (default 10000; up to 100000), `WEFT_BENCH_HTTP_MAP_MAX`
 //! the largest S3 map (default 1000; up to 10000).
 
+/// The allocator `weft dev` runs with (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
