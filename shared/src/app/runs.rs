@@ -386,7 +386,7 @@ impl App {
         id: &RunId,
         key: &str,
     ) -> Result<(StepRecord, Option<OwnedSemaphorePermit>), AppError> {
-        if self.stores.runs.get_run(ws, id).await?.is_none() {
+        if self.stores.runs.get_run_head(ws, id).await?.is_none() {
             return Err(AppError::NotFound(format!("run `{id}` not found")));
         }
         let missing = || AppError::NotFound(format!("run `{id}` has no step `{key}`"));
@@ -422,7 +422,7 @@ impl App {
         id: &RunId,
         page: &PageRequest,
     ) -> Result<Page<LogEntry>, AppError> {
-        if self.stores.runs.get_run(ws, id).await?.is_none() {
+        if self.stores.runs.get_run_head(ws, id).await?.is_none() {
             return Err(AppError::NotFound(format!("run `{id}` not found")));
         }
         Ok(self.stores.runs.list_logs(ws, id, page).await?)

@@ -206,14 +206,14 @@ async fn load_for_pass(
     }
     // The run's state, and the results this pass records: each is
     // copied into the run's records and again into the write.
-    let recorded: u64 = driving
-        .results
-        .iter()
-        .filter_map(|r| r.result.as_ref().ok())
-        .map(crate::memory::mem_size)
-        .fold(0, u64::saturating_add);
     let room = match driving.memory {
         Some(m) => {
+            let recorded: u64 = driving
+                .results
+                .iter()
+                .filter_map(|r| r.result.as_ref().ok())
+                .map(crate::memory::mem_size)
+                .fold(0, u64::saturating_add);
             let held = run.state_bytes.saturating_add(run.io_bytes);
             m.take(held.saturating_add(recorded.saturating_mul(2)))
                 .await
@@ -260,204 +260,201 @@ async fn pass(
     id: &RunId,
     driving: &Driving<'_>,
 ) -> anyhow::Result<Tried<Option<Ticked>>> {
+    let Some(Loaded {
+        mut run,
+        mut recs,
+        mut cursors,
+        _room,
+    }) = load_for_pass(s, ws, id, driving).await?
+    else {
+        return Ok(Tried::Done(None));
+    };
+    let now = Utc::now();
+    if let (Some(h), Some(l)) = (&driving.holder, &run.lease)
+        && lease::held_elsewhere(l, h.owner, now)
     {
-        let Some(Loaded {
-            mut run,
-            mut recs,
-            mut cursors,
-            _room,
-        }) = load_for_pass(s, ws, id, driving).await?
-        else {
-            return Ok(Tried::Done(None));
-        };
-        let now = Utc::now();
-        if let (Some(h), Some(l)) = (&driving.holder, &run.lease)
-            && lease::held_elsewhere(l, h.owner, now)
-        {
-            return Ok(Tried::Done(Some(Ticked {
-                run,
-                dispatch: Vec::new(),
-                finished: false,
-                awaits_event: false,
-                superseded: true,
-            })));
-        }
-        let mut logs = Vec::new();
-        let wf = match s.definitions.for_run(s.workflows, &run).await {
-            Ok(wf) => Some(wf),
-            Err(DefinitionError::Store(e)) => return Err(e).context("loading the workflow"),
-            Err(e) => {
-                run.status = RunStatus::Failed;
-                run.error = Some(StepError::permanent(
-                    "definition_unavailable",
-                    e.to_string(),
-                ));
-                run.finished_at = Some(now);
-                run.wake_at = None;
-                None
-            }
-        };
-        if run.status == RunStatus::Pending {
-            run.started_at = Some(now);
-            logs.push(LogEntry::new(
-                LogLevel::Info,
-                None,
-                format!(
-                    "run started (workflow {} v{})",
-                    run.workflow_id, run.workflow_version
-                ),
+        return Ok(Tried::Done(Some(Ticked {
+            run,
+            dispatch: Vec::new(),
+            finished: false,
+            awaits_event: false,
+            superseded: true,
+        })));
+    }
+    let mut logs = Vec::new();
+    let wf = match s.definitions.for_run(s.workflows, &run).await {
+        Ok(wf) => Some(wf),
+        Err(DefinitionError::Store(e)) => return Err(e).context("loading the workflow"),
+        Err(e) => {
+            run.status = RunStatus::Failed;
+            run.error = Some(StepError::permanent(
+                "definition_unavailable",
+                e.to_string(),
             ));
+            run.finished_at = Some(now);
+            run.wake_at = None;
+            None
         }
-        let mut changed = Vec::new();
-        let mut dispatch = Vec::new();
-        let mut awaits_event = false;
-        let mut progressed = wf.is_none() || !logs.is_empty();
-        if let Some(wf) = &wf {
-            let mut recorded = Vec::new();
-            for r in driving.results {
-                let result = r.result.clone();
-                if let Some(line) =
-                    record_external(wf, &mut recs, id.as_str(), &r.key, r.attempt, result, now)
-                {
-                    tracing::info!(step_id = %r.key, "{}", line.message);
-                    logs.push(line);
-                    recorded.push(r.key.clone());
-                }
+    };
+    if run.status == RunStatus::Pending {
+        run.started_at = Some(now);
+        logs.push(LogEntry::new(
+            LogLevel::Info,
+            None,
+            format!(
+                "run started (workflow {} v{})",
+                run.workflow_id, run.workflow_version
+            ),
+        ));
+    }
+    let mut changed = Vec::new();
+    let mut dispatch = Vec::new();
+    let mut awaits_event = false;
+    let mut progressed = wf.is_none() || !logs.is_empty();
+    if let Some(wf) = &wf {
+        let mut recorded = Vec::new();
+        for r in driving.results {
+            let result = r.result.clone();
+            if let Some(line) =
+                record_external(wf, &mut recs, id.as_str(), &r.key, r.attempt, result, now)
+            {
+                tracing::info!(step_id = %r.key, "{}", line.message);
+                logs.push(line);
+                recorded.push(r.key.clone());
             }
-            let orphans = interrupt_orphans(
-                wf,
-                &mut recs,
-                id.as_str(),
-                now,
-                &driving.in_flight,
-                &mut logs,
+        }
+        let orphans = interrupt_orphans(
+            wf,
+            &mut recs,
+            id.as_str(),
+            now,
+            &driving.in_flight,
+            &mut logs,
+        );
+        let info = RunInfo {
+            run_id: id.as_str(),
+            workflow_id: run.workflow_id.as_str(),
+            version: run.workflow_version,
+            input: &run.input,
+        };
+        let limits = Limits {
+            max_changes: s.runs.write_limits().max_steps,
+            max_dispatch: driving.max_dispatch,
+        };
+        let adv = cpu(|| advance_from(wf, info, &mut recs, now, limits, &mut cursors));
+        let before = (run.status, run.wake_at);
+        run.status = adv.status;
+        // An attempt still in flight is looked at again at its deadline.
+        run.wake_at = match (adv.wake_at, orphans.next_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if adv.status.is_terminal() {
+            run.finished_at = Some(now);
+            if let Some(o) = &adv.output {
+                run.io_bytes = run.io_bytes.saturating_add(crate::memory::mem_size(o));
+            }
+            run.output = adv.output.clone();
+            run.error = adv.error.clone();
+        }
+        // Each changed step once (a store writes an item once per write).
+        let mut keys: std::collections::BTreeSet<String> = orphans.changed.into_iter().collect();
+        keys.extend(recorded);
+        keys.extend(adv.changed);
+        progressed |= !keys.is_empty()
+            || !logs.is_empty()
+            || !adv.logs.is_empty()
+            || before != (run.status, run.wake_at);
+        changed = keys.iter().filter_map(|k| recs.get(k).cloned()).collect();
+        run.state_bytes = adv.state_bytes;
+        for l in &adv.logs {
+            tracing::debug!(
+                step_id = l.step_id.as_deref().unwrap_or(""),
+                "{}",
+                l.message
             );
-            let info = RunInfo {
-                run_id: id.as_str(),
-                workflow_id: run.workflow_id.as_str(),
-                version: run.workflow_version,
-                input: &run.input,
-            };
-            let limits = Limits {
-                max_changes: s.runs.write_limits().max_steps,
-                max_dispatch: driving.max_dispatch,
-            };
-            let adv = cpu(|| advance_from(wf, info, &mut recs, now, limits, &mut cursors));
-            let before = (run.status, run.wake_at);
-            run.status = adv.status;
-            // An attempt still in flight is looked at again at its deadline.
-            run.wake_at = match (adv.wake_at, orphans.next_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if adv.status.is_terminal() {
-                run.finished_at = Some(now);
-                if let Some(o) = &adv.output {
-                    run.io_bytes = run.io_bytes.saturating_add(crate::memory::mem_size(o));
-                }
-                run.output = adv.output.clone();
-                run.error = adv.error.clone();
-            }
-            // Each changed step once (a store writes an item once per write).
-            let mut keys: std::collections::BTreeSet<String> =
-                orphans.changed.into_iter().collect();
-            keys.extend(recorded);
-            keys.extend(adv.changed);
-            progressed |= !keys.is_empty()
-                || !logs.is_empty()
-                || !adv.logs.is_empty()
-                || before != (run.status, run.wake_at);
-            changed = keys.iter().filter_map(|k| recs.get(k).cloned()).collect();
-            run.state_bytes = adv.state_bytes;
-            for l in &adv.logs {
-                tracing::debug!(
-                    step_id = l.step_id.as_deref().unwrap_or(""),
-                    "{}",
-                    l.message
-                );
-            }
-            logs.extend(adv.logs);
-            dispatch = adv.dispatch;
-            awaits_event = adv.awaits_event;
         }
-        let mut lease_changed = false;
-        if let Some(h) = &driving.holder {
-            if run.status.is_terminal() {
-                lease_changed = run.lease.take().is_some();
-            } else {
-                let l = run.lease.get_or_insert_with(|| lease::initial(now));
-                let longest = dispatch.iter().map(|d| d.timeout).max();
-                lease_changed = lease::take(l, h.owner, lease::due(now, longest, run.wake_at));
-                if progressed && l.sweeps > 0 {
-                    l.sweeps = 0;
-                    lease_changed = true;
-                }
-                if h.counts_events {
-                    l.events = l
-                        .events
-                        .saturating_add(lease::events_for_pass(dispatch.len()));
-                }
+        logs.extend(adv.logs);
+        dispatch = adv.dispatch;
+        awaits_event = adv.awaits_event;
+    }
+    let mut lease_changed = false;
+    if let Some(h) = &driving.holder {
+        if run.status.is_terminal() {
+            lease_changed = run.lease.take().is_some();
+        } else {
+            let l = run.lease.get_or_insert_with(|| lease::initial(now));
+            let longest = dispatch.iter().map(|d| d.timeout).max();
+            lease_changed = lease::take(l, h.owner, lease::due(now, longest, run.wake_at));
+            if progressed && l.sweeps > 0 {
+                l.sweeps = 0;
+                lease_changed = true;
+            }
+            if h.counts_events {
+                l.events = l
+                    .events
+                    .saturating_add(lease::events_for_pass(dispatch.len()));
             }
         }
-        if !progressed && !lease_changed {
-            if let Some(c) = driving.cache {
+    }
+    if !progressed && !lease_changed {
+        if let Some(c) = driving.cache {
+            c.keep(Kept {
+                revision: run.revision,
+                records: recs,
+                cursors,
+            });
+        }
+        return Ok(Tried::Done(Some(Ticked {
+            run,
+            dispatch: Vec::new(),
+            finished: false,
+            awaits_event,
+            superseded: false,
+        })));
+    }
+    run.revision += 1;
+    let finished = run.status.is_terminal();
+    let write = RunWrite {
+        run,
+        steps: changed,
+        logs,
+    };
+    (driving.claim)(&dispatch, true);
+    match s.runs.save_run(&write).await {
+        Ok(()) => {
+            if let Some(c) = driving.cache.filter(|_| !finished) {
                 c.keep(Kept {
-                    revision: run.revision,
+                    revision: write.run.revision,
                     records: recs,
                     cursors,
                 });
             }
-            return Ok(Tried::Done(Some(Ticked {
-                run,
-                dispatch: Vec::new(),
-                finished: false,
+            if finished {
+                let r = &write.run;
+                let ms = r
+                    .started_at
+                    .zip(r.finished_at)
+                    .map(|(a, b)| (b - a).num_milliseconds());
+                tracing::info!(status = r.status.as_str(), duration_ms = ms, "run finished");
+            }
+            Ok(Tried::Done(Some(Ticked {
+                run: write.run,
+                dispatch,
+                finished,
                 awaits_event,
                 superseded: false,
-            })));
+            })))
         }
-        run.revision += 1;
-        let finished = run.status.is_terminal();
-        let write = RunWrite {
-            run,
-            steps: changed,
-            logs,
-        };
-        (driving.claim)(&dispatch, true);
-        match s.runs.save_run(&write).await {
-            Ok(()) => {
-                if let Some(c) = driving.cache.filter(|_| !finished) {
-                    c.keep(Kept {
-                        revision: write.run.revision,
-                        records: recs,
-                        cursors,
-                    });
-                }
-                if finished {
-                    let r = &write.run;
-                    let ms = r
-                        .started_at
-                        .zip(r.finished_at)
-                        .map(|(a, b)| (b - a).num_milliseconds());
-                    tracing::info!(status = r.status.as_str(), duration_ms = ms, "run finished");
-                }
-                Ok(Tried::Done(Some(Ticked {
-                    run: write.run,
-                    dispatch,
-                    finished,
-                    awaits_event,
-                    superseded: false,
-                })))
-            }
-            // Someone else (a cancel, an approval, a step result) wrote
-            // first: read again.
-            Err(StoreError::Conflict(_)) => {
-                (driving.claim)(&dispatch, false);
-                Ok(Tried::Conflict)
-            }
-            Err(e) => {
-                (driving.claim)(&dispatch, false);
-                Err(e).context("saving the run")
-            }
+        // Someone else (a cancel, an approval, a step result) wrote
+        // first: read again.
+        Err(StoreError::Conflict(_)) => {
+            (driving.claim)(&dispatch, false);
+            Ok(Tried::Conflict)
+        }
+        Err(e) => {
+            (driving.claim)(&dispatch, false);
+            Err(e).context("saving the run")
         }
     }
 }
