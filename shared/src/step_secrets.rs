@@ -12,60 +12,58 @@
 //! on the wire.
 
 use base64::Engine as _;
-use serde_json::{Map as JsonMap, Value, json};
+use serde_json::{Map as JsonMap, Value};
 
 use crate::domain::{StepError, WorkspaceId};
-use crate::dsl::{PathSeg, SecretSlot};
-use crate::ports::SecretStore;
+use crate::dsl::SecretSlot;
+use crate::ports::{HttpRequest, PathSeg, SecretPart, SecretStore, SecretString};
 use crate::template::{self, Context, Part};
 
 /// What a secret's value is replaced with wherever it would be recorded.
 pub const REDACTED: &str = "[redacted]";
-/// The request field that carries the slots (set by the engine only).
-pub const SLOTS_FIELD: &str = "secrets";
-
 fn template_error(e: template::TemplateError) -> StepError {
     StepError::permanent("template_error", e.message)
 }
 
 /// The slots of a request, with their text parts rendered: what the engine
-/// puts in the request's `secrets` field.
-pub fn render_slots(slots: &[SecretSlot], ctx: &Context) -> Result<Value, StepError> {
+/// puts in the request's `secrets`.
+pub fn render_slots(slots: &[SecretSlot], ctx: &Context) -> Result<Vec<SecretString>, StepError> {
     let mut out = Vec::with_capacity(slots.len());
     for slot in slots {
         let mut parts = Vec::with_capacity(slot.parts.len());
         for p in &slot.parts {
             parts.push(match p {
-                Part::Text(t) => json!({ "text": t }),
+                Part::Text(t) => SecretPart::Text(t.clone()),
                 Part::Template(src) => {
-                    json!({ "text": template::render_text(src, ctx).map_err(template_error)? })
+                    SecretPart::Text(template::render_text(src, ctx).map_err(template_error)?)
                 }
-                Part::Secret(name) => json!({ "secret": name }),
+                Part::Secret(name) => SecretPart::Secret(name.clone()),
             });
         }
-        let path: Vec<Value> = slot
-            .path
-            .iter()
-            .map(|s| match s {
-                PathSeg::Key(k) => json!(k),
-                PathSeg::Index(i) => json!(i),
-            })
-            .collect();
-        out.push(json!({ "path": path, "parts": parts }));
+        out.push(SecretString {
+            path: slot.path.clone(),
+            parts,
+        });
     }
-    Ok(Value::Array(out))
+    Ok(out)
 }
 
-/// The place a path names inside a value, if it exists.
-fn at_path<'v>(v: &'v mut Value, path: &[Value]) -> Option<&'v mut Value> {
-    let mut cur = v;
-    for seg in path {
+/// The place a path names inside a request, if it exists.
+fn at_path<'v>(req: &'v mut HttpRequest, path: &[PathSeg]) -> Option<&'v mut Value> {
+    let (PathSeg::Key(field), rest) = path.split_first()? else {
+        return None;
+    };
+    let mut cur = match field.as_str() {
+        "url" => &mut req.url,
+        "query" => &mut req.query,
+        "headers" => &mut req.headers,
+        "body" => &mut req.body,
+        _ => return None,
+    };
+    for seg in rest {
         cur = match seg {
-            Value::String(k) => cur.as_object_mut()?.get_mut(k)?,
-            Value::Number(n) => cur
-                .as_array_mut()?
-                .get_mut(usize::try_from(n.as_u64()?).ok()?)?,
-            _ => return None,
+            PathSeg::Key(k) => cur.as_object_mut()?.get_mut(k)?,
+            PathSeg::Index(i) => cur.as_array_mut()?.get_mut(*i)?,
         };
     }
     Some(cur)
@@ -94,29 +92,21 @@ fn malformed(what: &str) -> StepError {
 pub async fn fill(
     secrets: &dyn SecretStore,
     ws: &WorkspaceId,
-    request: &mut Value,
+    request: &mut HttpRequest,
 ) -> Result<Filled, StepError> {
-    let slots = match request.as_object_mut().and_then(|m| m.remove(SLOTS_FIELD)) {
-        None | Some(Value::Null) => return Ok(Filled::default()),
-        Some(Value::Array(slots)) => slots,
-        Some(_) => return Err(malformed("not a list")),
-    };
+    let slots = std::mem::take(&mut request.secrets);
     let mut values: Vec<(String, String)> = Vec::new();
     let mut filled = Filled::default();
     for slot in &slots {
-        let path = slot["path"]
-            .as_array()
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| malformed("a slot has no path"))?;
         let mut text = String::new();
-        for part in slot["parts"].as_array().into_iter().flatten() {
-            if let Some(t) = part["text"].as_str() {
-                text.push_str(t);
-                continue;
-            }
-            let name = part["secret"]
-                .as_str()
-                .ok_or_else(|| malformed("a part is neither text nor a secret"))?;
+        for part in &slot.parts {
+            let name = match part {
+                SecretPart::Text(t) => {
+                    text.push_str(t);
+                    continue;
+                }
+                SecretPart::Secret(name) => name,
+            };
             if let Some((_, v)) = values.iter().find(|(n, _)| n == name) {
                 text.push_str(v);
                 continue;
@@ -141,16 +131,14 @@ pub async fn fill(
             text.push_str(&value);
             values.push((name.to_owned(), value));
         }
-        match path.first().and_then(Value::as_str) {
-            Some("headers") => {
-                if let Some(h) = path.get(1).and_then(Value::as_str) {
-                    filled.headers.push(h.to_ascii_lowercase());
-                }
+        match slot.path.as_slice() {
+            [PathSeg::Key(f), PathSeg::Key(h), ..] if f == "headers" => {
+                filled.headers.push(h.to_ascii_lowercase());
             }
-            Some("body") => filled.in_body = true,
+            [PathSeg::Key(f), ..] if f == "body" => filled.in_body = true,
             _ => {}
         }
-        *at_path(request, path)
+        *at_path(request, &slot.path)
             .ok_or_else(|| malformed("a slot's path is not in the request"))? = Value::String(text);
     }
     filled.redactor = Redactor::new(values.into_iter().map(|(_, v)| v));
@@ -357,6 +345,7 @@ fn lower_escapes(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn redaction_hides_values_anywhere() {

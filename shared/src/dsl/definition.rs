@@ -161,11 +161,8 @@ pub struct SecretSlot {
     pub parts: Vec<crate::template::Part>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum PathSeg {
-    Key(String),
-    Index(usize),
-}
+/// A segment of a slot's path (the same type the executor reads).
+pub use crate::ports::PathSeg;
 
 /// A model call. `provider` defaults to the server's default provider.
 #[derive(Clone, Debug)]

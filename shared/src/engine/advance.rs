@@ -54,9 +54,8 @@ pub const DEFAULT_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dispatch {
     pub key: String,
-    pub step_type: String,
     pub attempt: u32,
-    pub request: Value,
+    pub request: crate::ports::StepRequest,
     pub timeout: std::time::Duration,
 }
 
@@ -404,7 +403,6 @@ fn apply(
                     ));
                     dispatch.push(Dispatch {
                         key: key.clone(),
-                        step_type: step.kind.type_name().to_owned(),
                         attempt: attempt as u32,
                         request,
                         timeout: step.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::domain::StepError;
 use crate::dsl::{Delay, Step, StepKind, Transform, TransformAction};
+use crate::ports::{HttpRequest, LlmRequest, ModelChoice, StepRequest};
 use crate::template::{self, Context, TemplateError};
 
 /// Most items a map step may iterate over.
@@ -23,7 +24,7 @@ pub enum Started {
     /// A map step: its items, each run through the sub-graph.
     Iterate(Vec<Value>),
     /// A step that does I/O: the fully rendered request for its executor.
-    External(Value),
+    External(StepRequest),
 }
 
 fn template_error(e: TemplateError) -> StepError {
@@ -50,14 +51,8 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
                 .timeout
                 .map(|t| now + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)),
         },
-        StepKind::Http(h) => Started::External(match http_request(h, ctx) {
-            Ok(req) => req,
-            Err(e) => return Started::Done(Err(e)),
-        }),
-        StepKind::Llm(l) => match llm_request(l, ctx) {
-            Ok(req) => Started::External(req),
-            Err(e) => Started::Done(Err(e)),
-        },
+        StepKind::Http(h) => external(http_request(h, ctx).map(StepRequest::Http)),
+        StepKind::Llm(l) => external(llm_request(l, ctx).map(StepRequest::Llm)),
         StepKind::Map(m) => match template::render_value(&m.items, ctx).map_err(template_error) {
             Ok(Value::Array(items)) if items.len() <= MAX_MAP_ITEMS => Started::Iterate(items),
             Ok(Value::Array(items)) => Started::Done(Err(StepError::permanent(
@@ -79,16 +74,23 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
     }
 }
 
+fn external(request: Result<StepRequest, StepError>) -> Started {
+    match request {
+        Ok(req) => Started::External(req),
+        Err(e) => Started::Done(Err(e)),
+    }
+}
+
 /// The rendered request of an I/O step (None for other steps).
-pub fn io_request(step: &Step, ctx: &Context) -> Option<Result<Value, StepError>> {
+pub fn io_request(step: &Step, ctx: &Context) -> Option<Result<StepRequest, StepError>> {
     match &step.kind {
-        StepKind::Http(h) => Some(http_request(h, ctx)),
-        StepKind::Llm(l) => Some(llm_request(l, ctx)),
+        StepKind::Http(h) => Some(http_request(h, ctx).map(StepRequest::Http)),
+        StepKind::Llm(l) => Some(llm_request(l, ctx).map(StepRequest::Llm)),
         _ => None,
     }
 }
 
-fn http_request(h: &crate::dsl::Http, ctx: &Context) -> Result<Value, StepError> {
+fn http_request(h: &crate::dsl::Http, ctx: &Context) -> Result<HttpRequest, StepError> {
     let mut fields = json!({
         "url": h.url,
         "query": h.query,
@@ -103,17 +105,18 @@ fn http_request(h: &crate::dsl::Http, ctx: &Context) -> Result<Value, StepError>
         }
     }
     let render = |v: &Value| template::render_value(v, ctx).map_err(template_error);
-    let mut req = json!({
-        "method": h.method,
-        "url": render(&fields["url"])?,
-        "query": render(&fields["query"])?,
-        "headers": render(&fields["headers"])?,
-        "body": if h.body.is_some() { render(&fields["body"])? } else { Value::Null },
-    });
-    if !h.secrets.is_empty() {
-        req[crate::step_secrets::SLOTS_FIELD] = crate::step_secrets::render_slots(&h.secrets, ctx)?;
-    }
-    Ok(req)
+    Ok(HttpRequest {
+        method: h.method.clone(),
+        url: render(&fields["url"])?,
+        query: render(&fields["query"])?,
+        headers: render(&fields["headers"])?,
+        body: if h.body.is_some() {
+            render(&fields["body"])?
+        } else {
+            Value::Null
+        },
+        secrets: crate::step_secrets::render_slots(&h.secrets, ctx)?,
+    })
 }
 
 fn at_path<'v>(v: &'v mut Value, path: &[crate::dsl::PathSeg]) -> Option<&'v mut Value> {
@@ -127,33 +130,57 @@ fn at_path<'v>(v: &'v mut Value, path: &[crate::dsl::PathSeg]) -> Option<&'v mut
     Some(cur)
 }
 
-fn llm_request(l: &crate::dsl::Llm, ctx: &Context) -> Result<Value, StepError> {
+fn llm_request(l: &crate::dsl::Llm, ctx: &Context) -> Result<LlmRequest, StepError> {
     let render = |v: &Value| template::render_value(v, ctx).map_err(template_error);
-    let messages = render(&l.messages)?;
-    let ok = messages.as_array().is_some_and(|m| {
-        !m.is_empty()
-            && m.iter()
-                .all(|x| x.get("role").is_some_and(Value::is_string) && x.get("content").is_some())
-    });
-    if !ok {
-        return Err(StepError::permanent(
-            "invalid_messages",
-            "`messages` must be a non-empty list of {\"role\", \"content\"} objects",
-        ));
+    let messages = match render(&l.messages)? {
+        Value::Array(m)
+            if !m.is_empty()
+                && m.iter().all(|x| {
+                    x.get("role").is_some_and(Value::is_string) && x.get("content").is_some()
+                }) =>
+        {
+            m
+        }
+        _ => {
+            return Err(StepError::permanent(
+                "invalid_messages",
+                "`messages` must be a non-empty list of {\"role\", \"content\"} objects",
+            ));
+        }
+    };
+    let system = match &l.system {
+        None => None,
+        Some(s) => Some(as_text(render(&Value::String(s.clone()))?)),
+    };
+    Ok(LlmRequest {
+        provider: l.provider.clone(),
+        model: l.model.clone(),
+        messages,
+        system,
+        temperature: l.temperature,
+        max_tokens: l.max_tokens,
+        json: l.json,
+        fallback: l
+            .fallback
+            .iter()
+            .map(|f| ModelChoice {
+                provider: f.provider.clone(),
+                model: f.model.clone(),
+            })
+            .collect(),
+        retry_model: l.retry_model.clone(),
+        inputs: render(&l.inputs)?,
+        cache_ttl_secs: l.cache_ttl.map(|d| d.as_secs()),
+    })
+}
+
+/// A rendered template as the text a model is sent (a template that is
+/// one expression may produce a number or an object).
+fn as_text(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        other => other.to_string(),
     }
-    Ok(json!({
-        "provider": l.provider,
-        "model": l.model,
-        "messages": messages,
-        "system": l.system.as_ref().map(|s| render(&Value::String(s.clone()))).transpose()?,
-        "temperature": l.temperature,
-        "max_tokens": l.max_tokens,
-        "json": l.json,
-        "fallback": l.fallback.iter().map(|f| json!({"provider": f.provider, "model": f.model})).collect::<Vec<_>>(),
-        "retry_model": l.retry_model,
-        "inputs": render(&l.inputs)?,
-        "cache_ttl_secs": l.cache_ttl.map(|d| d.as_secs()),
-    }))
 }
 
 fn until(src: &str, ctx: &Context, now: DateTime<Utc>) -> Result<DateTime<Utc>, StepError> {

@@ -470,7 +470,7 @@ impl Inner {
         let Some(me) = self.me.upgrade() else { return };
         let hold = self.results_memory.hold();
         call.memory = hold.clone();
-        let executor = self.executors.get(&call.step_type).cloned();
+        let executor = self.executors.get(call.step_type()).cloned();
         let span = tracing::info_span!("step", workspace_id = %run.0, run_id = %run.1, step_id = %call.step_key);
         tokio::spawn(
             async move {

@@ -458,7 +458,7 @@ async fn answer(
                 step_key: d.key.clone(),
                 attempt: d.attempt,
             };
-            match names.function_for(&d.step_type) {
+            match names.function_for(d.request.step_type()) {
                 Some(function) => out.dispatch.push(Target {
                     function,
                     call,
@@ -467,7 +467,7 @@ async fn answer(
                 // A step type this deployment has no function for fails at
                 // once instead.
                 None => {
-                    let err = tick::no_executor(&d.step_type);
+                    let err = tick::no_executor(d.request.step_type());
                     tick::record(
                         s,
                         &t.run.workspace_id,

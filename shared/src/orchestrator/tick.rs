@@ -57,7 +57,6 @@ impl Ticked {
             workflow_id: self.run.workflow_id.clone(),
             budget_usd: self.run.budget_usd,
             step_key: d.key.clone(),
-            step_type: d.step_type.clone(),
             attempt: d.attempt,
             request: d.request.clone(),
             timeout: d.timeout,
@@ -139,7 +138,7 @@ pub async fn attempt(
     call: &StepCall,
 ) -> Result<serde_json::Value, StepError> {
     let Some(e) = executor else {
-        return Err(no_executor(&call.step_type));
+        return Err(no_executor(call.step_type()));
     };
     match tokio::time::timeout(call.timeout, e.execute(call)).await {
         Ok(r) => r,
@@ -549,7 +548,6 @@ pub async fn prepare_call(
         workflow_id: run.workflow_id.clone(),
         budget_usd: run.budget_usd,
         step_key: key.to_owned(),
-        step_type: step.kind.type_name().to_owned(),
         attempt,
         request,
         timeout: step.timeout.unwrap_or(crate::engine::DEFAULT_STEP_TIMEOUT),

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::StepRequest;
 use crate::domain::{RunId, StepError, WorkflowId, WorkspaceId};
 
 /// One attempt of one step, with its templates already rendered.
@@ -20,15 +21,23 @@ pub struct StepCall {
     #[serde(default)]
     pub budget_usd: Option<f64>,
     pub step_key: String,
-    pub step_type: String,
     pub attempt: u32,
-    pub request: Value,
+    /// The step type (`step_type`) and its rendered request (`request`).
+    #[serde(flatten)]
+    pub request: StepRequest,
     #[serde(with = "humantime_serde_secs")]
     pub timeout: Duration,
     /// Where the executor charges the memory its result will take before
     /// it reads and parses it (see `memory::Hold`); not sent anywhere.
     #[serde(skip)]
     pub memory: crate::memory::Hold,
+}
+
+impl StepCall {
+    /// The step type, as definitions name it.
+    pub fn step_type(&self) -> &'static str {
+        self.request.step_type()
+    }
 }
 
 mod humantime_serde_secs {

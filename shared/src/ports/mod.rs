@@ -7,6 +7,7 @@ mod driver;
 mod executor;
 mod page;
 mod set;
+mod step_request;
 mod store;
 mod usage;
 
@@ -15,6 +16,9 @@ pub use driver::{DriverError, RunDriver};
 pub use executor::{StepCall, StepExecutor};
 pub use page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, Page, PageRequest};
 pub use set::StoreSet;
+pub use step_request::{
+    HttpRequest, LlmRequest, ModelChoice, PathSeg, SecretPart, SecretString, StepRequest,
+};
 pub use store::*;
 pub use usage::{ResultCache, SettingsStore, UsageStore};
 

@@ -13,7 +13,7 @@ use serde_json::{Map as JsonMap, Value, json};
 use super::egress::{EgressDenied, EgressPolicy, GuardedResolver};
 use crate::domain::StepError;
 use crate::domain::limits::MAX_STEP_OUTPUT_MEMORY;
-use crate::ports::{SecretStore, StepCall, StepExecutor};
+use crate::ports::{HttpRequest, SecretStore, StepCall, StepExecutor, StepRequest};
 use crate::step_secrets::{self, Filled};
 
 /// Largest response body read.
@@ -89,11 +89,11 @@ fn as_text(v: &Value) -> String {
     }
 }
 
-fn object(v: Option<&Value>, what: &str) -> Result<JsonMap<String, Value>, StepError> {
+fn object(v: &Value, what: &str) -> Result<JsonMap<String, Value>, StepError> {
     match v {
-        None | Some(Value::Null) => Ok(JsonMap::new()),
-        Some(Value::Object(m)) => Ok(m.clone()),
-        Some(other) => Err(bad_request(format!(
+        Value::Null => Ok(JsonMap::new()),
+        Value::Object(m) => Ok(m.clone()),
+        other => Err(bad_request(format!(
             "`{what}` must be an object, got {}",
             crate::engine::steps::short_json(other)
         ))),
@@ -119,9 +119,9 @@ pub const RESERVED_HEADERS: &[&str] = &[
 /// that carry the step's secrets.
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
 
-fn headers(req: &Value) -> Result<HeaderMap, StepError> {
+fn headers(req: &HttpRequest) -> Result<HeaderMap, StepError> {
     let mut out = HeaderMap::new();
-    for (k, v) in object(req.get("headers"), "headers")? {
+    for (k, v) in object(&req.headers, "headers")? {
         if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
             return Err(bad_request(format!(
                 "the header `{k}` is set by Weft, not by a step"
@@ -169,7 +169,10 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<f64> {
 #[async_trait]
 impl StepExecutor for HttpExecutor {
     async fn execute(&self, call: &StepCall) -> Result<Value, StepError> {
-        let mut request = call.request.clone();
+        let StepRequest::Http(request) = &call.request else {
+            return Err(bad_request("not an http request"));
+        };
+        let mut request = request.clone();
         let filled =
             step_secrets::fill(self.secrets.as_ref(), &call.workspace_id, &mut request).await?;
         match self.send(call, &request, &filled).await {
@@ -209,17 +212,17 @@ impl HttpExecutor {
     async fn send(
         &self,
         call: &StepCall,
-        req: &Value,
+        req: &HttpRequest,
         filled: &Filled,
     ) -> Result<Value, StepError> {
-        let mut method = Method::from_bytes(req["method"].as_str().unwrap_or("GET").as_bytes())
+        let mut method = Method::from_bytes(req.method.as_bytes())
             .map_err(|_| bad_request("invalid HTTP method"))?;
-        let url_text = as_text(&req["url"]);
+        let url_text = as_text(&req.url);
         let mut url = Url::parse(&url_text)
             .map_err(|e| bad_request(format!("`{url_text}` is not a valid URL: {e}")))?;
         check_url(&url, &self.policy).map_err(denied)?;
         {
-            let query = object(req.get("query"), "query")?;
+            let query = object(&req.query, "query")?;
             if !query.is_empty() {
                 let mut pairs = url.query_pairs_mut();
                 for (k, v) in &query {
@@ -228,10 +231,10 @@ impl HttpExecutor {
             }
         }
         let mut headers = headers(req)?;
-        let mut body: Option<(Vec<u8>, bool)> = match req.get("body") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some((s.clone().into_bytes(), false)),
-            Some(other) => Some((
+        let mut body: Option<(Vec<u8>, bool)> = match &req.body {
+            Value::Null => None,
+            Value::String(s) => Some((s.clone().into_bytes(), false)),
+            other => Some((
                 serde_json::to_vec(other).map_err(|e| bad_request(e.to_string()))?,
                 true,
             )),

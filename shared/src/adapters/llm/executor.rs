@@ -13,7 +13,10 @@ use super::providers::{self, CallError, ErrorClass, Kind, Prompt, Reply};
 use super::{prices, spend};
 use crate::adapters::http::retry_after;
 use crate::domain::{Caps, Charge, StepError, Usage, WorkspaceId, WorkspaceSettings};
-use crate::ports::{ResultCache, SecretStore, SettingsStore, StepCall, StepExecutor, UsageStore};
+use crate::ports::{
+    LlmRequest, ResultCache, SecretStore, SettingsStore, StepCall, StepExecutor, StepRequest,
+    UsageStore,
+};
 use crate::step_secrets::Redactor;
 
 /// Largest reply read from a model provider.
@@ -355,12 +358,17 @@ impl StepExecutor for LlmExecutor {
         // Model calls never carry secret slots: a definition cannot insert
         // secrets into an llm step, and the provider's key is added by
         // `call` from the workspace's own settings.
-        let req = &call.request;
-        let cache = req["cache_ttl_secs"]
-            .as_u64()
+        let StepRequest::Llm(req) = &call.request else {
+            return Err(StepError::permanent(
+                "invalid_request",
+                "not a model call's request",
+            ));
+        };
+        let cache = req
+            .cache_ttl_secs
             .map(|ttl| (spend::cache_key(req), Duration::from_secs(ttl)));
         if let Some((key, _)) = &cache
-            && let Some(hit) = self.cache_hit(call, key, &req["inputs"]).await?
+            && let Some(hit) = self.cache_hit(call, key, &req.inputs).await?
         {
             return Ok(hit);
         }
@@ -455,28 +463,23 @@ impl LlmExecutor {
     async fn run_chain(
         &self,
         call: &StepCall,
-        req: &Value,
+        req: &LlmRequest,
         settings: &WorkspaceSettings,
     ) -> Result<Value, StepError> {
         let default = self.config.default_provider.as_str();
-        let first_provider = req["provider"].as_str().unwrap_or(default).to_owned();
-        let mut first_model = req["model"].as_str().unwrap_or_default().to_owned();
-        if call.attempt > 1
-            && let Some(cheaper) = req["retry_model"].as_str()
-        {
-            first_model = cheaper.to_owned();
+        let first_provider = req.provider.as_deref().unwrap_or(default);
+        let first_model = match &req.retry_model {
+            Some(cheaper) if call.attempt > 1 => cheaper,
+            _ => &req.model,
+        };
+        let mut chain = vec![(first_provider, first_model.as_str())];
+        for f in &req.fallback {
+            chain.push((f.provider.as_deref().unwrap_or(default), f.model.as_str()));
         }
-        let mut chain = vec![(first_provider, first_model)];
-        for f in req["fallback"].as_array().into_iter().flatten() {
-            chain.push((
-                f["provider"].as_str().unwrap_or(default).to_owned(),
-                f["model"].as_str().unwrap_or_default().to_owned(),
-            ));
-        }
-        let messages = req["messages"].as_array().cloned().unwrap_or_default();
-        let system = req["system"].as_str();
-        let max_tokens = req["max_tokens"].as_u64().unwrap_or(1024) as u32;
-        let estimate = spend::estimated_input_tokens(system, &messages);
+        let messages = &req.messages;
+        let system = req.system.as_deref();
+        let max_tokens = req.max_tokens;
+        let estimate = spend::estimated_input_tokens(system, messages);
         let caps = Caps {
             run_usd: call.budget_usd,
             month_usd: settings.monthly_budget_usd,
@@ -500,10 +503,10 @@ impl LlmExecutor {
             let prompt = Prompt {
                 model,
                 system,
-                messages: &messages,
-                temperature: req["temperature"].as_f64(),
+                messages,
+                temperature: req.temperature,
                 max_tokens,
-                json: req["json"].as_bool().unwrap_or(false),
+                json: req.json,
             };
             let result = self
                 .call(
@@ -542,7 +545,7 @@ impl LlmExecutor {
                         reply,
                         prompt.json,
                         tries,
-                        &req["inputs"],
+                        &req.inputs,
                         price,
                     );
                 }

@@ -5,6 +5,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{CapHit, StepError};
+use crate::ports::LlmRequest;
 
 /// About four characters make a token in English text; a budget check needs
 /// an upper estimate before the provider has counted anything.
@@ -72,8 +73,10 @@ pub fn refusal(
 
 /// The cache key of a resolved request: everything sent to the model, not
 /// the step's pass-through `inputs`.
-pub fn cache_key(request: &Value) -> String {
-    let mut r = request.clone();
+pub fn cache_key(request: &LlmRequest) -> String {
+    // The JSON of the request without those fields: the same text for the
+    // same call.
+    let mut r = serde_json::to_value(request).unwrap_or_default();
     if let Some(o) = r.as_object_mut() {
         o.remove("inputs");
         o.remove("cache_ttl_secs");
@@ -146,9 +149,22 @@ mod tests {
 
     #[test]
     fn cache_keys_ignore_pass_through_inputs() {
-        let a = json!({"model": "m", "messages": [], "inputs": {"id": 1}, "cache_ttl_secs": 60});
-        let b = json!({"model": "m", "messages": [], "inputs": {"id": 2}});
-        let c = json!({"model": "n", "messages": []});
+        let req = |model: &str, inputs: Value, ttl: Option<u64>| LlmRequest {
+            provider: None,
+            model: model.into(),
+            messages: vec![json!({"role": "user", "content": "hi"})],
+            system: None,
+            temperature: None,
+            max_tokens: 100,
+            json: false,
+            fallback: vec![],
+            retry_model: None,
+            inputs,
+            cache_ttl_secs: ttl,
+        };
+        let a = req("m", json!({"id": 1}), Some(60));
+        let b = req("m", json!({"id": 2}), None);
+        let c = req("n", Value::Null, None);
         assert_eq!(cache_key(&a), cache_key(&b));
         assert_ne!(cache_key(&a), cache_key(&c));
     }

@@ -26,6 +26,9 @@ pub const MAX_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30
 
 pub(super) const MODEL_NAME_RULE: &str = "expected a model name such as \"gpt-4o-mini\": 1-128 letters, digits and `.` `_` `-` `:` `/` `@`, with no `..`";
 
+/// Output tokens a model call may use when the step does not say.
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+
 pub(super) fn provider_field(p: &mut Parser, v: Option<&Value>, path: &Path) -> Option<String> {
     match v {
         None | Some(Value::Null) => None,
@@ -108,7 +111,7 @@ pub(super) fn parse_llm(
         },
     };
     let max_tokens = match obj.get("max_tokens") {
-        None | Some(Value::Null) => 1024,
+        None | Some(Value::Null) => DEFAULT_MAX_TOKENS,
         Some(v) => match v.as_u64() {
             Some(n) if (1..=200_000).contains(&n) => n as u32,
             _ => {
@@ -116,7 +119,7 @@ pub(super) fn parse_llm(
                     &path.key("max_tokens"),
                     "expected a whole number from 1 to 200000",
                 );
-                1024
+                DEFAULT_MAX_TOKENS
             }
         },
     };

@@ -15,8 +15,8 @@ use crate::adapters::http::{EgressPolicy, HttpExecutor};
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::{App, DefinitionCache};
 use crate::domain::{RunStatus, WorkflowId};
-use crate::ports::RunStore;
 use crate::ports::{DriverError, RunDriver, StoreSet};
+use crate::ports::{RunStore, StepRequest};
 
 /// The state machine itself starts nothing in these tests.
 struct Manual;
@@ -166,7 +166,10 @@ async fn the_machine_loop_runs_a_workflow_with_a_crash_a_retry_and_an_approval()
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(call.request["body"], json!({"n": 42}));
+    let StepRequest::Http(req) = &call.request else {
+        panic!("not an http request: {:?}", call.request);
+    };
+    assert_eq!(req.body, json!({"n": 42}));
     // Its function crashes: the machine's Catch records the failure, then
     // plans.
     let recorded = handle(
