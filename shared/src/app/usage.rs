@@ -6,7 +6,7 @@ use chrono::{Datelike, NaiveDate, Utc};
 use serde_json::{Value, json};
 
 use super::{App, AppError};
-use crate::domain::{ModelPrice, Usage, WorkspaceId, WorkspaceSettings};
+use crate::domain::{ModelPrice, Usage, Usd, WorkspaceId, WorkspaceSettings};
 use crate::dsl::{Path, ValidationError};
 
 /// Most price entries a workspace may set.
@@ -50,7 +50,9 @@ fn parse_settings(body: &Value) -> Result<WorkspaceSettings, AppError> {
         None | Some(Value::Null) => {}
         Some(v) => {
             let at = root.key("monthly_budget_usd");
-            s.monthly_budget_usd = amount(v, &at, crate::dsl::MAX_BUDGET_USD, &mut errors);
+            s.monthly_budget_usd =
+                amount(v, &at, crate::dsl::MAX_BUDGET_USD.dollars(), &mut errors)
+                    .and_then(Usd::from_dollars);
         }
     }
     match m.get("prices") {
@@ -245,7 +247,7 @@ mod tests {
             "prices": {"llama3": {"input_per_mtok": 0.05, "output_per_mtok": 0.1}}
         }))
         .unwrap();
-        assert_eq!(ok.monthly_budget_usd, Some(20.0));
+        assert_eq!(ok.monthly_budget_usd, Usd::from_dollars(20.0));
         assert_eq!(ok.prices["llama3"].output_per_mtok, 0.1);
         let Err(AppError::InvalidRequest(errs)) = parse_settings(&json!({
             "monthly_budget_usd": -1,

@@ -3,12 +3,14 @@
 pub mod ids;
 pub mod limits;
 pub mod models;
+pub mod money;
 pub mod run;
 pub mod usage;
 pub mod workflow;
 pub mod workspace;
 
 pub use ids::{ApiKeyId, RunId, WorkflowId, WorkspaceId};
+pub use money::{TokenPrice, Usd};
 pub use run::{
     Attempt, Lease, LogEntry, LogLevel, RunHead, RunRecord, RunStatus, StepError, StepHead,
     StepRecord, StepStatus,

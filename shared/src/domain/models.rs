@@ -3,22 +3,29 @@
 
 use serde_json::Value;
 
+use super::Usd;
+
 /// Providers an `llm` step can name.
 pub const LLM_PROVIDERS: &[&str] = &["openai", "anthropic", "gemini"];
 
 /// Largest per-run budget a workflow may set.
-pub const MAX_BUDGET_USD: f64 = 1_000_000.0;
+pub const MAX_BUDGET_USD: Usd = Usd::from_micros(1_000_000 * 1_000_000);
 
-/// A run's spending cap, as a workflow or a run start gives it.
-pub fn budget_usd(v: Option<&Value>) -> Result<Option<f64>, String> {
+/// A run's spending cap, as a workflow or a run start gives it (dollars,
+/// kept to the micro-dollar).
+pub fn budget_usd(v: Option<&Value>) -> Result<Option<Usd>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_f64()
-            .filter(|b| *b > 0.0 && *b <= MAX_BUDGET_USD)
+            .and_then(Usd::from_dollars)
+            .filter(|b| b.is_positive() && *b <= MAX_BUDGET_USD)
             .map(Some)
             .ok_or_else(|| {
-                format!("expected an amount in USD above 0 and at most {MAX_BUDGET_USD}")
+                format!(
+                    "expected an amount in USD of at least 0.000001 and at most {}",
+                    MAX_BUDGET_USD.dollars()
+                )
             }),
     }
 }

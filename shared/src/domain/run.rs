@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::Usd;
 use super::ids::{RunId, WorkflowId, WorkspaceId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -265,7 +266,7 @@ pub struct RunRecord {
     pub wake_at: Option<DateTime<Utc>>,
     /// Most the run may spend on model calls, in USD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget_usd: Option<f64>,
+    pub budget_usd: Option<Usd>,
     /// Bumped on every write; writers condition on it (optimistic concurrency).
     pub revision: u64,
     /// Who drives the run and until when, where drivers can vanish (on AWS;
@@ -312,7 +313,7 @@ impl<'de> Deserialize<'de> for RunHead {
             #[serde(default)]
             wake_at: Option<DateTime<Utc>>,
             #[serde(default)]
-            budget_usd: Option<f64>,
+            budget_usd: Option<Usd>,
             revision: u64,
             #[serde(default)]
             lease: Option<Lease>,

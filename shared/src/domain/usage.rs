@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{RunId, WorkflowId, WorkspaceId};
+use super::{RunId, Usd, WorkflowId, WorkspaceId};
 
 /// USD per million tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,7 +20,7 @@ pub struct ModelPrice {
 pub struct WorkspaceSettings {
     /// Most the workspace may spend on model calls in a calendar month (UTC).
     #[serde(default)]
-    pub monthly_budget_usd: Option<f64>,
+    pub monthly_budget_usd: Option<Usd>,
     /// Prices by model-name prefix; the longest matching prefix wins, and
     /// these take precedence over the shipped defaults.
     #[serde(default)]
@@ -48,9 +48,9 @@ pub struct Usage {
     pub calls: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
-    pub cost_usd: f64,
+    pub cost_usd: Usd,
     /// What cache hits would have cost.
-    pub cost_saved_usd: f64,
+    pub cost_saved_usd: Usd,
     pub cache_hits: u64,
 }
 
@@ -76,13 +76,13 @@ pub struct UsageRow {
 /// Which spending cap a call would pass.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CapHit {
-    Run { cap_usd: f64, spent_usd: f64 },
-    Month { cap_usd: f64, spent_usd: f64 },
+    Run { cap_usd: Usd, spent_usd: Usd },
+    Month { cap_usd: Usd, spent_usd: Usd },
 }
 
 /// The caps a reservation is checked against.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Caps {
-    pub run_usd: Option<f64>,
-    pub month_usd: Option<f64>,
+    pub run_usd: Option<Usd>,
+    pub month_usd: Option<Usd>,
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::domain::Usd;
+
 #[derive(Clone, Debug)]
 pub struct Workflow {
     /// The id the author chose (`"id"` in the definition), if any.
@@ -22,7 +24,7 @@ pub struct Workflow {
     pub input_schema: Option<Value>,
     /// Most a run may spend on model calls, in USD (a run can lower or raise
     /// it when it starts).
-    pub budget_usd: Option<f64>,
+    pub budget_usd: Option<Usd>,
 }
 
 impl Workflow {

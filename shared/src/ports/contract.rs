@@ -36,7 +36,7 @@ async fn settings_default_and_isolated(s: &Stores) {
         WorkspaceSettings::default()
     );
     let mut set = WorkspaceSettings {
-        monthly_budget_usd: Some(25.0),
+        monthly_budget_usd: Some(d(25.0)),
         ..Default::default()
     };
     set.prices.insert(
@@ -55,6 +55,11 @@ async fn settings_default_and_isolated(s: &Stores) {
     set.monthly_budget_usd = None;
     s.settings.put_settings(&a, &set).await.unwrap();
     assert_eq!(s.settings.get_settings(&a).await.unwrap(), set);
+}
+
+/// Dollars, as the stores keep them (whole micro-dollars).
+fn d(dollars: f64) -> Usd {
+    Usd::from_dollars(dollars).expect("an amount in range")
 }
 
 fn charge(ws: &WorkspaceId, run: &RunId, step: &str, try_index: u32) -> Charge {
@@ -76,7 +81,7 @@ fn cost(usd: f64) -> Usage {
         calls: 1,
         input_tokens: 100,
         output_tokens: 10,
-        cost_usd: usd,
+        cost_usd: d(usd),
         ..Default::default()
     }
 }
@@ -85,12 +90,12 @@ async fn budgets_reserve_atomically_and_settle(s: &Stores) {
     let (a, b) = (ws(), ws());
     let (r1, r2) = (RunId::generate(), RunId::generate());
     let caps = Caps {
-        run_usd: Some(1.0),
-        month_usd: Some(1.5),
+        run_usd: Some(d(1.0)),
+        month_usd: Some(d(1.5)),
     };
     assert_eq!(
         s.usage
-            .reserve(&charge(&a, &r1, "x", 0), 0.6, &caps)
+            .reserve(&charge(&a, &r1, "x", 0), d(0.6), &caps)
             .await
             .unwrap(),
         Ok(())
@@ -98,12 +103,12 @@ async fn budgets_reserve_atomically_and_settle(s: &Stores) {
     // The open reservation counts: 0.6 + 0.6 passes the run's cap.
     assert_eq!(
         s.usage
-            .reserve(&charge(&a, &r1, "y", 0), 0.6, &caps)
+            .reserve(&charge(&a, &r1, "y", 0), d(0.6), &caps)
             .await
             .unwrap(),
         Err(CapHit::Run {
-            cap_usd: 1.0,
-            spent_usd: 0.6
+            cap_usd: d(1.0),
+            spent_usd: d(0.6)
         })
     );
     // Settled for less than reserved: the difference is free again.
@@ -113,7 +118,7 @@ async fn budgets_reserve_atomically_and_settle(s: &Stores) {
         .unwrap();
     assert_eq!(
         s.usage
-            .reserve(&charge(&a, &r1, "y", 0), 0.6, &caps)
+            .reserve(&charge(&a, &r1, "y", 0), d(0.6), &caps)
             .await
             .unwrap(),
         Ok(())
@@ -121,20 +126,21 @@ async fn budgets_reserve_atomically_and_settle(s: &Stores) {
     // The month counts every run of the workspace: 0.1 + 0.6 + 0.9 > 1.5.
     match s
         .usage
-        .reserve(&charge(&a, &r2, "x", 0), 0.9, &caps)
+        .reserve(&charge(&a, &r2, "x", 0), d(0.9), &caps)
         .await
         .unwrap()
     {
         Err(CapHit::Month { cap_usd, spent_usd }) => {
-            assert_eq!(cap_usd, 1.5);
-            assert!((spent_usd - 0.7).abs() < 1e-9, "{spent_usd}");
+            assert_eq!(cap_usd, d(1.5));
+            // Exact: 0.1 settled + 0.6 reserved.
+            assert_eq!(spent_usd, d(0.7));
         }
         other => panic!("expected the monthly cap, got {other:?}"),
     }
     // Another workspace has its own month.
     assert_eq!(
         s.usage
-            .reserve(&charge(&b, &r2, "x", 0), 0.9, &caps)
+            .reserve(&charge(&b, &r2, "x", 0), d(0.9), &caps)
             .await
             .unwrap(),
         Ok(())
@@ -142,7 +148,7 @@ async fn budgets_reserve_atomically_and_settle(s: &Stores) {
     // Without caps anything goes.
     assert_eq!(
         s.usage
-            .reserve(&charge(&a, &r2, "z", 0), 100.0, &Caps::default())
+            .reserve(&charge(&a, &r2, "z", 0), d(100.0), &Caps::default())
             .await
             .unwrap(),
         Ok(())
@@ -167,7 +173,7 @@ async fn usage_totals_by_run_day_and_workflow(s: &Stores) {
         .unwrap();
     let hit = Usage {
         calls: 1,
-        cost_saved_usd: 0.25,
+        cost_saved_usd: d(0.25),
         cache_hits: 1,
         ..Default::default()
     };
@@ -179,7 +185,7 @@ async fn usage_totals_by_run_day_and_workflow(s: &Stores) {
     assert_eq!(run.calls, 2);
     assert_eq!(run.input_tokens, 200);
     assert_eq!(run.output_tokens, 20);
-    assert!((run.cost_usd - 0.75).abs() < 1e-9);
+    assert_eq!(run.cost_usd, d(0.75));
     assert_eq!(
         s.usage.run_usage(&ws(), &r1).await.unwrap(),
         Usage::default()
@@ -192,7 +198,7 @@ async fn usage_totals_by_run_day_and_workflow(s: &Stores) {
     assert_eq!(rows[0].usage.calls, 2);
     assert_eq!(rows[1].workflow_id.as_str(), "wf_b");
     assert_eq!(rows[1].usage.cache_hits, 1);
-    assert!((rows[1].usage.cost_saved_usd - 0.25).abs() < 1e-9);
+    assert_eq!(rows[1].usage.cost_saved_usd, d(0.25));
     let yesterday = today - Duration::days(1);
     assert!(
         s.usage

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::StepRequest;
-use crate::domain::{RunId, StepError, WorkflowId, WorkspaceId};
+use crate::domain::{RunId, StepError, Usd, WorkflowId, WorkspaceId};
 
 /// One attempt of one step, with its templates already rendered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,7 +19,7 @@ pub struct StepCall {
     pub workflow_id: WorkflowId,
     /// The run's spending cap for model calls, in USD.
     #[serde(default)]
-    pub budget_usd: Option<f64>,
+    pub budget_usd: Option<Usd>,
     pub step_key: String,
     pub attempt: u32,
     /// The step type (`step_type`) and its rendered request (`request`).

@@ -6,7 +6,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 
 use super::StoreResult;
-use crate::domain::{CapHit, Caps, Charge, RunId, Usage, UsageRow, WorkspaceId, WorkspaceSettings};
+use crate::domain::{
+    CapHit, Caps, Charge, RunId, Usage, UsageRow, Usd, WorkspaceId, WorkspaceSettings,
+};
 
 #[async_trait]
 pub trait SettingsStore: Send + Sync {
@@ -25,7 +27,7 @@ pub trait UsageStore: Send + Sync {
     async fn reserve(
         &self,
         charge: &Charge,
-        worst_usd: f64,
+        worst_usd: Usd,
         caps: &Caps,
     ) -> StoreResult<Result<(), CapHit>>;
     /// Records what the call really used, replacing its reservation (or

@@ -136,6 +136,14 @@ fn get_n(item: &Item, name: &str) -> f64 {
     }
 }
 
+/// A whole number attribute (0 when absent or not a whole number).
+fn get_i(item: &Item, name: &str) -> i64 {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn data<T: serde::de::DeserializeOwned>(item: &Item) -> StoreResult<T> {
     Ok(serde_json::from_str(get_s(item, "data")?)?)
 }

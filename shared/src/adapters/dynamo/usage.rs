@@ -11,7 +11,9 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::Value;
 
-use super::{DynamoStore, Item, build, cancelled_conditions, get_n, get_s, key, n, run_pk, s, sdk};
+use super::{
+    DynamoStore, Item, build, cancelled_conditions, get_i, get_n, get_s, key, n, run_pk, s, sdk,
+};
 use crate::domain::*;
 use crate::ports::{ResultCache, StoreError, StoreResult, UsageStore};
 
@@ -32,8 +34,8 @@ fn usage_of(item: &Item) -> Usage {
         calls: 1,
         input_tokens: get_n(item, "input_tokens") as u64,
         output_tokens: get_n(item, "output_tokens") as u64,
-        cost_usd: get_n(item, "cost_usd"),
-        cost_saved_usd: get_n(item, "cost_saved_usd"),
+        cost_usd: Usd::from_micros(get_i(item, "cost_micros")),
+        cost_saved_usd: Usd::from_micros(get_i(item, "saved_micros")),
         cache_hits: get_n(item, "cache_hits") as u64,
     }
 }
@@ -42,8 +44,8 @@ struct Delta {
     calls: i64,
     input: i64,
     output: i64,
-    cost: f64,
-    saved: f64,
+    cost: Usd,
+    saved: Usd,
     hits: i64,
 }
 
@@ -85,8 +87,8 @@ impl DynamoStore {
             ledger.insert("model".into(), s(&c.model));
             ledger.insert("input_tokens".into(), n(new.input_tokens));
             ledger.insert("output_tokens".into(), n(new.output_tokens));
-            ledger.insert("cost_usd".into(), n(new.cost_usd));
-            ledger.insert("cost_saved_usd".into(), n(new.cost_saved_usd));
+            ledger.insert("cost_micros".into(), n(new.cost_usd.micros()));
+            ledger.insert("saved_micros".into(), n(new.cost_saved_usd.micros()));
             ledger.insert("cache_hits".into(), n(new.cache_hits));
             let put = Put::builder()
                 .table_name(&self.table)
@@ -102,8 +104,9 @@ impl DynamoStore {
                     .put(build(put.build())?)
                     .build(),
             ];
-            let cap_of =
-                |which: fn(&Caps) -> Option<f64>| caps.and_then(which).filter(|_| d.cost > 0.0);
+            let cap_of = |which: fn(&Caps) -> Option<Usd>| {
+                caps.and_then(which).filter(|_| d.cost.is_positive())
+            };
             let run_cap = cap_of(|c| c.run_usd);
             let month_cap = cap_of(|c| c.month_usd);
             // A call dearer than the cap itself never fits.
@@ -125,12 +128,14 @@ impl DynamoStore {
                 let mut u = Update::builder()
                     .table_name(&self.table)
                     .set_key(Some(k.clone()))
-                    .update_expression("ADD spent :d")
-                    .expression_attribute_values(":d", n(d.cost));
+                    .update_expression("ADD spent_micros :d")
+                    .expression_attribute_values(":d", n(d.cost.micros()));
                 if let Some(cap) = cap {
                     u = u
-                        .condition_expression("attribute_not_exists(spent) OR spent <= :room")
-                        .expression_attribute_values(":room", n(cap - d.cost));
+                        .condition_expression(
+                            "attribute_not_exists(spent_micros) OR spent_micros <= :room",
+                        )
+                        .expression_attribute_values(":room", n((cap - d.cost).micros()));
                 }
                 items.push(
                     TransactWriteItem::builder()
@@ -146,7 +151,7 @@ impl DynamoStore {
                 .table_name(&self.table)
                 .set_key(Some(agg))
                 .update_expression(
-                    "SET workflow_id = :wf, #day = :day ADD calls :c, input_tokens :i, output_tokens :o, cost_usd :cost, cost_saved_usd :saved, cache_hits :h",
+                    "SET workflow_id = :wf, #day = :day ADD calls :c, input_tokens :i, output_tokens :o, cost_micros :cost, saved_micros :saved, cache_hits :h",
                 )
                 .expression_attribute_names("#day", "day")
                 .expression_attribute_values(":wf", s(c.workflow_id.as_str()))
@@ -154,8 +159,8 @@ impl DynamoStore {
                 .expression_attribute_values(":c", n(d.calls))
                 .expression_attribute_values(":i", n(d.input))
                 .expression_attribute_values(":o", n(d.output))
-                .expression_attribute_values(":cost", n(d.cost))
-                .expression_attribute_values(":saved", n(d.saved))
+                .expression_attribute_values(":cost", n(d.cost.micros()))
+                .expression_attribute_values(":saved", n(d.saved.micros()))
                 .expression_attribute_values(":h", n(d.hits));
             items.push(
                 TransactWriteItem::builder()
@@ -200,12 +205,13 @@ impl DynamoStore {
         ))
     }
 
-    async fn total(&self, k: &Item) -> StoreResult<f64> {
-        Ok(self
-            .get(k.clone())
-            .await?
-            .as_ref()
-            .map_or(0.0, |i| get_n(i, "spent")))
+    async fn total(&self, k: &Item) -> StoreResult<Usd> {
+        Ok(Usd::from_micros(
+            self.get(k.clone())
+                .await?
+                .as_ref()
+                .map_or(0, |i| get_i(i, "spent_micros")),
+        ))
     }
 }
 
@@ -214,7 +220,7 @@ impl UsageStore for DynamoStore {
     async fn reserve(
         &self,
         charge: &Charge,
-        worst_usd: f64,
+        worst_usd: Usd,
         caps: &Caps,
     ) -> StoreResult<Result<(), CapHit>> {
         let worst = Usage {

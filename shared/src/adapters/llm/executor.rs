@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use super::providers::{self, CallError, ErrorClass, Kind, Prompt, Reply};
 use super::{prices, spend};
 use crate::adapters::http::retry_after;
-use crate::domain::{Caps, Charge, StepError, Usage, WorkspaceId, WorkspaceSettings};
+use crate::domain::{
+    Caps, Charge, StepError, TokenPrice, Usage, Usd, WorkspaceId, WorkspaceSettings,
+};
 use crate::ports::{
     LlmRequest, ResultCache, SecretStore, SettingsStore, StepCall, StepExecutor, StepRequest,
     UsageStore,
@@ -419,7 +421,10 @@ impl LlmExecutor {
         let Some(mut out) = found else {
             return Ok(None);
         };
-        let saved = out["cost_usd"].as_f64().unwrap_or(0.0);
+        let saved = out["cost_usd"]
+            .as_f64()
+            .and_then(Usd::from_dollars)
+            .unwrap_or_default();
         out["cached"] = json!(true);
         out["cost_saved_usd"] = json!(saved);
         out["cost_usd"] = json!(0.0);
@@ -523,7 +528,7 @@ impl LlmExecutor {
                     input_tokens: r.input_tokens,
                     output_tokens: r.output_tokens,
                     cost_usd: prices::cost_with(price, r.input_tokens, r.output_tokens)
-                        .unwrap_or(0.0),
+                        .unwrap_or_default(),
                     ..Usage::default()
                 },
                 Err(_) => Usage {
@@ -592,7 +597,7 @@ fn output(
     json_mode: bool,
     tries: Vec<Value>,
     inputs: &Value,
-    price: Option<(f64, f64)>,
+    price: Option<TokenPrice>,
 ) -> Result<Value, StepError> {
     let mut out = json!({
         "response": reply.text,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::ModelPrice;
+use crate::domain::{ModelPrice, TokenPrice, Usd};
 
 const PRICES: &[(&str, f64, f64)] = &[
     ("gpt-4o-mini", 0.15, 0.60),
@@ -32,32 +32,34 @@ const PRICES: &[(&str, f64, f64)] = &[
     ("gemini-2.5-pro", 1.25, 10.00),
 ];
 
-/// (input, output) USD per million tokens.
-pub fn price(model: &str) -> Option<(f64, f64)> {
+/// The default price of a model.
+pub fn price(model: &str) -> Option<TokenPrice> {
     PRICES
         .iter()
         .filter(|(prefix, ..)| model.starts_with(prefix))
         .max_by_key(|(prefix, ..)| prefix.len())
-        .map(|&(_, i, o)| (i, o))
+        .and_then(|&(_, i, o)| TokenPrice::from_dollars(i, o))
 }
 
 /// The workspace's price for `model` if it set one (longest prefix), else
 /// the default.
-pub fn price_with(model: &str, own: &BTreeMap<String, ModelPrice>) -> Option<(f64, f64)> {
-    own.iter()
+pub fn price_with(model: &str, own: &BTreeMap<String, ModelPrice>) -> Option<TokenPrice> {
+    match own
+        .iter()
         .filter(|(prefix, _)| model.starts_with(prefix.as_str()))
         .max_by_key(|(prefix, _)| prefix.len())
-        .map(|(_, p)| (p.input_per_mtok, p.output_per_mtok))
-        .or_else(|| price(model))
+    {
+        Some((_, p)) => TokenPrice::from_dollars(p.input_per_mtok, p.output_per_mtok),
+        None => price(model),
+    }
 }
 
-pub fn cost_usd(model: &str, input_tokens: u64, output_tokens: u64) -> Option<f64> {
+pub fn cost_usd(model: &str, input_tokens: u64, output_tokens: u64) -> Option<Usd> {
     cost_with(price(model), input_tokens, output_tokens)
 }
 
-pub fn cost_with(price: Option<(f64, f64)>, input_tokens: u64, output_tokens: u64) -> Option<f64> {
-    let (i, o) = price?;
-    Some((input_tokens as f64 * i + output_tokens as f64 * o) / 1_000_000.0)
+pub fn cost_with(price: Option<TokenPrice>, input_tokens: u64, output_tokens: u64) -> Option<Usd> {
+    Some(price?.cost(input_tokens, output_tokens))
 }
 
 #[cfg(test)]
@@ -66,12 +68,12 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        assert_eq!(price("gpt-4o-mini-2024-07-18"), Some((0.15, 0.60)));
-        assert_eq!(price("gpt-4o-2024-08-06"), Some((2.50, 10.00)));
-        assert_eq!(price("gpt-4"), Some((30.00, 60.00)));
+        let p = |i, o| TokenPrice::from_dollars(i, o);
+        assert_eq!(price("gpt-4o-mini-2024-07-18"), p(0.15, 0.60));
+        assert_eq!(price("gpt-4o-2024-08-06"), p(2.50, 10.00));
+        assert_eq!(price("gpt-4"), p(30.00, 60.00));
         assert_eq!(price("llama3"), None);
-        let c = cost_usd("gpt-4", 1000, 500).unwrap();
-        assert!((c - 0.06).abs() < 1e-12, "{c}");
+        assert_eq!(cost_usd("gpt-4", 1000, 500), Usd::from_dollars(0.06));
     }
 
     #[test]
@@ -92,9 +94,10 @@ mod tests {
                 },
             ),
         ]);
-        assert_eq!(price_with("gpt-4o-mini", &own), Some((1.0, 2.0)));
-        assert_eq!(price_with("llama3-70b", &own), Some((0.0, 0.5)));
-        assert_eq!(price_with("gpt-4", &own), Some((30.0, 60.0)));
+        let p = |i, o| TokenPrice::from_dollars(i, o);
+        assert_eq!(price_with("gpt-4o-mini", &own), p(1.0, 2.0));
+        assert_eq!(price_with("llama3-70b", &own), p(0.0, 0.5));
+        assert_eq!(price_with("gpt-4", &own), p(30.0, 60.0));
         assert_eq!(price_with("mistral", &own), None);
     }
 }

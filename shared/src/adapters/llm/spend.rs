@@ -4,7 +4,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{CapHit, StepError};
+use crate::domain::{CapHit, StepError, TokenPrice, Usd};
 use crate::ports::LlmRequest;
 
 /// About four characters make a token in English text; a budget check needs
@@ -26,28 +26,14 @@ pub fn estimated_input_tokens(system: Option<&str>, messages: &[Value]) -> u64 {
 
 /// The most a call can cost: the estimated input plus every output token
 /// it may produce. Zero when the model has no price.
-pub fn worst_case_usd(price: Option<(f64, f64)>, input_tokens: u64, max_tokens: u32) -> f64 {
-    price.map_or(0.0, |(i, o)| {
-        (input_tokens as f64 * i + f64::from(max_tokens) * o) / 1_000_000.0
-    })
-}
-
-/// A dollar amount as people read it: cents from a dollar up; below, as
-/// many places as the amount needs (up to millionths), so a small figure
-/// is not rounded into a different one.
-fn usd(x: f64) -> String {
-    if x >= 1.0 {
-        return format!("${x:.2}");
-    }
-    let s = format!("{x:.6}");
-    let s = s.trim_end_matches('0');
-    format!("${}", s.strip_suffix('.').unwrap_or(s))
+pub fn worst_case_usd(price: Option<TokenPrice>, input_tokens: u64, max_tokens: u32) -> Usd {
+    price.map_or(Usd::ZERO, |p| p.cost(input_tokens, u64::from(max_tokens)))
 }
 
 /// The step error for a call a cap refused.
 pub fn refusal(
     hit: &CapHit,
-    worst: f64,
+    worst: Usd,
     provider: &str,
     model: &str,
     max_tokens: u32,
@@ -64,9 +50,7 @@ pub fn refusal(
             "{what} of {} would be exceeded: {} is spent or reserved, and this call \
              ({provider}/{model}, up to {max_tokens} output tokens) could cost {}; \
              the call was not made",
-            usd(cap),
-            usd(spent),
-            usd(worst)
+            cap, spent, worst
         ),
     )
 }
@@ -97,28 +81,21 @@ mod tests {
         let msgs = [json!({"role": "user", "content": "x".repeat(400)})];
         let input = estimated_input_tokens(Some("be brief"), &msgs);
         assert_eq!(input, 100 + 2 + 8);
-        let worst = worst_case_usd(Some((2.5, 10.0)), input, 1000);
-        assert!((worst - (110.0 * 2.5 + 1000.0 * 10.0) / 1e6).abs() < 1e-12);
-        assert_eq!(worst_case_usd(None, input, 1000), 0.0);
-    }
-
-    #[test]
-    fn small_amounts_keep_their_places() {
-        assert_eq!(usd(0.00045), "$0.00045");
-        assert_eq!(usd(0.0001), "$0.0001");
-        assert_eq!(usd(0.0), "$0");
-        assert_eq!(usd(0.5), "$0.5");
-        assert_eq!(usd(12.345), "$12.35");
+        let worst = worst_case_usd(TokenPrice::from_dollars(2.5, 10.0), input, 1000);
+        // (110 × 2.5 + 1000 × 10) micro-dollars, rounded up.
+        assert_eq!(worst, Usd::from_micros(10_275));
+        assert_eq!(worst_case_usd(None, input, 1000), Usd::ZERO);
     }
 
     #[test]
     fn a_refusal_names_the_cap() {
+        let d = |x| Usd::from_dollars(x).unwrap();
         let e = refusal(
             &CapHit::Run {
-                cap_usd: 0.01,
-                spent_usd: 0.0095,
+                cap_usd: d(0.01),
+                spent_usd: d(0.0095),
             },
-            0.002,
+            d(0.002),
             "openai",
             "gpt-4o",
             256,
@@ -132,10 +109,10 @@ mod tests {
         );
         let e = refusal(
             &CapHit::Month {
-                cap_usd: 20.0,
-                spent_usd: 19.99,
+                cap_usd: d(20.0),
+                spent_usd: d(19.99),
             },
-            0.5,
+            d(0.5),
             "anthropic",
             "claude-3-5-haiku",
             1024,

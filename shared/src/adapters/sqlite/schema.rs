@@ -118,6 +118,15 @@ CREATE TABLE result_cache (
     PRIMARY KEY (workspace_id, key)
 ) STRICT;
 "#,
+    // Money in whole micro-dollars: sums and settlements are exact.
+    r#"
+ALTER TABLE usage_charges ADD COLUMN cost_micros INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage_charges ADD COLUMN saved_micros INTEGER NOT NULL DEFAULT 0;
+UPDATE usage_charges SET cost_micros = CAST(round(cost_usd * 1000000) AS INTEGER),
+                         saved_micros = CAST(round(cost_saved_usd * 1000000) AS INTEGER);
+ALTER TABLE usage_charges DROP COLUMN cost_usd;
+ALTER TABLE usage_charges DROP COLUMN cost_saved_usd;
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
@@ -129,4 +138,34 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_kept_in_dollars_are_moved_to_micro_dollars() {
+        let c = Connection::open_in_memory().unwrap();
+        let before = MIGRATIONS.len() - 1;
+        for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
+            c.execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))
+                .unwrap();
+        }
+        c.execute(
+            "INSERT INTO usage_charges VALUES ('ws', 'run', 's', 1, 0, 'wf', '2026-01-01',
+             'openai', 'gpt-4o', 1, 10, 20, 0.1, 0.000003, 0)",
+            [],
+        )
+        .unwrap();
+        migrate(&c).unwrap();
+        let (cost, saved): (i64, i64) = c
+            .query_row(
+                "SELECT cost_micros, saved_micros FROM usage_charges",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((cost, saved), (100_000, 3));
+    }
 }

@@ -58,20 +58,22 @@ fn month_bounds(day: NaiveDate) -> (String, String) {
     )
 }
 
-fn sum(c: &Connection, sql: &str, args: impl rusqlite::Params) -> StoreResult<f64> {
-    Ok(c.query_row(sql, args, |r| r.get::<_, Option<f64>>(0))?
-        .unwrap_or(0.0))
+fn sum(c: &Connection, sql: &str, args: impl rusqlite::Params) -> StoreResult<Usd> {
+    Ok(Usd::from_micros(
+        c.query_row(sql, args, |r| r.get::<_, Option<i64>>(0))?
+            .unwrap_or(0),
+    ))
 }
 
 fn upsert(c: &Connection, ch: &Charge, settled: bool, u: &Usage) -> StoreResult<()> {
     c.execute(
         "INSERT INTO usage_charges (workspace_id, run_id, step_key, attempt, try_index, workflow_id,
-            day, provider, model, settled, input_tokens, output_tokens, cost_usd, cost_saved_usd, cache_hit)
+            day, provider, model, settled, input_tokens, output_tokens, cost_micros, saved_micros, cache_hit)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (workspace_id, run_id, step_key, attempt, try_index) DO UPDATE SET
             settled = excluded.settled, input_tokens = excluded.input_tokens,
-            output_tokens = excluded.output_tokens, cost_usd = excluded.cost_usd,
-            cost_saved_usd = excluded.cost_saved_usd, cache_hit = excluded.cache_hit",
+            output_tokens = excluded.output_tokens, cost_micros = excluded.cost_micros,
+            saved_micros = excluded.saved_micros, cache_hit = excluded.cache_hit",
         params![
             ch.workspace_id.as_str(),
             ch.run_id.as_str(),
@@ -85,8 +87,8 @@ fn upsert(c: &Connection, ch: &Charge, settled: bool, u: &Usage) -> StoreResult<
             settled,
             u.input_tokens as i64,
             u.output_tokens as i64,
-            u.cost_usd,
-            u.cost_saved_usd,
+            u.cost_usd.micros(),
+            u.cost_saved_usd.micros(),
             u.cache_hits > 0,
         ],
     )?;
@@ -98,21 +100,21 @@ fn usage_of(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Usage> {
         calls: r.get::<_, i64>(at)? as u64,
         input_tokens: r.get::<_, Option<i64>>(at + 1)?.unwrap_or(0) as u64,
         output_tokens: r.get::<_, Option<i64>>(at + 2)?.unwrap_or(0) as u64,
-        cost_usd: r.get::<_, Option<f64>>(at + 3)?.unwrap_or(0.0),
-        cost_saved_usd: r.get::<_, Option<f64>>(at + 4)?.unwrap_or(0.0),
+        cost_usd: Usd::from_micros(r.get::<_, Option<i64>>(at + 3)?.unwrap_or(0)),
+        cost_saved_usd: Usd::from_micros(r.get::<_, Option<i64>>(at + 4)?.unwrap_or(0)),
         cache_hits: r.get::<_, Option<i64>>(at + 5)?.unwrap_or(0) as u64,
     })
 }
 
-const TOTALS: &str = "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd), \
-                      SUM(cost_saved_usd), SUM(cache_hit)";
+const TOTALS: &str = "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_micros), \
+                      SUM(saved_micros), SUM(cache_hit)";
 
 #[async_trait]
 impl UsageStore for SqliteStore {
     async fn reserve(
         &self,
         charge: &Charge,
-        worst_usd: f64,
+        worst_usd: Usd,
         caps: &Caps,
     ) -> StoreResult<Result<(), CapHit>> {
         let (ch, caps) = (charge.clone(), *caps);
@@ -122,7 +124,7 @@ impl UsageStore for SqliteStore {
                 if let Some(cap) = caps.run_usd {
                     let spent = sum(
                         tx,
-                        "SELECT SUM(cost_usd) FROM usage_charges WHERE workspace_id = ?1 AND run_id = ?2",
+                        "SELECT SUM(cost_micros) FROM usage_charges WHERE workspace_id = ?1 AND run_id = ?2",
                         params![ws, ch.run_id.as_str()],
                     )?;
                     if spent + worst_usd > cap {
@@ -133,7 +135,7 @@ impl UsageStore for SqliteStore {
                     let (first, last) = month_bounds(ch.at.date_naive());
                     let spent = sum(
                         tx,
-                        "SELECT SUM(cost_usd) FROM usage_charges
+                        "SELECT SUM(cost_micros) FROM usage_charges
                          WHERE workspace_id = ?1 AND day >= ?2 AND day <= ?3",
                         params![ws, first, last],
                     )?;
