@@ -180,7 +180,7 @@ async fn latencies(
         let t = Instant::now();
         let (run, _) = p
             .app
-            .start_run(ws, &wf, json!({"input": {"v": i}}), None)
+            .start_run(ws, &wf, weft::app::StartRun::with_input(json!({"v": i})))
             .await
             .expect("start");
         loop {

@@ -35,31 +35,34 @@ impl FromRequestParts<Arc<App>> for Auth {
     }
 }
 
-/// A JSON body. Any content type is read as JSON, so `curl -d '{...}'`
-/// works without a header.
+/// The request's body as JSON, `None` when it is empty. Any content type
+/// is read as JSON, so `curl -d '{...}'` works without a header.
+async fn read_json<S: Send + Sync>(req: Request, state: &S) -> Result<Option<Value>, Problem> {
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                format!(
+                    "the request body is larger than the limit of {} bytes",
+                    super::MAX_BODY_BYTES
+                ),
+            )
+        }
+        other => Problem::bad_request(format!("the request body could not be read: {other}")),
+    })?;
+    parse_optional(&bytes)
+}
+
+/// A JSON body.
 pub struct JsonBody(pub Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_)
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body-too-large",
-                    "Request body too large",
-                    format!(
-                        "the request body is larger than the limit of {} bytes",
-                        super::MAX_BODY_BYTES
-                    ),
-                )
-            }
-            other => Problem::bad_request(format!("the request body could not be read: {other}")),
-        })?;
-        match parse_optional(&bytes)? {
+        match read_json(req, state).await? {
             Some(v) => Ok(JsonBody(v)),
             None => Err(Problem::bad_request(
                 "the request body is empty; send a JSON object",
@@ -75,13 +78,7 @@ impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        match JsonBody::from_request(req, state).await {
-            Ok(JsonBody(v)) => Ok(OptionalJsonBody(Some(v))),
-            Err(p) if p.detail.starts_with("the request body is empty") => {
-                Ok(OptionalJsonBody(None))
-            }
-            Err(p) => Err(p),
-        }
+        Ok(OptionalJsonBody(read_json(req, state).await?))
     }
 }
 

@@ -1,11 +1,13 @@
 //! The REST API: one axum Router, served by `weft dev` and, on AWS, by the
 //! API function under `lambda_http`.
 
+pub mod commands;
 mod extract;
 mod problem;
 mod runs;
 mod secrets;
 mod usage;
+pub mod views;
 mod workflows;
 
 use std::sync::Arc;
@@ -144,15 +146,4 @@ fn with_instance(mut parts: axum::http::response::Parts, bytes: &[u8], path: Str
     };
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
-}
-
-/// A page of a listing: `{"items": [...], "next_cursor": ...}`.
-fn page_json<T>(
-    page: crate::ports::Page<T>,
-    view: impl Fn(&T) -> serde_json::Value,
-) -> Json<serde_json::Value> {
-    Json(json!({
-        "items": page.items.iter().map(view).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor.map(|c| c.encode()),
-    }))
 }

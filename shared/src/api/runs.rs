@@ -4,11 +4,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
 use super::extract::{Auth, JsonBody, OptionalJsonBody, Params};
 use super::problem::Problem;
-use crate::app::{App, views};
+use super::{commands, views};
+use crate::app::App;
 use crate::domain::{RunId, RunStatus, WorkflowId};
 use crate::ports::RunFilter;
 
@@ -19,20 +19,14 @@ pub async fn start(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
-    let key = match headers.get("idempotency-key") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?,
-        ),
-        None => None,
-    };
+    let cmd = commands::start_run(&body, &headers)?;
     let (run, replayed) = app
-        .start_run(&who.workspace_id, &WorkflowId::from_string(id), body, key)
+        .start_run(&who.workspace_id, &WorkflowId::from_string(id), cmd)
         .await?;
     let mut res = (
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/runs/{}", run.id))],
-        Json(views::run_accepted(&run)),
+        Json(views::RunAccepted::from(&run)),
     )
         .into_response();
     if replayed {
@@ -59,19 +53,18 @@ pub async fn list(
     let page = app
         .list_runs(&who.workspace_id, &filter, &params.page()?)
         .await?;
-    Ok(super::page_json(page, views::run_summary).into_response())
+    Ok(Json(views::PageView::of(&page, views::RunSummaryView::from)).into_response())
 }
 
 /// The run as the API shows it: the first steps with their outputs, as far
 /// as one answer holds them.
 async fn shown(app: &App, mut view: crate::app::RunView) -> Result<Response, Problem> {
-    let size = |v: &Value| crate::domain::limits::json_size(v, usize::MAX, usize::MAX).unwrap_or(0);
     let budget = views::VIEW_BYTES
-        .saturating_sub(size(&view.run.input))
-        .saturating_sub(view.run.output.as_ref().map_or(0, size));
+        .saturating_sub(views::size_of(&view.run.input))
+        .saturating_sub(view.run.output.as_ref().map_or(0, views::size_of));
     app.with_outputs(&mut view, 0..views::VIEW_STEPS, budget)
         .await?;
-    Ok(Json(views::run(&view)).into_response())
+    Ok(Json(views::RunDetailView::from(&view)).into_response())
 }
 
 pub async fn get(
@@ -109,13 +102,13 @@ pub async fn steps(
     app.with_outputs(&mut view, start..end, views::VIEW_BYTES)
         .await?;
     let mut budget = views::VIEW_BYTES;
-    let items: Vec<Value> = view.steps[start..end]
+    let items: Vec<views::StepView> = view.steps[start..end]
         .iter()
         .map(|s| views::step_within(s, &mut budget))
         .collect();
-    let next = (end < view.steps.len())
+    let next_cursor = (end < view.steps.len())
         .then(|| crate::ports::Cursor::from_position(&end.to_string()).encode());
-    Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
+    Ok(Json(views::PageView { items, next_cursor }).into_response())
 }
 
 /// One step of a run, whole (its key: `id`, or `map.3.id` inside a map).
@@ -127,7 +120,7 @@ pub async fn step(
     let (s, _room) = app
         .get_step(&who.workspace_id, &RunId::from_string(&id), &key)
         .await?;
-    Ok(Json(views::step(&s)).into_response())
+    Ok(Json(views::StepView::from(&s)).into_response())
 }
 
 pub async fn logs(
@@ -140,7 +133,7 @@ pub async fn logs(
     let page = app
         .run_logs(&who.workspace_id, &RunId::from_string(id), &params.page()?)
         .await?;
-    Ok(super::page_json(page, views::log).into_response())
+    Ok(Json(views::PageView::of(&page, views::LogView::from)).into_response())
 }
 
 pub async fn cancel(
@@ -160,22 +153,7 @@ pub async fn complete_step(
     Path((id, step)): Path<(String, String)>,
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, Problem> {
-    let output = match body {
-        None => json!({}),
-        Some(Value::Object(mut m)) => {
-            if let Some(k) = m.keys().find(|k| *k != "output") {
-                return Err(Problem::bad_request(format!(
-                    "unknown field `{k}`; send {{\"output\": {{...}}}}"
-                )));
-            }
-            m.remove("output").unwrap_or_else(|| json!({}))
-        }
-        Some(_) => {
-            return Err(Problem::bad_request(
-                "the body must be a JSON object such as {\"output\": {\"approved\": true}}",
-            ));
-        }
-    };
+    let output = commands::complete_step(body)?;
     let view = app
         .complete_step(&who.workspace_id, &RunId::from_string(id), &step, output)
         .await?;

@@ -8,7 +8,8 @@ use serde_json::json;
 
 use super::extract::{Auth, JsonBody};
 use super::problem::Problem;
-use crate::app::{App, views};
+use super::{commands, views};
+use crate::app::App;
 
 pub async fn put(
     State(app): State<Arc<App>>,
@@ -16,13 +17,15 @@ pub async fn put(
     Path(name): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
-    let meta = app.put_secret(&who.workspace_id, &name, body).await?;
-    Ok(Json(views::secret(&meta)).into_response())
+    let value = commands::secret_value(&body)?;
+    let meta = app.put_secret(&who.workspace_id, &name, value).await?;
+    Ok(Json(views::SecretView::from(&meta)).into_response())
 }
 
 pub async fn list(State(app): State<Arc<App>>, Auth(who): Auth) -> Result<Response, Problem> {
     let items = app.list_secrets(&who.workspace_id).await?;
-    Ok(Json(json!({"items": items.iter().map(views::secret).collect::<Vec<_>>()})).into_response())
+    let items: Vec<views::SecretView> = items.iter().map(views::SecretView::from).collect();
+    Ok(Json(json!({ "items": items })).into_response())
 }
 
 pub async fn delete(

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::extract::{Auth, JsonBody, Params};
 use super::problem::Problem;
+use super::{commands, views};
 use crate::app::App;
 
 pub async fn get_settings(
@@ -22,7 +23,9 @@ pub async fn put_settings(
     Auth(who): Auth,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
-    let s = app.put_settings(&who.workspace_id, &body).await?;
+    let s = app
+        .put_settings(&who.workspace_id, commands::settings(&body)?)
+        .await?;
     Ok(Json(json!(s)).into_response())
 }
 
@@ -31,9 +34,7 @@ pub async fn report(
     Auth(who): Auth,
     params: Params,
 ) -> Result<Response, Problem> {
-    params.only(&["from", "to"])?;
-    let report = app
-        .usage_report(&who.workspace_id, params.get("from"), params.get("to"))
-        .await?;
-    Ok(Json(report).into_response())
+    let range = commands::usage_range(&params)?;
+    let report = app.usage_report(&who.workspace_id, range).await?;
+    Ok(Json(views::UsageReportView::from(&report)).into_response())
 }

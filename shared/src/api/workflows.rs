@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::extract::{Auth, JsonBody, Params};
 use super::problem::Problem;
-use crate::app::{App, views};
+use super::views;
+use crate::app::App;
 use crate::domain::WorkflowId;
 
 pub async fn create(
@@ -20,7 +21,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(views::workflow(&v)),
+        Json(views::WorkflowView::from(&v)),
     )
         .into_response())
 }
@@ -34,7 +35,7 @@ pub async fn list(
     let page = app
         .list_workflows(&who.workspace_id, &params.page()?)
         .await?;
-    Ok(super::page_json(page, views::workflow_summary).into_response())
+    Ok(Json(views::PageView::of(&page, views::WorkflowSummaryView::from)).into_response())
 }
 
 pub async fn get(
@@ -54,7 +55,7 @@ pub async fn get(
     let v = app
         .get_workflow(&who.workspace_id, &WorkflowId::from_string(id), version)
         .await?;
-    Ok(Json(views::workflow(&v)).into_response())
+    Ok(Json(views::WorkflowView::from(&v)).into_response())
 }
 
 pub async fn update(
@@ -66,7 +67,7 @@ pub async fn update(
     let v = app
         .update_workflow(&who.workspace_id, &WorkflowId::from_string(id), def)
         .await?;
-    Ok(Json(views::workflow(&v)).into_response())
+    Ok(Json(views::WorkflowView::from(&v)).into_response())
 }
 
 pub async fn archive(

@@ -2,18 +2,19 @@
 //! ports, so the embedded server and the AWS API function behave the same.
 
 mod auth;
+pub mod commands;
 mod definitions;
 mod error;
 mod runs;
 mod secrets;
 mod tenants;
-mod usage;
-pub mod views;
+pub mod usage;
 mod workflows;
 
 use std::sync::Arc;
 
 pub use auth::{AuthCache, Principal, generate_api_key, hash_api_key};
+pub use commands::{IdempotencyKey, StartRun, UsageRange};
 pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};

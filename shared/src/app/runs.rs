@@ -1,9 +1,8 @@
 use chrono::{DateTime, Duration, Utc};
-use serde_json::{Map as JsonMap, Value};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{App, AppError};
+use super::{App, AppError, StartRun};
 use crate::dag::{self, Records};
 use crate::domain::*;
 use crate::dsl::{Path, StepKind, ValidationError, Workflow};
@@ -14,10 +13,6 @@ use crate::ports::{
 
 /// How long an Idempotency-Key holds after first use.
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
-/// Largest run input accepted (the request body limit bounds it too).
-const MAX_INPUT_BYTES: usize = 1024 * 1024;
-/// Most memory a run input may take once parsed (`memory::mem_size`).
-const MAX_INPUT_MEMORY: u64 = 32 * 1024 * 1024;
 
 /// A run with its steps, in definition order (map iterations follow their
 /// map). The steps are read without their outputs; `App::with_outputs`
@@ -31,10 +26,6 @@ pub struct RunView {
     /// The room what it holds takes in the process's read budget
     /// (`App::reads`), given back when the view is dropped.
     pub rooms: Vec<std::sync::Arc<OwnedSemaphorePermit>>,
-}
-
-fn request_error(path: &Path, msg: impl Into<String>) -> AppError {
-    AppError::InvalidRequest(vec![ValidationError::new(path, msg)])
 }
 
 fn input_errors(schema: &Value, input: &Value) -> Vec<ValidationError> {
@@ -56,16 +47,6 @@ fn input_errors(schema: &Value, input: &Value) -> Vec<ValidationError> {
             ValidationError::new(&path, e.to_string())
         })
         .collect()
-}
-
-fn idempotency_key(key: &str) -> Result<&str, AppError> {
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err(AppError::BadRequest(
-            "Idempotency-Key must be 1-255 visible ASCII characters (a UUID is a good choice)"
-                .into(),
-        ));
-    }
-    Ok(key)
 }
 
 /// Steps in the order a person reads them: definition order, with each map's
@@ -128,77 +109,9 @@ impl App {
         &self,
         ws: &WorkspaceId,
         workflow_id: &WorkflowId,
-        body: Value,
-        idempotency: Option<&str>,
+        cmd: StartRun,
     ) -> Result<(RunRecord, bool), AppError> {
-        let idempotency = idempotency.map(idempotency_key).transpose()?;
-        let Value::Object(fields) = &body else {
-            return Err(request_error(
-                &Path::root(),
-                "the body must be a JSON object such as {\"input\": {...}}",
-            ));
-        };
-        let mut errors = Vec::new();
-        for k in fields.keys() {
-            if !matches!(k.as_str(), "input" | "version" | "budget_usd") {
-                errors.push(ValidationError::new(
-                    &Path::root().key(k),
-                    format!("unknown field `{k}`; expected `input` and optionally `version` and `budget_usd`"),
-                ));
-            }
-        }
-        let input = fields
-            .get("input")
-            .cloned()
-            .unwrap_or_else(|| Value::Object(JsonMap::new()));
-        let version = match fields.get("version") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|n| *n > 0)
-            {
-                Some(n) => Some(n),
-                None => {
-                    errors.push(ValidationError::new(
-                        &Path::root().key("version"),
-                        "expected a version number (1, 2, ...)",
-                    ));
-                    None
-                }
-            },
-        };
-        let mut io_bytes = 0;
-        if let Err(why) = crate::domain::limits::check_json(
-            &input,
-            MAX_INPUT_BYTES,
-            crate::domain::limits::MAX_VALUE_DEPTH,
-        ) {
-            errors.push(ValidationError::new(
-                &Path::root().key("input"),
-                format!("the input {why}"),
-            ));
-        } else {
-            io_bytes = crate::memory::mem_size(&input);
-            if io_bytes > MAX_INPUT_MEMORY {
-                errors.push(ValidationError::new(
-                    &Path::root().key("input"),
-                    format!(
-                        "the input would take {} MiB in memory; an input may take {} MiB (many tiny values take many times their text)",
-                        io_bytes / (1024 * 1024),
-                        MAX_INPUT_MEMORY / (1024 * 1024)
-                    ),
-                ));
-            }
-        }
-        let budget = crate::dsl::budget_usd(fields.get("budget_usd")).unwrap_or_else(|e| {
-            errors.push(ValidationError::new(&Path::root().key("budget_usd"), e));
-            None
-        });
-        if !errors.is_empty() {
-            return Err(AppError::InvalidRequest(errors));
-        }
-        let stored = self.get_workflow(ws, workflow_id, version).await?;
+        let stored = self.get_workflow(ws, workflow_id, cmd.version).await?;
         let wf = self
             .definitions
             .get(
@@ -210,7 +123,7 @@ impl App {
             .await
             .map_err(|e| AppError::Internal(e.to_string()))?;
         if let Some(schema) = &wf.input_schema {
-            let errors = input_errors(schema, &input);
+            let errors = input_errors(schema, &cmd.input);
             if !errors.is_empty() {
                 return Err(AppError::InvalidRequest(errors));
             }
@@ -218,36 +131,30 @@ impl App {
 
         // Made with its id: runs list by id in the order they were made.
         let (id, now) = RunId::generate_at();
+        let claim = cmd.idempotency.as_ref().map(|key| IdempotencyClaim {
+            key: key.as_str().to_owned(),
+            request_hash: cmd.request_hash(workflow_id),
+            expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
+        });
         let run = RunRecord {
             workspace_id: ws.clone(),
             id,
             workflow_id: workflow_id.clone(),
             workflow_version: stored.version,
             status: RunStatus::Pending,
-            input,
+            input: cmd.input,
             output: None,
             error: None,
             created_at: now,
             started_at: None,
             finished_at: None,
             wake_at: Some(now),
-            budget_usd: budget.or(wf.budget_usd),
+            budget_usd: cmd.budget_usd.or(wf.budget_usd),
             revision: 1,
             lease: self.driver.initial_lease(now),
             state_bytes: 0,
-            io_bytes,
+            io_bytes: cmd.input_memory,
         };
-        let claim = idempotency.map(|key| {
-            let mut h = Sha256::new();
-            h.update(workflow_id.as_str().as_bytes());
-            h.update([0]);
-            h.update(body.to_string().as_bytes());
-            IdempotencyClaim {
-                key: key.to_owned(),
-                request_hash: format!("{:x}", h.finalize()),
-                expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
-            }
-        });
         match self.stores.runs.create_run(&run, claim.as_ref()).await? {
             CreateRun::Created => {
                 if let Err(e) = self.driver.start(ws, &run.id).await {

@@ -1,12 +1,6 @@
-use serde_json::Value;
-
 use super::{App, AppError};
 use crate::domain::WorkspaceId;
-use crate::dsl::{Path, ValidationError};
 use crate::ports::SecretMeta;
-
-/// Largest secret value accepted.
-pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 /// Secret names are usable in templates as `secrets.NAME`.
 fn check_name(name: &str) -> Result<(), AppError> {
@@ -24,35 +18,9 @@ impl App {
         &self,
         ws: &WorkspaceId,
         name: &str,
-        body: Value,
+        value: String,
     ) -> Result<SecretMeta, AppError> {
         check_name(name)?;
-        let value = match &body {
-            Value::Object(m) => match (m.get("value"), m.keys().find(|k| *k != "value")) {
-                (_, Some(k)) => {
-                    return Err(AppError::InvalidRequest(vec![ValidationError::new(
-                        &Path::root().key(k),
-                        format!("unknown field `{k}`; send {{\"value\": \"...\"}}"),
-                    )]));
-                }
-                (Some(Value::String(v)), None) if !v.is_empty() && v.len() <= MAX_SECRET_BYTES => {
-                    v.clone()
-                }
-                _ => {
-                    return Err(AppError::InvalidRequest(vec![ValidationError::new(
-                        &Path::root().key("value"),
-                        format!(
-                            "`value` must be a non-empty string of at most {MAX_SECRET_BYTES} bytes"
-                        ),
-                    )]));
-                }
-            },
-            _ => {
-                return Err(AppError::BadRequest(
-                    "the body must be a JSON object such as {\"value\": \"...\"}".into(),
-                ));
-            }
-        };
         Ok(self.stores.secrets.put_secret(ws, name, &value).await?)
     }
 

@@ -127,7 +127,10 @@ async fn setup(
         .create_workflow(&ws, json!({"name": "t", "steps": steps}))
         .await
         .unwrap();
-    let (run, _) = app.start_run(&ws, &wf.id, json!({}), None).await.unwrap();
+    let (run, _) = app
+        .start_run(&ws, &wf.id, crate::app::StartRun::with_input(json!({})))
+        .await
+        .unwrap();
     (app, ws, run.id)
 }
 
@@ -201,7 +204,10 @@ async fn manually(def: Value) -> Manually {
         .await
         .unwrap();
     let wf = app.create_workflow(&ws, def).await.unwrap();
-    let (run, _) = app.start_run(&ws, &wf.id, json!({}), None).await.unwrap();
+    let (run, _) = app
+        .start_run(&ws, &wf.id, crate::app::StartRun::with_input(json!({})))
+        .await
+        .unwrap();
     Manually {
         store,
         defs,

@@ -146,8 +146,7 @@ async fn the_machine_loop_runs_a_workflow_with_a_crash_a_retry_and_an_approval()
         .start_run(
             &ws,
             &WorkflowId::from_string("flow"),
-            json!({"input": {"n": 21}}),
-            None,
+            crate::app::StartRun::with_input(json!({"n": 21})),
         )
         .await
         .unwrap();
@@ -235,7 +234,11 @@ async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
     h.app.create_workflow(&ws, def).await.unwrap();
     let (run, _) = h
         .app
-        .start_run(&ws, &WorkflowId::from_string("fan"), json!({}), None)
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("fan"),
+            crate::app::StartRun::with_input(json!({})),
+        )
         .await
         .unwrap();
     let r = h.plan(planning(&ws, &run.id, None)).await;
@@ -424,7 +427,11 @@ async fn a_run_on_the_express_machine_is_handed_off_when_it_must_wait() {
     h.app.create_workflow(&ws, def).await.unwrap();
     let (run, _) = h
         .app
-        .start_run(&ws, &WorkflowId::from_string("flow"), json!({}), None)
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("flow"),
+            crate::app::StartRun::with_input(json!({})),
+        )
         .await
         .unwrap();
     const FAST: &str = "arn:aws:states:us-east-1:123456789012:express:weft-dag-fast:run:0c7e1b2d";
@@ -545,7 +552,11 @@ async fn two_executions_never_drive_one_run() {
     h.app.create_workflow(&ws, def).await.unwrap();
     let (run, _) = h
         .app
-        .start_run(&ws, &WorkflowId::from_string("once"), json!({}), None)
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("once"),
+            crate::app::StartRun::with_input(json!({})),
+        )
         .await
         .unwrap();
     const A: &str = "arn:aws:states:us-east-1:123456789012:express:weft-dag-fast:x:aaaa";
@@ -582,7 +593,11 @@ async fn a_long_run_continues_in_a_fresh_execution() {
     h.app.create_workflow(&ws, def).await.unwrap();
     let (run, _) = h
         .app
-        .start_run(&ws, &WorkflowId::from_string("long"), json!({}), None)
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("long"),
+            crate::app::StartRun::with_input(json!({})),
+        )
         .await
         .unwrap();
     let r = h.plan(planning(&ws, &run.id, None)).await;
@@ -624,7 +639,11 @@ async fn a_wide_fan_out_is_handed_out_in_waves() {
     h.app.create_workflow(&ws, def).await.unwrap();
     let (run, _) = h
         .app
-        .start_run(&ws, &WorkflowId::from_string("wide"), json!({}), None)
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("wide"),
+            crate::app::StartRun::with_input(json!({})),
+        )
         .await
         .unwrap();
     let mut handed = 0;
