@@ -15,6 +15,7 @@ zipped size) is missed.
 """
 
 import argparse
+import collections
 import http.server
 import json
 import threading
@@ -95,6 +96,9 @@ def main():
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument(
+        "--show-items", action="store_true", help="print the stored items of the last run, with sizes"
+    )
     args = ap.parse_args()
     ready = json.loads(Path(args.ready_file).read_text())
     endpoint = ready["aws_endpoint"]
@@ -158,6 +162,14 @@ def main():
             trans += t
             billed += t
 
+    if args.show_items:
+        ddb = aws(ready, "dynamodb")
+        run_id = runs[-1][0]
+        for page in ddb.get_paginator("scan").paginate(TableName=ready["table"]):
+            for item in page["Items"]:
+                if run_id in json.dumps(item):
+                    text = json.dumps(item, separators=(",", ":"))
+                    print(f"{len(text):6d} {text[:3000]}")
     c = usage["counts"]
     per = lambda v: v / n  # noqa: E731
     invocations = {k.split(".", 2)[2]: per(v) for k, v in c.items() if k.startswith("lambda.invocations.")}
@@ -224,6 +236,27 @@ def main():
         f"  dynamodb                      {fig['dynamodb_requests']:.1f} requests, "
         f"{fig['dynamodb_read_units']:.1f} read units, {fig['dynamodb_write_units']:.1f} write units"
     )
+    by = collections.defaultdict(dict)
+    for k, v in c.items():
+        if k.startswith("dynamodb.by."):
+            label, what = k[len("dynamodb.by."):].rsplit(".", 1)
+            by[label][what] = per(v)
+    for label, f in sorted(by.items(), key=lambda x: -x[1].get("write_units", 0) - x[1].get("read_units", 0)):
+        print(
+            f"    {label:<40} {f.get('requests', 0):5.1f} requests, "
+            f"{f.get('read_units', 0):5.1f} read, {f.get('write_units', 0):5.1f} write units"
+        )
+    fig["dynamodb_by_request"] = by
+    items = collections.defaultdict(dict)
+    for k, v in c.items():
+        if k.startswith("dynamodb.items."):
+            kind, what = k[len("dynamodb.items."):].rsplit(".", 1)
+            items[kind][what] = per(v)
+    for kind, f in sorted(items.items(), key=lambda x: -x[1].get("write_units", 0)):
+        print(
+            f"    item {kind:<35} {f.get('writes', 0):5.1f} writes, "
+            f"{f.get('write_units', 0):5.1f} write units"
+        )
     print(
         f"  s3 / sqs / secrets manager    {fig['s3_put_requests'] + fig['s3_get_requests']:.1f}"
         f" / {fig['sqs_requests']:.1f} / {fig['secretsmanager_requests']:.1f} requests"

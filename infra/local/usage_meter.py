@@ -108,10 +108,12 @@ def _write_units(table_name, sent, region, before):
     )
 
 
-def dynamodb_units(op, req, resp, region="us-east-1", before=None):
+def dynamodb_units(op, req, resp, region="us-east-1", before=None, by_item=None):
     """(read units, write units) of one DynamoDB request, after moto has
-    carried it out (`before`: `index_copies_before` the request)."""
+    carried it out (`before`: `index_copies_before` the request); the write
+    units of each kind of item are added to `by_item` if given."""
     before = before or {}
+    by_item = by_item if by_item is not None else collections.Counter()
     r = w = 0.0
     if op == "DeleteItem":
         w = _wru(_size(resp.get("Attributes")) or _size(req.get("Key")))
@@ -125,10 +127,14 @@ def dynamodb_units(op, req, resp, region="us-east-1", before=None):
                     w += 2 * _wru(_size(body.get("Key")))
                 else:
                     sent = body.get("Item") or body.get("Key")
-                    w += 2 * _write_units(body["TableName"], sent, region, before)
+                    units = 2 * _write_units(body["TableName"], sent, region, before)
+                    by_item[_kind(sent)] += units
+                    w += units
     elif op in ("PutItem", "UpdateItem", "BatchWriteItem"):
         for table, sent in _written(op, req):
-            w += _write_units(table, sent, region, before)
+            units = _write_units(table, sent, region, before)
+            by_item[_kind(sent)] += units
+            w += units
         for reqs in req.get("RequestItems", {}).values():
             w += sum(_wru(_size(x["DeleteRequest"])) for x in reqs if "DeleteRequest" in x)
     elif op == "GetItem":
@@ -140,6 +146,32 @@ def dynamodb_units(op, req, resp, region="us-east-1", before=None):
         for x in resp.get("Responses", []):
             r += 2 * _rru(_size(x.get("Item")), True)
     return r, w
+
+
+def _kind(sent):
+    """What an item is, from its sort key: the part before the first `#`
+    (RUN, STEP, LOG, ...), or the whole key when it has none."""
+    sk = (sent or {}).get("sk", {})
+    sk = sk.get("S", "") if isinstance(sk, dict) else str(sk)
+    return sk.split("#", 1)[0] or "?"
+
+
+def request_kind(op, req):
+    """A label for a request in the breakdown: its operation and the kinds
+    of item it touches."""
+    if op in ("GetItem", "DeleteItem"):
+        kinds = {_kind(req.get("Key"))}
+    elif op == "TransactGetItems":
+        kinds = {_kind(x.get("Get", {}).get("Key")) for x in req.get("TransactItems", [])}
+    elif op in ("Query", "Scan"):
+        kinds = {req.get("IndexName", "table")}
+    else:
+        kinds = {_kind(sent) for _, sent in _written(op, req)}
+        for x in req.get("TransactItems", []):
+            for kind, body in x.items():
+                if kind in ("ConditionCheck", "Delete"):
+                    kinds.add(_kind(body.get("Key")))
+    return op + ":" + "+".join(sorted(kinds))
 
 
 def _region(environ):
@@ -228,10 +260,18 @@ class Meter:
                 op = target.split(".", 1)[1]
                 req = json.loads(raw or b"{}")
                 resp = json.loads(out or b"{}")
-                r, w = dynamodb_units(op, req, resp, _region(environ), before)
+                by_item = collections.Counter()
+                r, w = dynamodb_units(op, req, resp, _region(environ), before, by_item)
+                for kind, units in by_item.items():
+                    self.counts[f"dynamodb.items.{kind}.write_units"] += units
+                    self.counts[f"dynamodb.items.{kind}.writes"] += 1
                 self.counts["dynamodb.requests"] += 1
                 self.counts["dynamodb.read_units"] += r
                 self.counts["dynamodb.write_units"] += w
+                label = request_kind(op, req)
+                self.counts[f"dynamodb.by.{label}.requests"] += 1
+                self.counts[f"dynamodb.by.{label}.read_units"] += r
+                self.counts[f"dynamodb.by.{label}.write_units"] += w
             elif path.startswith("/2015-03-31/functions/") and path.endswith("/invocations"):
                 # A name or an ARN (…:function:NAME).
                 name = urllib.parse.unquote(path.split("/")[3]).rsplit(":function:", 1)[-1]
