@@ -9,9 +9,11 @@ transition) only when it must wait; both are priced as such. Also the zipped arm
 when `cargo lambda build --release --arm64 --output-format zip` has made them.
 
 Usage: infra/local/measure [--runs N] (starts its own stack), or
-measure.py --ready-file F against a running infra/local/up. Exits non-zero,
-naming the figure, when a target (transitions per step, price per 1M runs,
-zipped size) is missed.
+measure.py --ready-file F against a running infra/local/up. Also each
+function's start: process start to its first request for work to the
+runtime API (`--init-from target/release` times release builds). Exits
+non-zero, naming the figure, when a target (transitions per step, price per
+1M runs, zipped size, start time) is missed.
 """
 
 import argparse
@@ -49,6 +51,7 @@ EXPRESS_MEMORY_GB = 64 / 1024
 TARGET_TRANSITIONS_PER_STEP = 1.5
 TARGET_USD_PER_MILLION = 60.0
 TARGET_ZIP_BYTES = 5_000_000  # 5 MB, as printed
+TARGET_INIT_MS = 20
 
 
 class Echo(http.server.BaseHTTPRequestHandler):
@@ -91,11 +94,62 @@ def zip_sizes():
     return sizes
 
 
+class FirstPoll(http.server.BaseHTTPRequestHandler):
+    """A runtime API that notes when a function first asks for work (and
+    never gives it any)."""
+
+    def do_GET(self):
+        if self.path.endswith("/runtime/invocation/next") and self.server.first is None:
+            self.server.first = time.monotonic()
+        self.send_response(503)
+        self.end_headers()
+
+    def log_message(self, *_):
+        pass
+
+
+def init_ms(binary, env, trials=7):
+    """The median time from a function's process start to its first request
+    for work to the runtime API (what Lambda bills as init), over `trials`."""
+    import os
+    import statistics
+    import subprocess
+
+    times = []
+    for _ in range(trials):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FirstPoll)
+        server.first = None
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        fenv = dict(os.environ)
+        fenv.update(env)
+        fenv["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{server.server_address[1]}"
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [binary], env=fenv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = started + 10
+        while server.first is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.0005)
+        proc.kill()
+        proc.wait()
+        server.shutdown()
+        server.server_close()
+        if server.first is None:
+            raise SystemExit(f"{binary} never asked the runtime API for work")
+        times.append((server.first - started) * 1000)
+    return statistics.median(times)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument(
+        "--init-from",
+        help="time the functions' start from the binaries in this directory "
+        "(e.g. target/release) instead of those the stack runs",
+    )
     ap.add_argument(
         "--show-items", action="store_true", help="print the stored items of the last run, with sizes"
     )
@@ -214,6 +268,13 @@ def main():
     fig["usd_per_million_runs"] = per_million
     fig["usd_per_million_runs_total"] = total
     fig["zip_bytes"] = zip_sizes()
+    fig["init_ms"] = {
+        name: init_ms(
+            str(Path(args.init_from) / name) if args.init_from else path,
+            ready["function_env"][name],
+        )
+        for name, path in sorted(ready["function_binaries"].items())
+    }
 
     ok = lambda good: "ok" if good else "MISS"  # noqa: E731
     print(f"\nReference workflow on emulated AWS: {n} runs (after one warm-up)")
@@ -268,6 +329,10 @@ def main():
         f"    {'total':<18} {total:9.2f}  (target <= {TARGET_USD_PER_MILLION:.0f}: "
         f"{ok(total <= TARGET_USD_PER_MILLION)})"
     )
+    built = f"from {args.init_from}" if args.init_from else "debug builds"
+    print(f"  function start, process to first request for work ({built}; target <= {TARGET_INIT_MS} ms):")
+    for name, ms in fig["init_ms"].items():
+        print(f"    {name:<18} {ms:6.1f} ms  {ok(ms <= TARGET_INIT_MS)}")
     if fig["zip_bytes"]:
         print("  zipped arm64 bootstrap (target <= 5 MB):")
         for name, size in fig["zip_bytes"].items():
@@ -293,6 +358,11 @@ def main():
         f"{name} zipped is {size / 1e6:.2f} MB (target <= {TARGET_ZIP_BYTES / 1e6:.0f} MB)"
         for name, size in fig["zip_bytes"].items()
         if size > TARGET_ZIP_BYTES
+    ]
+    missed += [
+        f"{name} takes {ms:.1f} ms to start (target <= {TARGET_INIT_MS} ms)"
+        for name, ms in fig["init_ms"].items()
+        if ms > TARGET_INIT_MS
     ]
     if missed:
         raise SystemExit("measure.py: targets missed: " + "; ".join(missed))

@@ -444,6 +444,13 @@ def main():
         "state_machine_arn": names["state_machine_arn"],
         "state_machines": names["state_machines"],
         "table": names["table"],
+        # What starting another instance of a function takes (measure.py
+        # times each function's start with it).
+        "function_env": {
+            b: {k: v for k, v in envs[b].items() if k in env or k.startswith("AWS_LAMBDA_FUNCTION")}
+            for b in envs
+        },
+        "function_binaries": {b: str(target / b) for b in envs},
     }
     if args.ready_file:
         Path(args.ready_file).write_text(json.dumps(ready))

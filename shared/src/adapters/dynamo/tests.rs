@@ -58,7 +58,7 @@ fn moto() -> Moto {
 
 async fn config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(crate::aws::https_client())
+        .http_client(crate::aws::https_client(crate::aws::Trust::System))
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
