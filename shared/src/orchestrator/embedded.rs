@@ -355,6 +355,7 @@ impl Inner {
             holder: None,
             claim: &claim,
             results: &results,
+            inbox: false,
             cache: Some(&cache),
             memory: Some(&self.pass_memory),
         };

@@ -91,6 +91,24 @@ impl RunStore for PanicsOnce {
     ) -> StoreResult<Page<LogEntry>> {
         self.inner.list_logs(ws, id, p).await
     }
+    async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()> {
+        self.inner.put_result(ws, id, r).await
+    }
+    async fn pending_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Vec<PendingResult>> {
+        self.inner.pending_results(ws, id).await
+    }
+    async fn clear_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        attempts: &[(String, u32)],
+    ) -> StoreResult<()> {
+        self.inner.clear_results(ws, id, attempts).await
+    }
 }
 
 async fn finished(app: &App, ws: &WorkspaceId, run: &RunId) -> Value {
@@ -234,6 +252,7 @@ impl Manually {
             holder: None,
             claim: &|_, _| {},
             results: &[],
+            inbox: false,
             cache: None,
             memory,
         };

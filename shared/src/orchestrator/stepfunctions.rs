@@ -433,6 +433,7 @@ async fn answer(
         holder: Some(holder),
         claim: &|_, _| {},
         results: &[],
+        inbox: true,
         cache: None,
         memory: None,
     };

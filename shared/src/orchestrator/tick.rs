@@ -12,8 +12,8 @@ use crate::domain::*;
 pub use crate::engine::Dispatch;
 use crate::engine::{InFlight, Limits, RunInfo, advance_from, interrupt_orphans, record_external};
 use crate::ports::{
-    RunStore, RunWrite, StepCall, StepExecutor, StoreError, Tried, WRITE_TRIES, WorkflowStore,
-    retry_conflicts,
+    PendingResult, RunStore, RunWrite, StepCall, StepExecutor, StoreError, Tried, WRITE_TRIES,
+    WorkflowStore, retry_conflicts,
 };
 
 /// Where a driver reads and writes runs.
@@ -80,6 +80,10 @@ pub struct Driving<'a> {
     /// Results of attempts to record in this pass's write (stale ones, of a
     /// run that moved on, are dropped).
     pub results: &'a [StepResult],
+    /// Also record the results left in the store for the run
+    /// (`RunStore::put_result`: on AWS, step functions leave them there),
+    /// read with the run, and clear them once this pass is written.
+    pub inbox: bool,
     /// The driver's copy of the run's records, if it keeps one.
     pub cache: Option<&'a dyn RecordCache>,
     /// What the runs a process advances at once may take in memory (where
@@ -175,6 +179,8 @@ pub async fn load_active(
 struct Loaded {
     run: RunRecord,
     recs: Records,
+    /// Results left in the store for this pass (`Driving::inbox`).
+    inbox: Vec<PendingResult>,
     cursors: Cursors,
     _room: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -190,9 +196,30 @@ async fn load_for_pass(
 ) -> anyhow::Result<Option<Loaded>> {
     let kept = driving.cache.and_then(|c| c.take());
     if kept.is_none() && driving.memory.is_none() {
+        if driving.inbox {
+            let Some((run, steps, inbox)) = s
+                .runs
+                .load_run_with_results(ws, id)
+                .await
+                .context("reading the run")?
+            else {
+                return Ok(None);
+            };
+            if run.status.is_terminal() {
+                return Ok(None);
+            }
+            return Ok(Some(Loaded {
+                run,
+                recs: steps.into_iter().map(|s| (s.key.clone(), s)).collect(),
+                inbox,
+                cursors: Cursors::default(),
+                _room: None,
+            }));
+        }
         return Ok(load_active(s, ws, id).await?.map(|(run, recs)| Loaded {
             run,
             recs,
+            inbox: Vec::new(),
             cursors: Cursors::default(),
             _room: None,
         }));
@@ -219,10 +246,19 @@ async fn load_for_pass(
         }
         None => None,
     };
+    let inbox = match driving.inbox {
+        true => s
+            .runs
+            .pending_results(ws, id)
+            .await
+            .context("reading the run's results")?,
+        false => Vec::new(),
+    };
     if let Some(kept) = kept.filter(|k| k.revision == run.revision) {
         return Ok(Some(Loaded {
             run,
             recs: kept.records,
+            inbox,
             cursors: kept.cursors,
             _room: room,
         }));
@@ -234,6 +270,7 @@ async fn load_for_pass(
     Ok(Some(Loaded {
         run,
         recs,
+        inbox,
         cursors: Cursors::default(),
         _room: room,
     }))
@@ -262,6 +299,7 @@ async fn pass(
     let Some(Loaded {
         mut run,
         mut recs,
+        inbox,
         mut cursors,
         _room,
     }) = load_for_pass(s, ws, id, driving).await?
@@ -312,14 +350,24 @@ async fn pass(
     let mut progressed = wf.is_none() || !logs.is_empty();
     if let Some(wf) = &wf {
         let mut recorded = Vec::new();
-        for r in driving.results {
-            let result = r.result.clone();
+        // The driver's own results end now; those left in the store, when
+        // their attempt ended.
+        let results = driving
+            .results
+            .iter()
+            .map(|r| (&r.key, r.attempt, &r.result, now))
+            .chain(
+                inbox
+                    .iter()
+                    .map(|r| (&r.key, r.attempt, &r.result, r.finished_at.min(now))),
+            );
+        for (key, attempt, result, at) in results {
             if let Some(line) =
-                record_external(wf, &mut recs, id.as_str(), &r.key, r.attempt, result, now)
+                record_external(wf, &mut recs, id.as_str(), key, attempt, result.clone(), at)
             {
-                tracing::info!(step_id = %r.key, "{}", line.message);
+                tracing::info!(step_id = %key, "{}", line.message);
                 logs.push(line);
-                recorded.push(r.key.clone());
+                recorded.push(key.clone());
             }
         }
         let orphans = interrupt_orphans(
@@ -397,6 +445,7 @@ async fn pass(
         }
     }
     if !progressed && !lease_changed {
+        clear_inbox(s, &run, &inbox).await;
         if let Some(c) = driving.cache {
             c.keep(Kept {
                 revision: run.revision,
@@ -422,6 +471,7 @@ async fn pass(
     (driving.claim)(&dispatch, true);
     match s.runs.save_run(&write).await {
         Ok(()) => {
+            clear_inbox(s, &write.run, &inbox).await;
             if let Some(c) = driving.cache.filter(|_| !finished) {
                 c.keep(Kept {
                     revision: write.run.revision,
@@ -455,6 +505,23 @@ async fn pass(
             (driving.claim)(&dispatch, false);
             Err(e).context("saving the run")
         }
+    }
+}
+
+/// Removes the results a pass read from the store once it has recorded
+/// them (or found them stale). A failure only leaves them for the next pass,
+/// which finds them stale.
+async fn clear_inbox(s: Stores<'_>, run: &RunRecord, inbox: &[PendingResult]) {
+    if inbox.is_empty() {
+        return;
+    }
+    let read: Vec<(String, u32)> = inbox.iter().map(|r| (r.key.clone(), r.attempt)).collect();
+    if let Err(e) = s
+        .runs
+        .clear_results(&run.workspace_id, &run.id, &read)
+        .await
+    {
+        tracing::warn!(error = %e, "clearing recorded step results");
     }
 }
 
@@ -555,8 +622,11 @@ pub async fn prepare_call(
     }))
 }
 
-/// Records the result of attempt `attempt` of step `key` and asks the run to
-/// be looked at now. A stale result (the run moved on) is dropped.
+/// Records the result of attempt `attempt` of step `key` where the executor
+/// is not the run's driver: leaves it in the store for the run's next pass
+/// (`Driving::inbox`), writing nothing else of the run, so attempts that end
+/// together never contend for it. A stale result (the run moved on) is
+/// dropped by that pass.
 pub async fn record(
     s: Stores<'_>,
     ws: &WorkspaceId,
@@ -565,45 +635,16 @@ pub async fn record(
     attempt: u32,
     result: Result<serde_json::Value, StepError>,
 ) -> anyhow::Result<()> {
-    let once = || async {
-        let Some((mut run, mut recs)) = load_active(s, ws, id).await? else {
-            return Ok(Tried::Done(()));
-        };
-        let wf = s
-            .definitions
-            .for_run(s.workflows, &run)
-            .await
-            .context("loading the workflow")?;
-        let now = Utc::now();
-        let Some(line) = record_external(
-            &wf,
-            &mut recs,
-            id.as_str(),
-            key,
-            attempt,
-            result.clone(),
-            now,
-        ) else {
-            return Ok(Tried::Done(()));
-        };
-        tracing::info!(step_id = %key, "{}", line.message);
-        run.revision += 1;
-        run.wake_at = Some(now);
-        let steps = recs.get(key).cloned().into_iter().collect();
-        let write = RunWrite {
-            run,
-            steps,
-            logs: vec![line],
-        };
-        match s.runs.save_run(&write).await {
-            Ok(()) => Ok(Tried::Done(())),
-            Err(StoreError::Conflict(_)) => Ok(Tried::Conflict),
-            Err(e) => Err(anyhow::Error::from(e).context("saving the step result")),
-        }
+    let r = PendingResult {
+        key: key.to_owned(),
+        attempt,
+        result,
+        finished_at: Utc::now(),
     };
-    retry_conflicts(once)
-        .await?
-        .ok_or_else(|| gave_up("a step result"))
+    s.runs
+        .put_result(ws, id, &r)
+        .await
+        .context("saving the step result")
 }
 
 /// Ends the run as failed with `error`, closing its open steps (for a run

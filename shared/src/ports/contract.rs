@@ -17,6 +17,7 @@ pub async fn run_all(s: Stores) {
     workflows_are_versioned_and_isolated(&s).await;
     workflow_pages_visit_each_once(&s).await;
     runs_use_conditional_writes(&s).await;
+    results_wait_for_the_next_pass(&s).await;
     large_records_round_trip(&s).await;
     runs_list_newest_first_with_filters(&s).await;
     idempotency_keys_are_scoped(&s).await;
@@ -683,6 +684,88 @@ async fn runs_use_conditional_writes(s: &Stores) {
         save(s, &foreign, vec![]).await,
         Err(StoreError::Conflict(_))
     ));
+}
+
+/// Results left for a run's next pass touch nothing else of the run, are
+/// read with it (in step key and attempt order), replace a result of the
+/// same attempt, stay in their workspace, and go once cleared.
+async fn results_wait_for_the_next_pass(s: &Stores) {
+    let w = ws();
+    let r = run(&w, "wf_results");
+    s.runs.create_run(&r, None).await.unwrap();
+    let at = Utc::now();
+    let result = |key: &str, attempt: u32, ok: bool| PendingResult {
+        key: key.to_owned(),
+        attempt,
+        result: if ok {
+            Ok(json!({"status": 200, "body": "x".repeat(300)}))
+        } else {
+            Err(StepError::transient("http_503", "the server answered 503"))
+        },
+        finished_at: at,
+    };
+    s.runs
+        .put_result(&w, &r.id, &result("b", 1, true))
+        .await
+        .unwrap();
+    s.runs
+        .put_result(&w, &r.id, &result("a", 2, false))
+        .await
+        .unwrap();
+    s.runs
+        .put_result(&w, &r.id, &result("a", 1, true))
+        .await
+        .unwrap();
+    // The same attempt again (a retried function): the last one stands.
+    s.runs
+        .put_result(&w, &r.id, &result("a", 2, true))
+        .await
+        .unwrap();
+
+    let stored = s.runs.get_run(&w, &r.id).await.unwrap().unwrap();
+    assert_eq!(stored.revision, r.revision, "the run is not written");
+    let want = vec![
+        result("a", 1, true),
+        result("a", 2, true),
+        result("b", 1, true),
+    ];
+    assert_eq!(s.runs.pending_results(&w, &r.id).await.unwrap(), want);
+    let (run, steps, results) = s
+        .runs
+        .load_run_with_results(&w, &r.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((run, steps, results), (stored, vec![], want.clone()));
+    assert!(
+        s.runs
+            .pending_results(&ws(), &r.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.runs
+            .load_run_with_results(&ws(), &r.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Clearing in another workspace removes nothing.
+    let all: Vec<(String, u32)> = want.iter().map(|r| (r.key.clone(), r.attempt)).collect();
+    s.runs.clear_results(&ws(), &r.id, &all).await.unwrap();
+    assert_eq!(s.runs.pending_results(&w, &r.id).await.unwrap(), want);
+
+    // A result left after the pass read them stays when it clears.
+    s.runs
+        .put_result(&w, &r.id, &result("c", 1, false))
+        .await
+        .unwrap();
+    s.runs.clear_results(&w, &r.id, &all).await.unwrap();
+    assert_eq!(
+        s.runs.pending_results(&w, &r.id).await.unwrap(),
+        vec![result("c", 1, false)]
+    );
 }
 
 /// Saves the run at its revision with these steps and no log lines.

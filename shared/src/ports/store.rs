@@ -98,6 +98,20 @@ pub struct RunWrite {
     pub logs: Vec<LogEntry>,
 }
 
+/// The result of an I/O attempt left for its run's next pass by an
+/// executor that does not drive the run (on AWS, the step function that ran
+/// it). Leaving one writes nothing else of the run, so attempts finishing
+/// together never contend for the run; the pass that next reads the run
+/// records it (`RunStore::load_run_with_results`) and then clears it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PendingResult {
+    pub key: String,
+    pub attempt: u32,
+    pub result: Result<serde_json::Value, StepError>,
+    /// When the attempt ended (its step's finish time).
+    pub finished_at: DateTime<Utc>,
+}
+
 /// How much one `save_run` may hold in one atomic write. Steps that only
 /// become `cancelled` are exempt: a store may write them ahead of the rest
 /// (cancelling an unfinished step is what any later pass would do too).
@@ -165,6 +179,36 @@ pub trait RunStore: Send + Sync {
             return Ok(None);
         };
         Ok(Some((run, self.get_steps(ws, id).await?)))
+    }
+    /// Leaves an attempt's result for the run's next pass (see
+    /// `PendingResult`); a second result for the same attempt replaces the
+    /// first.
+    async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()>;
+    /// The results left for the run, by step key and attempt.
+    async fn pending_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Vec<PendingResult>>;
+    /// Removes the results of these attempts (those a pass has recorded or
+    /// found stale); others left meanwhile stay.
+    async fn clear_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        attempts: &[(String, u32)],
+    ) -> StoreResult<()>;
+    /// `load_run` and the results left for the run (one query where the
+    /// store allows it: an AWS pass does this every time).
+    async fn load_run_with_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>, Vec<PendingResult>)>> {
+        let Some((run, steps)) = self.load_run(ws, id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((run, steps, self.pending_results(ws, id).await?)))
     }
     /// Newest first, each without its input and output (`RunHead`).
     async fn list_runs(

@@ -1,7 +1,9 @@
 //! Runs: one partition per run (`{ws}#RUN#{id}`) holding the run item
 //! (`RUN`), its steps (`STEP#key`) and log lines (`LOG#revision#n`, each
 //! item the lines of one save, as a JSON array), so one Query loads a run
-//! with its steps. Listings use the index `gsi1`
+//! with its steps. Results of attempts left for the run's next pass are
+//! items of their own (`RESULT#key#attempt`, sorting just before `RUN`, so
+//! the pass's one Query reads them too). Listings use the index `gsi1`
 //! (`{ws}#RUNS`, run id: ULIDs sort by creation time), which holds only what
 //! they filter on; the page's run items are then read from the table.
 //! Unfinished runs with a lease are also in the index `gsi2` (keys only,
@@ -10,15 +12,15 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
+    DeleteRequest, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
 };
 use chrono::Utc;
 
 use super::{DynamoStore, Item, build, cancelled_conditions, data, get_s, key, n, run_pk, s, sdk};
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
-    CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite, StalledRuns,
-    StoreError, StoreResult, WriteLimits,
+    CreateRun, IdempotencyClaim, Page, PageRequest, PendingResult, RunFilter, RunStore, RunWrite,
+    StalledRuns, StoreError, StoreResult, WriteLimits,
 };
 
 /// Most items in one DynamoDB transaction.
@@ -104,6 +106,14 @@ fn log_items(run: &RunRecord, logs: &[LogEntry]) -> StoreResult<Vec<Item>> {
             item
         })
         .collect())
+}
+
+/// How long a result left for a pass that never came (its run ended) is
+/// kept before DynamoDB's TTL removes it.
+const RESULT_TTL_DAYS: i64 = 30;
+
+fn result_key(ws: &WorkspaceId, id: &RunId, key: &str, attempt: u32) -> Item {
+    super::key(run_pk(ws, id), format!("RESULT#{key}#{attempt:06}"))
 }
 
 impl DynamoStore {
@@ -335,6 +345,87 @@ impl RunStore for DynamoStore {
             }
         }
         Ok(run.map(|r| (r, steps)))
+    }
+
+    async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()> {
+        let mut item = result_key(ws, id, &r.key, r.attempt);
+        self.set_data(&mut item, serde_json::to_string(r)?).await?;
+        let expires = Utc::now() + chrono::Duration::days(RESULT_TTL_DAYS);
+        item.insert("ttl".into(), n(expires.timestamp()));
+        self.put(item, false).await
+    }
+
+    async fn pending_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Vec<PendingResult>> {
+        let mut results = Vec::new();
+        for item in self
+            .query_between(run_pk(ws, id), "RESULT#", "RESULT$")
+            .await?
+        {
+            results.push(self.read_data(&item).await?);
+        }
+        Ok(results)
+    }
+
+    async fn clear_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        attempts: &[(String, u32)],
+    ) -> StoreResult<()> {
+        for chunk in attempts.chunks(25) {
+            let mut reqs = Vec::with_capacity(chunk.len());
+            for (k, a) in chunk {
+                let del = build(
+                    DeleteRequest::builder()
+                        .set_key(Some(result_key(ws, id, k, *a)))
+                        .build(),
+                )?;
+                reqs.push(WriteRequest::builder().delete_request(del).build());
+            }
+            let mut pending = Some(reqs);
+            while let Some(r) = pending.take().filter(|r| !r.is_empty()) {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, r)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table));
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_run_with_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>, Vec<PendingResult>)>> {
+        // "RESULT#…" < "RUN" < "STEP#…": one Query reads all three.
+        let items = self
+            .query_between(run_pk(ws, id), "RESULT#", "STEP$")
+            .await?;
+        let mut run = None;
+        let mut steps = Vec::new();
+        let mut results = Vec::new();
+        for item in &items {
+            let sk = get_s(item, "sk")?;
+            if sk == "RUN" {
+                run = Some(self.read_data::<RunRecord>(item).await?);
+            } else if sk.starts_with("STEP#") {
+                steps.push(self.read_data(item).await?);
+            } else if sk.starts_with("RESULT#") {
+                results.push(self.read_data(item).await?);
+            }
+        }
+        Ok(run.map(|r| (r, steps, results)))
     }
 
     async fn list_runs(

@@ -6,8 +6,8 @@ use super::SqliteStore;
 use super::tenants::insert_or_conflict;
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
-    ActiveRunIndex, CreateRun, IdempotencyClaim, Page, PageRequest, RunFilter, RunStore, RunWrite,
-    StalledRuns, StoreError, StoreResult,
+    ActiveRunIndex, CreateRun, IdempotencyClaim, Page, PageRequest, PendingResult, RunFilter,
+    RunStore, RunWrite, StalledRuns, StoreError, StoreResult,
 };
 
 fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> StoreResult<()> {
@@ -83,6 +83,17 @@ fn read_steps(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Vec<S
     let rows = stmt
         .query_map(params![ws, id], |r| r.get::<_, String>(0))?
         .map(|d| Ok(serde_json::from_str::<StepRecord>(&d?)?))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(rows)
+}
+
+fn read_results(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Vec<PendingResult>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT data FROM step_results WHERE workspace_id = ?1 AND run_id = ?2 ORDER BY key, attempt",
+    )?;
+    let rows = stmt
+        .query_map(params![ws, id], |r| r.get::<_, String>(0))?
+        .map(|d| Ok(serde_json::from_str::<PendingResult>(&d?)?))
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(rows)
 }
@@ -204,6 +215,66 @@ impl RunStore for SqliteStore {
         self.db
             .read(move |c| match read_run(c, &ws, &id)? {
                 Some(run) => Ok(Some((run, read_steps(c, &ws, &id)?))),
+                None => Ok(None),
+            })
+            .await
+    }
+
+    async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()> {
+        let (ws, id, key, attempt) = (ws.to_string(), id.to_string(), r.key.clone(), r.attempt);
+        let data = serde_json::to_string(r)?;
+        self.db
+            .write(move |tx| {
+                tx.prepare_cached("INSERT OR REPLACE INTO step_results (workspace_id, run_id, key, attempt, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![ws, id, key, attempt, data])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn pending_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Vec<PendingResult>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db.read(move |c| read_results(c, &ws, &id)).await
+    }
+
+    async fn clear_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        attempts: &[(String, u32)],
+    ) -> StoreResult<()> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let (ws, id, attempts) = (ws.to_string(), id.to_string(), attempts.to_vec());
+        self.db
+            .write(move |tx| {
+                let mut del = tx.prepare_cached("DELETE FROM step_results WHERE workspace_id = ?1 AND run_id = ?2 AND key = ?3 AND attempt = ?4")?;
+                for (key, attempt) in &attempts {
+                    del.execute(params![ws, id, key, attempt])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn load_run_with_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>, Vec<PendingResult>)>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .read(move |c| match read_run(c, &ws, &id)? {
+                Some(run) => Ok(Some((
+                    run,
+                    read_steps(c, &ws, &id)?,
+                    read_results(c, &ws, &id)?,
+                ))),
                 None => Ok(None),
             })
             .await

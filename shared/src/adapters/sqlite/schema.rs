@@ -127,6 +127,17 @@ UPDATE usage_charges SET cost_micros = CAST(round(cost_usd * 1000000) AS INTEGER
 ALTER TABLE usage_charges DROP COLUMN cost_usd;
 ALTER TABLE usage_charges DROP COLUMN cost_saved_usd;
 "#,
+    // Results of attempts left for their run's next pass.
+    r#"
+CREATE TABLE step_results (
+    workspace_id TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, run_id, key, attempt)
+) STRICT;
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
@@ -147,7 +158,7 @@ mod tests {
     #[test]
     fn charges_kept_in_dollars_are_moved_to_micro_dollars() {
         let c = Connection::open_in_memory().unwrap();
-        let before = MIGRATIONS.len() - 1;
+        let before = 3;
         for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
             c.execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))
                 .unwrap();

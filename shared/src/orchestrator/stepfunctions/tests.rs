@@ -14,7 +14,7 @@ use super::*;
 use crate::adapters::http::{EgressPolicy, HttpExecutor};
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::{App, DefinitionCache};
-use crate::domain::{RunStatus, WorkflowId};
+use crate::domain::{RunStatus, StepStatus, WorkflowId};
 use crate::ports::{DriverError, RunDriver, StoreSet};
 use crate::ports::{RunStore, StepRequest};
 
@@ -245,7 +245,17 @@ async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
     assert_eq!(r.next, Next::Dispatch, "{r:?}");
     assert_eq!(r.dispatch.len(), 2);
     // x's function succeeds; y's fails with a permanent typed error.
+    let before = h.store.get_run(&ws, &run.id).await.unwrap().unwrap();
     h.step_function(&r.dispatch[0]).await;
+    // x's result waits for the next pass: nothing else of the run is
+    // written (its revision stays), so functions ending together never
+    // contend for the run.
+    let after = h.store.get_run(&ws, &run.id).await.unwrap().unwrap();
+    assert_eq!(after.revision, before.revision);
+    let pending = h.store.pending_results(&ws, &run.id).await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!((pending[0].key.as_str(), pending[0].attempt), ("x", 1));
+    assert!(pending[0].result.is_ok());
     let y = &r.dispatch[1];
     // What Lambda puts in the cause of a function error: its payload.
     let message =
@@ -265,6 +275,18 @@ async fn parallel_io_steps_go_to_a_map_and_its_failures_are_recorded() {
         })
         .await;
     assert_eq!(r.next, Next::Finished, "{r:?}");
+    // The pass recorded x's result as of when its attempt ended, and
+    // cleared what it recorded.
+    let x = h.store.get_step(&ws, &run.id, "x").await.unwrap().unwrap();
+    assert_eq!(x.status, StepStatus::Succeeded);
+    assert_eq!(x.finished_at, Some(pending[0].finished_at));
+    assert!(
+        h.store
+            .pending_results(&ws, &run.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let view = h.app.get_run(&ws, &run.id).await.unwrap();
     assert_eq!(view.run.status, RunStatus::Failed);
     assert_eq!(
