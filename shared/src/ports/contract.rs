@@ -799,6 +799,26 @@ async fn large_records_round_trip(s: &Stores) {
     );
     let (run, steps) = s.runs.load_run(&w, &r.id).await.unwrap().unwrap();
     assert_eq!((run, steps), (r.clone(), vec![step.clone()]));
+    // The run with the records at some keys (missing ones left out).
+    let at = |keys: &[&str]| keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        s.runs
+            .load_run_at(&w, &r.id, &at(&["nope", "fetch"]))
+            .await
+            .unwrap(),
+        Some((r.clone(), vec![step.clone()]))
+    );
+    assert_eq!(
+        s.runs.load_run_at(&w, &r.id, &[]).await.unwrap(),
+        Some((r.clone(), vec![]))
+    );
+    assert!(
+        s.runs
+            .load_run_at(&ws(), &r.id, &at(&["fetch"]))
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Heads leave the output out (its size stays); by key reads it whole.
     let mut head = step.clone();
     head.output = None;

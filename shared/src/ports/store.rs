@@ -180,6 +180,20 @@ pub trait RunStore: Send + Sync {
         };
         Ok(Some((run, self.get_steps(ws, id).await?)))
     }
+    /// The run and its step records at `keys` (those that exist, in that
+    /// order), read together where the store allows (one request on
+    /// DynamoDB): what a step function reads of a run of any size.
+    async fn load_run_at(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        keys: &[String],
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
+        let Some(run) = self.get_run(ws, id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((run, self.get_steps_by_keys(ws, id, keys).await?)))
+    }
     /// Leaves an attempt's result for the run's next pass (see
     /// `PendingResult`); a second result for the same attempt replaces the
     /// first.

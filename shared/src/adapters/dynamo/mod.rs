@@ -6,6 +6,7 @@
 //! over as many partitions as it has runs. Records are stored as JSON in
 //! `data`, next to the attributes that keys and conditions need.
 
+mod packed;
 mod payloads;
 mod runs;
 mod tenants;
@@ -29,6 +30,8 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     payloads: Option<payloads::Payloads>,
+    /// How the runs this process last read or wrote keep their steps.
+    layouts: packed::Layouts,
 }
 
 impl DynamoStore {
@@ -92,6 +95,7 @@ impl DynamoStore {
             client,
             table: table.into(),
             payloads: None,
+            layouts: packed::Layouts::default(),
         }
     }
 }

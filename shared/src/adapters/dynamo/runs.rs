@@ -12,11 +12,15 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    DeleteRequest, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
+    AttributeValue, DeleteRequest, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update,
+    WriteRequest,
 };
 use chrono::Utc;
 
-use super::{DynamoStore, Item, build, cancelled_conditions, data, get_s, key, n, run_pk, s, sdk};
+use super::{
+    DynamoStore, Item, build, cancelled_conditions, data, get_i, get_s, key, n, packed, run_pk, s,
+    sdk,
+};
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
     CreateRun, IdempotencyClaim, Page, PageRequest, PendingResult, RunFilter, RunStore, RunWrite,
@@ -116,7 +120,88 @@ fn result_key(ws: &WorkspaceId, id: &RunId, key: &str, attempt: u32) -> Item {
     super::key(run_pk(ws, id), format!("RESULT#{key}#{attempt:06}"))
 }
 
+/// The step items among a run partition's items.
+fn step_items(items: &[Item]) -> impl Iterator<Item = &Item> {
+    items
+        .iter()
+        .filter(|i| get_s(i, "sk").is_ok_and(|sk| sk.starts_with("STEP#")))
+}
+
+fn run_item(items: &[Item]) -> Option<&Item> {
+    items
+        .iter()
+        .find(|i| get_s(i, "sk").is_ok_and(|sk| sk == "RUN"))
+}
+
 impl DynamoStore {
+    /// The run among a run partition's items.
+    async fn run_from(&self, items: &[Item]) -> StoreResult<Option<RunRecord>> {
+        match run_item(items) {
+            Some(item) => Ok(Some(self.read_data(item).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The step records among a run partition's items (its run item and
+    /// step items): packed in the run item, or items. None without the run
+    /// item. Remembers the run's layout at the revision read.
+    async fn steps_from(&self, items: &[Item]) -> StoreResult<Option<Vec<StepRecord>>> {
+        let Some(run) = run_item(items) else {
+            return Ok(None);
+        };
+        let (pk, revision) = (get_s(run, "pk")?, get_i(run, "revision") as u64);
+        if let Some(recs) = packed::records(run)? {
+            self.layouts
+                .keep(pk, revision, packed::Layout::packed(recs.clone()));
+            return Ok(Some(recs));
+        }
+        let mut steps = Vec::new();
+        for item in step_items(items) {
+            steps.push(self.read_data(item).await?);
+        }
+        self.layouts.keep(pk, revision, packed::Layout::Items);
+        Ok(Some(steps))
+    }
+
+    /// The records at `keys` (those that exist, in order), from the run
+    /// item (packed) or the step items read with it.
+    async fn steps_at(
+        &self,
+        run: Option<&Item>,
+        items: &[Item],
+        keys: &[String],
+    ) -> StoreResult<Vec<StepRecord>> {
+        if let Some(recs) = run.map(packed::records).transpose()?.flatten() {
+            let mut by_key: std::collections::HashMap<String, StepRecord> =
+                recs.into_iter().map(|r| (r.key.clone(), r)).collect();
+            return Ok(keys.iter().filter_map(|k| by_key.remove(k)).collect());
+        }
+        let mut steps = Vec::new();
+        for item in items {
+            steps.push(self.read_data(item).await?);
+        }
+        Ok(steps)
+    }
+
+    /// The run item and the step items at `keys` (those that exist, in
+    /// order), in one request.
+    async fn run_and_steps_at(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        keys: &[String],
+    ) -> StoreResult<(Option<Item>, Vec<Item>)> {
+        let pk = run_pk(ws, id);
+        let mut wanted = vec![key(pk.clone(), "RUN")];
+        wanted.extend(keys.iter().map(|k| key(pk.clone(), format!("STEP#{k}"))));
+        let mut items = self.batch_get(wanted).await?;
+        let run = match items.first() {
+            Some(i) if get_s(i, "sk")? == "RUN" => Some(items.remove(0)),
+            _ => None,
+        };
+        Ok((run, items))
+    }
+
     async fn batch_put(&self, items: Vec<Item>) -> StoreResult<()> {
         for chunk in items.chunks(25) {
             let mut reqs: Vec<WriteRequest> = Vec::new();
@@ -193,6 +278,239 @@ impl DynamoStore {
     }
 }
 
+/// Every write of a run states the revision it read.
+const RUN_CONDITION: &str = "revision = :prev";
+
+/// A conditional update of the run item, for a transaction or alone.
+struct RunUpdate {
+    key: Item,
+    expression: String,
+    names: std::collections::HashMap<String, String>,
+    values: std::collections::HashMap<String, AttributeValue>,
+}
+
+/// What a write of the run item does with its packed steps.
+enum Packing {
+    Keep,
+    Set(AttributeValue),
+    /// The steps are being unpacked into items.
+    Remove,
+}
+
+impl DynamoStore {
+    /// How the run's steps are stored at revision `prev` (a Conflict when
+    /// the run is not at `prev`).
+    async fn layout_at(&self, run: &RunRecord, prev: u64) -> StoreResult<packed::Layout> {
+        let item = self
+            .get(key(run_pk(&run.workspace_id, &run.id), "RUN"))
+            .await?
+            .filter(|item| get_i(item, "revision") as u64 == prev)
+            .ok_or_else(|| {
+                StoreError::Conflict(format!("run {} is not at revision {prev}", run.id))
+            })?;
+        packed::Layout::of(&item)
+    }
+
+    /// Writes a save with changed steps; returns how the steps are stored
+    /// after it.
+    async fn save_steps(
+        &self,
+        w: &RunWrite,
+        layout: packed::Layout,
+    ) -> StoreResult<packed::Layout> {
+        let packed::Layout::Packed(recs) = layout else {
+            let changed: Vec<&StepRecord> = w.steps.iter().collect();
+            self.save_with_items(w, &changed, false).await?;
+            return Ok(packed::Layout::Items);
+        };
+        let mut merged = (*recs).clone();
+        for st in &w.steps {
+            merged.insert(st.key.clone(), st.clone());
+        }
+        let all: Vec<&StepRecord> = merged.values().collect();
+        match packed::pack(&all)? {
+            Some(value) => {
+                self.update_run(w, Packing::Set(value)).await?;
+                Ok(packed::Layout::packed(merged.into_values().collect()))
+            }
+            // Outgrown: every record becomes an item, once.
+            None => {
+                self.save_with_items(w, &all, true).await?;
+                Ok(packed::Layout::Items)
+            }
+        }
+    }
+
+    /// The conditional update of the run item (`revision = :prev`).
+    async fn run_update(&self, run: &RunRecord, packing: Packing) -> StoreResult<RunUpdate> {
+        let item = run_attrs(self, run).await?;
+        // The record is inline (`data`) or in S3 (`data_ref`); the other
+        // attribute goes.
+        let (set, drop, value) = match (item.get("data"), item.get("data_ref")) {
+            (Some(d), _) => ("#d", "data_ref", d.clone()),
+            (None, Some(r)) => ("data_ref", "#d", r.clone()),
+            (None, None) => return Err(StoreError::Unavailable("the run item has no data".into())),
+        };
+        let mut values: std::collections::HashMap<String, AttributeValue> = [
+            (":d".to_owned(), value),
+            (":rev".to_owned(), n(run.revision)),
+            (":st".to_owned(), s(run.status.as_str())),
+            (":prev".to_owned(), n(run.revision.saturating_sub(1))),
+        ]
+        .into();
+        // In the active-runs index while unfinished and leased; out of it
+        // otherwise. (An unchanged key writes nothing to the index.)
+        let mut sets = format!("{set} = :d, revision = :rev, #st = :st");
+        let mut removes = vec![drop];
+        match active_keys(run) {
+            Some((pk, sk)) => {
+                values.insert(":g2p".to_owned(), s(pk));
+                values.insert(":g2s".to_owned(), s(sk));
+                sets.push_str(", gsi2pk = :g2p, gsi2sk = :g2s");
+            }
+            None => removes.extend(["gsi2pk", "gsi2sk"]),
+        }
+        let mut names: std::collections::HashMap<String, String> = [
+            ("#d".to_owned(), "data".to_owned()),
+            ("#st".to_owned(), "status".to_owned()),
+        ]
+        .into();
+        match packing {
+            Packing::Keep => {}
+            Packing::Set(v) => {
+                values.insert(":sp".to_owned(), v);
+                sets.push_str(", #sp = :sp");
+                names.insert("#sp".to_owned(), packed::ATTR.to_owned());
+            }
+            Packing::Remove => {
+                removes.push("#sp");
+                names.insert("#sp".to_owned(), packed::ATTR.to_owned());
+            }
+        }
+        Ok(RunUpdate {
+            key: key(run_pk(&run.workspace_id, &run.id), "RUN"),
+            expression: format!("SET {sets} REMOVE {}", removes.join(", ")),
+            names,
+            values,
+        })
+    }
+
+    /// A save that changes no step items: one conditional UpdateItem of
+    /// the run item (no transaction), then its log lines. Lines are written
+    /// once the run's write has held, so they never tell of a write that
+    /// lost; a process that dies between the two loses that save's lines,
+    /// never the run's state.
+    async fn update_run(&self, w: &RunWrite, packing: Packing) -> StoreResult<()> {
+        let u = self.run_update(&w.run, packing).await?;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(u.key))
+            .update_expression(u.expression)
+            .condition_expression(RUN_CONDITION)
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .send()
+            .await
+            .map_err(|e| match sdk(e) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "run {} is not at revision {}",
+                    w.run.id,
+                    w.run.revision.saturating_sub(1)
+                )),
+                other => other,
+            })?;
+        if !w.logs.is_empty()
+            && let Err(e) = self.batch_put(log_items(&w.run, &w.logs)?).await
+        {
+            tracing::warn!(run_id = %w.run.id, error = %e, "writing a save's log lines");
+        }
+        Ok(())
+    }
+
+    /// A save whose steps are items: one transaction of the run's update,
+    /// the step items and the log lines (`unpack`: the run's packed steps
+    /// become items, `steps` all of its records).
+    async fn save_with_items(
+        &self,
+        w: &RunWrite,
+        steps: &[&StepRecord],
+        unpack: bool,
+    ) -> StoreResult<()> {
+        let run = &w.run;
+        let packing = if unpack {
+            Packing::Remove
+        } else {
+            Packing::Keep
+        };
+        let u = self.run_update(run, packing).await?;
+        let update = build(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(u.key))
+                .update_expression(u.expression)
+                .condition_expression(RUN_CONDITION)
+                .set_expression_attribute_names(Some(u.names))
+                .set_expression_attribute_values(Some(u.values))
+                .build(),
+        )?;
+        // Steps that only became cancelled may go ahead of the transaction
+        // (`WriteLimits`): any later pass would cancel them too. The rest
+        // is one transaction with the run's conditional update.
+        let (ahead, steps): (Vec<&StepRecord>, Vec<&StepRecord>) =
+            if steps.len() > MAX_STEPS_PER_SAVE {
+                steps
+                    .iter()
+                    .partition(|st| st.status == crate::domain::StepStatus::Cancelled)
+            } else {
+                (Vec::new(), steps.to_vec())
+            };
+        let mut others = Vec::new();
+        for st in steps {
+            others.push(step_item(self, run, st).await?);
+        }
+        others.extend(log_items(run, &w.logs)?);
+        if others.len() + 1 > MAX_TRANSACTION_ITEMS {
+            return Err(StoreError::Unavailable(format!(
+                "a save of run {} holds {} items; one transaction holds {MAX_TRANSACTION_ITEMS}",
+                run.id,
+                others.len() + 1
+            )));
+        }
+        if !ahead.is_empty() {
+            let mut items = Vec::with_capacity(ahead.len());
+            for st in ahead {
+                items.push(step_item(self, run, st).await?);
+            }
+            self.batch_put(items).await?;
+        }
+        let mut tx = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build());
+        for item in others {
+            let put = build(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .build(),
+            )?;
+            tx = tx.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        tx.send()
+            .await
+            .map_err(|e| match cancelled_conditions(&e) {
+                Some(failed) if failed.first() == Some(&true) => StoreError::Conflict(format!(
+                    "run {} is not at revision {}",
+                    run.id,
+                    run.revision.saturating_sub(1)
+                )),
+                _ => sdk(e),
+            })?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl RunStore for DynamoStore {
     fn write_limits(&self) -> WriteLimits {
@@ -206,16 +524,27 @@ impl RunStore for DynamoStore {
         run: &RunRecord,
         claim: Option<&IdempotencyClaim>,
     ) -> StoreResult<CreateRun> {
+        // A new run keeps its steps packed in its item (see `packed`).
+        let mut item = run_attrs(self, run).await?;
+        if let Some(none) = packed::pack(&[])? {
+            item.insert(packed::ATTR.into(), none);
+        }
+        let pk = run_pk(&run.workspace_id, &run.id);
         let put_run = build(
             Put::builder()
                 .table_name(&self.table)
-                .set_item(Some(run_attrs(self, run).await?))
+                .set_item(Some(item))
                 .condition_expression("attribute_not_exists(pk)")
                 .build(),
         )?;
+        let created = || {
+            let empty = packed::Layout::packed(Vec::new());
+            self.layouts.keep(&pk, run.revision, empty);
+            Ok(CreateRun::Created)
+        };
         let Some(claim) = claim else {
             self.put(put_run.item, true).await?;
-            return Ok(CreateRun::Created);
+            return created();
         };
         let idem_key = key(format!("{}#IDEM#{}", run.workspace_id, claim.key), "IDEM");
         loop {
@@ -240,7 +569,7 @@ impl RunStore for DynamoStore {
                 .send()
                 .await;
             let e = match res {
-                Ok(_) => return Ok(CreateRun::Created),
+                Ok(_) => return created(),
                 Err(e) => e,
             };
             match cancelled_conditions(&e) {
@@ -279,17 +608,22 @@ impl RunStore for DynamoStore {
     }
 
     async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
-        let mut steps = Vec::new();
-        for item in self.query_between(run_pk(ws, id), "STEP#", "STEP$").await? {
-            steps.push(self.read_data(&item).await?);
-        }
-        Ok(steps)
+        let items = self.query_between(run_pk(ws, id), "RUN", "STEP$").await?;
+        Ok(self.steps_from(&items).await?.unwrap_or_default())
     }
 
     async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
+        let items = self.query_between(run_pk(ws, id), "RUN", "STEP$").await?;
+        if let Some(run) = items
+            .iter()
+            .find(|i| get_s(i, "sk").is_ok_and(|sk| sk == "RUN"))
+            && let Some(heads) = packed::heads(run)?
+        {
+            return Ok(heads);
+        }
         let mut steps = Vec::new();
-        for item in self.query_between(run_pk(ws, id), "STEP#", "STEP$").await? {
-            steps.push(self.read_data::<crate::domain::StepHead>(&item).await?.0);
+        for item in step_items(&items) {
+            steps.push(self.read_data::<crate::domain::StepHead>(item).await?.0);
         }
         Ok(steps)
     }
@@ -300,10 +634,11 @@ impl RunStore for DynamoStore {
         id: &RunId,
         key: &str,
     ) -> StoreResult<Option<StepRecord>> {
-        match self
-            .get(super::key(run_pk(ws, id), format!("STEP#{key}")))
-            .await?
-        {
+        let (run, mut steps) = self.run_and_steps_at(ws, id, &[key.to_owned()]).await?;
+        if let Some(heads) = run.as_ref().map(packed::heads).transpose()?.flatten() {
+            return Ok(heads.into_iter().find(|h| h.key == key));
+        }
+        match steps.pop() {
             Some(item) => Ok(Some(
                 self.read_data::<crate::domain::StepHead>(&item).await?.0,
             )),
@@ -317,15 +652,21 @@ impl RunStore for DynamoStore {
         id: &RunId,
         keys: &[String],
     ) -> StoreResult<Vec<StepRecord>> {
-        let keys = keys
-            .iter()
-            .map(|k| key(run_pk(ws, id), format!("STEP#{k}")))
-            .collect();
-        let mut steps = Vec::new();
-        for item in self.batch_get(keys).await? {
-            steps.push(self.read_data(&item).await?);
-        }
-        Ok(steps)
+        let (run, items) = self.run_and_steps_at(ws, id, keys).await?;
+        self.steps_at(run.as_ref(), &items, keys).await
+    }
+
+    async fn load_run_at(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        keys: &[String],
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
+        let (Some(run), items) = self.run_and_steps_at(ws, id, keys).await? else {
+            return Ok(None);
+        };
+        let steps = self.steps_at(Some(&run), &items, keys).await?;
+        Ok(Some((self.read_data(&run).await?, steps)))
     }
 
     async fn load_run(
@@ -335,16 +676,13 @@ impl RunStore for DynamoStore {
     ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
         // "RUN" sorts just before "STEP#…": one Query reads both.
         let items = self.query_between(run_pk(ws, id), "RUN", "STEP$").await?;
-        let mut run = None;
-        let mut steps = Vec::new();
-        for item in &items {
-            if get_s(item, "sk")? == "RUN" {
-                run = Some(self.read_data::<RunRecord>(item).await?);
-            } else if get_s(item, "sk")?.starts_with("STEP#") {
-                steps.push(self.read_data(item).await?);
-            }
-        }
-        Ok(run.map(|r| (r, steps)))
+        let Some(run) = self.run_from(&items).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            run,
+            self.steps_from(&items).await?.unwrap_or_default(),
+        )))
     }
 
     async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()> {
@@ -412,20 +750,17 @@ impl RunStore for DynamoStore {
         let items = self
             .query_between(run_pk(ws, id), "RESULT#", "STEP$")
             .await?;
-        let mut run = None;
-        let mut steps = Vec::new();
+        let Some(run) = self.run_from(&items).await? else {
+            return Ok(None);
+        };
+        let steps = self.steps_from(&items).await?.unwrap_or_default();
         let mut results = Vec::new();
         for item in &items {
-            let sk = get_s(item, "sk")?;
-            if sk == "RUN" {
-                run = Some(self.read_data::<RunRecord>(item).await?);
-            } else if sk.starts_with("STEP#") {
-                steps.push(self.read_data(item).await?);
-            } else if sk.starts_with("RESULT#") {
+            if get_s(item, "sk")?.starts_with("RESULT#") {
                 results.push(self.read_data(item).await?);
             }
         }
-        Ok(run.map(|r| (r, steps, results)))
+        Ok(Some((run, steps, results)))
     }
 
     async fn list_runs(
@@ -490,105 +825,33 @@ impl RunStore for DynamoStore {
 
     async fn save_run(&self, w: &RunWrite) -> StoreResult<()> {
         let run = &w.run;
-        let item = run_attrs(self, run).await?;
-        // The record is inline (`data`) or in S3 (`data_ref`); the other
-        // attribute goes.
-        let (set, drop, value) = match (item.get("data"), item.get("data_ref")) {
-            (Some(d), _) => ("#d", "data_ref", d.clone()),
-            (None, Some(r)) => ("data_ref", "#d", r.clone()),
-            (None, None) => return Err(StoreError::Unavailable("the run item has no data".into())),
-        };
-        let mut values: std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> =
-            [
-                (":d".to_owned(), value),
-                (":rev".to_owned(), n(run.revision)),
-                (":st".to_owned(), s(run.status.as_str())),
-                (":prev".to_owned(), n(run.revision.saturating_sub(1))),
-            ]
-            .into();
-        // In the active-runs index while unfinished and leased; out of it
-        // otherwise. (An unchanged key writes nothing to the index.)
-        let active = match active_keys(run) {
-            Some((pk, sk)) => {
-                values.insert(":g2p".to_owned(), s(pk));
-                values.insert(":g2s".to_owned(), s(sk));
-                ", gsi2pk = :g2p, gsi2sk = :g2s"
-            }
-            None => "",
-        };
-        let unlisted = if active.is_empty() {
-            ", gsi2pk, gsi2sk"
+        let pk = run_pk(&run.workspace_id, &run.id);
+        let prev = run.revision.saturating_sub(1);
+        let known = self.layouts.get(&pk, prev);
+        let res = if w.steps.is_empty() {
+            // The run item alone: its steps stay as they are.
+            self.update_run(w, Packing::Keep).await.map(|()| known)
         } else {
-            ""
-        };
-        let update = build(
-            Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(run_pk(&run.workspace_id, &run.id), "RUN")))
-                .update_expression(format!(
-                    "SET {set} = :d, revision = :rev, #st = :st{active} REMOVE {drop}{unlisted}"
-                ))
-                .condition_expression("revision = :prev")
-                .expression_attribute_names("#d", "data")
-                .expression_attribute_names("#st", "status")
-                .set_expression_attribute_values(Some(values))
-                .build(),
-        )?;
-        // Steps that only became cancelled may go ahead of the transaction
-        // (`WriteLimits`): any later pass would cancel them too. The rest
-        // is one transaction with the run's conditional update.
-        let (ahead, steps): (Vec<&StepRecord>, Vec<&StepRecord>) =
-            if w.steps.len() > MAX_STEPS_PER_SAVE {
-                w.steps
-                    .iter()
-                    .partition(|st| st.status == crate::domain::StepStatus::Cancelled)
-            } else {
-                (Vec::new(), w.steps.iter().collect())
+            let layout = match known {
+                Some(l) => l,
+                None => self.layout_at(run, prev).await?,
             };
-        let mut others = Vec::new();
-        for st in steps {
-            others.push(step_item(self, run, st).await?);
-        }
-        others.extend(log_items(run, &w.logs)?);
-        if others.len() + 1 > MAX_TRANSACTION_ITEMS {
-            return Err(StoreError::Unavailable(format!(
-                "a save of run {} holds {} items; one transaction holds {MAX_TRANSACTION_ITEMS}",
-                run.id,
-                others.len() + 1
-            )));
-        }
-        if !ahead.is_empty() {
-            let mut items = Vec::with_capacity(ahead.len());
-            for st in ahead {
-                items.push(step_item(self, run, st).await?);
+            self.save_steps(w, layout).await.map(Some)
+        };
+        match res {
+            Ok(Some(layout)) => {
+                self.layouts.keep(&pk, run.revision, layout);
+                Ok(())
             }
-            self.batch_put(items).await?;
+            Ok(None) => {
+                self.layouts.forget(&pk);
+                Ok(())
+            }
+            Err(e) => {
+                self.layouts.forget(&pk);
+                Err(e)
+            }
         }
-        let inline = others;
-        let mut tx = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build());
-        for item in inline {
-            let put = build(
-                Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .build(),
-            )?;
-            tx = tx.transact_items(TransactWriteItem::builder().put(put).build());
-        }
-        tx.send()
-            .await
-            .map_err(|e| match cancelled_conditions(&e) {
-                Some(failed) if failed.first() == Some(&true) => StoreError::Conflict(format!(
-                    "run {} is not at revision {}",
-                    run.id,
-                    run.revision.saturating_sub(1)
-                )),
-                _ => sdk(e),
-            })?;
-        Ok(())
     }
 
     async fn list_logs(

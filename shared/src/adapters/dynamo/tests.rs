@@ -137,3 +137,156 @@ async fn aws_calls_are_logged() {
         "no call logged: {text}"
     );
 }
+
+/// A small run keeps its step records in its run item (no step items; a
+/// save is one write), read the same through every read path and by a
+/// process that did not write them; once it outgrows the bounds its records
+/// become items, and a writer that read an older revision loses either way.
+#[tokio::test]
+async fn small_runs_keep_their_steps_in_the_run_item() {
+    use crate::domain::*;
+    use crate::ports::{RunStore, RunWrite, StoreError};
+    use serde_json::json;
+
+    let m = moto();
+    let cfg = config(&m.endpoint).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
+    let table = format!("weft-test-{}", ulid::Ulid::new().to_string().to_lowercase());
+    create_table(&ddb, &table).await.expect("table");
+    let a = DynamoStore::new(ddb.clone(), table.clone());
+    // Another process: it has read and written nothing of the run.
+    let fresh = || DynamoStore::new(ddb.clone(), table.clone());
+    let ws = WorkspaceId::generate();
+    let mut run = RunRecord {
+        workspace_id: ws.clone(),
+        id: RunId::generate(),
+        workflow_id: WorkflowId::from_string("wf"),
+        workflow_version: 1,
+        status: RunStatus::Running,
+        input: json!({"n": 1}),
+        output: None,
+        error: None,
+        created_at: chrono::Utc::now(),
+        started_at: None,
+        finished_at: None,
+        wake_at: None,
+        budget_usd: None,
+        revision: 1,
+        lease: None,
+        state_bytes: 0,
+        io_bytes: 0,
+    };
+    a.create_run(&run, None).await.unwrap();
+    let step = |k: &str, n: u32| {
+        let mut s = StepRecord::new(k, "transform");
+        s.status = StepStatus::Succeeded;
+        s.output = Some(json!({"n": n}));
+        s
+    };
+    let save = |store: DynamoStore, run: RunRecord, steps: Vec<StepRecord>| async move {
+        store
+            .save_run(&RunWrite {
+                run,
+                steps,
+                logs: vec![LogEntry::new(LogLevel::Info, None, "saved")],
+            })
+            .await
+    };
+    let pk = run_pk(&ws, &run.id);
+    let step_items = || count_step_items(&ddb, &table, &pk);
+    run.revision = 2;
+    save(a.clone(), run.clone(), vec![step("a", 1), step("b", 1)])
+        .await
+        .unwrap();
+    assert_eq!(step_items().await, 0, "packed: no step items");
+    reads_agree(&fresh(), &run, vec![step("a", 1), step("b", 1)]).await;
+
+    // A process that did not read the run merges its change into the
+    // stored records.
+    run.revision = 3;
+    save(fresh(), run.clone(), vec![step("b", 2), step("c", 1)])
+        .await
+        .unwrap();
+    let packed = vec![step("a", 1), step("b", 2), step("c", 1)];
+    reads_agree(&fresh(), &run, packed.clone()).await;
+    // `a` kept revision 2 as it wrote it: its write from there loses.
+    let mut stale = run.clone();
+    stale.revision = 3;
+    assert!(matches!(
+        save(a.clone(), stale, vec![step("a", 9)]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(step_items().await, 0);
+
+    // Past the bounds: every record becomes an item, and stays one.
+    run.revision = 4;
+    let many: Vec<StepRecord> = (0..45).map(|i| step(&format!("m{i:02}"), i)).collect();
+    save(a.clone(), run.clone(), many.clone()).await.unwrap();
+    assert_eq!(step_items().await, 48);
+    let mut all = packed.clone();
+    all.extend(many);
+    all.sort_by(|x, y| x.key.cmp(&y.key));
+    reads_agree(&fresh(), &run, all.clone()).await;
+    run.revision = 5;
+    save(fresh(), run.clone(), vec![step("a", 5)])
+        .await
+        .unwrap();
+    all[0] = step("a", 5);
+    reads_agree(&fresh(), &run, all).await;
+    assert_eq!(step_items().await, 48);
+}
+
+async fn count_step_items(ddb: &aws_sdk_dynamodb::Client, table: &str, pk: &str) -> i32 {
+    ddb.query()
+        .table_name(table)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :s)")
+        .expression_attribute_values(":pk", s(pk))
+        .expression_attribute_values(":s", s("STEP#"))
+        .send()
+        .await
+        .unwrap()
+        .count
+}
+
+/// Every read path of `b` finds `want` (in key order) for the run.
+async fn reads_agree(
+    b: &DynamoStore,
+    run: &crate::domain::RunRecord,
+    want: Vec<crate::domain::StepRecord>,
+) {
+    use crate::domain::WorkspaceId;
+    use crate::ports::RunStore;
+    let ws = &run.workspace_id;
+    let keys: Vec<String> = want.iter().map(|s| s.key.clone()).collect();
+    assert_eq!(b.get_steps(ws, &run.id).await.unwrap(), want);
+    assert_eq!(
+        b.load_run(ws, &run.id).await.unwrap(),
+        Some((run.clone(), want.clone()))
+    );
+    let backwards_keys: Vec<String> = keys.iter().rev().cloned().collect();
+    let backwards: Vec<_> = want.iter().rev().cloned().collect();
+    assert_eq!(
+        b.get_steps_by_keys(ws, &run.id, &backwards_keys)
+            .await
+            .unwrap(),
+        backwards
+    );
+    let heads = b.get_step_heads(ws, &run.id).await.unwrap();
+    assert_eq!(heads.len(), want.len());
+    assert!(heads.iter().all(|h| h.output.is_none()));
+    let head = b.get_step_head(ws, &run.id, &keys[0]).await.unwrap();
+    assert_eq!(head.map(|h| h.key), Some(keys[0].clone()));
+    assert!(
+        b.get_step_head(ws, &run.id, "nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Another workspace sees nothing.
+    assert!(
+        b.get_steps(&WorkspaceId::generate(), &run.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
