@@ -44,7 +44,9 @@ impl Stack {
                 self.park(&ws, &run, revision, &task_token).await?;
                 return Ok(json!({}));
             }
-            let out = stepfunctions::handle(self.stores(), &self.settings, req, chrono::Utc::now())
+            let now = chrono::Utc::now();
+            let kept = Some(&self.kept_records);
+            let out = stepfunctions::handle(self.stores(), &self.settings, kept, req, now)
                 .await
                 .map_err(FunctionError::from_core)?;
             serde_json::to_value(out).map_err(|e| FunctionError::Internal(e.to_string()))

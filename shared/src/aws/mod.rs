@@ -31,6 +31,8 @@ pub struct Stack {
     pub secrets: Arc<SecretsManagerStore>,
     pub sfn: aws_sdk_sfn::Client,
     pub definitions: Arc<DefinitionCache>,
+    /// Big runs' records kept between this process's passes (plan).
+    pub kept_records: crate::orchestrator::stepfunctions::KeptRecords,
 }
 
 impl Stack {
@@ -71,6 +73,7 @@ impl Stack {
             )),
             sfn,
             definitions: Arc::new(DefinitionCache::default()),
+            kept_records: Default::default(),
             settings,
         })
     }

@@ -120,6 +120,43 @@ pub fn scope_of(key: &str) -> &str {
     key.rfind('.').map_or("", |i| &key[..=i])
 }
 
+/// The keys of the step records the context of the step at `key` reads
+/// (`context_for`): the steps its templates name, in its scope and the
+/// enclosing ones, and each enclosing map's own record (for `item`). None
+/// for a key the workflow does not have (its context would hold all).
+pub fn records_read(wf: &Workflow, key: &str) -> Option<Vec<String>> {
+    let names = &wf.step_by_key(key)?.reads;
+    let named = |steps: &[Step], prefix: &str| -> Vec<String> {
+        steps
+            .iter()
+            .filter(|s| names.contains(&s.id))
+            .map(|s| format!("{prefix}{}", s.id))
+            .collect()
+    };
+    let mut keys = named(&wf.steps, "");
+    let segs: Vec<&str> = scope_of(key).split('.').filter(|s| !s.is_empty()).collect();
+    let mut steps = &wf.steps;
+    let mut prefix = String::new();
+    for pair in segs.chunks(2) {
+        let [map_id, index] = pair else { break };
+        let Some(Step {
+            kind: StepKind::Map(map),
+            ..
+        }) = steps.iter().find(|s| s.id == *map_id)
+        else {
+            break;
+        };
+        let map_key = format!("{prefix}{map_id}");
+        if names.contains("item") {
+            keys.push(map_key.clone());
+        }
+        prefix = format!("{map_key}.{index}.");
+        steps = &map.steps;
+        keys.extend(named(steps, &prefix));
+    }
+    Some(keys)
+}
+
 /// The template context for the step with this key.
 /// (Only the names the step's templates read are put in.)
 pub fn context_for(wf: &Workflow, info: RunInfo<'_>, recs: &Records, key: &str) -> Context {

@@ -7,7 +7,7 @@ mod external;
 pub mod steps;
 
 pub use advance::{Advanced, DEFAULT_STEP_TIMEOUT, Dispatch, Limits, advance, advance_from};
-pub use context::{RunInfo, context_for, value_of};
+pub use context::{RunInfo, context_for, records_read, value_of};
 pub use external::{
     InFlight, ORPHAN_GRACE, Orphans, attempt_deadline, interrupt_orphans, record_external,
 };

@@ -165,6 +165,51 @@ fn maps_collect_outputs_in_order() {
     assert!(adv.error.unwrap().message.contains("must produce a list"));
 }
 
+/// A step's context built from only the records `records_read` names is
+/// the one built from all of the run's records, at every level of nesting.
+#[test]
+fn a_steps_context_needs_only_the_records_it_reads() {
+    let w = wf(json!({"name": "t", "steps": [
+        {"id": "pre", "type": "transform", "expression": "trigger.k"},
+        {"id": "other", "type": "transform", "expression": "1"},
+        {"id": "each", "type": "map", "items": "{{ trigger.xs }}", "steps": [
+            {"id": "sq", "type": "transform", "expression": "item * pre"},
+            {"id": "rows", "type": "map", "items": "{{ [sq, sq] }}", "steps": [
+                {"id": "in", "type": "transform", "inputs": "{{ index }}:{{ item }}:{{ sq }}:{{ pre }}"}
+            ]},
+            {"id": "fmt", "type": "transform", "inputs": "{{ rows }} {{ run.id }}"}
+        ]},
+        {"id": "last", "type": "transform", "inputs": "{{ each }} {{ pre }}"}
+    ]}));
+    let input = json!({"xs": [3, 1], "k": 2});
+    let mut recs = Records::new();
+    let adv = advance(&w, info(&input), &mut recs, t0(), Limits::default());
+    assert_eq!(adv.status, RunStatus::Completed, "{adv:?}");
+    for key in [
+        "pre",
+        "each",
+        "each.1.sq",
+        "each.0.rows.1.in",
+        "each.1.fmt",
+        "last",
+    ] {
+        let read = context::records_read(&w, key).unwrap();
+        let some: Records = read
+            .iter()
+            .filter_map(|k| recs.get(k).map(|r| (k.clone(), r.clone())))
+            .collect();
+        assert!(some.len() < recs.len(), "{key} reads {read:?}");
+        let names = context::Names::Read(&w.step_by_key(key).unwrap().reads);
+        let scope = context::scope_of(key);
+        assert_eq!(
+            context::scope_values(&w, info(&input), &some, scope, names),
+            context::scope_values(&w, info(&input), &recs, scope, names),
+            "{key} reads {read:?}"
+        );
+    }
+    assert_eq!(context::records_read(&w, "nope"), None);
+}
+
 #[test]
 fn continue_on_error_lets_dependents_see_the_error() {
     let w = wf(json!({"name": "t", "steps": [

@@ -94,6 +94,15 @@ impl RunStore for PanicsOnce {
     async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()> {
         self.inner.put_result(ws, id, r).await
     }
+    async fn has_result(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+        attempt: u32,
+    ) -> StoreResult<bool> {
+        self.inner.has_result(ws, id, key, attempt).await
+    }
     async fn pending_results(
         &self,
         ws: &WorkspaceId,

@@ -18,9 +18,12 @@ use anyhow::Context as _;
 
 use super::lease;
 use super::tick::{self, Stores};
+
+mod kept_records;
 use crate::domain::{RunId, StepError, WorkspaceId};
 use crate::engine::InFlight;
 use crate::ports::StepExecutor;
+pub use kept_records::KeptRecords;
 
 /// Longest a Wait or a task token may last in one go (Step Functions allows
 /// a year per execution; runs longer than that are out of scope).
@@ -247,6 +250,7 @@ pub async fn run_step(
 pub async fn handle(
     s: Stores<'_>,
     names: &dyn FunctionNames,
+    kept: Option<&KeptRecords>,
     req: PlanRequest,
     now: DateTime<Utc>,
 ) -> anyhow::Result<PlanResponse> {
@@ -305,7 +309,7 @@ pub async fn handle(
         owner: &execution,
         counts_events: express_started_at.is_none(),
     };
-    let (mut out, events) = answer(s, names, ws, run_id, holder, now).await?;
+    let (mut out, events) = answer(s, names, kept, ws, run_id, holder, now).await?;
     let move_on = match express_started_at {
         Some(started) => leaves_express(&out, started, now),
         // A Standard execution whose history is nearly full goes on in a
@@ -419,6 +423,7 @@ fn leaves_express(out: &PlanResponse, started: DateTime<Utc>, now: DateTime<Utc>
 async fn answer(
     s: Stores<'_>,
     names: &dyn FunctionNames,
+    kept: Option<&KeptRecords>,
     ws: WorkspaceId,
     run_id: RunId,
     holder: tick::Holder<'_>,
@@ -427,6 +432,7 @@ async fn answer(
     // Between Plan calls no step function of this execution is running; an
     // attempt another execution handed out counts as running until its
     // deadline has passed.
+    let cache = kept.map(|k| k.of((ws.clone(), run_id.clone())));
     let driving = tick::Driving {
         in_flight: InFlight::UntilDeadline,
         max_dispatch: Some(MAX_DISPATCH),
@@ -434,7 +440,7 @@ async fn answer(
         claim: &|_, _| {},
         results: &[],
         inbox: true,
-        cache: None,
+        cache: cache.as_ref().map(|c| c as &dyn tick::RecordCache),
         memory: None,
     };
     let ticked = tick::tick(s, &ws, &run_id, &driving).await?;

@@ -346,28 +346,52 @@ async fn pass(
     }
     let mut changed = Vec::new();
     let mut dispatch = Vec::new();
+    // Results read from the store that this pass recorded or found stale
+    // (cleared once it is written), and whether some were left for later.
+    let mut cleared: Vec<&PendingResult> = Vec::new();
+    let mut deferred = false;
+    let max_steps = s.runs.write_limits().max_steps;
     let mut awaits_event = false;
     let mut progressed = wf.is_none() || !logs.is_empty();
     if let Some(wf) = &wf {
         let mut recorded = Vec::new();
-        // The driver's own results end now; those left in the store, when
-        // their attempt ended.
-        let results = driving
-            .results
-            .iter()
-            .map(|r| (&r.key, r.attempt, &r.result, now))
-            .chain(
-                inbox
-                    .iter()
-                    .map(|r| (&r.key, r.attempt, &r.result, r.finished_at.min(now))),
-            );
-        for (key, attempt, result, at) in results {
-            if let Some(line) =
-                record_external(wf, &mut recs, id.as_str(), key, attempt, result.clone(), at)
-            {
+        let mut record = |recs: &mut Records,
+                          key: &String,
+                          attempt: u32,
+                          result: &Result<serde_json::Value, StepError>,
+                          at: chrono::DateTime<Utc>| {
+            let line = record_external(wf, recs, id.as_str(), key, attempt, result.clone(), at);
+            if let Some(line) = &line {
                 tracing::info!(step_id = %key, "{}", line.message);
-                logs.push(line);
+                logs.push(line.clone());
                 recorded.push(key.clone());
+            }
+            line.is_some()
+        };
+        // The driver's own results end now.
+        for r in driving.results {
+            record(&mut recs, &r.key, r.attempt, &r.result, now);
+        }
+        // Those left in the store, as of when their attempt ended: at most
+        // half a write's changed steps (the rest wait for the next pass, at
+        // once), so that with the steps this pass changes they fit one
+        // write. A stale one is cleared; one of an attempt later than the
+        // records read (another driver started it since) stays.
+        let most = max_steps.map_or(usize::MAX, |m| (m / 2).max(1));
+        let mut taken = 0;
+        for r in &inbox {
+            if taken == most {
+                deferred = true;
+                break;
+            }
+            let at = r.finished_at.min(now);
+            if record(&mut recs, &r.key, r.attempt, &r.result, at) {
+                taken += 1;
+                cleared.push(r);
+            } else if recs.get(&r.key).is_none_or(|rec| {
+                rec.status.is_terminal() || rec.attempts.len() >= r.attempt as usize
+            }) {
+                cleared.push(r);
             }
         }
         let orphans = interrupt_orphans(
@@ -385,7 +409,10 @@ async fn pass(
             input: &run.input,
         };
         let limits = Limits {
-            max_changes: s.runs.write_limits().max_steps,
+            max_changes: max_steps.map(|m| {
+                m.saturating_sub(recorded.len() + orphans.changed.len())
+                    .max(1)
+            }),
             max_dispatch: driving.max_dispatch,
         };
         let adv = cpu(|| advance_from(wf, info, &mut recs, now, limits, &mut cursors));
@@ -396,6 +423,9 @@ async fn pass(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if deferred && !adv.status.is_terminal() {
+            run.wake_at = Some(now);
+        }
         if adv.status.is_terminal() {
             run.finished_at = Some(now);
             if let Some(o) = &adv.output {
@@ -445,7 +475,7 @@ async fn pass(
         }
     }
     if !progressed && !lease_changed {
-        clear_inbox(s, &run, &inbox).await;
+        clear_inbox(s, &run, &cleared).await;
         if let Some(c) = driving.cache {
             c.keep(Kept {
                 revision: run.revision,
@@ -471,7 +501,7 @@ async fn pass(
     (driving.claim)(&dispatch, true);
     match s.runs.save_run(&write).await {
         Ok(()) => {
-            clear_inbox(s, &write.run, &inbox).await;
+            clear_inbox(s, &write.run, &cleared).await;
             if let Some(c) = driving.cache.filter(|_| !finished) {
                 c.keep(Kept {
                     revision: write.run.revision,
@@ -511,7 +541,7 @@ async fn pass(
 /// Removes the results a pass read from the store once it has recorded
 /// them (or found them stale). A failure only leaves them for the next pass,
 /// which finds them stale.
-async fn clear_inbox(s: Stores<'_>, run: &RunRecord, inbox: &[PendingResult]) {
+async fn clear_inbox(s: Stores<'_>, run: &RunRecord, inbox: &[&PendingResult]) {
     if inbox.is_empty() {
         return;
     }
@@ -575,13 +605,22 @@ pub async fn prepare_call(
     key: &str,
     attempt: u32,
 ) -> anyhow::Result<Option<StepCall>> {
-    let Some((run, recs)) = load_active(s, ws, id).await? else {
+    // The run with this step's record, then the records its context reads
+    // (not the whole run: a step of a 10,000-item map reads a few).
+    // An attempt whose result already waits for the pass (this function
+    // invoked again after it had left it) is not run again.
+    let own = [key.to_owned()];
+    let (loaded, done) = tokio::join!(
+        s.runs.load_run_at(ws, id, &own),
+        s.runs.has_result(ws, id, key, attempt)
+    );
+    let Some((run, steps)) = loaded.context("reading the run")? else {
         return Ok(None);
     };
-    let running = recs
-        .get(key)
-        .is_some_and(|r| r.status == StepStatus::Running && r.attempts.len() == attempt as usize);
-    if !running {
+    let running = steps.first().is_some_and(|r| {
+        r.key == key && r.status == StepStatus::Running && r.attempts.len() == attempt as usize
+    });
+    if run.status.is_terminal() || !running || done.context("reading the run's results")? {
         return Ok(None);
     }
     let wf = s
@@ -591,6 +630,18 @@ pub async fn prepare_call(
         .context("loading the workflow")?;
     let Some(step) = wf.step_by_key(key) else {
         return Ok(None);
+    };
+    let read = crate::engine::records_read(&wf, key).unwrap_or_default();
+    let recs: Records = match read.is_empty() {
+        true => Records::new(),
+        false => s
+            .runs
+            .get_steps_by_keys(ws, id, &read)
+            .await
+            .context("reading the run's steps")?
+            .into_iter()
+            .map(|r| (r.key.clone(), r))
+            .collect(),
     };
     let info = RunInfo {
         run_id: id.as_str(),

@@ -352,6 +352,15 @@ async fn big_saves_fit_the_write_limits(s: &Stores) {
         st.reason = Some("map `m` failed".into());
         steps.push(st);
     }
+    // A writer that read an older revision writes none of it, not even
+    // the cancellations a store may write apart from the rest.
+    let mut stale = r.clone();
+    stale.revision = 3;
+    assert!(matches!(
+        save(s, &stale, steps.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.runs.get_steps(&w, &r.id).await.unwrap().is_empty());
     r.revision = 2;
     r.status = RunStatus::Failed;
     save(s, &r, steps).await.unwrap();
@@ -716,17 +725,25 @@ async fn results_wait_for_the_next_pass(s: &Stores) {
         .put_result(&w, &r.id, &result("a", 1, true))
         .await
         .unwrap();
-    // The same attempt again (a retried function): the last one stands.
+    // The same attempt again (a retried function, or a failure recorded
+    // after its result): the first one stands.
     s.runs
         .put_result(&w, &r.id, &result("a", 2, true))
         .await
         .unwrap();
+    s.runs
+        .put_result(&w, &r.id, &result("b", 1, false))
+        .await
+        .unwrap();
+    assert!(s.runs.has_result(&w, &r.id, "a", 2).await.unwrap());
+    assert!(!s.runs.has_result(&w, &r.id, "a", 3).await.unwrap());
+    assert!(!s.runs.has_result(&ws(), &r.id, "a", 2).await.unwrap());
 
     let stored = s.runs.get_run(&w, &r.id).await.unwrap().unwrap();
     assert_eq!(stored.revision, r.revision, "the run is not written");
     let want = vec![
         result("a", 1, true),
-        result("a", 2, true),
+        result("a", 2, false),
         result("b", 1, true),
     ];
     assert_eq!(s.runs.pending_results(&w, &r.id).await.unwrap(), want);

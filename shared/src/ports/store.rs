@@ -113,7 +113,7 @@ pub struct PendingResult {
 }
 
 /// How much one `save_run` may hold in one atomic write. Steps that only
-/// become `cancelled` are exempt: a store may write them ahead of the rest
+/// become `cancelled` are exempt: a store may write them apart, after the rest
 /// (cancelling an unfinished step is what any later pass would do too).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteLimits {
@@ -195,9 +195,19 @@ pub trait RunStore: Send + Sync {
         Ok(Some((run, self.get_steps_by_keys(ws, id, keys).await?)))
     }
     /// Leaves an attempt's result for the run's next pass (see
-    /// `PendingResult`); a second result for the same attempt replaces the
-    /// first.
+    /// `PendingResult`). The first result left for an attempt stands: a
+    /// second (a retried function's, or a failure the state machine
+    /// records after the function had left its result) is dropped.
     async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()>;
+    /// Whether a result of this attempt waits for the run's next pass (a
+    /// step function invoked again for it does not run it again).
+    async fn has_result(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+        attempt: u32,
+    ) -> StoreResult<bool>;
     /// The results left for the run, by step key and attempt.
     async fn pending_results(
         &self,

@@ -176,6 +176,21 @@ impl DynamoStore {
                 recs.into_iter().map(|r| (r.key.clone(), r)).collect();
             return Ok(keys.iter().filter_map(|k| by_key.remove(k)).collect());
         }
+        // A BatchGet reads each item consistently, not all at one moment: a
+        // run unpacked between its reads shows its run item without `steps`
+        // and may miss step items the unpacking wrote. Read missing ones
+        // again (now that the run item shows them written).
+        let again;
+        let items = match items.len() < keys.len() && run.is_some() {
+            true => {
+                let pk = run.map(|r| get_s(r, "pk")).transpose()?.unwrap_or_default();
+                again = self
+                    .batch_get(keys.iter().map(|k| key(pk, format!("STEP#{k}"))).collect())
+                    .await?;
+                &again
+            }
+            false => items,
+        };
         let mut steps = Vec::new();
         for item in items {
             steps.push(self.read_data(item).await?);
@@ -280,6 +295,8 @@ impl DynamoStore {
 
 /// Every write of a run states the revision it read.
 const RUN_CONDITION: &str = "revision = :prev";
+/// The run item's attribute naming the write that made its revision.
+const WRITER: &str = "writer";
 
 /// A conditional update of the run item, for a transaction or alone.
 struct RunUpdate {
@@ -342,7 +359,12 @@ impl DynamoStore {
     }
 
     /// The conditional update of the run item (`revision = :prev`).
-    async fn run_update(&self, run: &RunRecord, packing: Packing) -> StoreResult<RunUpdate> {
+    async fn run_update(
+        &self,
+        run: &RunRecord,
+        packing: Packing,
+        writer: &str,
+    ) -> StoreResult<RunUpdate> {
         let item = run_attrs(self, run).await?;
         // The record is inline (`data`) or in S3 (`data_ref`); the other
         // attribute goes.
@@ -360,7 +382,10 @@ impl DynamoStore {
         .into();
         // In the active-runs index while unfinished and leased; out of it
         // otherwise. (An unchanged key writes nothing to the index.)
-        let mut sets = format!("{set} = :d, revision = :rev, #st = :st");
+        // Who wrote this revision: a write whose answer was lost and that
+        // the SDK sent again knows its own revision by it.
+        values.insert(":wr".to_owned(), s(writer));
+        let mut sets = format!("{set} = :d, revision = :rev, #st = :st, #wr = :wr");
         let mut removes = vec![drop];
         match active_keys(run) {
             Some((pk, sk)) => {
@@ -373,6 +398,7 @@ impl DynamoStore {
         let mut names: std::collections::HashMap<String, String> = [
             ("#d".to_owned(), "data".to_owned()),
             ("#st".to_owned(), "status".to_owned()),
+            ("#wr".to_owned(), WRITER.to_owned()),
         ]
         .into();
         match packing {
@@ -401,8 +427,10 @@ impl DynamoStore {
     /// lost; a process that dies between the two loses that save's lines,
     /// never the run's state.
     async fn update_run(&self, w: &RunWrite, packing: Packing) -> StoreResult<()> {
-        let u = self.run_update(&w.run, packing).await?;
-        self.client
+        let writer = ulid::Ulid::new().to_string();
+        let u = self.run_update(&w.run, packing, &writer).await?;
+        let sent = self
+            .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(u.key))
@@ -412,20 +440,48 @@ impl DynamoStore {
             .set_expression_attribute_values(Some(u.values))
             .send()
             .await
-            .map_err(|e| match sdk(e) {
-                StoreError::Conflict(_) => StoreError::Conflict(format!(
+            .map_err(sdk);
+        match sent {
+            Ok(_) => {}
+            // An UpdateItem is not idempotent: when the SDK sent it again
+            // after its answer was lost, the condition fails on this very
+            // write. The stored revision says whose it is.
+            Err(StoreError::Conflict(_)) if self.wrote(&w.run, &writer).await? => {}
+            Err(StoreError::Conflict(_)) => {
+                return Err(StoreError::Conflict(format!(
                     "run {} is not at revision {}",
                     w.run.id,
                     w.run.revision.saturating_sub(1)
-                )),
-                other => other,
-            })?;
+                )));
+            }
+            Err(e) => return Err(e),
+        }
         if !w.logs.is_empty()
             && let Err(e) = self.batch_put(log_items(&w.run, &w.logs)?).await
         {
             tracing::warn!(run_id = %w.run.id, error = %e, "writing a save's log lines");
         }
         Ok(())
+    }
+
+    /// Whether the stored run is at `run.revision`, written by `writer`.
+    async fn wrote(&self, run: &RunRecord, writer: &str) -> StoreResult<bool> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(run_pk(&run.workspace_id, &run.id), "RUN")))
+            .consistent_read(true)
+            .projection_expression("revision, #wr")
+            .expression_attribute_names("#wr", WRITER)
+            .send()
+            .await
+            .map_err(sdk)?
+            .item;
+        Ok(item.is_some_and(|i| {
+            get_i(&i, "revision") as u64 == run.revision
+                && get_s(&i, WRITER).is_ok_and(|w| w == writer)
+        }))
     }
 
     /// A save whose steps are items: one transaction of the run's update,
@@ -443,7 +499,10 @@ impl DynamoStore {
         } else {
             Packing::Keep
         };
-        let u = self.run_update(run, packing).await?;
+        // A transaction is idempotent by its token (the SDK sets one), so
+        // the writer's id is not needed to tell a resent one.
+        let writer = ulid::Ulid::new().to_string();
+        let u = self.run_update(run, packing, &writer).await?;
         let update = build(
             Update::builder()
                 .table_name(&self.table)
@@ -454,9 +513,10 @@ impl DynamoStore {
                 .set_expression_attribute_values(Some(u.values))
                 .build(),
         )?;
-        // Steps that only became cancelled may go ahead of the transaction
-        // (`WriteLimits`): any later pass would cancel them too. The rest
-        // is one transaction with the run's conditional update.
+        // Steps that only became cancelled may be written apart, once the
+        // transaction has held (`WriteLimits`): a write that lost writes none
+        // of them, so none can overwrite what the winner wrote. The rest is
+        // one transaction with the run's conditional update.
         let (ahead, steps): (Vec<&StepRecord>, Vec<&StepRecord>) =
             if steps.len() > MAX_STEPS_PER_SAVE {
                 steps
@@ -476,13 +536,6 @@ impl DynamoStore {
                 run.id,
                 others.len() + 1
             )));
-        }
-        if !ahead.is_empty() {
-            let mut items = Vec::with_capacity(ahead.len());
-            for st in ahead {
-                items.push(step_item(self, run, st).await?);
-            }
-            self.batch_put(items).await?;
         }
         let mut tx = self
             .client
@@ -507,6 +560,13 @@ impl DynamoStore {
                 )),
                 _ => sdk(e),
             })?;
+        if !ahead.is_empty() {
+            let mut items = Vec::with_capacity(ahead.len());
+            for st in ahead {
+                items.push(step_item(self, run, st).await?);
+            }
+            self.batch_put(items).await?;
+        }
         Ok(())
     }
 }
@@ -690,7 +750,33 @@ impl RunStore for DynamoStore {
         self.set_data(&mut item, serde_json::to_string(r)?).await?;
         let expires = Utc::now() + chrono::Duration::days(RESULT_TTL_DAYS);
         item.insert("ttl".into(), n(expires.timestamp()));
-        self.put(item, false).await
+        // The first result of an attempt stands (a retried request that
+        // had been applied finds its own).
+        match self.put(item, true).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn has_result(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+        attempt: u32,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(result_key(ws, id, key, attempt)))
+            .consistent_read(true)
+            .projection_expression("sk")
+            .send()
+            .await
+            .map_err(sdk)?
+            .item
+            .is_some())
     }
 
     async fn pending_results(

@@ -225,9 +225,25 @@ impl RunStore for SqliteStore {
         let data = serde_json::to_string(r)?;
         self.db
             .write(move |tx| {
-                tx.prepare_cached("INSERT OR REPLACE INTO step_results (workspace_id, run_id, key, attempt, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                tx.prepare_cached("INSERT OR IGNORE INTO step_results (workspace_id, run_id, key, attempt, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
                     .execute(params![ws, id, key, attempt, data])?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn has_result(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+        attempt: u32,
+    ) -> StoreResult<bool> {
+        let (ws, id, key) = (ws.to_string(), id.to_string(), key.to_owned());
+        self.db
+            .read(move |c| {
+                Ok(c.prepare_cached("SELECT 1 FROM step_results WHERE workspace_id = ?1 AND run_id = ?2 AND key = ?3 AND attempt = ?4")?
+                    .exists(params![ws, id, key, attempt])?)
             })
             .await
     }

@@ -14,8 +14,8 @@ use super::*;
 use crate::adapters::http::{EgressPolicy, HttpExecutor};
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::{App, DefinitionCache};
-use crate::domain::{RunStatus, StepStatus, WorkflowId};
-use crate::ports::{DriverError, RunDriver, StoreSet};
+use crate::domain::{RunRecord, RunStatus, StepRecord, StepStatus, WorkflowId};
+use crate::ports::{DriverError, PendingResult, RunDriver, StoreResult, StoreSet};
 use crate::ports::{RunStore, StepRequest};
 
 /// The state machine itself starts nothing in these tests.
@@ -52,6 +52,8 @@ struct Harness {
     app: App,
     store: Arc<SqliteStore>,
     http: HttpExecutor,
+    /// The plan function's process: big runs' records kept between passes.
+    kept: KeptRecords,
 }
 
 impl Harness {
@@ -64,7 +66,12 @@ impl Harness {
         );
         let policy = EgressPolicy::allowing("127.0.0.0/8").unwrap();
         let http = HttpExecutor::new(policy, store.clone()).unwrap();
-        Self { app, store, http }
+        Self {
+            app,
+            store,
+            http,
+            kept: KeptRecords::default(),
+        }
     }
 
     fn stores(&self) -> Stores<'_> {
@@ -76,7 +83,7 @@ impl Harness {
     }
 
     async fn plan(&self, req: PlanRequest) -> PlanResponse {
-        handle(self.stores(), &Names, req, Utc::now())
+        handle(self.stores(), &Names, Some(&self.kept), req, Utc::now())
             .await
             .unwrap()
     }
@@ -174,6 +181,7 @@ async fn the_machine_loop_runs_a_workflow_with_a_crash_a_retry_and_an_approval()
     let recorded = handle(
         h.stores(),
         &Names,
+        None,
         PlanRequest::RecordFailure {
             workspace_id: ws.clone(),
             run_id: run.id.clone(),
@@ -685,4 +693,384 @@ async fn a_wide_fan_out_is_handed_out_in_waves() {
     assert_eq!(handed, 100);
     let view = h.app.get_run(&ws, &run.id).await.unwrap();
     assert_eq!(view.run.status, RunStatus::Completed);
+}
+
+/// The harness's store, counting reads of all of a run's step records.
+struct Counting {
+    inner: Arc<SqliteStore>,
+    whole_reads: std::sync::atomic::AtomicUsize,
+    /// The write limit it reports (DynamoDB's is 40 changed steps).
+    max_steps: Option<usize>,
+    /// The most changed steps one save held.
+    largest_save: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn count(&self) {
+        self.whole_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl RunStore for Counting {
+    fn write_limits(&self) -> crate::ports::WriteLimits {
+        crate::ports::WriteLimits {
+            max_steps: self.max_steps,
+        }
+    }
+    async fn create_run(
+        &self,
+        r: &RunRecord,
+        c: Option<&crate::ports::IdempotencyClaim>,
+    ) -> crate::ports::StoreResult<crate::ports::CreateRun> {
+        self.inner.create_run(r, c).await
+    }
+    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        self.inner.get_run(ws, id).await
+    }
+    async fn get_run_head(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        self.inner.get_run_head(ws, id).await
+    }
+    async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
+        self.count();
+        self.inner.get_steps(ws, id).await
+    }
+    async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
+        self.inner.get_step_heads(ws, id).await
+    }
+    async fn get_steps_by_keys(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        keys: &[String],
+    ) -> StoreResult<Vec<StepRecord>> {
+        self.inner.get_steps_by_keys(ws, id, keys).await
+    }
+    async fn get_step_head(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+    ) -> StoreResult<Option<StepRecord>> {
+        self.inner.get_step_head(ws, id, key).await
+    }
+    async fn load_run(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
+        self.count();
+        self.inner.load_run(ws, id).await
+    }
+    async fn load_run_with_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>, Vec<PendingResult>)>> {
+        self.count();
+        self.inner.load_run_with_results(ws, id).await
+    }
+    async fn load_run_at(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        keys: &[String],
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
+        self.inner.load_run_at(ws, id, keys).await
+    }
+    async fn list_runs(
+        &self,
+        ws: &WorkspaceId,
+        f: &crate::ports::RunFilter,
+        p: &crate::ports::PageRequest,
+    ) -> StoreResult<crate::ports::Page<RunRecord>> {
+        self.inner.list_runs(ws, f, p).await
+    }
+    async fn save_run(&self, w: &crate::ports::RunWrite) -> StoreResult<()> {
+        self.largest_save
+            .fetch_max(w.steps.len(), std::sync::atomic::Ordering::SeqCst);
+        self.inner.save_run(w).await
+    }
+    async fn list_logs(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        p: &crate::ports::PageRequest,
+    ) -> StoreResult<crate::ports::Page<crate::domain::LogEntry>> {
+        self.inner.list_logs(ws, id, p).await
+    }
+    async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()> {
+        self.inner.put_result(ws, id, r).await
+    }
+    async fn has_result(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+        attempt: u32,
+    ) -> StoreResult<bool> {
+        self.inner.has_result(ws, id, key, attempt).await
+    }
+    async fn pending_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+    ) -> StoreResult<Vec<PendingResult>> {
+        self.inner.pending_results(ws, id).await
+    }
+    async fn clear_results(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        attempts: &[(String, u32)],
+    ) -> StoreResult<()> {
+        self.inner.clear_results(ws, id, attempts).await
+    }
+}
+
+/// A big run's passes in one process use the records it kept from its last
+/// pass (reading only the run and its results), and come to the same end:
+/// each step function reads only the records its step's context names.
+#[tokio::test]
+async fn a_big_runs_records_are_kept_between_passes() {
+    let h = Harness::new();
+    let base = echo_server().await;
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "big", "name": "big", "steps": [
+        {"id": "first", "type": "transform", "expression": "trigger.k"},
+        {"id": "m", "type": "map", "items": "{{ range(300) | list }}", "concurrency": 300,
+         "step": {"id": "call", "type": "http", "method": "POST", "url": format!("{base}/echo"),
+                  "body": {"i": "{{ item }}", "k": "{{ first }}"}},
+         "output": "{{ call.body.echo.i + call.body.echo.k }}"}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("big"),
+            crate::app::StartRun::with_input(json!({"k": 1000})),
+        )
+        .await
+        .unwrap();
+    let counting = Counting {
+        inner: h.store.clone(),
+        whole_reads: Default::default(),
+        max_steps: None,
+        largest_save: Default::default(),
+    };
+    let stores = Stores {
+        runs: &counting,
+        workflows: h.store.as_ref(),
+        definitions: &h.app.definitions,
+    };
+    let (mut kept_between, mut passes) = (0, 0);
+    for _ in 0..20 {
+        let req = planning(&ws, &run.id, None);
+        let r = handle(stores, &Names, Some(&h.kept), req, Utc::now())
+            .await
+            .unwrap();
+        passes += 1;
+        if r.next == Next::Finished {
+            break;
+        }
+        kept_between += usize::from(h.kept.holds(&ws, &run.id));
+        for t in &r.dispatch {
+            run_step(stores, Some(&h.http), &t.call).await.unwrap();
+        }
+        // An approval or cancel moves the revision on: the next pass reads
+        // the store (a write here stands in for one).
+        if kept_between == 2 {
+            let mut stored = h.store.get_run(&ws, &run.id).await.unwrap().unwrap();
+            stored.revision += 1;
+            h.store
+                .save_run(&crate::ports::RunWrite {
+                    run: stored,
+                    steps: vec![],
+                    logs: vec![],
+                })
+                .await
+                .unwrap();
+        }
+    }
+    assert!(kept_between >= 4, "kept after {kept_between} passes");
+    // Every pass after one that kept the records used them (read no step
+    // record), but the one after the revision moved on.
+    let whole = counting
+        .whole_reads
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(whole, passes - kept_between + 1, "{passes} passes");
+    let view = h.app.get_run(&ws, &run.id).await.unwrap();
+    assert_eq!(
+        view.run.status,
+        RunStatus::Completed,
+        "{:?}",
+        view.run.error
+    );
+    let want: Vec<i64> = (0..300).map(|i| i + 1000).collect();
+    assert_eq!(view.run.output, Some(json!(want)));
+    assert!(!h.kept.holds(&ws, &run.id), "a finished run is not kept");
+}
+
+/// A step function invoked again for an attempt whose result already waits
+/// for the pass (Lambda retried it, or it failed after leaving its result)
+/// does not call out again, and the first result stands.
+#[tokio::test]
+async fn a_step_function_invoked_again_does_not_run_the_attempt_again() {
+    let h = Harness::new();
+    let (base, calls) = counting_server().await;
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "once", "name": "once", "steps": [
+        {"id": "call", "type": "http", "method": "POST", "url": format!("{base}/count")}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("once"),
+            crate::app::StartRun::with_input(json!({})),
+        )
+        .await
+        .unwrap();
+    let r = h.plan(planning(&ws, &run.id, None)).await;
+    let one = r.step.clone().unwrap();
+    h.step_function(&one).await;
+    h.step_function(&one).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The state machine's Catch records a failure after the result: dropped.
+    handle(
+        h.stores(),
+        &Names,
+        None,
+        PlanRequest::RecordFailure {
+            workspace_id: ws.clone(),
+            run_id: run.id.clone(),
+            dispatch: r.dispatch.clone(),
+            failure: json!({"Error": "Lambda.Unknown", "Cause": "timed out"}),
+        },
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let r = h.plan(planning(&ws, &run.id, None)).await;
+    assert_eq!(r.next, Next::Finished, "{r:?}");
+    let view = h.app.get_run(&ws, &run.id).await.unwrap();
+    assert_eq!(
+        view.run.status,
+        RunStatus::Completed,
+        "{:?}",
+        view.run.error
+    );
+}
+
+/// A pass records at most half a write's worth of the results left for it
+/// (with what it then changes, a save stays within the store's limit) and
+/// the rest on the next; a result of an attempt later than the records it
+/// read stays for the pass that knows that attempt.
+#[tokio::test]
+async fn a_pass_records_what_fits_one_write_and_leaves_the_rest() {
+    let h = Harness::new();
+    let base = echo_server().await;
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "ten", "name": "ten", "steps": [
+        {"id": "m", "type": "map", "items": "{{ range(10) | list }}", "concurrency": 10,
+         "step": {"id": "call", "type": "http", "method": "POST", "url": format!("{base}/echo"),
+                  "body": {"i": "{{ item }}"}},
+         "output": "{{ call.body.echo.i }}"},
+        {"id": "after", "type": "transform", "expression": "m | sum"}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("ten"),
+            crate::app::StartRun::with_input(json!({})),
+        )
+        .await
+        .unwrap();
+    let counting = Counting {
+        inner: h.store.clone(),
+        whole_reads: Default::default(),
+        max_steps: Some(4),
+        largest_save: Default::default(),
+    };
+    let stores = Stores {
+        runs: &counting,
+        workflows: h.store.as_ref(),
+        definitions: &h.app.definitions,
+    };
+    let plan = || {
+        handle(
+            stores,
+            &Names,
+            None,
+            planning(&ws, &run.id, None),
+            Utc::now(),
+        )
+    };
+    // The first waves start the ten calls, four changed steps a save.
+    let mut dispatched = Vec::new();
+    while dispatched.len() < 10 {
+        let r = plan().await.unwrap();
+        dispatched.extend(r.dispatch);
+    }
+    // A result of an attempt no pass has started yet (another driver's).
+    let future = PendingResult {
+        key: "m.0.call".into(),
+        attempt: 2,
+        result: Ok(json!({"status": 200, "body": {"echo": {"i": 0}}})),
+        finished_at: Utc::now(),
+    };
+    h.store.put_result(&ws, &run.id, &future).await.unwrap();
+    for t in &dispatched[1..] {
+        run_step(stores, Some(&h.http), &t.call).await.unwrap();
+    }
+    // Nine results wait; a pass records two of them.
+    let r = plan().await.unwrap();
+    assert_ne!(r.next, Next::Finished);
+    let left = h.store.pending_results(&ws, &run.id).await.unwrap();
+    assert_eq!(left.len(), 8, "{left:?}");
+    assert!(left.contains(&future));
+    for _ in 0..10 {
+        plan().await.unwrap();
+    }
+    // Only the later attempt's result is left; `m.0` still runs.
+    assert_eq!(
+        h.store.pending_results(&ws, &run.id).await.unwrap(),
+        vec![future]
+    );
+    run_step(stores, Some(&h.http), &dispatched[0].call)
+        .await
+        .unwrap();
+    let mut last = plan().await.unwrap();
+    for _ in 0..5 {
+        if last.next == Next::Finished {
+            break;
+        }
+        last = plan().await.unwrap();
+    }
+    assert_eq!(last.next, Next::Finished, "{last:?}");
+    let largest = counting
+        .largest_save
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(largest <= 4, "a save held {largest} changed steps");
+    let view = h.app.get_run(&ws, &run.id).await.unwrap();
+    assert_eq!(
+        view.run.status,
+        RunStatus::Completed,
+        "{:?}",
+        view.run.error
+    );
+    assert_eq!(view.run.output, Some(json!(45)));
+    // The finished step's stale result was cleared with the last pass.
+    assert!(
+        h.store
+            .pending_results(&ws, &run.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
