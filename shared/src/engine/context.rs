@@ -82,8 +82,39 @@ pub fn scope_values(
         );
     }
     add_scope(&wf.steps, "", recs, names, &mut out);
+    for level in enclosing_maps(wf, scope) {
+        if names.wants("item") {
+            let item = recs
+                .get(&level.map_key)
+                .and_then(|r| r.items.as_ref())
+                .and_then(|items| items.get(level.index))
+                .cloned()
+                .unwrap_or(Value::Null);
+            out.insert("item".into(), item);
+        }
+        if names.wants("index") {
+            out.insert("index".into(), json!(level.index));
+        }
+        add_scope(level.steps, &level.prefix, recs, names, &mut out);
+    }
+    out
+}
+
+/// One map iteration enclosing a scope, outermost first.
+struct MapLevel<'w> {
+    /// The map step's record key.
+    map_key: String,
+    index: usize,
+    /// The iteration's steps' keys begin with this (`m.3.`).
+    prefix: String,
+    steps: &'w [Step],
+}
+
+/// The map iterations enclosing `scope` (`m.3.n.0.` → `m` at 3, `n` at 0).
+fn enclosing_maps<'w>(wf: &'w Workflow, scope: &str) -> Vec<MapLevel<'w>> {
     let segs: Vec<&str> = scope.split('.').filter(|s| !s.is_empty()).collect();
-    let mut steps = &wf.steps;
+    let mut levels = Vec::new();
+    let mut steps = &wf.steps[..];
     let mut prefix = String::new();
     for pair in segs.chunks(2) {
         let [map_id, index] = pair else { break };
@@ -95,24 +126,16 @@ pub fn scope_values(
             break;
         };
         let map_key = format!("{prefix}{map_id}");
-        let i: usize = index.parse().unwrap_or(usize::MAX);
-        if names.wants("item") {
-            let item = recs
-                .get(&map_key)
-                .and_then(|r| r.items.as_ref())
-                .and_then(|items| items.get(i))
-                .cloned()
-                .unwrap_or(Value::Null);
-            out.insert("item".into(), item);
-        }
-        if names.wants("index") {
-            out.insert("index".into(), json!(i));
-        }
         prefix = format!("{map_key}.{index}.");
         steps = &map.steps;
-        add_scope(steps, &prefix, recs, names, &mut out);
+        levels.push(MapLevel {
+            map_key,
+            index: index.parse().unwrap_or(usize::MAX),
+            prefix: prefix.clone(),
+            steps,
+        });
     }
-    out
+    levels
 }
 
 /// The scope a step key lives in: `m.3.sub` → `m.3.`, `a` → ``.
@@ -134,25 +157,11 @@ pub fn records_read(wf: &Workflow, key: &str) -> Option<Vec<String>> {
             .collect()
     };
     let mut keys = named(&wf.steps, "");
-    let segs: Vec<&str> = scope_of(key).split('.').filter(|s| !s.is_empty()).collect();
-    let mut steps = &wf.steps;
-    let mut prefix = String::new();
-    for pair in segs.chunks(2) {
-        let [map_id, index] = pair else { break };
-        let Some(Step {
-            kind: StepKind::Map(map),
-            ..
-        }) = steps.iter().find(|s| s.id == *map_id)
-        else {
-            break;
-        };
-        let map_key = format!("{prefix}{map_id}");
+    for level in enclosing_maps(wf, scope_of(key)) {
         if names.contains("item") {
-            keys.push(map_key.clone());
+            keys.push(level.map_key);
         }
-        prefix = format!("{map_key}.{index}.");
-        steps = &map.steps;
-        keys.extend(named(steps, &prefix));
+        keys.extend(named(level.steps, &level.prefix));
     }
     Some(keys)
 }

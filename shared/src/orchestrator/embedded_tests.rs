@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::Embedded;
-use crate::adapters::sqlite::SqliteStore;
+use crate::adapters::sqlite::{Observed, SqliteStore};
 use crate::app::{App, AppError, DefinitionCache, create_workspace};
 use crate::domain::*;
 use crate::ports::*;
@@ -23,100 +23,6 @@ struct Panics;
 impl StepExecutor for Panics {
     async fn execute(&self, _: &StepCall) -> Result<Value, StepError> {
         panic!("an executor bug")
-    }
-}
-
-/// A run store whose next save panics once (a bug in a pass).
-struct PanicsOnce {
-    inner: Arc<SqliteStore>,
-    armed: AtomicBool,
-}
-
-#[async_trait]
-impl RunStore for PanicsOnce {
-    async fn create_run(
-        &self,
-        r: &RunRecord,
-        c: Option<&IdempotencyClaim>,
-    ) -> StoreResult<CreateRun> {
-        self.inner.create_run(r, c).await
-    }
-    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
-        self.inner.get_run(ws, id).await
-    }
-    async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
-        self.inner.get_steps(ws, id).await
-    }
-    async fn get_run_head(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
-        self.inner.get_run_head(ws, id).await
-    }
-    async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
-        self.inner.get_step_heads(ws, id).await
-    }
-    async fn get_step_head(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        key: &str,
-    ) -> StoreResult<Option<StepRecord>> {
-        self.inner.get_step_head(ws, id, key).await
-    }
-    async fn get_steps_by_keys(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        keys: &[String],
-    ) -> StoreResult<Vec<StepRecord>> {
-        self.inner.get_steps_by_keys(ws, id, keys).await
-    }
-    async fn list_runs(
-        &self,
-        ws: &WorkspaceId,
-        f: &RunFilter,
-        p: &PageRequest,
-    ) -> StoreResult<Page<RunRecord>> {
-        self.inner.list_runs(ws, f, p).await
-    }
-    async fn save_run(&self, w: &RunWrite) -> StoreResult<()> {
-        if self.armed.swap(false, Ordering::SeqCst) {
-            panic!("a bug in a pass");
-        }
-        self.inner.save_run(w).await
-    }
-    async fn list_logs(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        p: &PageRequest,
-    ) -> StoreResult<Page<LogEntry>> {
-        self.inner.list_logs(ws, id, p).await
-    }
-    async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()> {
-        self.inner.put_result(ws, id, r).await
-    }
-    async fn has_result(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        key: &str,
-        attempt: u32,
-    ) -> StoreResult<bool> {
-        self.inner.has_result(ws, id, key, attempt).await
-    }
-    async fn pending_results(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-    ) -> StoreResult<Vec<PendingResult>> {
-        self.inner.pending_results(ws, id).await
-    }
-    async fn clear_results(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        attempts: &[(String, u32)],
-    ) -> StoreResult<()> {
-        self.inner.clear_results(ws, id, attempts).await
     }
 }
 
@@ -180,10 +86,8 @@ async fn an_executor_that_panics_fails_its_step() {
 #[tokio::test]
 async fn a_pass_that_panics_fails_the_run() {
     let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
-    let runs = Arc::new(PanicsOnce {
-        inner: store.clone(),
-        armed: AtomicBool::new(true),
-    });
+    let runs = Arc::new(Observed::new(store.clone()));
+    runs.panic_on_save.store(true, Ordering::SeqCst);
     let (app, ws, run) = setup(
         runs,
         store,

@@ -299,7 +299,7 @@ async fn pass(
     let Some(Loaded {
         mut run,
         mut recs,
-        inbox,
+        mut inbox,
         mut cursors,
         _room,
     }) = load_for_pass(s, ws, id, driving).await?
@@ -372,25 +372,44 @@ async fn pass(
         for r in driving.results {
             record(&mut recs, &r.key, r.attempt, &r.result, now);
         }
-        // Those left in the store, as of when their attempt ended: at most
-        // half a write's changed steps (the rest wait for the next pass, at
-        // once), so that with the steps this pass changes they fit one
-        // write. A stale one is cleared; one of an attempt later than the
-        // records read (another driver started it since) stays.
-        let most = max_steps.map_or(usize::MAX, |m| (m / 2).max(1));
+        // Those left in the store, oldest first, as of when their attempt
+        // ended: at most a write's changed steps (the rest wait for the next
+        // pass, at once: oldest first, none waits behind newer ones until
+        // its attempt counts as lost), so that one write holds them. A
+        // stale one is cleared; one of an attempt later than the records
+        // read (another driver started it since) stays.
+        inbox.sort_by(|a, b| {
+            (a.finished_at, &a.key, a.attempt).cmp(&(b.finished_at, &b.key, b.attempt))
+        });
+        let most = max_steps.unwrap_or(usize::MAX).max(1);
         let mut taken = 0;
+        let mut examined = 0;
         for r in &inbox {
             if taken == most {
                 deferred = true;
                 break;
             }
+            examined += 1;
             let at = r.finished_at.min(now);
             if record(&mut recs, &r.key, r.attempt, &r.result, at) {
                 taken += 1;
                 cleared.push(r);
-            } else if recs.get(&r.key).is_none_or(|rec| {
-                rec.status.is_terminal() || rec.attempts.len() >= r.attempt as usize
-            }) {
+            }
+        }
+        // Stale as of the records now (an earlier attempt's result may have
+        // been recorded after a later one was looked at): any but one of
+        // the running attempt or of one not started as far as these
+        // records know.
+        let stale = |r: &PendingResult| {
+            let n = r.attempt as usize;
+            recs.get(&r.key).is_none_or(|rec| {
+                let open = rec.attempts.len() < n
+                    || (rec.attempts.len() == n && rec.status == StepStatus::Running);
+                rec.status.is_terminal() || !open
+            })
+        };
+        for r in &inbox[..examined] {
+            if !cleared.iter().any(|c| std::ptr::eq(*c, r)) && stale(r) {
                 cleared.push(r);
             }
         }

@@ -218,13 +218,20 @@ impl DynamoStore {
     }
 
     async fn batch_put(&self, items: Vec<Item>) -> StoreResult<()> {
-        for chunk in items.chunks(25) {
-            let mut reqs: Vec<WriteRequest> = Vec::new();
-            for item in chunk {
-                let put = build(PutRequest::builder().set_item(Some(item.clone())).build())?;
-                reqs.push(WriteRequest::builder().put_request(put).build());
-            }
-            let mut pending = Some(reqs);
+        let mut reqs = Vec::with_capacity(items.len());
+        for item in items {
+            let put = build(PutRequest::builder().set_item(Some(item)).build())?;
+            reqs.push(WriteRequest::builder().put_request(put).build());
+        }
+        self.batch_write(reqs).await
+    }
+
+    /// Writes in batches of 25 (BatchWriteItem's most), sending what
+    /// DynamoDB left unprocessed again after a growing pause.
+    async fn batch_write(&self, reqs: Vec<WriteRequest>) -> StoreResult<()> {
+        for chunk in reqs.chunks(25) {
+            let mut pending = Some(chunk.to_vec());
+            let mut pause = std::time::Duration::from_millis(20);
             while let Some(r) = pending.take().filter(|r| !r.is_empty()) {
                 let out = self
                     .client
@@ -236,6 +243,15 @@ impl DynamoStore {
                 pending = out
                     .unprocessed_items
                     .and_then(|mut u| u.remove(&self.table));
+                if pending.as_ref().is_some_and(|p| !p.is_empty()) {
+                    if pause > std::time::Duration::from_secs(2) {
+                        return Err(StoreError::Unavailable(
+                            "DynamoDB left writes of a batch unprocessed".into(),
+                        ));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
             }
         }
         Ok(())
@@ -800,31 +816,16 @@ impl RunStore for DynamoStore {
         id: &RunId,
         attempts: &[(String, u32)],
     ) -> StoreResult<()> {
-        for chunk in attempts.chunks(25) {
-            let mut reqs = Vec::with_capacity(chunk.len());
-            for (k, a) in chunk {
-                let del = build(
-                    DeleteRequest::builder()
-                        .set_key(Some(result_key(ws, id, k, *a)))
-                        .build(),
-                )?;
-                reqs.push(WriteRequest::builder().delete_request(del).build());
-            }
-            let mut pending = Some(reqs);
-            while let Some(r) = pending.take().filter(|r| !r.is_empty()) {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, r)
-                    .send()
-                    .await
-                    .map_err(sdk)?;
-                pending = out
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(&self.table));
-            }
+        let mut reqs = Vec::with_capacity(attempts.len());
+        for (k, a) in attempts {
+            let del = build(
+                DeleteRequest::builder()
+                    .set_key(Some(result_key(ws, id, k, *a)))
+                    .build(),
+            )?;
+            reqs.push(WriteRequest::builder().delete_request(del).build());
         }
-        Ok(())
+        self.batch_write(reqs).await
     }
 
     async fn load_run_with_results(

@@ -1,6 +1,8 @@
 //! The embedded store: every port backed by one SQLite file.
 
 mod db;
+#[cfg(test)]
+mod observed;
 mod runs;
 mod schema;
 mod sealed;
@@ -14,6 +16,8 @@ use std::sync::Arc;
 
 use db::Db;
 pub use db::Durability;
+#[cfg(test)]
+pub use observed::Observed;
 
 /// Implements every store port on one SQLite database.
 #[derive(Clone)]

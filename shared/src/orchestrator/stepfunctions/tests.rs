@@ -12,10 +12,10 @@ use serde_json::json;
 
 use super::*;
 use crate::adapters::http::{EgressPolicy, HttpExecutor};
-use crate::adapters::sqlite::SqliteStore;
+use crate::adapters::sqlite::{Observed, SqliteStore};
 use crate::app::{App, DefinitionCache};
-use crate::domain::{RunRecord, RunStatus, StepRecord, StepStatus, WorkflowId};
-use crate::ports::{DriverError, PendingResult, RunDriver, StoreResult, StoreSet};
+use crate::domain::{RunStatus, StepStatus, WorkflowId};
+use crate::ports::{DriverError, PendingResult, RunDriver, StoreSet};
 use crate::ports::{RunStore, StepRequest};
 
 /// The state machine itself starts nothing in these tests.
@@ -695,140 +695,6 @@ async fn a_wide_fan_out_is_handed_out_in_waves() {
     assert_eq!(view.run.status, RunStatus::Completed);
 }
 
-/// The harness's store, counting reads of all of a run's step records.
-struct Counting {
-    inner: Arc<SqliteStore>,
-    whole_reads: std::sync::atomic::AtomicUsize,
-    /// The write limit it reports (DynamoDB's is 40 changed steps).
-    max_steps: Option<usize>,
-    /// The most changed steps one save held.
-    largest_save: std::sync::atomic::AtomicUsize,
-}
-
-impl Counting {
-    fn count(&self) {
-        self.whole_reads
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl RunStore for Counting {
-    fn write_limits(&self) -> crate::ports::WriteLimits {
-        crate::ports::WriteLimits {
-            max_steps: self.max_steps,
-        }
-    }
-    async fn create_run(
-        &self,
-        r: &RunRecord,
-        c: Option<&crate::ports::IdempotencyClaim>,
-    ) -> crate::ports::StoreResult<crate::ports::CreateRun> {
-        self.inner.create_run(r, c).await
-    }
-    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
-        self.inner.get_run(ws, id).await
-    }
-    async fn get_run_head(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Option<RunRecord>> {
-        self.inner.get_run_head(ws, id).await
-    }
-    async fn get_steps(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
-        self.count();
-        self.inner.get_steps(ws, id).await
-    }
-    async fn get_step_heads(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<Vec<StepRecord>> {
-        self.inner.get_step_heads(ws, id).await
-    }
-    async fn get_steps_by_keys(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        keys: &[String],
-    ) -> StoreResult<Vec<StepRecord>> {
-        self.inner.get_steps_by_keys(ws, id, keys).await
-    }
-    async fn get_step_head(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        key: &str,
-    ) -> StoreResult<Option<StepRecord>> {
-        self.inner.get_step_head(ws, id, key).await
-    }
-    async fn load_run(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
-        self.count();
-        self.inner.load_run(ws, id).await
-    }
-    async fn load_run_with_results(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>, Vec<PendingResult>)>> {
-        self.count();
-        self.inner.load_run_with_results(ws, id).await
-    }
-    async fn load_run_at(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        keys: &[String],
-    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
-        self.inner.load_run_at(ws, id, keys).await
-    }
-    async fn list_runs(
-        &self,
-        ws: &WorkspaceId,
-        f: &crate::ports::RunFilter,
-        p: &crate::ports::PageRequest,
-    ) -> StoreResult<crate::ports::Page<RunRecord>> {
-        self.inner.list_runs(ws, f, p).await
-    }
-    async fn save_run(&self, w: &crate::ports::RunWrite) -> StoreResult<()> {
-        self.largest_save
-            .fetch_max(w.steps.len(), std::sync::atomic::Ordering::SeqCst);
-        self.inner.save_run(w).await
-    }
-    async fn list_logs(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        p: &crate::ports::PageRequest,
-    ) -> StoreResult<crate::ports::Page<crate::domain::LogEntry>> {
-        self.inner.list_logs(ws, id, p).await
-    }
-    async fn put_result(&self, ws: &WorkspaceId, id: &RunId, r: &PendingResult) -> StoreResult<()> {
-        self.inner.put_result(ws, id, r).await
-    }
-    async fn has_result(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        key: &str,
-        attempt: u32,
-    ) -> StoreResult<bool> {
-        self.inner.has_result(ws, id, key, attempt).await
-    }
-    async fn pending_results(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-    ) -> StoreResult<Vec<PendingResult>> {
-        self.inner.pending_results(ws, id).await
-    }
-    async fn clear_results(
-        &self,
-        ws: &WorkspaceId,
-        id: &RunId,
-        attempts: &[(String, u32)],
-    ) -> StoreResult<()> {
-        self.inner.clear_results(ws, id, attempts).await
-    }
-}
-
 /// A big run's passes in one process use the records it kept from its last
 /// pass (reading only the run and its results), and come to the same end:
 /// each step function reads only the records its step's context names.
@@ -854,12 +720,7 @@ async fn a_big_runs_records_are_kept_between_passes() {
         )
         .await
         .unwrap();
-    let counting = Counting {
-        inner: h.store.clone(),
-        whole_reads: Default::default(),
-        max_steps: None,
-        largest_save: Default::default(),
-    };
+    let counting = Observed::new(h.store.clone());
     let stores = Stores {
         runs: &counting,
         workflows: h.store.as_ref(),
@@ -965,10 +826,10 @@ async fn a_step_function_invoked_again_does_not_run_the_attempt_again() {
     );
 }
 
-/// A pass records at most half a write's worth of the results left for it
-/// (with what it then changes, a save stays within the store's limit) and
-/// the rest on the next; a result of an attempt later than the records it
-/// read stays for the pass that knows that attempt.
+/// A pass records at most a write's worth of the results left for it,
+/// oldest first (what it then changes waits, so a save stays within the
+/// store's limit), and the rest on the next; a result of an attempt later
+/// than the records it read stays for the pass that knows that attempt.
 #[tokio::test]
 async fn a_pass_records_what_fits_one_write_and_leaves_the_rest() {
     let h = Harness::new();
@@ -991,11 +852,9 @@ async fn a_pass_records_what_fits_one_write_and_leaves_the_rest() {
         )
         .await
         .unwrap();
-    let counting = Counting {
-        inner: h.store.clone(),
-        whole_reads: Default::default(),
+    let counting = Observed {
         max_steps: Some(4),
-        largest_save: Default::default(),
+        ..Observed::new(h.store.clone())
     };
     let stores = Stores {
         runs: &counting,
@@ -1028,12 +887,19 @@ async fn a_pass_records_what_fits_one_write_and_leaves_the_rest() {
     for t in &dispatched[1..] {
         run_step(stores, Some(&h.http), &t.call).await.unwrap();
     }
-    // Nine results wait; a pass records two of them.
+    // Nine results wait; a pass records the four that ended first.
+    let waiting = h.store.pending_results(&ws, &run.id).await.unwrap();
     let r = plan().await.unwrap();
     assert_ne!(r.next, Next::Finished);
     let left = h.store.pending_results(&ws, &run.id).await.unwrap();
-    assert_eq!(left.len(), 8, "{left:?}");
+    assert_eq!(left.len(), 6, "{left:?}");
     assert!(left.contains(&future));
+    let mut by_end: Vec<_> = waiting.iter().filter(|r| **r != future).collect();
+    by_end.sort_by_key(|r| r.finished_at);
+    assert!(
+        by_end[..4].iter().all(|r| !left.contains(r)),
+        "oldest first"
+    );
     for _ in 0..10 {
         plan().await.unwrap();
     }
