@@ -309,7 +309,8 @@ fn version(ws: &WorkspaceId, id: &str, v: u32) -> WorkflowVersion {
     }
 }
 
-fn run(ws: &WorkspaceId, workflow: &str) -> RunRecord {
+/// A new run of `workflow` (PENDING, revision 1).
+pub fn run(ws: &WorkspaceId, workflow: &str) -> RunRecord {
     RunRecord {
         workspace_id: ws.clone(),
         id: RunId::generate(),

@@ -157,25 +157,8 @@ async fn small_runs_keep_their_steps_in_the_run_item() {
     // Another process: it has read and written nothing of the run.
     let fresh = || DynamoStore::new(ddb.clone(), table.clone());
     let ws = WorkspaceId::generate();
-    let mut run = RunRecord {
-        workspace_id: ws.clone(),
-        id: RunId::generate(),
-        workflow_id: WorkflowId::from_string("wf"),
-        workflow_version: 1,
-        status: RunStatus::Running,
-        input: json!({"n": 1}),
-        output: None,
-        error: None,
-        created_at: chrono::Utc::now(),
-        started_at: None,
-        finished_at: None,
-        wake_at: None,
-        budget_usd: None,
-        revision: 1,
-        lease: None,
-        state_bytes: 0,
-        io_bytes: 0,
-    };
+    let mut run = contract::run(&ws, "wf");
+    run.status = RunStatus::Running;
     a.create_run(&run, None).await.unwrap();
     let step = |k: &str, n: u32| {
         let mut s = StepRecord::new(k, "transform");
