@@ -1,7 +1,8 @@
 //! Runs: one partition per run (`{ws}#RUN#{id}`) holding the run item
-//! (`RUN`), its steps (`STEP#key`) and log lines (`LOG#revision#n`, each
-//! item the lines of one save, as a JSON array), so one Query loads a run
-//! with its steps. Results of attempts left for the run's next pass are
+//! (`RUN`), its steps (`STEP#key`, or packed in the run item: `packed`) and
+//! log lines (kept in the run item by the write that made them:
+//! `log_chunks`; or `LOG#revision#n`, each item the lines of one save, as a
+//! JSON array), so one Query loads a run with its steps. Results of attempts left for the run's next pass are
 //! items of their own (`RESULT#key#attempt`, sorting just before `RUN`, so
 //! the pass's one Query reads them too). Listings use the index `gsi1`
 //! (`{ws}#RUNS`, run id: ULIDs sort by creation time), which holds only what
@@ -18,8 +19,8 @@ use aws_sdk_dynamodb::types::{
 use chrono::Utc;
 
 use super::{
-    DynamoStore, Item, build, cancelled_conditions, data, get_i, get_s, key, n, packed, run_pk, s,
-    sdk,
+    DynamoStore, Item, build, cancelled_conditions, data, get_i, get_s, key, log_chunks, n, packed,
+    run_pk, s, sdk,
 };
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
@@ -80,7 +81,7 @@ async fn step_item(store: &DynamoStore, run: &RunRecord, st: &StepRecord) -> Sto
 
 /// Most bytes of log lines in one item: the lines of one save share items
 /// (one write for many lines), far below the 400 KB item limit.
-const LOG_ITEM_BYTES: usize = 32 * 1024;
+const LOG_ITEM_BYTES: usize = log_chunks::MAX_JSON_BYTES;
 
 /// The log lines of one save, as few items as fit `LOG_ITEM_BYTES` each.
 fn log_items(run: &RunRecord, logs: &[LogEntry]) -> StoreResult<Vec<Item>> {
@@ -104,7 +105,7 @@ fn log_items(run: &RunRecord, logs: &[LogEntry]) -> StoreResult<Vec<Item>> {
         .map(|(n, lines)| {
             let mut item = key(
                 run_pk(&run.workspace_id, &run.id),
-                format!("LOG#{:012}#{n:05}", run.revision),
+                log_chunks::item_sk(run.revision, n),
             );
             item.insert("data".into(), s(format!("[{}]", lines.join(","))));
             item
@@ -318,16 +319,29 @@ const WRITER: &str = "writer";
 struct RunUpdate {
     key: Item,
     expression: String,
+    condition: String,
     names: std::collections::HashMap<String, String>,
     values: std::collections::HashMap<String, AttributeValue>,
 }
 
 /// What a write of the run item does with its packed steps.
+#[derive(Clone)]
 enum Packing {
     Keep,
     Set(AttributeValue),
     /// The steps are being unpacked into items.
     Remove,
+}
+
+/// What a write of the run item does with the log lines it keeps
+/// (`log_chunks`).
+enum KeptLogs<'a> {
+    Keep,
+    /// Adds the write's lines, if there is room for them.
+    Append(&'a log_chunks::Chunk),
+    /// The kept lines have been copied into log items: the write's lines
+    /// take their place.
+    Replace(&'a log_chunks::Chunk),
 }
 
 impl DynamoStore {
@@ -353,7 +367,7 @@ impl DynamoStore {
     ) -> StoreResult<packed::Layout> {
         let packed::Layout::Packed(recs) = layout else {
             let changed: Vec<&StepRecord> = w.steps.iter().collect();
-            self.save_with_items(w, &changed, false).await?;
+            self.save_with_items(w, &changed, Packing::Keep).await?;
             return Ok(packed::Layout::Items);
         };
         let mut merged = (*recs).clone();
@@ -368,7 +382,7 @@ impl DynamoStore {
             }
             // Outgrown: every record becomes an item, once.
             None => {
-                self.save_with_items(w, &all, true).await?;
+                self.save_with_items(w, &all, Packing::Remove).await?;
                 Ok(packed::Layout::Items)
             }
         }
@@ -379,6 +393,7 @@ impl DynamoStore {
         &self,
         run: &RunRecord,
         packing: Packing,
+        logs: KeptLogs<'_>,
         writer: &str,
     ) -> StoreResult<RunUpdate> {
         let item = run_attrs(self, run).await?;
@@ -429,102 +444,161 @@ impl DynamoStore {
                 names.insert("#sp".to_owned(), packed::ATTR.to_owned());
             }
         }
+        let mut condition = RUN_CONDITION.to_owned();
+        match logs {
+            KeptLogs::Keep => {}
+            KeptLogs::Append(c) => {
+                names.insert("#lg".to_owned(), log_chunks::ATTR.to_owned());
+                names.insert("#lb".to_owned(), log_chunks::BYTES_ATTR.to_owned());
+                values.insert(":lg".to_owned(), AttributeValue::L(vec![c.value()]));
+                values.insert(":nolg".to_owned(), AttributeValue::L(Vec::new()));
+                values.insert(":zero".to_owned(), n(0));
+                values.insert(":lb".to_owned(), n(c.len()));
+                values.insert(":room".to_owned(), n(log_chunks::MAX_BYTES - c.len()));
+                sets.push_str(
+                    ", #lg = list_append(if_not_exists(#lg, :nolg), :lg), \
+                     #lb = if_not_exists(#lb, :zero) + :lb",
+                );
+                condition.push_str(" AND (attribute_not_exists(#lb) OR #lb <= :room)");
+            }
+            KeptLogs::Replace(c) => {
+                names.insert("#lg".to_owned(), log_chunks::ATTR.to_owned());
+                names.insert("#lb".to_owned(), log_chunks::BYTES_ATTR.to_owned());
+                values.insert(":lg".to_owned(), AttributeValue::L(vec![c.value()]));
+                values.insert(":lb".to_owned(), n(c.len()));
+                sets.push_str(", #lg = :lg, #lb = :lb");
+            }
+        }
         Ok(RunUpdate {
             key: key(run_pk(&run.workspace_id, &run.id), "RUN"),
             expression: format!("SET {sets} REMOVE {}", removes.join(", ")),
+            condition,
             names,
             values,
         })
     }
 
-    /// A save that changes no step items: one conditional UpdateItem of
-    /// the run item (no transaction), then its log lines. Lines are written
-    /// once the run's write has held, so they never tell of a write that
-    /// lost; a process that dies between the two loses that save's lines,
-    /// never the run's state.
-    async fn update_run(&self, w: &RunWrite, packing: Packing) -> StoreResult<()> {
-        let writer = ulid::Ulid::new().to_string();
-        let u = self.run_update(&w.run, packing, &writer).await?;
-        let sent = self
-            .client
+    /// Sends a run update alone (no transaction).
+    async fn send_update(&self, u: RunUpdate) -> StoreResult<()> {
+        self.client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(u.key))
             .update_expression(u.expression)
-            .condition_expression(RUN_CONDITION)
+            .condition_expression(u.condition)
             .set_expression_attribute_names(Some(u.names))
             .set_expression_attribute_values(Some(u.values))
             .send()
             .await
-            .map_err(sdk);
-        match sent {
-            Ok(_) => {}
-            // An UpdateItem is not idempotent: when the SDK sent it again
-            // after its answer was lost, the condition fails on this very
-            // write. The stored revision says whose it is.
-            Err(StoreError::Conflict(_)) if self.wrote(&w.run, &writer).await? => {}
-            Err(StoreError::Conflict(_)) => {
-                return Err(StoreError::Conflict(format!(
-                    "run {} is not at revision {}",
-                    w.run.id,
-                    w.run.revision.saturating_sub(1)
-                )));
-            }
-            Err(e) => return Err(e),
-        }
-        if !w.logs.is_empty()
-            && let Err(e) = self.batch_put(log_items(&w.run, &w.logs)?).await
-        {
-            tracing::warn!(run_id = %w.run.id, error = %e, "writing a save's log lines");
-        }
+            .map_err(sdk)?;
         Ok(())
     }
 
-    /// Whether the stored run is at `run.revision`, written by `writer`.
-    async fn wrote(&self, run: &RunRecord, writer: &str) -> StoreResult<bool> {
-        let item = self
+    /// A save that changes no step items: one conditional UpdateItem of
+    /// the run item (no transaction) that also keeps the save's log lines
+    /// (`log_chunks`), so they hold exactly when the run's write does.
+    async fn update_run(&self, w: &RunWrite, packing: Packing) -> StoreResult<()> {
+        let chunk = match w.logs.is_empty() {
+            true => None,
+            false => match log_chunks::Chunk::of(w.run.revision, &w.logs)? {
+                Some(c) => Some(c),
+                // Too many lines to keep in the run item: they go in log
+                // items, in a transaction with the run's write.
+                None => return self.save_with_items(w, &[], packing).await,
+            },
+        };
+        let logs = chunk.as_ref().map_or(KeptLogs::Keep, KeptLogs::Append);
+        let writer = ulid::Ulid::new().to_string();
+        let u = self
+            .run_update(&w.run, packing.clone(), logs, &writer)
+            .await?;
+        match self.send_update(u).await {
+            Err(StoreError::Conflict(_)) => {}
+            done => return done,
+        }
+        // The condition failed: the run moved on, the write is ours (an
+        // UpdateItem is not idempotent: the SDK may have sent it again after
+        // its answer was lost; the stored writer id tells), or the kept
+        // lines have no room for this save's.
+        let prev = w.run.revision.saturating_sub(1);
+        let pk = run_pk(&w.run.workspace_id, &w.run.id);
+        let seen = self.run_state(&w.run, true).await?;
+        let full = match (&seen, &chunk) {
+            (Some(i), _) if self.is_ours(i, &w.run, &writer) => return Ok(()),
+            (Some(i), Some(c)) if get_i(i, "revision") as u64 == prev => (i, c),
+            _ => return Err(self.lost(&w.run)),
+        };
+        // Copy the kept lines into log items, then replace them.
+        self.batch_put(log_chunks::items(&pk, full.0)?).await?;
+        let writer = ulid::Ulid::new().to_string();
+        let u = self
+            .run_update(&w.run, packing, KeptLogs::Replace(full.1), &writer)
+            .await?;
+        match self.send_update(u).await {
+            Err(StoreError::Conflict(_)) => match self.run_state(&w.run, false).await? {
+                Some(i) if self.is_ours(&i, &w.run, &writer) => Ok(()),
+                _ => Err(self.lost(&w.run)),
+            },
+            done => done,
+        }
+    }
+
+    fn lost(&self, run: &RunRecord) -> StoreError {
+        StoreError::Conflict(format!(
+            "run {} is not at revision {}",
+            run.id,
+            run.revision.saturating_sub(1)
+        ))
+    }
+
+    /// The stored run item's revision and writer (and, with `logs`, its
+    /// kept log lines), read consistently.
+    async fn run_state(&self, run: &RunRecord, logs: bool) -> StoreResult<Option<Item>> {
+        let mut req = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key(run_pk(&run.workspace_id, &run.id), "RUN")))
             .consistent_read(true)
-            .projection_expression("revision, #wr")
-            .expression_attribute_names("#wr", WRITER)
-            .send()
-            .await
-            .map_err(sdk)?
-            .item;
-        Ok(item.is_some_and(|i| {
-            get_i(&i, "revision") as u64 == run.revision
-                && get_s(&i, WRITER).is_ok_and(|w| w == writer)
-        }))
+            .expression_attribute_names("#wr", WRITER);
+        req = match logs {
+            true => req
+                .projection_expression("revision, #wr, #lg")
+                .expression_attribute_names("#lg", log_chunks::ATTR),
+            false => req.projection_expression("revision, #wr"),
+        };
+        Ok(req.send().await.map_err(sdk)?.item)
+    }
+
+    /// Whether a run item read by `run_state` is at `run.revision`,
+    /// written by `writer`.
+    fn is_ours(&self, item: &Item, run: &RunRecord, writer: &str) -> bool {
+        get_i(item, "revision") as u64 == run.revision
+            && get_s(item, WRITER).is_ok_and(|w| w == writer)
     }
 
     /// A save whose steps are items: one transaction of the run's update,
-    /// the step items and the log lines (`unpack`: the run's packed steps
-    /// become items, `steps` all of its records).
+    /// the step items and the log lines (`Packing::Remove`: the run's
+    /// packed steps become items, `steps` all of its records).
     async fn save_with_items(
         &self,
         w: &RunWrite,
         steps: &[&StepRecord],
-        unpack: bool,
+        packing: Packing,
     ) -> StoreResult<()> {
         let run = &w.run;
-        let packing = if unpack {
-            Packing::Remove
-        } else {
-            Packing::Keep
-        };
         // A transaction is idempotent by its token (the SDK sets one), so
         // the writer's id is not needed to tell a resent one.
         let writer = ulid::Ulid::new().to_string();
-        let u = self.run_update(run, packing, &writer).await?;
+        let u = self
+            .run_update(run, packing, KeptLogs::Keep, &writer)
+            .await?;
         let update = build(
             Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(u.key))
                 .update_expression(u.expression)
-                .condition_expression(RUN_CONDITION)
+                .condition_expression(u.condition)
                 .set_expression_attribute_names(Some(u.names))
                 .set_expression_attribute_values(Some(u.values))
                 .build(),
@@ -968,17 +1042,47 @@ impl RunStore for DynamoStore {
             .send()
             .await
             .map_err(sdk)?;
-        let mut rows: Vec<(String, LogEntry)> = Vec::new();
+        // Lines at the same position (kept lines copied into an item while
+        // still kept) are the same line.
+        let mut rows: std::collections::BTreeMap<String, LogEntry> = Default::default();
         for item in out.items() {
             let sk = get_s(item, "sk")?;
             let lines: Vec<LogEntry> = data(item)?;
             for (i, l) in lines.into_iter().enumerate() {
-                let position = format!("{sk}#{i:05}");
-                if after.as_ref().is_none_or(|a| position > *a) {
-                    rows.push((position, l));
+                rows.insert(log_chunks::position(sk, i), l);
+            }
+        }
+        // The lines the run item keeps, up to the last item read when the
+        // Query stopped short (items past it are not read yet).
+        let read_to = out
+            .last_evaluated_key()
+            .and(rows.last_key_value())
+            .map(|(p, _)| p.clone());
+        if let Some(run) = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(run_pk(ws, id), "RUN")))
+            .consistent_read(true)
+            .projection_expression("#lg")
+            .expression_attribute_names("#lg", log_chunks::ATTR)
+            .send()
+            .await
+            .map_err(sdk)?
+            .item
+        {
+            for chunk in log_chunks::chunks(&run)? {
+                for (position, l) in chunk.lines()? {
+                    if read_to.as_ref().is_none_or(|r| position <= *r) {
+                        rows.entry(position).or_insert(l);
+                    }
                 }
             }
         }
+        let rows: Vec<(String, LogEntry)> = rows
+            .into_iter()
+            .filter(|(position, _)| after.as_ref().is_none_or(|a| position > a))
+            .collect();
         let page = Page::from_overfetch(rows, page.limit, |(position, _)| position.clone());
         Ok(Page {
             items: page.items.into_iter().map(|(_, l)| l).collect(),

@@ -273,3 +273,128 @@ async fn reads_agree(
             .is_empty()
     );
 }
+
+/// A save written as one UpdateItem keeps its log lines in the run item,
+/// in that same write: the lines of a write that lost never show, and
+/// none of a write that held can be lost after it. Kept lines that would
+/// outgrow their room are copied into log items first; reads page through
+/// both in order, each line once.
+#[tokio::test]
+async fn log_lines_hold_exactly_when_their_write_holds() {
+    use crate::domain::*;
+    use crate::ports::{PageRequest, RunStore, RunWrite, StoreError};
+
+    let m = moto();
+    let cfg = config(&m.endpoint).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
+    let table = format!("weft-test-{}", ulid::Ulid::new().to_string().to_lowercase());
+    create_table(&ddb, &table).await.expect("table");
+    let a = DynamoStore::new(ddb.clone(), table.clone());
+    let ws = WorkspaceId::generate();
+    let mut run = contract::run(&ws, "wf");
+    run.status = RunStatus::Running;
+    a.create_run(&run, None).await.unwrap();
+    let pk = run_pk(&ws, &run.id);
+    // Lines that deflate poorly, so a few saves fill the room.
+    let noisy = |tag: &str| {
+        let noise: String = (0..40).map(|_| ulid::Ulid::new().to_string()).collect();
+        LogEntry::new(LogLevel::Info, None, format!("{tag} {noise}"))
+    };
+    let save = |run: RunRecord, logs: Vec<LogEntry>| {
+        let a = a.clone();
+        async move {
+            a.save_run(&RunWrite {
+                run,
+                steps: Vec::new(),
+                logs,
+            })
+            .await
+        }
+    };
+    let log_items = || async {
+        ddb.query()
+            .table_name(&table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :s)")
+            .expression_attribute_values(":pk", s(&pk))
+            .expression_attribute_values(":s", s("LOG#"))
+            .send()
+            .await
+            .unwrap()
+            .count
+    };
+    let all_lines = |limit: u32| {
+        let a = a.clone();
+        let (ws, id) = (ws.clone(), run.id.clone());
+        async move {
+            let mut lines = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = a
+                    .list_logs(&ws, &id, &PageRequest { limit, cursor })
+                    .await
+                    .unwrap();
+                lines.extend(page.items.into_iter().map(|l| l.message));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => return lines,
+                }
+            }
+        }
+    };
+
+    run.revision = 2;
+    save(
+        run.clone(),
+        vec![LogEntry::new(LogLevel::Info, None, "two")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(log_items().await, 0, "kept in the run item");
+    assert_eq!(all_lines(10).await, ["two"]);
+    // A write from the same revision loses, and so do its lines.
+    assert!(matches!(
+        save(
+            run.clone(),
+            vec![LogEntry::new(LogLevel::Info, None, "lost")]
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(all_lines(10).await, ["two"]);
+
+    let mut want = vec!["two".to_owned()];
+    for rev in 3..=10u64 {
+        run.revision = rev;
+        let lines = vec![noisy(&format!("r{rev}a")), noisy(&format!("r{rev}b"))];
+        want.extend(lines.iter().map(|l| l.message.clone()));
+        save(run.clone(), lines).await.unwrap();
+    }
+    assert!(log_items().await > 0, "kept lines were copied out");
+    // Too many lines for the run item: log items, in a transaction.
+    run.revision = 11;
+    let big: Vec<LogEntry> = (0..30).map(|i| noisy(&format!("big{i}"))).collect();
+    want.extend(big.iter().map(|l| l.message.clone()));
+    save(run.clone(), big).await.unwrap();
+    run.revision = 12;
+    save(
+        run.clone(),
+        vec![LogEntry::new(LogLevel::Info, None, "last")],
+    )
+    .await
+    .unwrap();
+    want.push("last".to_owned());
+    for limit in [1, 3, 7, 100] {
+        assert_eq!(all_lines(limit).await, want, "pages of {limit}");
+    }
+    // The stale write still loses after all that.
+    run.revision = 12;
+    assert!(matches!(
+        save(
+            run.clone(),
+            vec![LogEntry::new(LogLevel::Info, None, "lost")]
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(all_lines(100).await, want);
+}
