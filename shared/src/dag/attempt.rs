@@ -21,23 +21,15 @@ pub fn begin_attempt(rec: &mut StepRecord, now: DateTime<Utc>) {
     rec.retry_at = None;
 }
 
-/// Records how the current attempt ended. A retryable error with attempts
-/// left puts the step back to pending with `retry_at` set by the policy;
-/// otherwise the step ends succeeded or failed. `seed` makes the jitter
-/// repeatable (the run id and step key), so both orchestrators agree.
-pub fn finish_attempt(
-    rec: &mut StepRecord,
-    policy: &RetryPolicy,
-    result: Result<Value, StepError>,
-    now: DateTime<Utc>,
-    seed: &str,
-) {
-    // What a step records must read back and stay small enough to keep.
+/// An attempt's result as it may be recorded: an output that would not
+/// read back (too deep, too big) or would take too much memory becomes the
+/// attempt's error. With the output's size in memory (0 for an error).
+pub fn checked_result(result: Result<Value, StepError>) -> (Result<Value, StepError>, u64) {
+    use crate::domain::limits::{
+        MAX_STEP_OUTPUT_BYTES, MAX_STEP_OUTPUT_MEMORY, MAX_VALUE_DEPTH, json_size,
+    };
     let mut size = 0;
     let result = result.and_then(|output| {
-        use crate::domain::limits::{
-            MAX_STEP_OUTPUT_BYTES, MAX_STEP_OUTPUT_MEMORY, MAX_VALUE_DEPTH, json_size,
-        };
         if let Err(why) = json_size(&output, MAX_STEP_OUTPUT_BYTES, MAX_VALUE_DEPTH) {
             return Err(StepError::permanent(
                 "output_too_large",
@@ -60,6 +52,21 @@ pub fn finish_attempt(
     if result.is_err() {
         size = 0;
     }
+    (result, size)
+}
+
+/// Records how the current attempt ended. A retryable error with attempts
+/// left puts the step back to pending with `retry_at` set by the policy;
+/// otherwise the step ends succeeded or failed. `seed` makes the jitter
+/// repeatable (the run id and step key), so both orchestrators agree.
+pub fn finish_attempt(
+    rec: &mut StepRecord,
+    policy: &RetryPolicy,
+    result: Result<Value, StepError>,
+    now: DateTime<Utc>,
+    seed: &str,
+) {
+    let (result, size) = checked_result(result);
     // A map's items count too (they are recorded when it starts).
     let items: u64 = rec
         .items

@@ -10,8 +10,8 @@ mod attempt;
 mod plan;
 
 pub use attempt::{
-    backoff, begin_attempt, cancel_step, close_open_steps, finish_attempt, record_attempt,
-    skip_step,
+    backoff, begin_attempt, cancel_step, checked_result, close_open_steps, finish_attempt,
+    record_attempt, skip_step,
 };
 pub use plan::{Cursors, Decision, Outcome, Plan, Records, plan, plan_from};
 

@@ -705,6 +705,9 @@ pub async fn record(
     attempt: u32,
     result: Result<serde_json::Value, StepError>,
 ) -> anyhow::Result<()> {
+    // Left as the pass would record it: an output that would not read back
+    // (a hostile server's deeply nested reply) must not jam the inbox.
+    let (result, _) = crate::dag::checked_result(result);
     let r = PendingResult {
         key: key.to_owned(),
         attempt,

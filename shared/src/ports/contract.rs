@@ -784,6 +784,40 @@ async fn results_wait_for_the_next_pass(s: &Stores) {
         s.runs.pending_results(&w, &r.id).await.unwrap(),
         vec![result("c", 1, false)]
     );
+
+    // A result that does not read back (nested past what JSON is parsed
+    // to) is that attempt's failure; the others still read.
+    let mut deep = json!(1);
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    let mut unreadable = result("d", 1, true);
+    unreadable.result = Ok(deep);
+    s.runs.put_result(&w, &r.id, &unreadable).await.unwrap();
+    let read = s.runs.pending_results(&w, &r.id).await.unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[0], result("c", 1, false));
+    assert_eq!((read[1].key.as_str(), read[1].attempt), ("d", 1));
+    assert!(
+        matches!(&read[1].result, Err(e) if e.code == "result_unreadable"),
+        "{:?}",
+        read[1].result
+    );
+    let (_, _, results) = s
+        .runs
+        .load_run_with_results(&w, &r.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let codes = |rs: &[PendingResult]| -> Vec<(String, u32, Option<String>)> {
+        rs.iter()
+            .map(|r| {
+                let code = r.result.as_ref().err().map(|e| e.code.clone());
+                (r.key.clone(), r.attempt, code)
+            })
+            .collect()
+    };
+    assert_eq!(codes(&results), codes(&read));
 }
 
 /// Saves the run at its revision with these steps and no log lines.

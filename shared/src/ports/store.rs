@@ -112,9 +112,28 @@ pub struct PendingResult {
     pub finished_at: DateTime<Utc>,
 }
 
+impl PendingResult {
+    /// A stored result read back. One that does not parse is the attempt's
+    /// failure, not a pass that can never read its run's inbox (results are
+    /// checked before they are left: `dag::checked_result`).
+    pub fn read(key: &str, attempt: u32, json: &[u8]) -> Self {
+        serde_json::from_slice(json).unwrap_or_else(|e| Self {
+            key: key.to_owned(),
+            attempt,
+            result: Err(StepError::permanent(
+                "result_unreadable",
+                format!("the attempt's result could not be read back: {e}"),
+            )),
+            finished_at: Utc::now(),
+        })
+    }
+}
+
 /// How much one `save_run` may hold in one atomic write. Steps that only
 /// become `cancelled` are exempt: a store may write them apart, after the rest
-/// (cancelling an unfinished step is what any later pass would do too).
+/// (cancelling an unfinished step is what any later pass would do too, and a
+/// store that does reads the unfinished steps of a finished run as
+/// cancelled, as its last pass left them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteLimits {
     /// Most changed step records (not counting cancellations) per write.

@@ -72,8 +72,16 @@ impl DynamoStore {
         &self,
         item: &Item,
     ) -> StoreResult<T> {
-        let Some(AttributeValue::S(key)) = item.get("data_ref") else {
+        if !item.contains_key("data_ref") {
             return data(item);
+        }
+        Ok(serde_json::from_slice(&self.read_raw(item).await?)?)
+    }
+
+    /// The JSON of the record an item holds, unparsed.
+    pub(super) async fn read_raw(&self, item: &Item) -> StoreResult<Vec<u8>> {
+        let Some(AttributeValue::S(key)) = item.get("data_ref") else {
+            return Ok(super::get_s(item, "data")?.as_bytes().to_vec());
         };
         let p = self.payloads.as_ref().ok_or_else(|| {
             StoreError::Unavailable("a record is in S3 but no payload bucket is configured".into())
@@ -92,6 +100,6 @@ impl DynamoStore {
             .await
             .map_err(|e| s3_error("GetObject body", e))?
             .into_bytes();
-        Ok(serde_json::from_slice(&bytes)?)
+        Ok(bytes.to_vec())
     }
 }

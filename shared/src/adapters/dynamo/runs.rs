@@ -135,6 +135,48 @@ fn run_item(items: &[Item]) -> Option<&Item> {
 }
 
 impl DynamoStore {
+    /// The result a `RESULT#key#attempt` item holds (`PendingResult::read`).
+    async fn result_from(&self, item: &Item) -> StoreResult<PendingResult> {
+        let sk = get_s(item, "sk")?;
+        let (key, attempt) = sk
+            .strip_prefix("RESULT#")
+            .and_then(|rest| rest.rsplit_once('#'))
+            .and_then(|(k, a)| Some((k, a.parse::<u32>().ok()?)))
+            .ok_or_else(|| StoreError::Unavailable(format!("a result item's key: {sk}")))?;
+        Ok(PendingResult::read(
+            key,
+            attempt,
+            &self.read_raw(item).await?,
+        ))
+    }
+
+    /// Steps of a finished run read as finished. The last save of a run
+    /// may write steps that only became cancelled apart from its
+    /// transaction, after it (`WriteLimits`); when those writes are lost
+    /// (the process died, DynamoDB refused them past retries) no later pass
+    /// writes them again, so what they would have written is made of the
+    /// stored records here.
+    async fn settle(&self, run: &Item, steps: &mut [StepRecord]) -> StoreResult<()> {
+        use crate::domain::RunStatus;
+        let status = get_s(run, "status").unwrap_or_default();
+        let ended = [
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+        ]
+        .iter()
+        .any(|s| s.as_str() == status);
+        if !ended || steps.iter().all(|s| s.status.is_terminal()) {
+            return Ok(());
+        }
+        let head: crate::domain::RunHead = self.read_data(run).await?;
+        let at = head.0.finished_at.unwrap_or_else(Utc::now);
+        for st in steps {
+            crate::dag::cancel_step(st, "the run ended", at);
+        }
+        Ok(())
+    }
+
     /// The run among a run partition's items.
     async fn run_from(&self, items: &[Item]) -> StoreResult<Option<RunRecord>> {
         match run_item(items) {
@@ -160,6 +202,7 @@ impl DynamoStore {
         for item in step_items(items) {
             steps.push(self.read_data(item).await?);
         }
+        self.settle(run, &mut steps).await?;
         self.layouts.keep(pk, revision, packed::Layout::Items);
         Ok(Some(steps))
     }
@@ -195,6 +238,9 @@ impl DynamoStore {
         let mut steps = Vec::new();
         for item in items {
             steps.push(self.read_data(item).await?);
+        }
+        if let Some(run) = run {
+            self.settle(run, &mut steps).await?;
         }
         Ok(steps)
     }
@@ -326,11 +372,11 @@ struct RunUpdate {
 
 /// What a write of the run item does with its packed steps.
 #[derive(Clone)]
-enum Packing {
+enum Packing<'a> {
     Keep,
     Set(AttributeValue),
-    /// The steps are being unpacked into items.
-    Remove,
+    /// The steps are being unpacked into items (these were packed).
+    Remove(&'a std::collections::BTreeMap<String, StepRecord>),
 }
 
 /// What a write of the run item does with the log lines it keeps
@@ -382,7 +428,8 @@ impl DynamoStore {
             }
             // Outgrown: every record becomes an item, once.
             None => {
-                self.save_with_items(w, &all, Packing::Remove).await?;
+                self.save_with_items(w, &all, Packing::Remove(&recs))
+                    .await?;
                 Ok(packed::Layout::Items)
             }
         }
@@ -392,7 +439,7 @@ impl DynamoStore {
     async fn run_update(
         &self,
         run: &RunRecord,
-        packing: Packing,
+        packing: Packing<'_>,
         logs: KeptLogs<'_>,
         writer: &str,
     ) -> StoreResult<RunUpdate> {
@@ -439,7 +486,7 @@ impl DynamoStore {
                 sets.push_str(", #sp = :sp");
                 names.insert("#sp".to_owned(), packed::ATTR.to_owned());
             }
-            Packing::Remove => {
+            Packing::Remove(_) => {
                 removes.push("#sp");
                 names.insert("#sp".to_owned(), packed::ATTR.to_owned());
             }
@@ -497,7 +544,7 @@ impl DynamoStore {
     /// A save that changes no step items: one conditional UpdateItem of
     /// the run item (no transaction) that also keeps the save's log lines
     /// (`log_chunks`), so they hold exactly when the run's write does.
-    async fn update_run(&self, w: &RunWrite, packing: Packing) -> StoreResult<()> {
+    async fn update_run(&self, w: &RunWrite, packing: Packing<'_>) -> StoreResult<()> {
         let chunk = match w.logs.is_empty() {
             true => None,
             false => match log_chunks::Chunk::of(w.run.revision, &w.logs)? {
@@ -584,9 +631,13 @@ impl DynamoStore {
         &self,
         w: &RunWrite,
         steps: &[&StepRecord],
-        packing: Packing,
+        packing: Packing<'_>,
     ) -> StoreResult<()> {
         let run = &w.run;
+        let packed_before = match &packing {
+            Packing::Remove(recs) => Some(*recs),
+            _ => None,
+        };
         // A transaction is idempotent by its token (the SDK sets one), so
         // the writer's id is not needed to tell a resent one.
         let writer = ulid::Ulid::new().to_string();
@@ -606,12 +657,15 @@ impl DynamoStore {
         // Steps that only became cancelled may be written apart, once the
         // transaction has held (`WriteLimits`): a write that lost writes none
         // of them, so none can overwrite what the winner wrote. The rest is
-        // one transaction with the run's conditional update.
+        // one transaction with the run's conditional update, and so is
+        // every record that was packed (unpacking removes them from the run
+        // item: a write of them apart that was lost would lose them).
         let (ahead, steps): (Vec<&StepRecord>, Vec<&StepRecord>) =
             if steps.len() > MAX_STEPS_PER_SAVE {
-                steps
-                    .iter()
-                    .partition(|st| st.status == crate::domain::StepStatus::Cancelled)
+                steps.iter().partition(|st| {
+                    st.status == crate::domain::StepStatus::Cancelled
+                        && packed_before.is_none_or(|p| !p.contains_key(&st.key))
+                })
             } else {
                 (Vec::new(), steps.to_vec())
             };
@@ -775,6 +829,9 @@ impl RunStore for DynamoStore {
         for item in step_items(&items) {
             steps.push(self.read_data::<crate::domain::StepHead>(item).await?.0);
         }
+        if let Some(run) = run_item(&items) {
+            self.settle(run, &mut steps).await?;
+        }
         Ok(steps)
     }
 
@@ -788,12 +845,14 @@ impl RunStore for DynamoStore {
         if let Some(heads) = run.as_ref().map(packed::heads).transpose()?.flatten() {
             return Ok(heads.into_iter().find(|h| h.key == key));
         }
-        match steps.pop() {
-            Some(item) => Ok(Some(
-                self.read_data::<crate::domain::StepHead>(&item).await?.0,
-            )),
-            None => Ok(None),
+        let Some(item) = steps.pop() else {
+            return Ok(None);
+        };
+        let mut head = [self.read_data::<crate::domain::StepHead>(&item).await?.0];
+        if let Some(run) = &run {
+            self.settle(run, &mut head).await?;
         }
+        Ok(head.into_iter().next())
     }
 
     async fn get_steps_by_keys(
@@ -879,7 +938,7 @@ impl RunStore for DynamoStore {
             .query_between(run_pk(ws, id), "RESULT#", "RESULT$")
             .await?
         {
-            results.push(self.read_data(&item).await?);
+            results.push(self.result_from(&item).await?);
         }
         Ok(results)
     }
@@ -918,7 +977,7 @@ impl RunStore for DynamoStore {
         let mut results = Vec::new();
         for item in &items {
             if get_s(item, "sk")?.starts_with("RESULT#") {
-                results.push(self.read_data(item).await?);
+                results.push(self.result_from(item).await?);
             }
         }
         Ok(Some((run, steps, results)))

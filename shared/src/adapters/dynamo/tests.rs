@@ -398,3 +398,85 @@ async fn log_lines_hold_exactly_when_their_write_holds() {
     ));
     assert_eq!(all_lines(100).await, want);
 }
+
+/// The steps a finished run's last save would have cancelled read as
+/// cancelled even when those writes (made apart, after its transaction)
+/// never landed: no later pass follows a finished run to write them.
+#[tokio::test]
+async fn a_finished_runs_unfinished_steps_read_as_cancelled() {
+    use crate::domain::*;
+    use crate::ports::{RunStore, RunWrite};
+
+    let m = moto();
+    let cfg = config(&m.endpoint).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
+    let table = format!("weft-test-{}", ulid::Ulid::new().to_string().to_lowercase());
+    create_table(&ddb, &table).await.expect("table");
+    let a = DynamoStore::new(ddb.clone(), table.clone());
+    let ws = WorkspaceId::generate();
+    let mut run = contract::run(&ws, "wf");
+    run.status = RunStatus::Running;
+    a.create_run(&run, None).await.unwrap();
+    // Past the packing bounds: its steps are items.
+    let steps: Vec<StepRecord> = (0..45)
+        .map(|i| {
+            let mut s = StepRecord::new(format!("s{i:02}"), "http");
+            s.status = if i == 0 {
+                StepStatus::Succeeded
+            } else {
+                StepStatus::Running
+            };
+            s
+        })
+        .collect();
+    run.revision = 2;
+    let save = |run: RunRecord, steps: Vec<StepRecord>| {
+        let a = a.clone();
+        async move {
+            a.save_run(&RunWrite {
+                run,
+                steps,
+                logs: Vec::new(),
+            })
+            .await
+        }
+    };
+    save(run.clone(), steps).await.unwrap();
+    assert_eq!(
+        count_step_items(&ddb, &table, &run_pk(&ws, &run.id)).await,
+        45
+    );
+    let open = a.get_steps(&ws, &run.id).await.unwrap();
+    assert_eq!(
+        open.iter()
+            .filter(|s| s.status == StepStatus::Running)
+            .count(),
+        44,
+        "a running run's steps read as stored"
+    );
+    // The run ends; its cancellations are lost (none written).
+    let ended = chrono::Utc::now();
+    run.revision = 3;
+    run.status = RunStatus::Failed;
+    run.finished_at = Some(ended);
+    save(run.clone(), Vec::new()).await.unwrap();
+    let fresh = DynamoStore::new(ddb.clone(), table.clone());
+    for steps in [
+        fresh.get_steps(&ws, &run.id).await.unwrap(),
+        fresh.load_run(&ws, &run.id).await.unwrap().unwrap().1,
+        fresh.get_step_heads(&ws, &run.id).await.unwrap(),
+        fresh
+            .get_steps_by_keys(&ws, &run.id, &["s00".into(), "s07".into()])
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(steps[0].status, StepStatus::Succeeded);
+        assert!(
+            steps[1..]
+                .iter()
+                .all(|s| s.status == StepStatus::Cancelled && s.finished_at == Some(ended))
+        );
+    }
+    let one = fresh.get_step_head(&ws, &run.id, "s07").await.unwrap();
+    assert_eq!(one.map(|s| s.status), Some(StepStatus::Cancelled));
+}

@@ -89,12 +89,17 @@ fn read_steps(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Vec<S
 
 fn read_results(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Vec<PendingResult>> {
     let mut stmt = c.prepare_cached(
-        "SELECT data FROM step_results WHERE workspace_id = ?1 AND run_id = ?2 ORDER BY key, attempt",
+        "SELECT key, attempt, data FROM step_results WHERE workspace_id = ?1 AND run_id = ?2 ORDER BY key, attempt",
     )?;
     let rows = stmt
-        .query_map(params![ws, id], |r| r.get::<_, String>(0))?
-        .map(|d| Ok(serde_json::from_str::<PendingResult>(&d?)?))
-        .collect::<StoreResult<Vec<_>>>()?;
+        .query_map(params![ws, id], |r| {
+            Ok(PendingResult::read(
+                &r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?.as_bytes(),
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 

@@ -940,3 +940,53 @@ async fn a_pass_records_what_fits_one_write_and_leaves_the_rest() {
             .is_empty()
     );
 }
+
+/// A server answering JSON nested just short of what the executor parses
+/// cannot jam the run's inbox (the stored result, wrapped, would nest past
+/// what reads back): the attempt fails as too large and the run goes on.
+#[tokio::test]
+async fn a_deeply_nested_reply_fails_its_attempt_and_not_the_inbox() {
+    use axum::routing::get;
+    let deep = format!("{}1{}", "[".repeat(120), "]".repeat(120));
+    let app = axum::Router::new().route(
+        "/deep",
+        get(move || {
+            let body = deep.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let h = Harness::new();
+    let ws = WorkspaceId::generate();
+    let def = json!({"id": "deep", "name": "deep", "steps": [
+        {"id": "x", "type": "http", "method": "GET", "url": format!("{base}/deep")}
+    ]});
+    h.app.create_workflow(&ws, def).await.unwrap();
+    let (run, _) = h
+        .app
+        .start_run(
+            &ws,
+            &WorkflowId::from_string("deep"),
+            crate::app::StartRun::with_input(json!({})),
+        )
+        .await
+        .unwrap();
+    let r = h.plan(planning(&ws, &run.id, None)).await;
+    assert_eq!(r.next, Next::DispatchOne, "{r:?}");
+    h.step_function(&r.dispatch[0]).await;
+    let pending = h.store.pending_results(&ws, &run.id).await.unwrap();
+    assert!(
+        matches!(&pending[0].result, Err(e) if e.code == "output_too_large"),
+        "{pending:?}"
+    );
+    let r = h.plan(planning(&ws, &run.id, None)).await;
+    assert_eq!(r.next, Next::Finished, "{r:?}");
+    let x = h.store.get_step(&ws, &run.id, "x").await.unwrap().unwrap();
+    assert_eq!(x.status, StepStatus::Failed);
+    assert_eq!(
+        x.error.as_ref().map(|e| e.code.as_str()),
+        Some("output_too_large")
+    );
+}
