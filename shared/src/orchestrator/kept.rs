@@ -1,10 +1,12 @@
-//! The runs' records the embedded orchestrator keeps between passes
+//! The runs' records an orchestrator keeps between passes
 //! (`tick::RecordCache`), within a memory budget: a run that would take the
-//! total past it is not kept (its next pass reads the store, as without a
-//! cache), so many tenants' large runs cannot make the process grow
-//! without bound.
+//! total past it makes room by forgetting the runs kept longest ago (their
+//! next pass reads the store, as without a cache), and one bigger than the
+//! whole budget is not kept, so many tenants' large runs cannot make the
+//! process grow without bound, and runs that ended or moved to another
+//! process do not hold the room for good.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::recovery::RunKey;
 use super::tick::Kept;
@@ -30,7 +32,11 @@ fn estimate(kept: &Kept) -> u64 {
 }
 
 pub struct KeptRuns {
-    runs: HashMap<RunKey, (Kept, u64)>,
+    /// Each run's records, their estimate and when they were kept.
+    runs: HashMap<RunKey, (Kept, u64, u64)>,
+    /// The kept runs by when they were kept, oldest first.
+    order: BTreeMap<u64, RunKey>,
+    next: u64,
     bytes: u64,
     budget: u64,
 }
@@ -39,25 +45,41 @@ impl KeptRuns {
     pub fn new(budget: u64) -> Self {
         Self {
             runs: HashMap::new(),
+            order: BTreeMap::new(),
+            next: 0,
             bytes: 0,
             budget,
         }
     }
 
     pub fn take(&mut self, run: &RunKey) -> Option<Kept> {
-        let (kept, bytes) = self.runs.remove(run)?;
+        let (kept, bytes, at) = self.runs.remove(run)?;
+        self.order.remove(&at);
         self.bytes -= bytes;
         Some(kept)
     }
 
-    /// Keeps `kept` for `run` if the budget holds it (else forgets the run).
+    /// Keeps `kept` for `run`, forgetting the runs kept longest ago as far
+    /// as it needs room; a run bigger than the whole budget is forgotten.
     pub fn keep(&mut self, run: &RunKey, kept: Kept) {
         self.take(run);
         let bytes = estimate(&kept);
-        if self.bytes.saturating_add(bytes) <= self.budget {
-            self.bytes += bytes;
-            self.runs.insert(run.clone(), (kept, bytes));
+        if bytes > self.budget {
+            return;
         }
+        while self.bytes.saturating_add(bytes) > self.budget {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((_, b, _)) = self.runs.remove(&oldest) {
+                self.bytes -= b;
+            }
+        }
+        let at = self.next;
+        self.next += 1;
+        self.bytes += bytes;
+        self.order.insert(at, run.clone());
+        self.runs.insert(run.clone(), (kept, bytes, at));
     }
 
     pub fn forget(&mut self, run: &RunKey) {
@@ -86,7 +108,7 @@ mod tests {
     }
 
     #[test]
-    fn runs_past_the_budget_are_not_kept() {
+    fn runs_past_the_budget_forget_those_kept_longest_ago() {
         let key = |n: u8| {
             (
                 WorkspaceId::generate(),
@@ -100,12 +122,21 @@ mod tests {
         let mut kept_runs = KeptRuns::new(2 * one);
         kept_runs.keep(&a, kept(10, 1000));
         kept_runs.keep(&b, kept(10, 1000));
+        // b is kept again (a pass of it): a is now the one kept longest ago.
+        let again = kept_runs.take(&b).unwrap();
+        kept_runs.keep(&b, again);
         kept_runs.keep(&c, kept(10, 1000));
-        assert!(kept_runs.take(&c).is_none(), "over the budget: not kept");
-        assert!(kept_runs.take(&a).is_some());
+        assert!(kept_runs.take(&a).is_none(), "forgotten to make room");
+        assert!(kept_runs.take(&c).is_some());
+        assert!(kept_runs.take(&b).is_some());
         // Taking gave the room back.
         kept_runs.keep(&c, kept(10, 1000));
         assert!(kept_runs.take(&c).is_some());
+        // A run bigger than the whole budget is not kept, and forgets none.
+        kept_runs.keep(&a, kept(10, 1000));
+        kept_runs.keep(&b, kept(30, 1000));
+        assert!(kept_runs.take(&b).is_none());
+        assert!(kept_runs.take(&a).is_some());
         // Keeping a run again replaces its entry, not adds to it.
         kept_runs.keep(&b, kept(10, 1000));
         kept_runs.keep(&b, kept(10, 1000));

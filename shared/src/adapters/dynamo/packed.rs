@@ -39,6 +39,19 @@ pub(super) fn pack(records: &[&StepRecord]) -> StoreResult<Option<AttributeValue
     if records.len() > MAX_RECORDS {
         return Ok(None);
     }
+    // Outputs and map items are most of a record: records past the bound
+    // are told so before their JSON is built (40 outputs of 4 MB would
+    // make 160 MB of it).
+    let mut left = MAX_JSON_BYTES;
+    for v in records
+        .iter()
+        .flat_map(|r| r.output.iter().chain(r.items.iter().flatten()))
+    {
+        match crate::domain::limits::json_size(v, left, usize::MAX) {
+            Ok(n) => left -= n.min(left),
+            Err(_) => return Ok(None),
+        }
+    }
     let json = serde_json::to_vec(records)?;
     if json.len() > MAX_JSON_BYTES {
         return Ok(None);
@@ -59,7 +72,9 @@ fn inflate(item: &Item) -> StoreResult<Option<Vec<u8>>> {
             "the run item's `{ATTR}` is not binary"
         )));
     };
-    miniz_oxide::inflate::decompress_to_vec_with_limit(b.as_ref(), MAX_JSON_BYTES)
+    // The limit is what `pack` lets through (a bound on what a stored
+    // value can make this allocate).
+    miniz_oxide::inflate::decompress_to_vec_with_limit(b.as_ref(), MAX_JSON_BYTES + 1)
         .map(Some)
         .map_err(|e| StoreError::Unavailable(format!("the run's packed steps: {e}")))
 }
