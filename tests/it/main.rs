@@ -7,6 +7,7 @@ mod common;
 mod api;
 mod crash;
 mod egress;
+mod events;
 mod examples;
 mod http_step;
 mod limits;

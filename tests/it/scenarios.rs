@@ -34,9 +34,20 @@ struct Scenario {
     pad_input: Option<usize>,
     /// The start itself is refused: the answer expected.
     start_error: Option<StartError>,
+    /// The run is started by sending this event (`{"name", "id"}`, the
+    /// input as its data) rather than by starting the workflow; the event
+    /// is sent twice and must start one run.
+    event: Option<Event>,
     #[serde(default)]
     actions: Vec<Action>,
     expect: Option<Expect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Event {
+    name: String,
+    id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +258,9 @@ async fn run_scenario(app: &TestApp, s: Scenario) -> Result<(), String> {
     if let (Some(n), Some(m)) = (s.pad_input, input.as_object_mut()) {
         m.insert("padding".into(), json!("x".repeat(n)));
     }
+    if let Some(ev) = &s.event {
+        return run_by_event(app, s.expect, s.actions, &wf, ev, input).await;
+    }
     let started = app
         .post(
             &format!("/v1/workflows/{wf}/runs"),
@@ -278,8 +292,56 @@ async fn run_scenario(app: &TestApp, s: Scenario) -> Result<(), String> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    follow(app, expect, s.actions, &wf, &run).await
+}
 
-    for action in s.actions {
+/// Starts the run by sending the scenario's event, twice: one run starts.
+async fn run_by_event(
+    app: &TestApp,
+    expect: Option<Expect>,
+    actions: Vec<Action>,
+    wf: &str,
+    ev: &Event,
+    data: Value,
+) -> Result<(), String> {
+    let expect = expect.ok_or("a scenario that starts a run needs `expect`")?;
+    let body = json!({"name": ev.name, "id": ev.id, "data": data});
+    let mut runs = Vec::new();
+    for replayed in [false, true] {
+        let sent = app.post("/v1/events", body.clone()).await;
+        check(sent.status == 202, || {
+            format!("sending the event: {} {}", sent.status, sent.body)
+        })?;
+        let mine: Vec<&Value> = sent.body["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["workflow_id"] == wf)
+            .collect();
+        check(mine.len() == 1 && mine[0]["replayed"] == replayed, || {
+            format!(
+                "the event should have started one run of {wf} (replayed: {replayed}): {}",
+                sent.body
+            )
+        })?;
+        runs.push(mine[0]["run_id"].as_str().unwrap_or_default().to_owned());
+    }
+    check(runs[0] == runs[1], || {
+        format!("the event sent again started another run: {runs:?}")
+    })?;
+    follow(app, expect, actions, wf, &runs[0]).await
+}
+
+/// Takes the scenario's actions on the run and checks how it ends.
+async fn follow(
+    app: &TestApp,
+    expect: Expect,
+    actions: Vec<Action>,
+    wf: &str,
+    run: &str,
+) -> Result<(), String> {
+    let run = run.to_owned();
+    for action in actions {
         match action {
             Action::WaitFor { wait_for: w } => {
                 app.wait_run(&run, |b| {

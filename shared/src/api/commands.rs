@@ -8,7 +8,7 @@ use serde_json::{Map as JsonMap, Value, json};
 
 use super::extract::Params;
 use super::problem::Problem;
-use crate::app::{AppError, IdempotencyKey, StartRun, UsageRange};
+use crate::app::{AppError, IdempotencyKey, SendEvent, StartRun, UsageRange};
 use crate::domain::limits::{MAX_VALUE_DEPTH, check_json};
 use crate::domain::{ModelPrice, Usd, WorkspaceSettings};
 use crate::dsl::{Path, ValidationError};
@@ -110,6 +110,98 @@ pub fn start_run(body: &Value, headers: &HeaderMap) -> Result<StartRun, AppError
         budget_usd,
         input_memory,
         idempotency,
+    })
+}
+
+/// `POST /v1/events`: `{"name", "data", "id"}` (`data` and `id` optional).
+pub fn send_event(body: &Value) -> Result<SendEvent, AppError> {
+    let Value::Object(fields) = body else {
+        return Err(invalid(vec![ValidationError::new(
+            &Path::root(),
+            "the body must be a JSON object such as {\"name\": \"order.created\", \"data\": {...}}",
+        )]));
+    };
+    let mut errors = unknown_fields(
+        fields,
+        &["name", "data", "id"],
+        "expected `name` and optionally `data` and `id`",
+    );
+    let at = |k: &str| Path::root().key(k);
+    let name = match fields.get("name") {
+        Some(Value::String(s)) if crate::dsl::is_event_name(s) => s.clone(),
+        Some(Value::String(s)) => {
+            errors.push(ValidationError::new(
+                &at("name"),
+                format!("`{s}` is not an event name: use 1-128 letters, digits, `.`, `_`, `-`, `:` or `/`"),
+            ));
+            String::new()
+        }
+        Some(_) => {
+            errors.push(ValidationError::new(
+                &at("name"),
+                "expected the event's name (a string)",
+            ));
+            String::new()
+        }
+        None => {
+            errors.push(ValidationError::new(
+                &at("name"),
+                "missing required field `name`",
+            ));
+            String::new()
+        }
+    };
+    let id = match fields.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match IdempotencyKey::parse(s) {
+            Ok(_) => Some(s.clone()),
+            Err(_) => {
+                errors.push(ValidationError::new(
+                    &at("id"),
+                    format!(
+                        "an event id must be 1-{} visible ASCII characters",
+                        IdempotencyKey::MAX_LEN
+                    ),
+                ));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(ValidationError::new(
+                &at("id"),
+                "expected the event's id (a string)",
+            ));
+            None
+        }
+    };
+    let data = fields
+        .get("data")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(JsonMap::new()));
+    let mut data_memory = 0;
+    if let Err(why) = check_json(&data, MAX_INPUT_BYTES, MAX_VALUE_DEPTH) {
+        errors.push(ValidationError::new(&at("data"), format!("the data {why}")));
+    } else {
+        data_memory = crate::memory::mem_size(&data);
+        if data_memory > MAX_INPUT_MEMORY {
+            errors.push(ValidationError::new(
+                &at("data"),
+                format!(
+                    "the data would take {} MiB in memory; it may take {} MiB",
+                    data_memory / (1024 * 1024),
+                    MAX_INPUT_MEMORY / (1024 * 1024)
+                ),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
+    Ok(SendEvent {
+        name,
+        data,
+        id,
+        data_memory,
     })
 }
 

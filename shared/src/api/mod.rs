@@ -2,6 +2,7 @@
 //! API function under `lambda_http`.
 
 pub mod commands;
+mod events;
 mod extract;
 mod problem;
 mod runs;
@@ -43,6 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(workflows::archive),
         )
         .route("/v1/workflows/{id}/runs", post(runs::start))
+        .route("/v1/events", post(events::send))
         .route("/v1/secrets", get(secrets::list))
         .route(
             "/v1/secrets/{name}",

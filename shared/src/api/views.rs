@@ -394,3 +394,58 @@ impl<'a> From<&'a UsageReport> for UsageReportView<'a> {
         }
     }
 }
+
+/// What `POST /v1/events` answers: the runs the event started (or had
+/// started, for a repeat of its id) and the workflows it could not start.
+#[derive(Serialize)]
+pub struct EventAccepted<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub runs: Vec<EventRunView<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<EventErrorView<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct EventRunView<'a> {
+    pub workflow_id: &'a WorkflowId,
+    pub run_id: &'a RunId,
+    pub replayed: bool,
+    pub links: RunLinks,
+}
+
+#[derive(Serialize)]
+pub struct EventErrorView<'a> {
+    pub workflow_id: &'a WorkflowId,
+    pub detail: &'a str,
+}
+
+impl<'a> From<&'a crate::app::EventOutcome> for EventAccepted<'a> {
+    fn from(o: &'a crate::app::EventOutcome) -> Self {
+        EventAccepted {
+            id: &o.id,
+            name: &o.name,
+            runs: o
+                .runs
+                .iter()
+                .map(|r| EventRunView {
+                    workflow_id: &r.workflow_id,
+                    run_id: &r.run_id,
+                    replayed: r.replayed,
+                    links: RunLinks {
+                        this: format!("/v1/runs/{}", r.run_id),
+                        logs: format!("/v1/runs/{}/logs", r.run_id),
+                    },
+                })
+                .collect(),
+            errors: o
+                .errors
+                .iter()
+                .map(|(w, d)| EventErrorView {
+                    workflow_id: w,
+                    detail: d,
+                })
+                .collect(),
+        }
+    }
+}

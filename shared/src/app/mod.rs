@@ -5,6 +5,7 @@ mod auth;
 pub mod commands;
 mod definitions;
 mod error;
+mod events;
 mod runs;
 mod secrets;
 mod tenants;
@@ -17,6 +18,7 @@ pub use auth::{AuthCache, Principal, generate_api_key, hash_api_key};
 pub use commands::{IdempotencyKey, StartRun, UsageRange};
 pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
+pub use events::{EventOutcome, EventRun, MAX_WORKFLOWS_MATCHED, SendEvent};
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
 pub use tenants::{add_owner_key, create_workspace};
 

@@ -14,6 +14,14 @@ use crate::ports::{
 /// How long an Idempotency-Key holds after first use.
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 
+/// What a run is claimed under (an Idempotency-Key, an event's id): a
+/// start that finds the claim held returns the run that holds it.
+pub(super) struct Claim {
+    pub key: String,
+    /// What the claim's request is checked against.
+    pub request_hash: String,
+}
+
 /// A run with its steps, in definition order (map iterations follow their
 /// map). The steps are read without their outputs; `App::with_outputs`
 /// reads those of the steps shown.
@@ -111,6 +119,23 @@ impl App {
         workflow_id: &WorkflowId,
         cmd: StartRun,
     ) -> Result<(RunRecord, bool), AppError> {
+        let claim = cmd.idempotency.as_ref().map(|key| Claim {
+            key: key.as_str().to_owned(),
+            request_hash: cmd.request_hash(workflow_id),
+        });
+        self.start_run_claimed(ws, workflow_id, cmd, claim).await
+    }
+
+    /// Starts a run, claimed under `claim` if given: a start with a claim
+    /// that is held returns the run that claimed it (if its request hash is
+    /// the same; else `IdempotencyMismatch`).
+    pub(super) async fn start_run_claimed(
+        &self,
+        ws: &WorkspaceId,
+        workflow_id: &WorkflowId,
+        cmd: StartRun,
+        claim: Option<Claim>,
+    ) -> Result<(RunRecord, bool), AppError> {
         let stored = self.get_workflow(ws, workflow_id, cmd.version).await?;
         let wf = self
             .definitions
@@ -131,9 +156,9 @@ impl App {
 
         // Made with its id: runs list by id in the order they were made.
         let (id, now) = RunId::generate_at();
-        let claim = cmd.idempotency.as_ref().map(|key| IdempotencyClaim {
-            key: key.as_str().to_owned(),
-            request_hash: cmd.request_hash(workflow_id),
+        let claim = claim.map(|c| IdempotencyClaim {
+            key: c.key,
+            request_hash: c.request_hash,
             expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
         });
         let run = RunRecord {

@@ -25,6 +25,18 @@ pub struct Workflow {
     /// Most a run may spend on model calls, in USD (a run can lower or raise
     /// it when it starts).
     pub budget_usd: Option<Usd>,
+    /// The events that start a run of it.
+    pub triggers: Vec<Trigger>,
+}
+
+/// An event that starts a run of a workflow (`triggers`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trigger {
+    /// The event's name.
+    pub event: String,
+    /// An expression over `event` (`name`, `id`, `data`): a run starts only
+    /// when it is true.
+    pub condition: Option<String>,
 }
 
 impl Workflow {

@@ -10,7 +10,8 @@ pub use definition::*;
 pub use duration::{MAX_DURATION, parse_duration};
 pub use parse::{
     LLM_PROVIDERS, MAX_BUDGET_USD, MAX_DEFINITION_BYTES, MAX_MAP_CONCURRENCY, MAX_STEPS,
-    budget_usd, is_provider_name, is_secret_name, parse_workflow, step_ids,
+    MAX_TRIGGERS, budget_usd, is_event_name, is_provider_name, is_secret_name, parse_workflow,
+    step_ids,
 };
 pub use path::{Path, ValidationError};
 

@@ -20,6 +20,7 @@ mod llm;
 mod map;
 mod retry;
 mod transform;
+mod triggers;
 
 use approval::parse_approval;
 use condition::parse_condition;
@@ -31,6 +32,8 @@ pub use llm::{LLM_PROVIDERS, MAX_BUDGET_USD, budget_usd, is_provider_name};
 use map::parse_map;
 use retry::parse_retry;
 use transform::parse_transform;
+use triggers::parse_triggers;
+pub use triggers::{MAX_TRIGGERS, is_event_name};
 
 /// Largest definition accepted, in bytes of JSON.
 pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
@@ -56,6 +59,7 @@ const TOP_FIELDS: &[&str] = &[
     "input_schema",
     "metadata",
     "budget_usd",
+    "triggers",
 ];
 const COMMON_FIELDS: &[&str] = &[
     "id",
@@ -155,6 +159,8 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
         None
     });
 
+    let triggers = parse_triggers(&mut p, obj.get("triggers"), &root.key("triggers"));
+
     let steps_path = root.key("steps");
     let mut parsed = match obj.get("steps") {
         Some(Value::Array(items)) if !items.is_empty() => parse_steps(&mut p, items, &steps_path),
@@ -225,6 +231,7 @@ pub fn parse_workflow(v: &Value) -> Result<Workflow, Vec<ValidationError>> {
         output,
         input_schema,
         budget_usd,
+        triggers,
     })
 }
 
