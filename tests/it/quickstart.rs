@@ -131,6 +131,25 @@ async fn the_quick_start_works_as_written() {
     assert_eq!(logs.status, 200);
     assert!(!logs.body["items"].as_array().expect("items").is_empty());
 
+    // an event starts it too, once per event id
+    let event = json!({"name": "refund.requested", "id": "refund-1017",
+        "data": {"customer": "cy", "amount": 35}});
+    let mut runs = Vec::new();
+    for replayed in [false, true] {
+        let r = app.post("/v1/events", event.clone()).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert_eq!(r.body["id"], "refund-1017");
+        let started = r.body["runs"].as_array().expect("runs");
+        assert_eq!(started.len(), 1, "{}", r.body);
+        assert_eq!(started[0]["workflow_id"], "refund_approval");
+        assert_eq!(started[0]["replayed"], replayed);
+        runs.push(started[0]["run_id"].as_str().expect("run id").to_owned());
+    }
+    assert_eq!(runs[0], runs[1]);
+    let by_event = app.wait_finished(&runs[0]).await;
+    assert_eq!(by_event["status"], "COMPLETED", "{by_event}");
+    assert_eq!(by_event["output"]["customer"], "Cy");
+
     // A second start on the same directory keeps the workspace and key.
     drop(dev);
     let again = weft_dev(dir.path());
