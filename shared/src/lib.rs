@@ -14,5 +14,6 @@ pub mod memory;
 pub mod orchestrator;
 pub mod platform;
 pub mod ports;
+pub mod schedules;
 pub mod step_secrets;
 pub mod template;

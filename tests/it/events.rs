@@ -95,6 +95,22 @@ async fn an_event_starts_each_workflow_it_triggers_once_per_id() {
     );
     assert_eq!(runs_in_workspace(&app).await, 2);
 
+    // The same id with other data (or another name) is refused, and
+    // starts nothing.
+    for other in [
+        json!({"name": "order.created", "id": "order-1", "data": {"total": 5}}),
+        json!({"name": "order.refunded", "id": "order-1", "data": {"total": 150}}),
+    ] {
+        let r = app.post("/v1/events", other.clone()).await;
+        assert_eq!(r.status, 422, "{other}: {}", r.body);
+        assert_eq!(
+            r.body["type"], "/problems/idempotency-key-reused",
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(runs_in_workspace(&app).await, 2);
+
     // Without an id every event is new; the condition leaves one out.
     for _ in 0..2 {
         let small = app
@@ -226,6 +242,35 @@ async fn bad_events_and_triggers_are_refused_with_their_paths() {
             .collect();
         assert!(paths.contains(&path), "{triggers}: {}", r.body);
     }
+}
+
+/// An event would start more runs than one event may: refused, none
+/// started. A run starts the version whose trigger matched.
+#[tokio::test]
+async fn an_event_starts_at_most_a_hundred_runs() {
+    let app = spawn_app().await;
+    for i in 0..101 {
+        app.create_workflow(workflow(&format!("w{i:03}"), json!([{"event": "flood"}])))
+            .await;
+    }
+    let r = app.post("/v1/events", json!({"name": "flood"})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("at most 100"),
+        "{}",
+        r.body
+    );
+    assert_eq!(runs_in_workspace(&app).await, 0);
+    let r = app.delete("/v1/workflows/w000").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = app.post("/v1/events", json!({"name": "flood"})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(started(&r.body).len(), 100);
+    let run = &r.body["runs"][0]["run_id"];
+    let shown = app
+        .get(&format!("/v1/runs/{}", run.as_str().unwrap()))
+        .await;
+    assert_eq!(shown.body["workflow_version"], 1, "{}", shown.body);
 }
 
 fn deep(n: usize) -> Value {

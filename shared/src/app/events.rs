@@ -1,22 +1,27 @@
 //! Events: `POST /v1/events` starts a run of every workflow with a trigger
-//! for the event's name whose condition holds. An event sent again with
-//! the same id (within `IDEMPOTENCY_TTL_HOURS`) starts nothing new: each
-//! run it starts is claimed under the event's id and its workflow, the way
-//! an Idempotency-Key claims a run, so a repeat, or a retry after a failure
-//! half-way, finds the runs the first one started and starts only those
-//! that are missing.
+//! for the event's name whose condition holds. An event with an id is
+//! claimed under it (as an Idempotency-Key claims a run): the same id sent
+//! again with the same name and data starts nothing new and answers with
+//! the runs the first one started (a retry after a failure half-way starts
+//! only those that are missing: each run is claimed under the event's id
+//! and its workflow); with another name or other data it is refused.
 
+use chrono::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::runs::Claim;
+use super::runs::{Claim, IDEMPOTENCY_TTL_HOURS};
 use super::{App, AppError, StartRun};
 use crate::domain::{RunId, WorkflowId, WorkspaceId};
-use crate::ports::PageRequest;
+use crate::ports::{IdempotencyClaim, PageRequest};
 
-/// Most workflows an event is matched against (their definitions are read
-/// through the definition cache).
-pub const MAX_WORKFLOWS_MATCHED: usize = 1000;
+/// Most live workflows a workspace may have for its events to be matched
+/// (their listing entries are read for every event).
+pub const MAX_WORKFLOWS_MATCHED: usize = 10_000;
+/// Most runs one event starts: an event matching more is refused.
+pub const MAX_RUNS_PER_EVENT: usize = 100;
+/// Longest reason given for a workflow the event could not start.
+const MAX_DETAIL_CHARS: usize = 300;
 
 /// An event to send, as the API parsed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,7 +42,8 @@ pub struct EventOutcome {
     pub id: String,
     pub name: String,
     pub runs: Vec<EventRun>,
-    /// Workflows whose trigger matched but whose run could not start.
+    /// Workflows whose trigger matched (or could not be evaluated) but
+    /// whose run did not start, with why.
     pub errors: Vec<(WorkflowId, String)>,
 }
 
@@ -47,6 +53,13 @@ pub struct EventRun {
     pub workflow_id: WorkflowId,
     pub run_id: RunId,
     pub replayed: bool,
+}
+
+/// A workflow that listens for the event, at the version matched.
+struct Candidate {
+    id: WorkflowId,
+    version: u32,
+    conditions: Vec<Option<String>>,
 }
 
 impl App {
@@ -59,33 +72,50 @@ impl App {
             .id
             .clone()
             .unwrap_or_else(|| format!("evt_{}", ulid::Ulid::new().to_string().to_lowercase()));
+        if let Some(given) = &ev.id {
+            // A space cannot be in an Idempotency-Key a client sends, so
+            // these claims are the events' own.
+            let claim = IdempotencyClaim {
+                key: format!("event {given}"),
+                request_hash: event_hash(&ev.name, given, Some(&ev.data)),
+                expires_at: chrono::Utc::now() + Duration::hours(IDEMPOTENCY_TTL_HOURS),
+            };
+            if let Some(held) = self.stores.runs.claim(ws, &claim).await?
+                && held != claim.request_hash
+            {
+                return Err(AppError::IdempotencyMismatch);
+            }
+        }
         let event = json!({"name": ev.name, "id": id, "data": ev.data});
-        let ctx = crate::template::context_from_json(&json!({ "event": event }));
         let mut out = EventOutcome {
             id: id.clone(),
             name: ev.name.clone(),
             runs: Vec::new(),
             errors: Vec::new(),
         };
-        for wf_id in self.triggered_by(ws, &ev.name, &ctx, &mut out).await? {
+        let candidates = self.listening(ws, &ev.name).await?;
+        let matched = matching(&candidates, &event, &mut out.errors);
+        if matched.len() > MAX_RUNS_PER_EVENT {
+            return Err(AppError::BadRequest(format!(
+                "the event would start {} runs; an event starts at most {MAX_RUNS_PER_EVENT}",
+                matched.len()
+            )));
+        }
+        for c in matched {
             let mut cmd = StartRun::with_input(ev.data.clone());
             cmd.input_memory = ev.data_memory;
-            // A space cannot be in an Idempotency-Key a client sends, so
-            // these claims are the events' own.
-            let claim = ev.id.as_ref().map(|id| Claim {
-                key: format!("event {id} {wf_id}"),
-                request_hash: event_hash(&ev.name, id),
+            // The version whose trigger matched.
+            cmd.version = Some(c.version);
+            let claim = ev.id.as_ref().map(|given| Claim {
+                key: format!("event {given} {}", c.id),
+                request_hash: event_hash(&ev.name, given, None),
             });
-            match self.start_run_claimed(ws, &wf_id, cmd, claim).await {
+            match self.start_run_claimed(ws, &c.id, cmd, claim).await {
                 Ok((run, replayed)) => out.runs.push(EventRun {
-                    workflow_id: wf_id,
+                    workflow_id: c.id.clone(),
                     run_id: run.id,
                     replayed,
                 }),
-                Err(AppError::IdempotencyMismatch) => out.errors.push((
-                    wf_id,
-                    format!("event id `{id}` was already used for an event of another name"),
-                )),
                 Err(AppError::InvalidRequest(errors)) => {
                     let detail = errors
                         .iter()
@@ -93,37 +123,43 @@ impl App {
                         .collect::<Vec<_>>()
                         .join("; ");
                     out.errors.push((
-                        wf_id,
-                        format!("the event's data is not a valid input: {detail}"),
+                        c.id.clone(),
+                        cut(format!("the event's data is not a valid input: {detail}")),
                     ));
                 }
-                Err(AppError::NotFound(m)) => out.errors.push((wf_id, m)),
-                Err(e) => return Err(e),
+                Err(AppError::NotFound(m) | AppError::Conflict(m)) => {
+                    out.errors.push((c.id.clone(), cut(m)));
+                }
+                // Said for this workflow; the runs started are still told.
+                Err(e) => {
+                    tracing::error!(workspace_id = %ws, workflow_id = %c.id, error = %e, "an event could not start a run");
+                    out.errors.push((
+                        c.id.clone(),
+                        "the run could not be started (the error was logged); send the event again with the same id to retry".into(),
+                    ));
+                }
             }
         }
         Ok(out)
     }
 
-    /// The live workflows with a trigger for `name` whose condition holds
-    /// for the event (conditions that fail to evaluate go to `out.errors`).
-    async fn triggered_by(
-        &self,
-        ws: &WorkspaceId,
-        name: &str,
-        ctx: &crate::template::Context,
-        out: &mut EventOutcome,
-    ) -> Result<Vec<WorkflowId>, AppError> {
-        let mut matched = Vec::new();
+    /// The live workflows whose latest version listens for `name`, found
+    /// from their listing entries (definitions are read only for those).
+    async fn listening(&self, ws: &WorkspaceId, name: &str) -> Result<Vec<Candidate>, AppError> {
+        let mut found = Vec::new();
         let mut seen = 0;
         let mut page = PageRequest::first(crate::ports::MAX_LIMIT);
         loop {
             let listed = self.stores.workflows.list_workflows(ws, &page).await?;
-            for summary in &listed.items {
-                seen += 1;
-                if seen > MAX_WORKFLOWS_MATCHED {
-                    return Err(AppError::BadRequest(format!(
-                        "the workspace has more than {MAX_WORKFLOWS_MATCHED} workflows; events are matched against at most that many"
-                    )));
+            seen += listed.items.len();
+            if seen > MAX_WORKFLOWS_MATCHED {
+                return Err(AppError::BadRequest(format!(
+                    "the workspace has more than {MAX_WORKFLOWS_MATCHED} workflows; events are matched in workspaces with at most that many"
+                )));
+            }
+            for summary in listed.items {
+                if !summary.events.iter().any(|e| e == name) {
+                    continue;
                 }
                 let wf = self
                     .definitions
@@ -135,43 +171,83 @@ impl App {
                     )
                     .await
                     .map_err(|e| AppError::Internal(e.to_string()))?;
-                let mut fires = false;
-                for t in wf.triggers.iter().filter(|t| t.event == name) {
-                    match t.condition.as_deref() {
-                        None => fires = true,
-                        Some(src) => match crate::template::eval_condition(src, ctx) {
-                            Ok(true) => fires = true,
-                            Ok(false) => {}
-                            Err(e) => out.errors.push((
-                                summary.id.clone(),
-                                format!("its trigger's condition could not be evaluated: {e}"),
-                            )),
-                        },
-                    }
-                    if fires {
-                        break;
-                    }
-                }
-                if fires {
-                    matched.push(summary.id.clone());
-                }
+                found.push(Candidate {
+                    id: summary.id,
+                    version: summary.latest_version,
+                    conditions: wf
+                        .triggers
+                        .iter()
+                        .filter(|t| t.event == name)
+                        .map(|t| t.condition.clone())
+                        .collect(),
+                });
             }
             match listed.next_cursor {
                 Some(c) => page.cursor = Some(c),
-                None => return Ok(matched),
+                None => return Ok(found),
             }
         }
     }
 }
 
-/// What a claim of an event's run is checked against: its name under its
-/// id (the same id with another name is refused; the same id and name is
-/// the same event, whatever its data).
-fn event_hash(name: &str, id: &str) -> String {
+/// The candidates a trigger of which holds for the event. All conditions
+/// of one event share one template budget, off the async threads; one
+/// that cannot be evaluated is named in `errors` (once per workflow).
+fn matching<'c>(
+    candidates: &'c [Candidate],
+    event: &Value,
+    errors: &mut Vec<(WorkflowId, String)>,
+) -> Vec<&'c Candidate> {
+    crate::orchestrator::tick::cpu(|| {
+        let ctx = crate::template::context_from_json(&json!({ "event": event }));
+        let _budget = crate::template::scope();
+        let mut matched = Vec::new();
+        for c in candidates {
+            let mut failed = None;
+            let fires = c.conditions.iter().any(|cond| match cond {
+                None => true,
+                Some(src) => match crate::template::eval_condition(src, &ctx) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failed.get_or_insert(e.to_string());
+                        false
+                    }
+                },
+            });
+            match (fires, failed) {
+                (true, _) => matched.push(c),
+                (false, Some(e)) => errors.push((
+                    c.id.clone(),
+                    cut(format!(
+                        "its trigger's condition could not be evaluated: {e}"
+                    )),
+                )),
+                (false, None) => {}
+            }
+        }
+        matched
+    })
+}
+
+fn cut(mut s: String) -> String {
+    if let Some((i, _)) = s.char_indices().nth(MAX_DETAIL_CHARS) {
+        s.truncate(i);
+        s.push('…');
+    }
+    s
+}
+
+/// What a claim under an event's id is checked against: its name and, for
+/// the event's own claim, its data.
+fn event_hash(name: &str, id: &str, data: Option<&Value>) -> String {
     let mut h = Sha256::new();
     h.update(b"event\0");
     h.update(name.as_bytes());
     h.update([0]);
     h.update(id.as_bytes());
+    if let Some(d) = data {
+        h.update([0]);
+        h.update(d.to_string().as_bytes());
+    }
     format!("{:x}", h.finalize())
 }

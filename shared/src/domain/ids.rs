@@ -88,6 +88,7 @@ id_type!(WorkspaceId, "ws_");
 id_type!(WorkflowId, "wf_");
 id_type!(RunId, "run_");
 id_type!(ApiKeyId, "key_");
+id_type!(ScheduleId, "sch_");
 
 #[cfg(test)]
 mod tests {

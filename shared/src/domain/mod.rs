@@ -5,16 +5,18 @@ pub mod limits;
 pub mod models;
 pub mod money;
 pub mod run;
+pub mod schedule;
 pub mod usage;
 pub mod workflow;
 pub mod workspace;
 
-pub use ids::{ApiKeyId, RunId, WorkflowId, WorkspaceId};
+pub use ids::{ApiKeyId, RunId, ScheduleId, WorkflowId, WorkspaceId};
 pub use money::{TokenPrice, Usd};
 pub use run::{
     Attempt, Lease, LogEntry, LogLevel, RunHead, RunRecord, RunStatus, StepError, StepHead,
     StepRecord, StepStatus,
 };
+pub use schedule::{CatchUp, Overlap, Schedule};
 pub use usage::{CapHit, Caps, Charge, ModelPrice, Usage, UsageRow, WorkspaceSettings};
 pub use workflow::{WorkflowSummary, WorkflowVersion};
 pub use workspace::{ApiKeyRecord, Role, Workspace};

@@ -30,7 +30,22 @@ impl WorkflowVersion {
             latest_version: self.version,
             created_at,
             updated_at: self.created_at,
+            events: self.trigger_events(),
         }
+    }
+
+    /// The names of the events its triggers listen for (the definition is
+    /// validated, so each trigger's `event` is a name).
+    pub fn trigger_events(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.definition["triggers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["event"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }
 
@@ -43,4 +58,8 @@ pub struct WorkflowSummary {
     pub latest_version: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The events its latest version's triggers listen for (events are
+    /// matched from these without reading every definition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
 }

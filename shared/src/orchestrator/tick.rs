@@ -27,7 +27,7 @@ pub struct Stores<'a> {
 /// Runs CPU-bound work (a pass of the core, with the run's templates) off
 /// the runtime's async threads where it can, so requests and other runs'
 /// I/O go on meanwhile.
-fn cpu<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn cpu<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),

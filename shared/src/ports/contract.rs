@@ -3,7 +3,7 @@
 //! what DynamoDB enforces too: conditional writes, isolation by workspace,
 //! pagination that visits every item once.
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
 use super::*;
@@ -21,6 +21,8 @@ pub async fn run_all(s: Stores) {
     large_records_round_trip(&s).await;
     runs_list_newest_first_with_filters(&s).await;
     idempotency_keys_are_scoped(&s).await;
+    keys_claim_without_a_run(&s).await;
+    schedules_are_scoped_conditional_and_found_when_due(&s).await;
     logs_page_in_order(&s).await;
     big_saves_fit_the_write_limits(&s).await;
     secrets_are_write_only_and_isolated(&s).await;
@@ -1050,6 +1052,180 @@ async fn idempotency_keys_are_scoped(s: &Stores) {
         s.runs.create_run(&run(&a, "wf"), Some(&old)).await.unwrap(),
         CreateRun::Created
     );
+}
+
+/// A key claimed for no run (an event's id) holds its request hash in its
+/// workspace until it expires, and does not collide with run claims.
+async fn keys_claim_without_a_run(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let claim = |key: &str, hash: &str, live: bool| IdempotencyClaim {
+        key: key.into(),
+        request_hash: hash.into(),
+        expires_at: Utc::now() + Duration::hours(if live { 24 } else { -1 }),
+    };
+    assert_eq!(
+        s.runs
+            .claim(&a, &claim("event e1", "h1", true))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.runs
+            .claim(&a, &claim("event e1", "h2", true))
+            .await
+            .unwrap(),
+        Some("h1".to_owned()),
+        "held, with the first hash"
+    );
+    assert_eq!(
+        s.runs
+            .claim(&b, &claim("event e1", "h2", true))
+            .await
+            .unwrap(),
+        None
+    );
+    s.runs.claim(&a, &claim("gone", "h1", false)).await.unwrap();
+    assert_eq!(
+        s.runs.claim(&a, &claim("gone", "h2", true)).await.unwrap(),
+        None,
+        "an expired claim no longer holds"
+    );
+    assert_eq!(
+        s.runs.claim(&a, &claim("gone", "h3", true)).await.unwrap(),
+        Some("h2".to_owned())
+    );
+}
+
+fn schedule(ws: &WorkspaceId, wf: &str, due: Option<DateTime<Utc>>) -> Schedule {
+    let now = Utc::now();
+    Schedule {
+        workspace_id: ws.clone(),
+        id: ScheduleId::generate(),
+        workflow_id: WorkflowId::from_string(wf),
+        spec: "@hourly".into(),
+        timezone: "UTC".into(),
+        input: json!({"x": 1}),
+        paused: due.is_none(),
+        catch_up: CatchUp::Latest,
+        overlap: Overlap::Allow,
+        next_fire_at: due,
+        last_fire_at: None,
+        last_run_id: None,
+        buffered_fire_at: None,
+        due_at: due,
+        created_at: now,
+        updated_at: now,
+        revision: 1,
+    }
+}
+
+/// Schedules are kept per workspace and workflow, written on their
+/// revision, and found when due across workspaces, earliest first.
+async fn schedules_are_scoped_conditional_and_found_when_due(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let now = Utc::now();
+    let later = schedule(&a, "wf_s", Some(now - Duration::seconds(10)));
+    let sooner = schedule(&b, "wf_s", Some(now - Duration::seconds(60)));
+    let future = schedule(&a, "wf_s", Some(now + Duration::hours(1)));
+    let paused = schedule(&a, "wf_s", None);
+    for sc in [&later, &sooner, &future, &paused] {
+        s.schedules.create_schedule(sc).await.unwrap();
+    }
+    assert!(matches!(
+        s.schedules.create_schedule(&later).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let wf = WorkflowId::from_string("wf_s");
+    assert_eq!(
+        s.schedules.get_schedule(&a, &wf, &later.id).await.unwrap(),
+        Some(later.clone())
+    );
+    assert_eq!(
+        s.schedules.get_schedule(&b, &wf, &later.id).await.unwrap(),
+        None
+    );
+    let mut ids: Vec<ScheduleId> = [&later, &future, &paused]
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    ids.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    let listed: Vec<ScheduleId> = s
+        .schedules
+        .list_schedules(&a, &wf)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, ids);
+    // Due now: the two past ones, earliest first (the index may hold other
+    // tests' schedules: only these are looked at).
+    let mine = |v: Vec<Schedule>| -> Vec<ScheduleId> {
+        v.into_iter()
+            .filter(|x| [&later.id, &sooner.id, &future.id, &paused.id].contains(&&x.id))
+            .map(|x| x.id)
+            .collect()
+    };
+    let due = s.schedules.due_schedules(now, 100).await.unwrap();
+    assert_eq!(mine(due), vec![sooner.id.clone(), later.id.clone()]);
+    // A write on the revision read holds; a second one from it loses.
+    let mut moved = later.clone();
+    moved.revision = 2;
+    moved.due_at = Some(now + Duration::hours(2));
+    moved.next_fire_at = moved.due_at;
+    s.schedules.save_schedule(&moved).await.unwrap();
+    assert!(matches!(
+        s.schedules.save_schedule(&moved).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let due = s.schedules.due_schedules(now, 100).await.unwrap();
+    assert_eq!(mine(due), vec![sooner.id.clone()]);
+    let due = s
+        .schedules
+        .due_schedules(now + Duration::hours(3), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        mine(due),
+        vec![sooner.id.clone(), future.id.clone(), later.id.clone()]
+    );
+    // Deleted: gone from reads and from the due ones.
+    assert!(
+        s.schedules
+            .delete_schedule(&a, &wf, &later.id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.schedules
+            .delete_schedule(&a, &wf, &later.id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.schedules
+            .delete_schedule(&a, &wf, &sooner.id)
+            .await
+            .unwrap(),
+        "another workspace's"
+    );
+    assert_eq!(
+        s.schedules.get_schedule(&a, &wf, &later.id).await.unwrap(),
+        None
+    );
+    let mut gone = moved.clone();
+    gone.revision = 3;
+    assert!(matches!(
+        s.schedules.save_schedule(&gone).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let due = s
+        .schedules
+        .due_schedules(now + Duration::hours(3), 100)
+        .await
+        .unwrap();
+    assert_eq!(mine(due), vec![sooner.id.clone(), future.id.clone()]);
 }
 
 async fn logs_page_in_order(s: &Stores) {

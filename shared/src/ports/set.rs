@@ -15,6 +15,7 @@ pub struct StoreSet {
     pub settings: Arc<dyn SettingsStore>,
     pub usage: Arc<dyn UsageStore>,
     pub cache: Arc<dyn ResultCache>,
+    pub schedules: Arc<dyn ScheduleStore>,
 }
 
 /// A database that holds every table (all ports but secrets).
@@ -26,6 +27,7 @@ pub trait Tables:
     + SettingsStore
     + UsageStore
     + ResultCache
+    + ScheduleStore
     + 'static
 {
 }
@@ -38,6 +40,7 @@ impl<T> Tables for T where
         + SettingsStore
         + UsageStore
         + ResultCache
+        + ScheduleStore
         + 'static
 {
 }
@@ -53,7 +56,8 @@ impl StoreSet {
             secrets,
             settings: s.clone(),
             usage: s.clone(),
-            cache: s,
+            cache: s.clone(),
+            schedules: s,
         }
     }
 

@@ -146,6 +146,13 @@ pub trait RunStore: Send + Sync {
     fn write_limits(&self) -> WriteLimits {
         WriteLimits::default()
     }
+    /// Claims `claim.key` for no run (an event's id): None if this call
+    /// claimed it, else the request hash it is held with (until it expires).
+    async fn claim(
+        &self,
+        ws: &WorkspaceId,
+        claim: &IdempotencyClaim,
+    ) -> StoreResult<Option<String>>;
     /// Inserts a new run, claiming the idempotency key if one is given.
     async fn create_run(
         &self,
@@ -315,4 +322,33 @@ pub trait SecretStore: Send + Sync {
     async fn delete_secret(&self, ws: &WorkspaceId, name: &str) -> StoreResult<bool>;
     /// The value, for the executors of I/O steps only.
     async fn get_secret(&self, ws: &WorkspaceId, name: &str) -> StoreResult<Option<String>>;
+}
+
+/// Schedules, by workspace and workflow, and by when they are next due
+/// (across workspaces: what the tick reads, never a scan).
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// Conflict if a schedule with its id exists.
+    async fn create_schedule(&self, s: &Schedule) -> StoreResult<()>;
+    async fn get_schedule(
+        &self,
+        ws: &WorkspaceId,
+        wf: &WorkflowId,
+        id: &ScheduleId,
+    ) -> StoreResult<Option<Schedule>>;
+    /// A workflow's schedules, by id.
+    async fn list_schedules(&self, ws: &WorkspaceId, wf: &WorkflowId)
+    -> StoreResult<Vec<Schedule>>;
+    /// Writes `s` at `s.revision` if it is stored at `s.revision - 1`
+    /// (Conflict otherwise, also when it is gone).
+    async fn save_schedule(&self, s: &Schedule) -> StoreResult<()>;
+    /// False if there was none.
+    async fn delete_schedule(
+        &self,
+        ws: &WorkspaceId,
+        wf: &WorkflowId,
+        id: &ScheduleId,
+    ) -> StoreResult<bool>;
+    /// Schedules due at `now` (`due_at` at or before it), earliest first.
+    async fn due_schedules(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Schedule>>;
 }

@@ -10,6 +10,7 @@ mod log_chunks;
 mod packed;
 mod payloads;
 mod runs;
+mod schedules;
 mod tenants;
 mod tokens;
 mod usage;

@@ -305,7 +305,7 @@ impl DynamoStore {
     }
 
     /// The items at `keys`, in that order (missing ones left out).
-    async fn batch_get(&self, keys: Vec<Item>) -> StoreResult<Vec<Item>> {
+    pub(super) async fn batch_get(&self, keys: Vec<Item>) -> StoreResult<Vec<Item>> {
         // Found items by their whole key (the steps of a run share one
         // partition key).
         let id = |item: &Item| -> StoreResult<(String, String)> {
@@ -720,6 +720,40 @@ impl RunStore for DynamoStore {
     fn write_limits(&self) -> WriteLimits {
         WriteLimits {
             max_steps: Some(MAX_STEPS_PER_SAVE),
+        }
+    }
+
+    async fn claim(
+        &self,
+        ws: &WorkspaceId,
+        claim: &IdempotencyClaim,
+    ) -> StoreResult<Option<String>> {
+        let idem_key = key(format!("{ws}#IDEM#{}", claim.key), "IDEM");
+        loop {
+            let mut idem = idem_key.clone();
+            idem.insert("request_hash".into(), s(&claim.request_hash));
+            idem.insert("run_id".into(), s(""));
+            idem.insert("expires_at".into(), s(super::ts(claim.expires_at)));
+            idem.insert("ttl".into(), n(claim.expires_at.timestamp()));
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(idem))
+                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                .expression_attribute_values(":now", s(super::ts(Utc::now())))
+                .send()
+                .await
+                .map_err(sdk);
+            match put {
+                Ok(_) => return Ok(None),
+                Err(StoreError::Conflict(_)) => match self.get(idem_key.clone()).await? {
+                    Some(item) => return Ok(Some(get_s(&item, "request_hash")?.to_owned())),
+                    // Gone (expired and removed) in between: claim again.
+                    None => continue,
+                },
+                Err(e) => return Err(e),
+            }
         }
     }
 

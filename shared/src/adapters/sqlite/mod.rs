@@ -4,6 +4,7 @@ mod db;
 #[cfg(test)]
 mod observed;
 mod runs;
+mod schedules;
 mod schema;
 mod sealed;
 mod secrets;

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::SqliteStore;
 use crate::domain::{RunId, RunRecord, StepRecord, WorkspaceId};
-use crate::ports::{PendingResult, RunStore, StoreResult};
+use crate::ports::{IdempotencyClaim, PendingResult, RunStore, StoreResult};
 
 pub struct Observed {
     pub inner: Arc<SqliteStore>,
@@ -46,6 +46,10 @@ impl RunStore for Observed {
             max_steps: self.max_steps,
         }
     }
+    async fn claim(&self, ws: &WorkspaceId, c: &IdempotencyClaim) -> StoreResult<Option<String>> {
+        self.inner.claim(ws, c).await
+    }
+
     async fn create_run(
         &self,
         r: &RunRecord,

@@ -29,14 +29,15 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> StoreResult<()> {
 
 fn claim_key(
     tx: &Transaction<'_>,
-    run: &RunRecord,
+    ws: &str,
+    run_id: &str,
     claim: &IdempotencyClaim,
     now: DateTime<Utc>,
 ) -> StoreResult<Option<CreateRun>> {
     let existing: Option<(String, String, String)> = tx
         .query_row(
             "SELECT request_hash, run_id, expires_at FROM idempotency_keys WHERE workspace_id = ?1 AND key = ?2",
-            params![run.workspace_id.as_str(), claim.key],
+            params![ws, claim.key],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
@@ -53,7 +54,7 @@ fn claim_key(
     }
     tx.execute(
         "INSERT OR REPLACE INTO idempotency_keys (workspace_id, key, request_hash, run_id, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![run.workspace_id.as_str(), claim.key, claim.request_hash, run.id.as_str(), claim.expires_at.to_rfc3339()],
+        params![ws, claim.key, claim.request_hash, run_id, claim.expires_at.to_rfc3339()],
     )?;
     Ok(None)
 }
@@ -136,6 +137,23 @@ fn read_steps_at(
 
 #[async_trait]
 impl RunStore for SqliteStore {
+    async fn claim(
+        &self,
+        ws: &WorkspaceId,
+        claim: &IdempotencyClaim,
+    ) -> StoreResult<Option<String>> {
+        let (ws, claim) = (ws.to_string(), claim.clone());
+        let now = Utc::now();
+        self.db
+            .write(move |tx| {
+                Ok(match claim_key(tx, &ws, "", &claim, now)? {
+                    Some(CreateRun::Existing { request_hash, .. }) => Some(request_hash),
+                    _ => None,
+                })
+            })
+            .await
+    }
+
     async fn create_run(
         &self,
         run: &RunRecord,
@@ -146,7 +164,8 @@ impl RunStore for SqliteStore {
         self.db
             .write(move |tx| {
                 if let Some(claim) = &claim
-                    && let Some(existing) = claim_key(tx, &run, claim, now)?
+                    && let Some(existing) =
+                        claim_key(tx, run.workspace_id.as_str(), run.id.as_str(), claim, now)?
                 {
                     return Ok(existing);
                 }

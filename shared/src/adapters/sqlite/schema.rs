@@ -138,6 +138,19 @@ CREATE TABLE step_results (
     PRIMARY KEY (workspace_id, run_id, key, attempt)
 ) STRICT;
 "#,
+    // Schedules, and the index the tick reads them by.
+    r#"
+CREATE TABLE schedules (
+    workspace_id TEXT NOT NULL,
+    workflow_id  TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    due_at       TEXT,
+    revision     INTEGER NOT NULL,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, workflow_id, id)
+) STRICT;
+CREATE INDEX schedules_due ON schedules (due_at) WHERE due_at IS NOT NULL;
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {

@@ -1,0 +1,163 @@
+//! Schedules: one partition per workflow's schedules (`{ws}#SCHED#{wf}`,
+//! the schedule id as sort key); a schedule with a due time is also in the
+//! index `gsi2` (`DUE#{shard}`, due time + ids), which the tick reads for
+//! those that are due.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{DynamoStore, Item, data, get_s, key, n, s, sdk, ts};
+use crate::domain::{Schedule, ScheduleId, WorkflowId, WorkspaceId};
+use crate::ports::{ScheduleStore, StoreError, StoreResult};
+
+/// Partitions of the due-schedules index (writes spread, the tick reads
+/// each).
+const DUE_SHARDS: u32 = 4;
+
+fn pk(ws: &WorkspaceId, wf: &WorkflowId) -> String {
+    format!("{ws}#SCHED#{wf}")
+}
+
+fn item(sc: &Schedule) -> StoreResult<Item> {
+    let mut item = key(pk(&sc.workspace_id, &sc.workflow_id), sc.id.as_str());
+    item.insert("data".into(), s(serde_json::to_string(sc)?));
+    item.insert("revision".into(), n(sc.revision));
+    if let Some(due) = sc.due_at {
+        let shard = sc
+            .id
+            .as_str()
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+            % DUE_SHARDS;
+        item.insert("gsi2pk".into(), s(format!("DUE#{shard}")));
+        item.insert(
+            "gsi2sk".into(),
+            s(format!(
+                "{}#{}#{}#{}",
+                ts(due),
+                sc.workspace_id,
+                sc.workflow_id,
+                sc.id
+            )),
+        );
+    }
+    Ok(item)
+}
+
+#[async_trait]
+impl ScheduleStore for DynamoStore {
+    async fn create_schedule(&self, sc: &Schedule) -> StoreResult<()> {
+        match self.put(item(sc)?, true).await {
+            Err(StoreError::Conflict(_)) => Err(StoreError::Conflict(format!(
+                "schedule `{}` already exists",
+                sc.id
+            ))),
+            other => other,
+        }
+    }
+
+    async fn get_schedule(
+        &self,
+        ws: &WorkspaceId,
+        wf: &WorkflowId,
+        id: &ScheduleId,
+    ) -> StoreResult<Option<Schedule>> {
+        self.get(key(pk(ws, wf), id.as_str()))
+            .await?
+            .map(|i| data(&i))
+            .transpose()
+    }
+
+    async fn list_schedules(
+        &self,
+        ws: &WorkspaceId,
+        wf: &WorkflowId,
+    ) -> StoreResult<Vec<Schedule>> {
+        self.query_between(pk(ws, wf), "sch_", "sch`")
+            .await?
+            .iter()
+            .map(data)
+            .collect()
+    }
+
+    async fn save_schedule(&self, sc: &Schedule) -> StoreResult<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item(sc)?))
+            .condition_expression("revision = :prev")
+            .expression_attribute_values(":prev", n(sc.revision.saturating_sub(1)))
+            .send()
+            .await
+            .map_err(sdk)
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "schedule `{}` is not at revision {}",
+                    sc.id,
+                    sc.revision.saturating_sub(1)
+                )),
+                e => e,
+            })?;
+        Ok(())
+    }
+
+    async fn delete_schedule(
+        &self,
+        ws: &WorkspaceId,
+        wf: &WorkflowId,
+        id: &ScheduleId,
+    ) -> StoreResult<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk(ws, wf), id.as_str())))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn due_schedules(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Schedule>> {
+        // Keys start with the due time: every key before `{now}$` is due
+        // (`#` sorts before `$`).
+        let bound = format!("{}$", ts(now));
+        let mut found: Vec<(String, Item)> = Vec::new();
+        for shard in 0..DUE_SHARDS {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("gsi2")
+                .key_condition_expression("gsi2pk = :pk AND gsi2sk < :now")
+                .expression_attribute_values(":pk", s(format!("DUE#{shard}")))
+                .expression_attribute_values(":now", s(bound.clone()))
+                .limit(limit as i32)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for i in out.items() {
+                found.push((
+                    get_s(i, "gsi2sk")?.to_owned(),
+                    key(get_s(i, "pk")?, get_s(i, "sk")?),
+                ));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.truncate(limit);
+        let mut due = Vec::new();
+        for i in self
+            .batch_get(found.into_iter().map(|(_, k)| k).collect())
+            .await?
+        {
+            let sc: Schedule = data(&i)?;
+            // The index is read eventually consistently: the item decides.
+            if sc.due_at.is_some_and(|d| d <= now) {
+                due.push(sc);
+            }
+        }
+        due.sort_by_key(|sc| sc.due_at);
+        Ok(due)
+    }
+}
