@@ -7,6 +7,8 @@
    executions run, one drives, and each step's call happens once.
 3. A run's Express execution is stopped mid-run: the sweeper resumes it
    once its lease runs out.
+4. A schedule's fire time, seen by the tick twice (a doubled or repeated
+   EventBridge invocation), starts one run.
 
 A counting HTTP server stands in for the outside world. Reads the stack's
 ready file (infra/local/with-stack); exits non-zero on any failure.
@@ -158,6 +160,29 @@ def stopped_mid_run(ready, base, sfn, lam):
     print(f"ok  a run whose execution was stopped mid-run completes (sweep: {swept})")
 
 
+def scheduled_once(ready, base, lam):
+    create(ready, {"id": "res_sched", "name": "scheduled", "steps": [
+        {"id": "call", "type": "http", "method": "POST", "url": f"{base}/sched", "body": {"n": "{{ trigger.n }}"}}
+    ]})
+    status, body = api(ready, "POST", "/v1/workflows/res_sched/schedules",
+                       {"spec": "rate(1 minute)", "input": {"n": 3}})
+    if status != 201:
+        sys.exit(f"resilience: creating the schedule failed: {status} {body}")
+    first = datetime.datetime.fromisoformat(body["next_fire_times"][0].replace("Z", "+00:00"))
+    at = first + datetime.timedelta(seconds=5)
+    ticks = [sweep(lam, at) for _ in range(2)]
+    started = sum(t["schedules"]["started"] for t in ticks)
+    if any(t["schedules"]["errors"] for t in ticks) or started < 1:
+        sys.exit(f"resilience: the ticks did not fire the schedule: {ticks}")
+    status, body = api(ready, "GET", "/v1/runs?workflow_id=res_sched", None)
+    runs = body.get("items", []) if status == 200 else []
+    if len(runs) != 1:
+        sys.exit(f"resilience: one fire time should start one run: {status} {body}")
+    wait_status(ready, runs[0]["run_id"], {"COMPLETED"})
+    check_calls(["/sched"])
+    print(f"ok  a schedule's fire time seen by two ticks starts one run (ticks: {[t['schedules'] for t in ticks]})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ready-file", required=True)
@@ -170,6 +195,7 @@ def main():
     started_twice(ready, base, sfn)
     stopped_approval(ready, base, sfn, lam)
     stopped_mid_run(ready, base, sfn, lam)
+    scheduled_once(ready, base, lam)
     server.shutdown()
 
 

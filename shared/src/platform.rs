@@ -103,6 +103,7 @@ impl Platform {
             executors(&config, &stores)?,
         ));
         let app = Arc::new(App::new(stores, orchestrator.clone(), definitions));
+        tick_schedules(Arc::downgrade(&app));
         let resumed = if db == Path::new(":memory:") {
             orchestrator.resume_all(shared.as_ref()).await
         } else {
@@ -165,6 +166,32 @@ impl Platform {
         }
         Ok(creds)
     }
+}
+
+/// How often the embedded platform looks for due schedules.
+pub const SCHEDULE_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The embedded tick: fires due schedules until the platform is gone.
+fn tick_schedules(app: std::sync::Weak<App>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SCHEDULE_TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            let Some(app) = app.upgrade() else {
+                return;
+            };
+            let r = app.fire_schedules(chrono::Utc::now()).await;
+            if r.started > 0 || r.errors > 0 {
+                tracing::info!(
+                    due = r.due,
+                    started = r.started,
+                    errors = r.errors,
+                    "schedules fired"
+                );
+            }
+        }
+    });
 }
 
 fn executors(

@@ -15,4 +15,5 @@ mod llm_spending;
 mod llm_step;
 mod quickstart;
 mod scenarios;
+mod schedules;
 mod secrets;

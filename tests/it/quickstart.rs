@@ -150,6 +150,18 @@ async fn the_quick_start_works_as_written() {
     assert_eq!(by_event["status"], "COMPLETED", "{by_event}");
     assert_eq!(by_event["output"]["customer"], "Cy");
 
+    // and on a schedule
+    let r = app
+        .post(
+            "/v1/workflows/refund_approval/schedules",
+            json!({"spec": "0 9 * * MON-FRI", "timezone": "Europe/Berlin",
+                   "input": {"customer": "weekly", "amount": 1}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["next_fire_times"].as_array().map(Vec::len), Some(5));
+    assert_eq!(r.body["catch_up"], "latest");
+
     // A second start on the same directory keeps the workspace and key.
     drop(dev);
     let again = weft_dev(dir.path());

@@ -1,5 +1,6 @@
 //! The tick function: invoked every minute by an EventBridge schedule, it
-//! sweeps runs whose driver is gone (see `weft::aws::Stack::sweep`).
+//! sweeps runs whose driver is gone and starts the runs of due schedules
+//! (see `weft::aws::Stack::tick`).
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use weft::aws::TickEvent;
@@ -9,7 +10,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     weft::aws::init_logs();
     let stack = &weft::aws::Stack::from_env().await?;
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<TickEvent>| {
-        stack.sweep(ev.payload)
+        stack.tick(ev.payload)
     }))
     .await
 }

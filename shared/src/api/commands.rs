@@ -8,7 +8,7 @@ use serde_json::{Map as JsonMap, Value, json};
 
 use super::extract::Params;
 use super::problem::Problem;
-use crate::app::{AppError, IdempotencyKey, SendEvent, StartRun, UsageRange};
+use crate::app::{AppError, IdempotencyKey, ScheduleFields, SendEvent, StartRun, UsageRange};
 use crate::domain::limits::{MAX_VALUE_DEPTH, check_json};
 use crate::domain::{ModelPrice, Usd, WorkspaceSettings};
 use crate::dsl::{Path, ValidationError};
@@ -110,6 +110,117 @@ pub fn start_run(body: &Value, headers: &HeaderMap) -> Result<StartRun, AppError
         budget_usd,
         input_memory,
         idempotency,
+    })
+}
+
+/// `POST /v1/workflows/{id}/schedules` (`create`: `spec` required) and
+/// `PATCH …/schedules/{sid}`: `{"spec", "timezone", "input", "paused",
+/// "catch_up", "overlap"}`.
+pub fn schedule_fields(body: &Value, create: bool) -> Result<ScheduleFields, AppError> {
+    let Value::Object(fields) = body else {
+        return Err(invalid(vec![ValidationError::new(
+            &Path::root(),
+            "the body must be a JSON object such as {\"spec\": \"0 9 * * MON-FRI\", \"timezone\": \"Europe/Berlin\"}",
+        )]));
+    };
+    let mut errors = unknown_fields(
+        fields,
+        &["spec", "timezone", "input", "paused", "catch_up", "overlap"],
+        "expected `spec`, `timezone`, `input`, `paused`, `catch_up` or `overlap`",
+    );
+    let at = |k: &str| Path::root().key(k);
+    let string = |k: &str, errors: &mut Vec<ValidationError>| match fields.get(k) {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            errors.push(ValidationError::new(
+                &at(k),
+                format!("expected `{k}` as a string"),
+            ));
+            None
+        }
+    };
+    let spec = string("spec", &mut errors);
+    let timezone = string("timezone", &mut errors);
+    if create && spec.is_none() && !fields.contains_key("spec") {
+        errors.push(ValidationError::new(
+            &at("spec"),
+            "missing required field `spec`: a cron pattern such as \"0 9 * * MON-FRI\" or a rate such as \"rate(15 minutes)\"",
+        ));
+    }
+    let paused = match fields.get("paused") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            errors.push(ValidationError::new(
+                &at("paused"),
+                "expected true or false",
+            ));
+            None
+        }
+    };
+    let choice = |k: &str, errors: &mut Vec<ValidationError>, options: &str| -> Option<Value> {
+        match fields.get(k) {
+            None => None,
+            Some(v @ Value::String(_)) => Some(v.clone()),
+            Some(_) => {
+                errors.push(ValidationError::new(
+                    &at(k),
+                    format!("expected one of {options}"),
+                ));
+                None
+            }
+        }
+    };
+    const CATCH_UP: &str = "\"latest\", \"all\" or \"none\"";
+    const OVERLAP: &str = "\"allow\", \"skip\", \"buffer_one\" or \"cancel_other\"";
+    let catch_up = choice("catch_up", &mut errors, CATCH_UP).and_then(|v| {
+        serde_json::from_value(v)
+            .map_err(|_| {
+                errors.push(ValidationError::new(
+                    &at("catch_up"),
+                    format!("expected one of {CATCH_UP}"),
+                ))
+            })
+            .ok()
+    });
+    let overlap = choice("overlap", &mut errors, OVERLAP).and_then(|v| {
+        serde_json::from_value(v)
+            .map_err(|_| {
+                errors.push(ValidationError::new(
+                    &at("overlap"),
+                    format!("expected one of {OVERLAP}"),
+                ))
+            })
+            .ok()
+    });
+    let input = fields.get("input").cloned();
+    if let Some(i) = &input {
+        if let Err(why) = check_json(i, MAX_INPUT_BYTES, MAX_VALUE_DEPTH) {
+            errors.push(ValidationError::new(
+                &at("input"),
+                format!("the input {why}"),
+            ));
+        } else if crate::memory::mem_size(i) > MAX_INPUT_MEMORY {
+            errors.push(ValidationError::new(
+                &at("input"),
+                format!(
+                    "the input would take more than {} MiB in memory",
+                    MAX_INPUT_MEMORY / (1024 * 1024)
+                ),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
+    Ok(ScheduleFields {
+        spec,
+        timezone,
+        input,
+        paused,
+        catch_up,
+        overlap,
     })
 }
 

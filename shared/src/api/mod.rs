@@ -6,6 +6,7 @@ mod events;
 mod extract;
 mod problem;
 mod runs;
+mod schedules;
 mod secrets;
 mod usage;
 pub mod views;
@@ -45,6 +46,16 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/workflows/{id}/runs", post(runs::start))
         .route("/v1/events", post(events::send))
+        .route(
+            "/v1/workflows/{id}/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/v1/workflows/{id}/schedules/{schedule_id}",
+            get(schedules::get)
+                .patch(schedules::update)
+                .delete(schedules::delete),
+        )
         .route("/v1/secrets", get(secrets::list))
         .route(
             "/v1/secrets/{name}",

@@ -449,3 +449,58 @@ impl<'a> From<&'a crate::app::EventOutcome> for EventAccepted<'a> {
         }
     }
 }
+
+/// A schedule, with its next five fire times.
+#[derive(Serialize)]
+pub struct ScheduleView<'a> {
+    pub id: &'a ScheduleId,
+    pub workflow_id: &'a WorkflowId,
+    pub spec: &'a str,
+    pub timezone: &'a str,
+    pub input: &'a Value,
+    pub paused: bool,
+    pub catch_up: CatchUp,
+    pub overlap: Overlap,
+    pub next_fire_times: Vec<DateTime<Utc>>,
+    pub last_fire_at: Option<DateTime<Utc>>,
+    pub last_run_id: Option<&'a RunId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffered_fire_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How many fire times a schedule's view shows.
+pub const SHOWN_FIRE_TIMES: usize = 5;
+
+impl<'a> From<&'a Schedule> for ScheduleView<'a> {
+    fn from(s: &'a Schedule) -> Self {
+        let next_fire_times = match (
+            s.next_fire_at,
+            crate::schedules::Timing::parse(&s.spec, &s.timezone, s.created_at),
+        ) {
+            (Some(first), Ok(t)) => {
+                let mut times = vec![first];
+                times.extend(t.upcoming(first, SHOWN_FIRE_TIMES - 1));
+                times
+            }
+            _ => Vec::new(),
+        };
+        ScheduleView {
+            id: &s.id,
+            workflow_id: &s.workflow_id,
+            spec: &s.spec,
+            timezone: &s.timezone,
+            input: &s.input,
+            paused: s.paused,
+            catch_up: s.catch_up,
+            overlap: s.overlap,
+            next_fire_times,
+            last_fire_at: s.last_fire_at,
+            last_run_id: s.last_run_id.as_ref(),
+            buffered_fire_at: s.buffered_fire_at,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}

@@ -7,6 +7,7 @@ mod definitions;
 mod error;
 mod events;
 mod runs;
+mod schedules;
 mod secrets;
 mod tenants;
 pub mod usage;
@@ -20,6 +21,7 @@ pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
 pub use events::{EventOutcome, EventRun, MAX_WORKFLOWS_MATCHED, SendEvent};
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
+pub use schedules::{FireReport, MAX_SCHEDULES_PER_WORKFLOW, ScheduleFields};
 pub use tenants::{add_owner_key, create_workspace};
 
 use crate::ports::{RunDriver, StoreSet};

@@ -36,7 +36,11 @@ pub struct RunView {
     pub rooms: Vec<std::sync::Arc<OwnedSemaphorePermit>>,
 }
 
-fn input_errors(schema: &Value, input: &Value) -> Vec<ValidationError> {
+/// Most characters of one schema error's message (the validator quotes the
+/// offending value, which may be large).
+const MAX_SCHEMA_MESSAGE: usize = 300;
+
+pub(super) fn input_errors(schema: &Value, input: &Value) -> Vec<ValidationError> {
     let Ok(validator) = jsonschema::validator_for(schema) else {
         return Vec::new();
     };
@@ -52,7 +56,12 @@ fn input_errors(schema: &Value, input: &Value) -> Vec<ValidationError> {
                     Err(_) => path.key(&seg),
                 };
             }
-            ValidationError::new(&path, e.to_string())
+            let mut msg = e.to_string();
+            if let Some((i, _)) = msg.char_indices().nth(MAX_SCHEMA_MESSAGE) {
+                msg.truncate(i);
+                msg.push('…');
+            }
+            ValidationError::new(&path, msg)
         })
         .collect()
 }

@@ -8,6 +8,7 @@ mod error;
 mod handlers;
 mod settings;
 mod sweep;
+mod tick;
 
 use std::sync::Arc;
 

@@ -94,6 +94,35 @@ impl Timing {
         }
     }
 
+    /// The last `n` fire times at or before `now` and at or after `from`,
+    /// oldest first (however many were missed, this looks at `n`).
+    pub fn recent(&self, from: DateTime<Utc>, now: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut out: Vec<DateTime<Utc>> = match self {
+            Timing::Cron { cron, tz } => cron
+                .iter_from(now.with_timezone(tz), croner::Direction::Backward)
+                .take(n)
+                .map(|t| t.with_timezone(&Utc))
+                .take_while(|t| *t >= from)
+                .collect(),
+            Timing::Rate { every, anchor } => {
+                let step = every.num_milliseconds().max(1);
+                let since = (now - *anchor).num_milliseconds();
+                if since < 0 {
+                    Vec::new()
+                } else {
+                    let last = since / step;
+                    (0..n as i64)
+                        .map_while(|i| last.checked_sub(i).filter(|k| *k >= 0))
+                        .map(|k| *anchor + Duration::milliseconds(k.saturating_mul(step)))
+                        .take_while(|t| *t >= from)
+                        .collect()
+                }
+            }
+        };
+        out.reverse();
+        out
+    }
+
     /// The next `n` fire times after `t`.
     pub fn upcoming(&self, mut t: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
         let mut out = Vec::with_capacity(n);
@@ -198,6 +227,35 @@ mod tests {
             t.next_after(utc("2026-12-01T09:00:00Z")),
             Some(anchor),
             "before the anchor"
+        );
+    }
+
+    #[test]
+    fn recent_fire_times_are_the_last_few_missed() {
+        let t = Timing::parse("@hourly", "UTC", Utc::now()).unwrap();
+        let from = utc("2026-11-01T00:00:00Z");
+        let now = utc("2026-12-01T10:30:00Z");
+        assert_eq!(
+            t.recent(from, now, 3),
+            [
+                utc("2026-12-01T08:00:00Z"),
+                utc("2026-12-01T09:00:00Z"),
+                utc("2026-12-01T10:00:00Z")
+            ]
+        );
+        assert_eq!(
+            t.recent(utc("2026-12-01T09:00:00Z"), now, 10),
+            [utc("2026-12-01T09:00:00Z"), utc("2026-12-01T10:00:00Z")]
+        );
+        let anchor = utc("2026-12-01T10:00:00Z");
+        let r = Timing::parse("rate(10 minutes)", "UTC", anchor).unwrap();
+        assert_eq!(
+            r.recent(anchor, utc("2026-12-01T10:25:00Z"), 5),
+            [
+                anchor,
+                utc("2026-12-01T10:10:00Z"),
+                utc("2026-12-01T10:20:00Z")
+            ]
         );
     }
 
