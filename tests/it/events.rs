@@ -280,3 +280,130 @@ fn deep(n: usize) -> Value {
     }
     v
 }
+
+fn waits(timeout: &str) -> Value {
+    json!({"id": "pay", "name": "pay", "steps": [
+        {"id": "paid", "type": "wait_for_event", "event": "order.paid",
+         "match": "event.data.order_id == trigger.order_id", "timeout": timeout},
+        {"id": "done", "type": "transform", "value": "{{ paid.data.amount if paid else 'never paid' }}"}
+    ]})
+}
+
+/// A step waits for the event its `match` picks out; the event is its
+/// output. Others wait on.
+#[tokio::test]
+async fn a_waiting_step_takes_the_event_that_matches_it() {
+    let app = spawn_app().await;
+    app.create_workflow(waits("1h")).await;
+    let a = app.start_run("pay", json!({"order_id": "A"})).await;
+    let b = app.start_run("pay", json!({"order_id": "B"})).await;
+    for run in [&a, &b] {
+        let w = app.wait_run(run, |r| r["status"] == "WAITING").await;
+        assert_eq!(crate::common::step(&w, "paid")["status"], "waiting");
+    }
+    let sent = app
+        .post(
+            "/v1/events",
+            json!({"name": "order.paid", "id": "pay-b", "data": {"order_id": "B", "amount": 42}}),
+        )
+        .await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    assert_eq!(
+        sent.body["resumed"],
+        json!([{"run_id": b, "step_id": "paid"}])
+    );
+    let done = app.wait_finished(&b).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["output"], 42);
+    let paid = crate::common::step(&done, "paid");
+    assert_eq!(paid["output"]["data"]["amount"], 42);
+    assert_eq!(paid["output"]["id"], "pay-b");
+    // A waits on; the same event again resumes nothing.
+    let again = app
+        .post(
+            "/v1/events",
+            json!({"name": "order.paid", "id": "pay-b", "data": {"order_id": "B", "amount": 42}}),
+        )
+        .await;
+    assert_eq!(again.body["resumed"], json!([]), "{}", again.body);
+    let other = app
+        .post(
+            "/v1/events",
+            json!({"name": "order.shipped", "data": {"order_id": "A"}}),
+        )
+        .await;
+    assert_eq!(other.body["resumed"], json!([]));
+    let still = app.get(&format!("/v1/runs/{a}")).await;
+    assert_eq!(still.body["status"], "WAITING");
+    // Another workspace's event reaches none of this one's steps.
+    let key = app.other_workspace().await;
+    let theirs = app
+        .call(
+            "POST",
+            "/v1/events",
+            Some(json!({"name": "order.paid", "data": {"order_id": "A", "amount": 1}})),
+            Some(&key),
+            &[],
+        )
+        .await;
+    assert_eq!(theirs.body["resumed"], json!([]), "{}", theirs.body);
+    let sent = app
+        .post(
+            "/v1/events",
+            json!({"name": "order.paid", "data": {"order_id": "A", "amount": 7}}),
+        )
+        .await;
+    assert_eq!(sent.body["resumed"][0]["run_id"], a.as_str());
+    assert_eq!(app.wait_finished(&a).await["output"], 7);
+}
+
+/// No event in time: the step's output is null and the run goes on.
+#[tokio::test]
+async fn a_wait_for_an_event_times_out_with_null() {
+    let app = spawn_app().await;
+    app.create_workflow(waits("1s")).await;
+    let run = app.start_run("pay", json!({"order_id": "Z"})).await;
+    let done = app.wait_finished(&run).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(crate::common::step(&done, "paid")["output"], Value::Null);
+    assert_eq!(done["output"], "never paid");
+}
+
+#[tokio::test]
+async fn bad_waits_are_refused_with_their_paths() {
+    let app = spawn_app().await;
+    for (step, path) in [
+        (json!({"id": "w", "type": "wait_for_event"}), "$.steps[0]"),
+        (
+            json!({"id": "w", "type": "wait_for_event", "event": "a b"}),
+            "$.steps[0].event",
+        ),
+        (
+            json!({"id": "w", "type": "wait_for_event", "event": "x", "match": "secrets.k == 1"}),
+            "$.steps[0].match",
+        ),
+        (
+            json!({"id": "w", "type": "wait_for_event", "event": "x", "match": 3}),
+            "$.steps[0].match",
+        ),
+        (
+            json!({"id": "w", "type": "wait_for_event", "event": "x", "lookback": "5m"}),
+            "$.steps[0].lookback",
+        ),
+    ] {
+        let r = app
+            .post(
+                "/v1/workflows",
+                json!({"name": "w", "steps": [step.clone()]}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{step}: {}", r.body);
+        let paths: Vec<&str> = r.body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["path"].as_str())
+            .collect();
+        assert!(paths.contains(&path), "{step}: {}", r.body);
+    }
+}

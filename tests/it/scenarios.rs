@@ -77,6 +77,11 @@ enum Action {
     UpdateWorkflow {
         update_workflow: Value,
     },
+    /// `POST /v1/events` with this body; it must complete the run's
+    /// waiting step.
+    SendEvent {
+        send_event: Value,
+    },
 }
 
 fn ok_status() -> u16 {
@@ -127,6 +132,7 @@ fn parse(text: &str) -> Result<Scenario, String> {
             "expect_status",
             "cancel",
             "update_workflow",
+            "send_event",
         ];
         for key in action.as_object().into_iter().flat_map(|m| m.keys()) {
             if !known.contains(&key.as_str()) {
@@ -377,6 +383,18 @@ async fn follow(
                 let r = app.post(&format!("/v1/runs/{run}/cancel"), json!({})).await;
                 check(r.status == 200, || {
                     format!("cancelling: {} {}", r.status, r.body)
+                })?;
+            }
+            Action::SendEvent { send_event } => {
+                let r = app.post("/v1/events", send_event.clone()).await;
+                let resumed = r.body["resumed"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().any(|x| x["run_id"] == run.as_str()));
+                check(r.status == 202 && resumed, || {
+                    format!(
+                        "sending {send_event} should resume the run: {} {}",
+                        r.status, r.body
+                    )
                 })?;
             }
             Action::UpdateWorkflow {

@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
 use crate::common::{TestApp, spawn_app};
+use weft::ports::ScheduleStore as _;
 
 fn times(view: &Value) -> Vec<DateTime<Utc>> {
     view["next_fire_times"]
@@ -150,6 +151,20 @@ async fn missed_fire_times_and_overlaps_follow_their_policies() {
     .await;
     tick(&app, next[2] + Duration::minutes(10)).await;
     assert_eq!(runs_of(&app, "catchup").await.len(), 3);
+    // Its workflow archived, the schedule stops at its next fire time.
+    assert_eq!(app.delete("/v1/workflows/catchup").await.status, 204);
+    tick(&app, next[3] + Duration::minutes(10)).await;
+    assert_eq!(runs_of(&app, "catchup").await.len(), 3);
+    let platform = app.platform.as_ref().expect("embedded");
+    let left = platform
+        .store
+        .due_schedules(next[4] + Duration::days(400), 100)
+        .await
+        .unwrap();
+    assert!(
+        left.iter().all(|s| s.workflow_id.as_str() != "catchup"),
+        "a paused schedule is not due: {left:?}"
+    );
 
     // `skip`: a fire time while the last run waits starts nothing.
     let next = make("slow", json!({"spec": "0 * * * *", "overlap": "skip"})).await;
@@ -192,6 +207,10 @@ async fn bad_schedules_are_refused_with_their_paths() {
         (json!({"spec": "@daily", "paused": "yes"}), "$.paused"),
         (json!({"spec": "@daily", "every": 1}), "$.every"),
         (json!({"spec": "@daily", "input": {"m": 1}}), "$.input"),
+        (
+            json!({"spec": "@daily", "input": {"n": 1, "s": "x".repeat(70_000)}}),
+            "$.input",
+        ),
     ] {
         let r = app
             .post("/v1/workflows/typed/schedules", body.clone())

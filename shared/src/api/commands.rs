@@ -19,6 +19,9 @@ pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 pub const MAX_INPUT_MEMORY: u64 = 32 * 1024 * 1024;
 /// Most price entries a workspace may set.
 const MAX_PRICES: usize = 200;
+/// Most memory a schedule's input may take once parsed (a tick holds a
+/// batch of schedules at once).
+const MAX_SCHEDULE_INPUT_MEMORY: u64 = 1024 * 1024;
 /// Largest secret value accepted.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 
@@ -196,17 +199,17 @@ pub fn schedule_fields(body: &Value, create: bool) -> Result<ScheduleFields, App
     });
     let input = fields.get("input").cloned();
     if let Some(i) = &input {
-        if let Err(why) = check_json(i, MAX_INPUT_BYTES, MAX_VALUE_DEPTH) {
+        if let Err(why) = check_json(i, crate::app::MAX_SCHEDULE_INPUT_BYTES, MAX_VALUE_DEPTH) {
             errors.push(ValidationError::new(
                 &at("input"),
                 format!("the input {why}"),
             ));
-        } else if crate::memory::mem_size(i) > MAX_INPUT_MEMORY {
+        } else if crate::memory::mem_size(i) > MAX_SCHEDULE_INPUT_MEMORY {
             errors.push(ValidationError::new(
                 &at("input"),
                 format!(
-                    "the input would take more than {} MiB in memory",
-                    MAX_INPUT_MEMORY / (1024 * 1024)
+                    "the input would take more than {} KiB in memory",
+                    MAX_SCHEDULE_INPUT_MEMORY / 1024
                 ),
             ));
         }

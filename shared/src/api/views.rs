@@ -404,6 +404,14 @@ pub struct EventAccepted<'a> {
     pub runs: Vec<EventRunView<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<EventErrorView<'a>>,
+    /// Steps waiting for the event that it completed.
+    pub resumed: Vec<ResumedView<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct ResumedView<'a> {
+    pub run_id: &'a RunId,
+    pub step_id: &'a str,
 }
 
 #[derive(Serialize)]
@@ -445,6 +453,11 @@ impl<'a> From<&'a crate::app::EventOutcome> for EventAccepted<'a> {
                     workflow_id: w,
                     detail: d,
                 })
+                .collect(),
+            resumed: o
+                .resumed
+                .iter()
+                .map(|(run_id, step_id)| ResumedView { run_id, step_id })
                 .collect(),
         }
     }

@@ -10,7 +10,7 @@ use chrono::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::runs::{Claim, IDEMPOTENCY_TTL_HOURS};
+use super::runs::{Claim, Delivery, IDEMPOTENCY_TTL_HOURS};
 use super::{App, AppError, StartRun};
 use crate::domain::{RunId, WorkflowId, WorkspaceId};
 use crate::ports::{IdempotencyClaim, PageRequest};
@@ -20,6 +20,8 @@ use crate::ports::{IdempotencyClaim, PageRequest};
 pub const MAX_WORKFLOWS_MATCHED: usize = 10_000;
 /// Most runs one event starts: an event matching more is refused.
 pub const MAX_RUNS_PER_EVENT: usize = 100;
+/// Most waiting steps one event is delivered to.
+pub const MAX_WAITERS_PER_EVENT: usize = 1000;
 /// Longest reason given for a workflow the event could not start.
 const MAX_DETAIL_CHARS: usize = 300;
 
@@ -45,6 +47,8 @@ pub struct EventOutcome {
     /// Workflows whose trigger matched (or could not be evaluated) but
     /// whose run did not start, with why.
     pub errors: Vec<(WorkflowId, String)>,
+    /// Steps waiting for the event that it completed (run, step).
+    pub resumed: Vec<(RunId, String)>,
 }
 
 /// A run an event started (or had started, when `replayed`).
@@ -92,6 +96,7 @@ impl App {
             name: ev.name.clone(),
             runs: Vec::new(),
             errors: Vec::new(),
+            resumed: Vec::new(),
         };
         let candidates = self.listening(ws, &ev.name).await?;
         let matched = matching(&candidates, &event, &mut out.errors);
@@ -140,7 +145,39 @@ impl App {
                 }
             }
         }
+        self.resume_waiting(ws, &event, &mut out).await?;
         Ok(out)
+    }
+
+    /// Completes the steps waiting for the event whose `match` holds.
+    async fn resume_waiting(
+        &self,
+        ws: &WorkspaceId,
+        event: &Value,
+        out: &mut EventOutcome,
+    ) -> Result<(), AppError> {
+        let waiters = self
+            .stores
+            .runs
+            .waiters(ws, &out.name, MAX_WAITERS_PER_EVENT)
+            .await?;
+        for w in waiters {
+            match self.deliver_event(ws, &w.run_id, &w.step_key, event).await {
+                Ok(Delivery::Resumed) => {
+                    self.stores.runs.delete_waiter(ws, &w).await?;
+                    out.resumed.push((w.run_id, w.step_key));
+                }
+                Ok(Delivery::Gone) => self.stores.runs.delete_waiter(ws, &w).await?,
+                Ok(Delivery::NoMatch | Delivery::NotYet) => {}
+                Ok(Delivery::Failed(why)) => {
+                    tracing::info!(workspace_id = %ws, run_id = %w.run_id, step_id = %w.step_key, error = %why, "a waiting step's match could not be evaluated");
+                }
+                Err(e) => {
+                    tracing::warn!(workspace_id = %ws, run_id = %w.run_id, step_id = %w.step_key, error = %e, "an event could not be delivered to a waiting step");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The live workflows whose latest version listens for `name`, found

@@ -21,7 +21,9 @@ pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
 pub use events::{EventOutcome, EventRun, MAX_WORKFLOWS_MATCHED, SendEvent};
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
-pub use schedules::{FireReport, MAX_SCHEDULES_PER_WORKFLOW, ScheduleFields};
+pub use schedules::{
+    FireReport, MAX_SCHEDULE_INPUT_BYTES, MAX_SCHEDULES_PER_WORKFLOW, ScheduleFields,
+};
 pub use tenants::{add_owner_key, create_workspace};
 
 use crate::ports::{RunDriver, StoreSet};

@@ -14,6 +14,21 @@ use crate::ports::{
 /// How long an Idempotency-Key holds after first use.
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 
+/// What delivering an event to a waiting step did.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Delivery {
+    /// The step completed with the event.
+    Resumed,
+    /// Its `match` does not hold for this event.
+    NoMatch,
+    /// Its `match` could not be evaluated.
+    Failed(String),
+    /// Not waiting yet: its waiter stays.
+    NotYet,
+    /// The step or run is no longer waiting: its waiter goes.
+    Gone,
+}
+
 /// What a run is claimed under (an Idempotency-Key, an event's id): a
 /// start that finds the claim held returns the run that holds it.
 pub(super) struct Claim {
@@ -415,6 +430,88 @@ impl App {
         retry_conflicts(once)
             .await?
             .ok_or_else(|| AppError::Conflict(format!("run `{id}` is changing quickly; try again")))
+    }
+
+    /// Completes a step of `run` waiting for `event` (its `match` holding)
+    /// with the event as its output.
+    pub(super) async fn deliver_event(
+        &self,
+        ws: &WorkspaceId,
+        id: &RunId,
+        key: &str,
+        event: &Value,
+    ) -> Result<Delivery, AppError> {
+        let outcome = std::sync::Mutex::new(Delivery::Resumed);
+        let set = |d: Delivery| {
+            if let Ok(mut o) = outcome.lock() {
+                *o = d;
+            }
+            // Nothing is written for any outcome but `Resumed`.
+            Err(AppError::Conflict(String::new()))
+        };
+        let name = event["name"].as_str().unwrap_or_default();
+        let changed = self
+            .change_run(ws, id, Some(key), |wf, run, rec| {
+                let Some(crate::dsl::Step {
+                    kind: StepKind::WaitForEvent(w),
+                    retry,
+                    ..
+                }) = wf.step_by_key(key)
+                else {
+                    return set(Delivery::Gone);
+                };
+                let Some(rec) = rec.filter(|_| !run.status.is_terminal() && w.event == name) else {
+                    return set(Delivery::Gone);
+                };
+                match rec.status {
+                    StepStatus::Waiting => {}
+                    s if s.is_terminal() => return set(Delivery::Gone),
+                    // Not waiting yet (its pass is being written).
+                    _ => return set(Delivery::NotYet),
+                }
+                let now = Utc::now();
+                if rec.wake_at.is_some_and(|t| t <= now) {
+                    return set(Delivery::Gone);
+                }
+                if let Some(src) = &w.matches {
+                    let ctx = crate::template::context_from_json(&serde_json::json!({
+                        "event": event,
+                        "trigger": run.input,
+                        "run": {"id": run.id, "workflow_id": run.workflow_id},
+                    }));
+                    match crate::template::eval_condition(src, &ctx) {
+                        Ok(true) => {}
+                        Ok(false) => return set(Delivery::NoMatch),
+                        Err(e) => return set(Delivery::Failed(e.to_string())),
+                    }
+                }
+                dag::finish_attempt(rec, retry, Ok(event.clone()), now, &format!("{id}/{key}"));
+                run.wake_at = Some(now);
+                Ok(vec![LogEntry::new(
+                    LogLevel::Info,
+                    Some(key),
+                    format!(
+                        "event `{name}` ({}) arrived",
+                        event["id"].as_str().unwrap_or_default()
+                    ),
+                )])
+            })
+            .await;
+        let outcome = outcome
+            .into_inner()
+            .unwrap_or(Delivery::Failed("poisoned".into()));
+        match (changed, outcome) {
+            (Ok(_), _) => {
+                self.poke(ws, id).await;
+                Ok(Delivery::Resumed)
+            }
+            (Err(AppError::NotFound(_)), _) => Ok(Delivery::Gone),
+            (
+                Err(_),
+                o @ (Delivery::Gone | Delivery::NotYet | Delivery::NoMatch | Delivery::Failed(_)),
+            ) => Ok(o),
+            (Err(e), Delivery::Resumed) => Err(e),
+        }
     }
 
     fn poke(&self, ws: &WorkspaceId, id: &RunId) -> impl Future<Output = ()> + '_ {

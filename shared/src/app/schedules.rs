@@ -17,8 +17,13 @@ use crate::schedules::{Timing, plan};
 
 /// Most schedules a workflow may have.
 pub const MAX_SCHEDULES_PER_WORKFLOW: usize = 20;
-/// Most due schedules one tick reads at a time.
-const DUE_BATCH: usize = 100;
+/// Most due schedules one tick reads at a time (each with its input:
+/// `MAX_SCHEDULE_INPUT_BYTES` bounds what a batch holds).
+const DUE_BATCH: usize = 20;
+/// Largest input a schedule keeps (its runs' input), as JSON.
+pub const MAX_SCHEDULE_INPUT_BYTES: usize = 64 * 1024;
+/// How long a schedule whose firing failed waits before it is tried again.
+const RETRY_AFTER_SECS: i64 = 300;
 /// Most batches one tick handles (the next tick takes the rest).
 const MAX_BATCHES: usize = 50;
 
@@ -252,6 +257,15 @@ impl App {
                     Err(e) => {
                         report.errors += 1;
                         tracing::error!(workspace_id = %s.workspace_id, schedule_id = %s.id, error = %e, "firing a schedule");
+                        // Tried again later, not first in every batch (its
+                        // fire times stay: runs it started are claimed).
+                        let mut later = s.clone();
+                        later.revision += 1;
+                        later.updated_at = now;
+                        later.due_at = Some(now + chrono::Duration::seconds(RETRY_AFTER_SECS));
+                        if let Ok(true) = self.save_fired(&later).await {
+                            moved += 1;
+                        }
                     }
                 }
             }
@@ -307,9 +321,18 @@ impl App {
                     next.last_fire_at = Some(*at);
                     next.last_run_id = Some(run);
                 }
-                // The workflow is gone or refuses the input: said, and the
-                // schedule goes on.
-                Err(e @ (AppError::NotFound(_) | AppError::InvalidRequest(_))) => {
+                // The workflow is gone (archived): the schedule stops.
+                Err(e @ AppError::NotFound(_)) => {
+                    tracing::warn!(workspace_id = %ws, schedule_id = %s.id, workflow_id = %wf, error = %e, "a schedule's workflow is gone; the schedule is paused");
+                    next.paused = true;
+                    next.next_fire_at = None;
+                    next.buffered_fire_at = None;
+                    next.due_at = None;
+                    break;
+                }
+                // The workflow refuses the input (its schema changed): said,
+                // and the schedule goes on.
+                Err(e @ AppError::InvalidRequest(_)) => {
                     tracing::warn!(workspace_id = %ws, schedule_id = %s.id, workflow_id = %wf, error = %e, "a scheduled run could not start");
                 }
                 Err(e) => return Err(e),

@@ -180,7 +180,8 @@ fn plan_scope(
             StepStatus::Waiting => {
                 done = false;
                 p.waiting = true;
-                p.awaits_event |= matches!(step.kind, StepKind::Approval(_));
+                p.awaits_event |=
+                    matches!(step.kind, StepKind::Approval(_) | StepKind::WaitForEvent(_));
                 match rec.and_then(|r| r.wake_at) {
                     Some(at) if at <= now => p.decisions.push(Decision::Wake { key }),
                     Some(at) => p.wake_at(at),

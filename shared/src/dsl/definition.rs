@@ -85,6 +85,7 @@ pub enum StepKind {
     Map(Map),
     Delay(Delay),
     Approval(Approval),
+    WaitForEvent(WaitForEvent),
     Http(Http),
     Llm(Llm),
 }
@@ -103,10 +104,21 @@ impl StepKind {
             Self::Map(_) => "map",
             Self::Delay(_) => "delay",
             Self::Approval(_) => "approval",
+            Self::WaitForEvent(_) => "wait_for_event",
             Self::Http(_) => "http",
             Self::Llm(_) => "llm",
         }
     }
+}
+
+/// Waits for an event (`POST /v1/events`) of a name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WaitForEvent {
+    /// The event's name.
+    pub event: String,
+    /// An expression over `event`, `trigger` and `run`: the first event
+    /// of the name for which it holds completes the step.
+    pub matches: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

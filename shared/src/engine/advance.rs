@@ -416,6 +416,14 @@ fn apply(
                             format!("waiting for approval (times out at {})", t.to_rfc3339())
                         }
                         (StepKind::Approval(_), None) => "waiting for approval".to_owned(),
+                        (StepKind::WaitForEvent(w), Some(t)) => format!(
+                            "waiting for event `{}` (times out at {})",
+                            w.event,
+                            t.to_rfc3339()
+                        ),
+                        (StepKind::WaitForEvent(w), None) => {
+                            format!("waiting for event `{}`", w.event)
+                        }
                         (_, Some(t)) => format!("waiting until {}", t.to_rfc3339()),
                         (_, None) => "waiting".to_owned(),
                     };
@@ -466,6 +474,8 @@ fn apply(
                     "approval_timeout",
                     "no one completed the approval before its timeout",
                 )),
+                // No event came in time: the step's output is null.
+                StepKind::WaitForEvent(_) => Ok(Value::Null),
                 _ => Ok(json!({ "waited_until": rec.wake_at })),
             };
             record_result(rec, step, result, now, &seed, logs);

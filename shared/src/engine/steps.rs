@@ -46,7 +46,7 @@ pub fn start(step: &Step, ctx: &Context, now: DateTime<Utc>) -> Started {
             Ok(at) => Started::Waiting { wake_at: Some(at) },
             Err(e) => Started::Done(Err(e)),
         },
-        StepKind::Approval(_) => Started::Waiting {
+        StepKind::Approval(_) | StepKind::WaitForEvent(_) => Started::Waiting {
             wake_at: step
                 .timeout
                 .map(|t| now + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)),

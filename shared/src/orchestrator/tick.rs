@@ -34,6 +34,47 @@ pub(crate) fn cpu<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Most a waiter stays indexed for a step that waits without a timeout.
+const WAIT_WITHOUT_TIMEOUT_DAYS: i64 = 400;
+
+/// Indexes the steps a write puts in wait for an event under the event's
+/// name, before the write that says so: a waiter of a write that then loses
+/// is found not waiting when an event comes (and dropped); one written
+/// after a write could be lost with the process, and the step would miss
+/// its event.
+async fn index_waiters(
+    s: Stores<'_>,
+    wf: &crate::dsl::Workflow,
+    write: &RunWrite,
+) -> anyhow::Result<()> {
+    for st in write
+        .steps
+        .iter()
+        .filter(|st| st.status == StepStatus::Waiting)
+    {
+        let Some(crate::dsl::Step {
+            kind: crate::dsl::StepKind::WaitForEvent(w),
+            ..
+        }) = wf.step_by_key(&st.key)
+        else {
+            continue;
+        };
+        let waiter = crate::ports::Waiter {
+            event: w.event.clone(),
+            run_id: write.run.id.clone(),
+            step_key: st.key.clone(),
+            expires_at: st
+                .wake_at
+                .unwrap_or_else(|| Utc::now() + chrono::Duration::days(WAIT_WITHOUT_TIMEOUT_DAYS)),
+        };
+        s.runs
+            .put_waiter(&write.run.workspace_id, &waiter)
+            .await
+            .context("indexing a step that waits for an event")?;
+    }
+    Ok(())
+}
+
 /// What a pass committed.
 pub struct Ticked {
     /// The run as saved (or as found, when nothing changed).
@@ -518,6 +559,9 @@ async fn pass(
         logs,
     };
     (driving.claim)(&dispatch, true);
+    if let Some(wf) = &wf {
+        index_waiters(s, wf, &write).await?;
+    }
     match s.runs.save_run(&write).await {
         Ok(()) => {
             clear_inbox(s, &write.run, &cleared).await;

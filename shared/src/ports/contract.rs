@@ -22,6 +22,7 @@ pub async fn run_all(s: Stores) {
     runs_list_newest_first_with_filters(&s).await;
     idempotency_keys_are_scoped(&s).await;
     keys_claim_without_a_run(&s).await;
+    waiters_are_found_by_event_until_they_expire(&s).await;
     schedules_are_scoped_conditional_and_found_when_due(&s).await;
     logs_page_in_order(&s).await;
     big_saves_fit_the_write_limits(&s).await;
@@ -1094,6 +1095,48 @@ async fn keys_claim_without_a_run(s: &Stores) {
     assert_eq!(
         s.runs.claim(&a, &claim("gone", "h3", true)).await.unwrap(),
         Some("h2".to_owned())
+    );
+}
+
+/// Steps waiting for an event are found by the event's name in their
+/// workspace while they wait; writing one again changes nothing.
+async fn waiters_are_found_by_event_until_they_expire(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let waiter = |run: &str, key: &str, secs: i64| Waiter {
+        event: "order.paid".into(),
+        run_id: RunId::from_string(run),
+        step_key: key.into(),
+        expires_at: Utc::now() + Duration::seconds(secs),
+    };
+    let live = waiter("run_1", "m.3.wait", 3600);
+    let other_step = waiter("run_1", "wait", 3600);
+    let expired = waiter("run_2", "wait", -5);
+    for w in [&live, &other_step, &expired, &live] {
+        s.runs.put_waiter(&a, w).await.unwrap();
+    }
+    let mut other_event = live.clone();
+    other_event.event = "order.shipped".into();
+    s.runs.put_waiter(&a, &other_event).await.unwrap();
+    let found = s.runs.waiters(&a, "order.paid", 10).await.unwrap();
+    let keys: Vec<(&str, &str)> = found
+        .iter()
+        .map(|w| (w.run_id.as_str(), w.step_key.as_str()))
+        .collect();
+    assert_eq!(keys, [("run_1", "m.3.wait"), ("run_1", "wait")]);
+    assert!(
+        s.runs
+            .waiters(&b, "order.paid", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.runs.delete_waiter(&a, &live).await.unwrap();
+    let found = s.runs.waiters(&a, "order.paid", 10).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].step_key, "wait");
+    assert_eq!(
+        s.runs.waiters(&a, "order.shipped", 10).await.unwrap().len(),
+        1
     );
 }
 

@@ -98,6 +98,17 @@ pub struct RunWrite {
     pub logs: Vec<LogEntry>,
 }
 
+/// A step waiting for an event (`wait_for_event`), as the index of waiting
+/// steps holds it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Waiter {
+    pub event: String,
+    pub run_id: RunId,
+    pub step_key: String,
+    /// After this it is not waiting any more (its timeout, or a bound).
+    pub expires_at: DateTime<Utc>,
+}
+
 /// The result of an I/O attempt left for its run's next pass by an
 /// executor that does not drive the run (on AWS, the step function that ran
 /// it). Leaving one writes nothing else of the run, so attempts finishing
@@ -146,6 +157,18 @@ pub trait RunStore: Send + Sync {
     fn write_limits(&self) -> WriteLimits {
         WriteLimits::default()
     }
+    /// Indexes a step waiting for an event under the event's name (writing
+    /// it again changes nothing).
+    async fn put_waiter(&self, ws: &WorkspaceId, w: &Waiter) -> StoreResult<()>;
+    /// The steps waiting for `event` in the workspace (at most `limit`,
+    /// none past its `expires_at`), by run.
+    async fn waiters(
+        &self,
+        ws: &WorkspaceId,
+        event: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Waiter>>;
+    async fn delete_waiter(&self, ws: &WorkspaceId, w: &Waiter) -> StoreResult<()>;
     /// Claims `claim.key` for no run (an event's id): None if this call
     /// claimed it, else the request hash it is held with (until it expires).
     async fn claim(

@@ -2,8 +2,11 @@
 //! rate from when the schedule was made. Cron patterns are parsed and
 //! evaluated by `croner` (5 or 6 fields, `@hourly`-style aliases, `L`, `W`
 //! and `#`), which follows the Open Cron Pattern Specification across DST:
-//! a local time skipped when clocks go forward fires once, just after the
-//! gap; a local time that happens twice when they go back fires once.
+//! a fixed local time skipped when clocks go forward fires once, just after
+//! the gap, and one that happens twice when they go back fires once
+//! (patterns with ranges or steps in the hour or minute fields follow the
+//! wall clock: times in a gap are skipped, and a repeated hour's times may
+//! fire in both).
 
 use std::str::FromStr;
 

@@ -25,7 +25,7 @@ use super::{
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
     CreateRun, IdempotencyClaim, Page, PageRequest, PendingResult, RunFilter, RunStore, RunWrite,
-    StalledRuns, StoreError, StoreResult, WriteLimits,
+    StalledRuns, StoreError, StoreResult, Waiter, WriteLimits,
 };
 
 /// Most items in one DynamoDB transaction.
@@ -721,6 +721,69 @@ impl RunStore for DynamoStore {
         WriteLimits {
             max_steps: Some(MAX_STEPS_PER_SAVE),
         }
+    }
+
+    async fn put_waiter(&self, ws: &WorkspaceId, w: &Waiter) -> StoreResult<()> {
+        let mut item = key(
+            format!("{ws}#WAIT#{}", w.event),
+            format!("{}#{}", w.run_id, w.step_key),
+        );
+        item.insert("expires_at".into(), s(super::ts(w.expires_at)));
+        // DynamoDB's TTL removes it a while after it is no longer waiting.
+        item.insert("ttl".into(), n(w.expires_at.timestamp() + 86_400));
+        self.put(item, false).await
+    }
+
+    async fn waiters(
+        &self,
+        ws: &WorkspaceId,
+        event: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Waiter>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .filter_expression("expires_at > :now")
+            .expression_attribute_values(":pk", s(format!("{ws}#WAIT#{event}")))
+            .expression_attribute_values(":now", s(super::ts(Utc::now())))
+            .consistent_read(true)
+            .limit(limit as i32)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let mut found = Vec::new();
+        for item in out.items() {
+            let sk = get_s(item, "sk")?;
+            let Some((run, step)) = sk.split_once('#') else {
+                continue;
+            };
+            let expires_at = chrono::DateTime::parse_from_rfc3339(get_s(item, "expires_at")?)
+                .map_err(|e| StoreError::Unavailable(format!("a waiter's time: {e}")))?
+                .with_timezone(&Utc);
+            found.push(Waiter {
+                event: event.to_owned(),
+                run_id: RunId::from_string(run),
+                step_key: step.to_owned(),
+                expires_at,
+            });
+        }
+        Ok(found)
+    }
+
+    async fn delete_waiter(&self, ws: &WorkspaceId, w: &Waiter) -> StoreResult<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                format!("{ws}#WAIT#{}", w.event),
+                format!("{}#{}", w.run_id, w.step_key),
+            )))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
     }
 
     async fn claim(

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::SqliteStore;
 use crate::domain::{RunId, RunRecord, StepRecord, WorkspaceId};
-use crate::ports::{IdempotencyClaim, PendingResult, RunStore, StoreResult};
+use crate::ports::{IdempotencyClaim, PendingResult, RunStore, StoreResult, Waiter};
 
 pub struct Observed {
     pub inner: Arc<SqliteStore>,
@@ -46,6 +46,23 @@ impl RunStore for Observed {
             max_steps: self.max_steps,
         }
     }
+    async fn put_waiter(&self, ws: &WorkspaceId, w: &Waiter) -> StoreResult<()> {
+        self.inner.put_waiter(ws, w).await
+    }
+
+    async fn waiters(
+        &self,
+        ws: &WorkspaceId,
+        event: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Waiter>> {
+        self.inner.waiters(ws, event, limit).await
+    }
+
+    async fn delete_waiter(&self, ws: &WorkspaceId, w: &Waiter) -> StoreResult<()> {
+        self.inner.delete_waiter(ws, w).await
+    }
+
     async fn claim(&self, ws: &WorkspaceId, c: &IdempotencyClaim) -> StoreResult<Option<String>> {
         self.inner.claim(ws, c).await
     }

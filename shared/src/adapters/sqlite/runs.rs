@@ -7,7 +7,7 @@ use super::tenants::insert_or_conflict;
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
     ActiveRunIndex, CreateRun, IdempotencyClaim, Page, PageRequest, PendingResult, RunFilter,
-    RunStore, RunWrite, StalledRuns, StoreError, StoreResult,
+    RunStore, RunWrite, StalledRuns, StoreError, StoreResult, Waiter,
 };
 
 fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> StoreResult<()> {
@@ -57,6 +57,11 @@ fn claim_key(
         params![ws, claim.key, claim.request_hash, run_id, claim.expires_at.to_rfc3339()],
     )?;
     Ok(None)
+}
+
+/// Times as text that sorts as time does.
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 fn read_run(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Option<RunRecord>> {
@@ -137,6 +142,70 @@ fn read_steps_at(
 
 #[async_trait]
 impl RunStore for SqliteStore {
+    async fn put_waiter(&self, ws: &WorkspaceId, w: &Waiter) -> StoreResult<()> {
+        let (ws, w) = (ws.to_string(), w.clone());
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT OR REPLACE INTO waiters (workspace_id, event, run_id, step_key, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![ws, w.event, w.run_id.as_str(), w.step_key, ts(w.expires_at)],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn waiters(
+        &self,
+        ws: &WorkspaceId,
+        event: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Waiter>> {
+        let (ws, event) = (ws.to_string(), event.to_owned());
+        let now = ts(Utc::now());
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT run_id, step_key, expires_at FROM waiters WHERE workspace_id = ?1 AND event = ?2 AND expires_at > ?3 ORDER BY run_id, step_key LIMIT ?4",
+                )?;
+                let rows = stmt
+                    .query_map(params![ws, event, now, limit as i64], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    })?
+                    .map(|row| {
+                        let (run, key, exp) = row?;
+                        Ok(Waiter {
+                            event: event.clone(),
+                            run_id: RunId::from_string(run),
+                            step_key: key,
+                            expires_at: DateTime::parse_from_rfc3339(&exp)
+                                .map_err(|e| StoreError::Unavailable(format!("a waiter's time: {e}")))?
+                                .with_timezone(&Utc),
+                        })
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn delete_waiter(&self, ws: &WorkspaceId, w: &Waiter) -> StoreResult<()> {
+        let (ws, w) = (ws.to_string(), w.clone());
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "DELETE FROM waiters WHERE workspace_id = ?1 AND event = ?2 AND run_id = ?3 AND step_key = ?4",
+                    params![ws, w.event, w.run_id.as_str(), w.step_key],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
     async fn claim(
         &self,
         ws: &WorkspaceId,

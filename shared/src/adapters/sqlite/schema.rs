@@ -151,6 +151,17 @@ CREATE TABLE schedules (
 ) STRICT;
 CREATE INDEX schedules_due ON schedules (due_at) WHERE due_at IS NOT NULL;
 "#,
+    // Steps waiting for an event, by the event's name.
+    r#"
+CREATE TABLE waiters (
+    workspace_id TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    step_key     TEXT NOT NULL,
+    expires_at   TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, event, run_id, step_key)
+) STRICT;
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {

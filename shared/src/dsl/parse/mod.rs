@@ -21,6 +21,7 @@ mod map;
 mod retry;
 mod transform;
 mod triggers;
+mod wait_for_event;
 
 use approval::parse_approval;
 use condition::parse_condition;
@@ -34,6 +35,7 @@ use retry::parse_retry;
 use transform::parse_transform;
 use triggers::parse_triggers;
 pub use triggers::{MAX_TRIGGERS, is_event_name};
+use wait_for_event::parse_wait_for_event;
 
 /// Largest definition accepted, in bytes of JSON.
 pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
@@ -334,6 +336,7 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
         }
         "delay" | "sleep" => parse_delay(p, obj, path, &mut refs).map(StepKind::Delay),
         "approval" => parse_approval(p, obj, path).map(StepKind::Approval),
+        "wait_for_event" => parse_wait_for_event(p, obj, path).map(StepKind::WaitForEvent),
         "http" => parse_http(p, obj, path, &mut refs).map(StepKind::Http),
         "llm" => parse_llm(p, obj, path, &mut refs).map(StepKind::Llm),
         "integration" => {
@@ -349,7 +352,7 @@ fn parse_step(p: &mut Parser, v: &Value, path: &Path) -> Option<Parsed> {
             None
         }
         other => {
-            p.err(&path.key("type"), format!("unknown step type `{other}`; expected one of transform, condition, map, delay, approval, http, llm"));
+            p.err(&path.key("type"), format!("unknown step type `{other}`; expected one of transform, condition, map, delay, approval, wait_for_event, http, llm"));
             None
         }
     };
@@ -513,6 +516,7 @@ fn type_fields(kind: &StepKind) -> &'static [&'static str] {
         StepKind::Map(_) => map::FIELDS,
         StepKind::Delay(_) => delay::FIELDS,
         StepKind::Approval(_) => approval::FIELDS,
+        StepKind::WaitForEvent(_) => wait_for_event::FIELDS,
         StepKind::Http(_) => http::FIELDS,
         StepKind::Llm(_) => llm::FIELDS,
     }
