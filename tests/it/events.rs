@@ -206,12 +206,7 @@ async fn bad_events_and_triggers_are_refused_with_their_paths() {
     ] {
         let r = app.post("/v1/events", body.clone()).await;
         assert_eq!(r.status, 422, "{body}: {}", r.body);
-        let paths: Vec<&str> = r.body["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["path"].as_str())
-            .collect();
+        let paths = crate::common::error_paths(&r.body);
         assert!(paths.contains(&path), "{body}: {}", r.body);
     }
     let r = app.post("/v1/events", json!(["name"])).await;
@@ -234,12 +229,7 @@ async fn bad_events_and_triggers_are_refused_with_their_paths() {
             .post("/v1/workflows", workflow("w", triggers.clone()))
             .await;
         assert_eq!(r.status, 422, "{triggers}: {}", r.body);
-        let paths: Vec<&str> = r.body["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["path"].as_str())
-            .collect();
+        let paths = crate::common::error_paths(&r.body);
         assert!(paths.contains(&path), "{triggers}: {}", r.body);
     }
 }
@@ -398,12 +388,7 @@ async fn bad_waits_are_refused_with_their_paths() {
             )
             .await;
         assert_eq!(r.status, 422, "{step}: {}", r.body);
-        let paths: Vec<&str> = r.body["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["path"].as_str())
-            .collect();
+        let paths = crate::common::error_paths(&r.body);
         assert!(paths.contains(&path), "{step}: {}", r.body);
     }
 }

@@ -216,12 +216,7 @@ async fn bad_schedules_are_refused_with_their_paths() {
             .post("/v1/workflows/typed/schedules", body.clone())
             .await;
         assert_eq!(r.status, 422, "{body}: {}", r.body);
-        let paths: Vec<&str> = r.body["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["path"].as_str())
-            .collect();
+        let paths = crate::common::error_paths(&r.body);
         assert!(paths.contains(&path), "{body}: {}", r.body);
     }
     let r = app

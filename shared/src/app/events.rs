@@ -76,6 +76,7 @@ impl App {
             .id
             .clone()
             .unwrap_or_else(|| format!("evt_{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let mut replay = false;
         if let Some(given) = &ev.id {
             // A space cannot be in an Idempotency-Key a client sends, so
             // these claims are the events' own.
@@ -84,10 +85,12 @@ impl App {
                 request_hash: event_hash(&ev.name, given, Some(&ev.data)),
                 expires_at: chrono::Utc::now() + Duration::hours(IDEMPOTENCY_TTL_HOURS),
             };
-            if let Some(held) = self.stores.runs.claim(ws, &claim).await?
-                && held != claim.request_hash
-            {
-                return Err(AppError::IdempotencyMismatch);
+            match self.stores.runs.claim(ws, &claim).await? {
+                Some(held) if held != claim.request_hash => {
+                    return Err(AppError::IdempotencyMismatch);
+                }
+                Some(_) => replay = true,
+                None => {}
             }
         }
         let event = json!({"name": ev.name, "id": id, "data": ev.data});
@@ -145,7 +148,10 @@ impl App {
                 }
             }
         }
-        self.resume_waiting(ws, &event, &mut out).await?;
+        // A repeat is not delivered to waiting steps again (the first was).
+        if !replay {
+            self.resume_waiting(ws, &event, &mut out).await?;
+        }
         Ok(out)
     }
 
@@ -162,19 +168,25 @@ impl App {
             .waiters(ws, &out.name, MAX_WAITERS_PER_EVENT)
             .await?;
         for w in waiters {
-            match self.deliver_event(ws, &w.run_id, &w.step_key, event).await {
+            let done = match self.deliver_event(ws, &w.run_id, &w.step_key, event).await {
                 Ok(Delivery::Resumed) => {
-                    self.stores.runs.delete_waiter(ws, &w).await?;
-                    out.resumed.push((w.run_id, w.step_key));
+                    out.resumed.push((w.run_id.clone(), w.step_key.clone()));
+                    true
                 }
-                Ok(Delivery::Gone) => self.stores.runs.delete_waiter(ws, &w).await?,
-                Ok(Delivery::NoMatch | Delivery::NotYet) => {}
+                Ok(Delivery::Gone) => true,
+                Ok(Delivery::NoMatch | Delivery::NotYet) => false,
                 Ok(Delivery::Failed(why)) => {
-                    tracing::info!(workspace_id = %ws, run_id = %w.run_id, step_id = %w.step_key, error = %why, "a waiting step's match could not be evaluated");
+                    tracing::warn!(workspace_id = %ws, run_id = %w.run_id, step_id = %w.step_key, error = %why, "a waiting step's match could not be evaluated");
+                    false
                 }
                 Err(e) => {
                     tracing::warn!(workspace_id = %ws, run_id = %w.run_id, step_id = %w.step_key, error = %e, "an event could not be delivered to a waiting step");
+                    false
                 }
+            };
+            // One left behind is found gone by a later event.
+            if done && let Err(e) = self.stores.runs.delete_waiter(ws, &w).await {
+                tracing::warn!(workspace_id = %ws, run_id = %w.run_id, step_id = %w.step_key, error = %e, "removing a waiter");
             }
         }
         Ok(())

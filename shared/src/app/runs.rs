@@ -460,8 +460,13 @@ impl App {
                 else {
                     return set(Delivery::Gone);
                 };
-                let Some(rec) = rec.filter(|_| !run.status.is_terminal() && w.event == name) else {
+                if run.status.is_terminal() || w.event != name {
                     return set(Delivery::Gone);
+                }
+                // No record yet: the pass that puts it in wait is being
+                // written (its waiter is written first).
+                let Some(rec) = rec else {
+                    return set(Delivery::NotYet);
                 };
                 match rec.status {
                     StepStatus::Waiting => {}
@@ -479,7 +484,9 @@ impl App {
                         "trigger": run.input,
                         "run": {"id": run.id, "workflow_id": run.workflow_id},
                     }));
-                    match crate::template::eval_condition(src, &ctx) {
+                    match crate::orchestrator::tick::cpu(|| {
+                        crate::template::eval_condition(src, &ctx)
+                    }) {
                         Ok(true) => {}
                         Ok(false) => return set(Delivery::NoMatch),
                         Err(e) => return set(Delivery::Failed(e.to_string())),

@@ -1117,7 +1117,14 @@ async fn waiters_are_found_by_event_until_they_expire(s: &Stores) {
     let mut other_event = live.clone();
     other_event.event = "order.shipped".into();
     s.runs.put_waiter(&a, &other_event).await.unwrap();
-    let found = s.runs.waiters(&a, "order.paid", 10).await.unwrap();
+    // Expired ones sorting first take no room from live ones.
+    for run in ["run_0a", "run_0b", "run_0c"] {
+        s.runs
+            .put_waiter(&a, &waiter(run, "wait", -5))
+            .await
+            .unwrap();
+    }
+    let found = s.runs.waiters(&a, "order.paid", 2).await.unwrap();
     let keys: Vec<(&str, &str)> = found
         .iter()
         .map(|w| (w.run_id.as_str(), w.step_key.as_str()))

@@ -227,6 +227,16 @@ impl TestApp {
     }
 }
 
+/// The paths a problem's `errors` name (`$.steps[0].event`, …).
+pub fn error_paths(problem: &Value) -> Vec<&str> {
+    problem["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["path"].as_str())
+        .collect()
+}
+
 pub fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
     run["steps"]
         .as_array()

@@ -28,6 +28,8 @@ use crate::ports::{
     StalledRuns, StoreError, StoreResult, Waiter, WriteLimits,
 };
 
+/// Most pages of waiters one read goes through.
+const MAX_WAITER_PAGES: usize = 20;
 /// Most items in one DynamoDB transaction.
 const MAX_TRANSACTION_ITEMS: usize = 100;
 /// Most changed steps one save writes in its transaction (besides the run
@@ -740,34 +742,59 @@ impl RunStore for DynamoStore {
         event: &str,
         limit: usize,
     ) -> StoreResult<Vec<Waiter>> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .filter_expression("expires_at > :now")
-            .expression_attribute_values(":pk", s(format!("{ws}#WAIT#{event}")))
-            .expression_attribute_values(":now", s(super::ts(Utc::now())))
-            .consistent_read(true)
-            .limit(limit as i32)
-            .send()
-            .await
-            .map_err(sdk)?;
+        // Pages until `limit` live ones (a filter would count the expired
+        // ones against each page's limit); expired ones met are removed.
+        let pk = format!("{ws}#WAIT#{event}");
+        let now = Utc::now();
         let mut found = Vec::new();
-        for item in out.items() {
-            let sk = get_s(item, "sk")?;
-            let Some((run, step)) = sk.split_once('#') else {
-                continue;
-            };
-            let expires_at = chrono::DateTime::parse_from_rfc3339(get_s(item, "expires_at")?)
-                .map_err(|e| StoreError::Unavailable(format!("a waiter's time: {e}")))?
-                .with_timezone(&Utc);
-            found.push(Waiter {
-                event: event.to_owned(),
-                run_id: RunId::from_string(run),
-                step_key: step.to_owned(),
-                expires_at,
-            });
+        let mut expired = Vec::new();
+        let mut start = None;
+        for _ in 0..MAX_WAITER_PAGES {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(&pk))
+                .consistent_read(true)
+                .limit(limit.min(1000) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in out.items() {
+                let sk = get_s(item, "sk")?;
+                let Some((run, step)) = sk.split_once('#') else {
+                    continue;
+                };
+                let expires_at = chrono::DateTime::parse_from_rfc3339(get_s(item, "expires_at")?)
+                    .map_err(|e| StoreError::Unavailable(format!("a waiter's time: {e}")))?
+                    .with_timezone(&Utc);
+                if expires_at <= now {
+                    expired.push(key(pk.clone(), sk));
+                } else if found.len() < limit {
+                    found.push(Waiter {
+                        event: event.to_owned(),
+                        run_id: RunId::from_string(run),
+                        step_key: step.to_owned(),
+                        expires_at,
+                    });
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() || found.len() >= limit {
+                break;
+            }
+        }
+        if !expired.is_empty() {
+            let mut reqs = Vec::with_capacity(expired.len());
+            for k in expired {
+                let del = build(DeleteRequest::builder().set_key(Some(k)).build())?;
+                reqs.push(WriteRequest::builder().delete_request(del).build());
+            }
+            if let Err(e) = self.batch_write(reqs).await {
+                tracing::warn!(error = %e, "removing expired waiters");
+            }
         }
         Ok(found)
     }

@@ -146,6 +146,11 @@ impl RunStore for SqliteStore {
         let (ws, w) = (ws.to_string(), w.clone());
         self.db
             .write(move |tx| {
+                // Those of the name no longer waiting go first.
+                tx.execute(
+                    "DELETE FROM waiters WHERE workspace_id = ?1 AND event = ?2 AND expires_at <= ?3",
+                    params![ws, w.event, ts(Utc::now())],
+                )?;
                 tx.execute(
                     "INSERT OR REPLACE INTO waiters (workspace_id, event, run_id, step_key, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![ws, w.event, w.run_id.as_str(), w.step_key, ts(w.expires_at)],

@@ -63,7 +63,31 @@ fn parse_trigger(p: &mut Parser, v: &Value, path: &Path) -> Option<Trigger> {
         return None;
     };
     unknown_fields(p, obj, path, &["event", "if"], "trigger");
-    let event = match obj.get("event") {
+    let event = event_name(p, obj, path, "a trigger", "that start a run");
+    let condition = expression_of(
+        p,
+        obj,
+        path,
+        "if",
+        &["event"],
+        "a trigger's condition can read only `event` (its `name`, `id` and `data`)",
+    );
+    Some(Trigger {
+        event: event?,
+        condition,
+    })
+}
+
+/// The `event` field of `obj`: an event name (errors at its path; `who`
+/// and `what` say what needs it, e.g. "a trigger", "that start a run").
+pub(super) fn event_name(
+    p: &mut Parser,
+    obj: &JsonMap<String, Value>,
+    path: &Path,
+    who: &str,
+    what: &str,
+) -> Option<String> {
+    match obj.get("event") {
         Some(Value::String(s)) if is_event_name(s) => Some(s.clone()),
         Some(Value::String(s)) => {
             p.err(
@@ -82,22 +106,31 @@ fn parse_trigger(p: &mut Parser, v: &Value, path: &Path) -> Option<Trigger> {
         None => {
             p.err(
                 path,
-                "a trigger needs an `event`: the name of the events that start a run",
+                format!("{who} needs an `event`: the name of the events {what}"),
             );
             None
         }
-    };
-    let condition = match obj.get("if") {
+    }
+}
+
+/// An optional expression in `field` of `obj` that may read only `names`
+/// (`rule` says so when it reads another).
+pub(super) fn expression_of(
+    p: &mut Parser,
+    obj: &JsonMap<String, Value>,
+    path: &Path,
+    field: &str,
+    names: &[&str],
+    rule: &str,
+) -> Option<String> {
+    let at = path.key(field);
+    match obj.get(field) {
         None | Some(Value::Null) => None,
         Some(Value::String(src)) => {
-            let at = path.key("if");
             match template::expression_references(src) {
-                Ok(names) => {
-                    for n in names.iter().filter(|n| *n != "event") {
-                        p.err(
-                            &at,
-                            format!("a trigger's condition can read only `event` (its `name`, `id` and `data`), not `{n}`"),
-                        );
+                Ok(read) => {
+                    for n in read.iter().filter(|n| !names.contains(&n.as_str())) {
+                        p.err(&at, format!("{rule}, not `{n}`"));
                     }
                 }
                 Err(e) => p.err(&at, format!("invalid expression: {e}")),
@@ -106,14 +139,10 @@ fn parse_trigger(p: &mut Parser, v: &Value, path: &Path) -> Option<Trigger> {
         }
         Some(other) => {
             p.err(
-                &path.key("if"),
+                &at,
                 format!("expected an expression (string), found {}", kind(other)),
             );
             None
         }
-    };
-    Some(Trigger {
-        event: event?,
-        condition,
-    })
+    }
 }

@@ -2,7 +2,7 @@
 //! `match` holds (an expression over `event` and the run's `trigger` and
 //! `run`), or until `timeout`.
 
-use super::triggers::{MAX_EVENT_NAME, is_event_name};
+use super::triggers::{event_name, expression_of};
 use super::*;
 
 /// The fields a `wait_for_event` step may have besides the common ones.
@@ -16,57 +16,15 @@ pub(super) fn parse_wait_for_event(
     obj: &JsonMap<String, Value>,
     path: &Path,
 ) -> Option<WaitForEvent> {
-    let event = match obj.get("event") {
-        Some(Value::String(s)) if is_event_name(s) => Some(s.clone()),
-        Some(Value::String(s)) => {
-            p.err(
-                &path.key("event"),
-                format!("`{s}` is not an event name: use 1-{MAX_EVENT_NAME} letters, digits, `.`, `_`, `-`, `:` or `/`"),
-            );
-            None
-        }
-        Some(other) => {
-            p.err(
-                &path.key("event"),
-                format!("expected an event name (string), found {}", kind(other)),
-            );
-            None
-        }
-        None => {
-            p.err(
-                path,
-                "a wait_for_event step needs an `event`: the name of the event it waits for",
-            );
-            None
-        }
-    };
-    let matches = match obj.get("match") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(src)) => {
-            let at = path.key("match");
-            match template::expression_references(src) {
-                Ok(names) => {
-                    for n in names.iter().filter(|n| !MATCH_NAMES.contains(&n.as_str())) {
-                        p.err(
-                            &at,
-                            format!(
-                                "a `match` can read only `event`, `trigger` and `run`, not `{n}`"
-                            ),
-                        );
-                    }
-                }
-                Err(e) => p.err(&at, format!("invalid expression: {e}")),
-            }
-            Some(src.clone())
-        }
-        Some(other) => {
-            p.err(
-                &path.key("match"),
-                format!("expected an expression (string), found {}", kind(other)),
-            );
-            None
-        }
-    };
+    let event = event_name(p, obj, path, "a wait_for_event step", "it waits for");
+    let matches = expression_of(
+        p,
+        obj,
+        path,
+        "match",
+        MATCH_NAMES,
+        "a `match` can read only `event`, `trigger` and `run`",
+    );
     Some(WaitForEvent {
         event: event?,
         matches,
