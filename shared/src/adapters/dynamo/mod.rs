@@ -78,6 +78,39 @@ impl DynamoStore {
         }
     }
 
+    /// The keys in index `gsi2` under `{prefix}0` … `{prefix}{shards - 1}`
+    /// whose sort key is below `before`: at most `limit` from each
+    /// partition, then the first `limit` of all by sort key. (Sharded
+    /// partitions spread the writes of a busy index; a reader visits each.)
+    async fn index_below(
+        &self,
+        prefix: &str,
+        shards: u32,
+        before: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Item>> {
+        let mut found: Vec<Item> = Vec::new();
+        for shard in 0..shards {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("gsi2")
+                .key_condition_expression("gsi2pk = :pk AND gsi2sk < :before")
+                .expression_attribute_values(":pk", s(format!("{prefix}{shard}")))
+                .expression_attribute_values(":before", s(before))
+                .limit(limit as i32)
+                .send()
+                .await
+                .map_err(sdk)?;
+            found.extend(out.items.unwrap_or_default());
+        }
+        let sk = |i: &Item| get_s(i, "gsi2sk").map(str::to_owned).unwrap_or_default();
+        found.sort_by_key(sk);
+        found.truncate(limit);
+        Ok(found)
+    }
+
     /// Writes an item; with `only_new`, only if no item has its key.
     async fn put(&self, item: Item, only_new: bool) -> StoreResult<()> {
         let mut req = self

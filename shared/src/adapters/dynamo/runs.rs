@@ -1284,36 +1284,18 @@ impl StalledRuns for DynamoStore {
         // Keys end with `#ws#run`; every key before `now` is a lease that ran
         // out (timestamps sort as text).
         let before = super::ts(now);
-        let mut found: Vec<(String, WorkspaceId, RunId)> = Vec::new();
-        for shard in 0..ACTIVE_SHARDS {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name("gsi2")
-                .key_condition_expression("gsi2pk = :pk AND gsi2sk < :now")
-                .expression_attribute_values(":pk", s(format!("ACTIVE#{shard}")))
-                .expression_attribute_values(":now", s(before.clone()))
-                .limit(limit as i32)
-                .send()
-                .await
-                .map_err(sdk)?;
-            for item in out.items() {
-                let sk = get_s(item, "gsi2sk")?;
-                let mut parts = sk.rsplitn(3, '#');
-                let (Some(run), Some(ws), Some(until)) = (parts.next(), parts.next(), parts.next())
-                else {
-                    continue;
-                };
-                found.push((
-                    until.to_owned(),
-                    WorkspaceId::from_string(ws),
-                    RunId::from_string(run),
-                ));
+        let mut found = Vec::new();
+        for item in self
+            .index_below("ACTIVE#", ACTIVE_SHARDS, &before, limit)
+            .await?
+        {
+            let sk = get_s(&item, "gsi2sk")?;
+            let mut parts = sk.rsplitn(3, '#');
+            if let (Some(run), Some(ws), Some(_until)) = (parts.next(), parts.next(), parts.next())
+            {
+                found.push((WorkspaceId::from_string(ws), RunId::from_string(run)));
             }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        found.truncate(limit);
-        Ok(found.into_iter().map(|(_, ws, run)| (ws, run)).collect())
+        Ok(found)
     }
 }

@@ -123,34 +123,14 @@ impl ScheduleStore for DynamoStore {
         // Keys start with the due time: every key before `{now}$` is due
         // (`#` sorts before `$`).
         let bound = format!("{}$", ts(now));
-        let mut found: Vec<(String, Item)> = Vec::new();
-        for shard in 0..DUE_SHARDS {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name("gsi2")
-                .key_condition_expression("gsi2pk = :pk AND gsi2sk < :now")
-                .expression_attribute_values(":pk", s(format!("DUE#{shard}")))
-                .expression_attribute_values(":now", s(bound.clone()))
-                .limit(limit as i32)
-                .send()
-                .await
-                .map_err(sdk)?;
-            for i in out.items() {
-                found.push((
-                    get_s(i, "gsi2sk")?.to_owned(),
-                    key(get_s(i, "pk")?, get_s(i, "sk")?),
-                ));
-            }
-        }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        found.truncate(limit);
-        let mut due = Vec::new();
-        for i in self
-            .batch_get(found.into_iter().map(|(_, k)| k).collect())
+        let keys: Vec<Item> = self
+            .index_below("DUE#", DUE_SHARDS, &bound, limit)
             .await?
-        {
+            .iter()
+            .map(|i| Ok(key(get_s(i, "pk")?, get_s(i, "sk")?)))
+            .collect::<StoreResult<_>>()?;
+        let mut due = Vec::new();
+        for i in self.batch_get(keys).await? {
             let sc: Schedule = data(&i)?;
             // The index is read eventually consistently: the item decides.
             if sc.due_at.is_some_and(|d| d <= now) {

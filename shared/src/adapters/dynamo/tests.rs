@@ -148,18 +148,12 @@ async fn small_runs_keep_their_steps_in_the_run_item() {
     use crate::ports::{RunStore, RunWrite, StoreError};
     use serde_json::json;
 
-    let m = moto();
-    let cfg = config(&m.endpoint).await;
-    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
-    let table = format!("weft-test-{}", ulid::Ulid::new().to_string().to_lowercase());
-    create_table(&ddb, &table).await.expect("table");
+    let (_m, ddb, table) = fresh_table().await;
     let a = DynamoStore::new(ddb.clone(), table.clone());
     // Another process: it has read and written nothing of the run.
     let fresh = || DynamoStore::new(ddb.clone(), table.clone());
-    let ws = WorkspaceId::generate();
-    let mut run = contract::run(&ws, "wf");
-    run.status = RunStatus::Running;
-    a.create_run(&run, None).await.unwrap();
+    let mut run = running_run(&a).await;
+    let ws = run.workspace_id.clone();
     let step = |k: &str, n: u32| {
         let mut s = StepRecord::new(k, "transform");
         s.status = StepStatus::Succeeded;
@@ -217,6 +211,26 @@ async fn small_runs_keep_their_steps_in_the_run_item() {
     all[0] = step("a", 5);
     reads_agree(&fresh(), &run, all).await;
     assert_eq!(step_items().await, 48);
+}
+
+/// A server (or the one named), its DynamoDB client and a new table.
+async fn fresh_table() -> (Moto, aws_sdk_dynamodb::Client, String) {
+    let m = moto();
+    let cfg = config(&m.endpoint).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
+    let table = format!("weft-test-{}", ulid::Ulid::new().to_string().to_lowercase());
+    create_table(&ddb, &table).await.expect("table");
+    (m, ddb, table)
+}
+
+/// A running run of a new workspace, created in `store`.
+async fn running_run(store: &DynamoStore) -> crate::domain::RunRecord {
+    use crate::ports::RunStore;
+    let ws = crate::domain::WorkspaceId::generate();
+    let mut run = contract::run(&ws, "wf");
+    run.status = crate::domain::RunStatus::Running;
+    store.create_run(&run, None).await.unwrap();
+    run
 }
 
 async fn count_step_items(ddb: &aws_sdk_dynamodb::Client, table: &str, pk: &str) -> i32 {
@@ -284,16 +298,10 @@ async fn log_lines_hold_exactly_when_their_write_holds() {
     use crate::domain::*;
     use crate::ports::{PageRequest, RunStore, RunWrite, StoreError};
 
-    let m = moto();
-    let cfg = config(&m.endpoint).await;
-    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
-    let table = format!("weft-test-{}", ulid::Ulid::new().to_string().to_lowercase());
-    create_table(&ddb, &table).await.expect("table");
+    let (_m, ddb, table) = fresh_table().await;
     let a = DynamoStore::new(ddb.clone(), table.clone());
-    let ws = WorkspaceId::generate();
-    let mut run = contract::run(&ws, "wf");
-    run.status = RunStatus::Running;
-    a.create_run(&run, None).await.unwrap();
+    let mut run = running_run(&a).await;
+    let ws = run.workspace_id.clone();
     let pk = run_pk(&ws, &run.id);
     // Lines that deflate poorly, so a few saves fill the room.
     let noisy = |tag: &str| {
@@ -407,16 +415,10 @@ async fn a_finished_runs_unfinished_steps_read_as_cancelled() {
     use crate::domain::*;
     use crate::ports::{RunStore, RunWrite};
 
-    let m = moto();
-    let cfg = config(&m.endpoint).await;
-    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
-    let table = format!("weft-test-{}", ulid::Ulid::new().to_string().to_lowercase());
-    create_table(&ddb, &table).await.expect("table");
+    let (_m, ddb, table) = fresh_table().await;
     let a = DynamoStore::new(ddb.clone(), table.clone());
-    let ws = WorkspaceId::generate();
-    let mut run = contract::run(&ws, "wf");
-    run.status = RunStatus::Running;
-    a.create_run(&run, None).await.unwrap();
+    let mut run = running_run(&a).await;
+    let ws = run.workspace_id.clone();
     // Past the packing bounds: its steps are items.
     let steps: Vec<StepRecord> = (0..45)
         .map(|i| {
