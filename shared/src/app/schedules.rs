@@ -56,8 +56,10 @@ fn timing_error(e: String) -> ValidationError {
     ValidationError::new(&Path::root().key(field), e)
 }
 
+/// A schedule's timing, read off the async threads (a sparse pattern
+/// takes croner milliseconds to check).
 fn timing_of(s: &Schedule) -> Result<Timing, AppError> {
-    Timing::parse(&s.spec, &s.timezone, s.created_at)
+    crate::orchestrator::tick::cpu(|| Timing::parse(&s.spec, &s.timezone, s.created_at))
         .map_err(|e| AppError::InvalidRequest(vec![timing_error(e)]))
 }
 
@@ -103,11 +105,13 @@ impl App {
             .unwrap_or_else(|| Value::Object(Default::default()));
         // Both told at once: when it fires, and what it would start.
         let now = Utc::now();
-        let timing = Timing::parse(
-            f.spec.as_deref().unwrap_or_default(),
-            f.timezone.as_deref().unwrap_or("UTC"),
-            now,
-        );
+        let timing = crate::orchestrator::tick::cpu(|| {
+            Timing::parse(
+                f.spec.as_deref().unwrap_or_default(),
+                f.timezone.as_deref().unwrap_or("UTC"),
+                now,
+            )
+        });
         let mut errors = match &timing {
             Err(e) => vec![timing_error(e.clone())],
             Ok(_) => Vec::new(),
