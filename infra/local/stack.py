@@ -130,6 +130,27 @@ def start_runtime_relay(lambda_port):
     return server.server_address[1]
 
 
+def start_ticks(lam, every):
+    """Invokes the tick function every `every` seconds with a scheduled
+    event, as the stack's EventBridge rule does on AWS."""
+    import threading
+
+    def loop():
+        while True:
+            time.sleep(every)
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            event = {"detail-type": "Scheduled Event", "source": "aws.events", "time": now, "detail": {}}
+            try:
+                out = lam.invoke(FunctionName="weft-tick", Payload=json.dumps(event).encode())
+                answer = out["Payload"].read().decode()
+                if out.get("FunctionError"):
+                    print(f"stack.py: the tick failed: {answer}", file=sys.stderr, flush=True)
+            except Exception as e:  # the stack goes on; the next tick tries again
+                print(f"stack.py: invoking the tick: {e}", file=sys.stderr, flush=True)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
 def tiny_zip():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -314,6 +335,13 @@ def main():
         default=os.environ.get("WEFT_EGRESS_ALLOW", ""),
         help="internal ranges http steps may reach (e.g. 127.0.0.0/8)",
     )
+    ap.add_argument(
+        "--tick-every",
+        type=float,
+        default=0,
+        help="invoke the tick function every this many seconds, as the EventBridge rule does on AWS "
+        "(moto's rules never fire); 0: never (the checks invoke it themselves, at the times they choose)",
+    )
     args = ap.parse_args()
     if args.ready_file:
         Path(args.ready_file).unlink(missing_ok=True)
@@ -461,6 +489,8 @@ def main():
         f"  curl -H \"authorization: Bearer $WEFT_KEY\" $WEFT_URL/v1/health\n",
         flush=True,
     )
+    if args.tick_every > 0:
+        start_ticks(lam, args.tick_every)
     # A function instance that exits is replaced, as Lambda replaces one
     # that crashed; one that keeps exiting fails the stack. cargo lambda
     # watch exiting fails it at once.

@@ -49,9 +49,11 @@ impl Timing {
             format!("`{timezone}` is not an IANA time zone (such as \"Europe/Berlin\" or \"UTC\")")
         })?;
         let timing = match spec.strip_prefix("rate(").and_then(|r| r.strip_suffix(')')) {
+            // Counted from the whole second (fire times read as people
+            // write them).
             Some(rate) => Timing::Rate {
                 every: parse_rate(rate)?,
-                anchor,
+                anchor: chrono::SubsecRound::trunc_subsecs(anchor, 0),
             },
             None => {
                 let cron = CronParser::builder()
