@@ -17,6 +17,9 @@ use crate::schedules::{Timing, plan};
 
 /// Most schedules a workflow may have.
 pub const MAX_SCHEDULES_PER_WORKFLOW: usize = 20;
+/// Most schedules a workspace may have (each is tick work every time it
+/// fires, shared by every tenant).
+pub const MAX_SCHEDULES_PER_WORKSPACE: usize = 200;
 /// Most due schedules one tick reads at a time (each with its input:
 /// `MAX_SCHEDULE_INPUT_BYTES` bounds what a batch holds).
 const DUE_BATCH: usize = 20;
@@ -151,7 +154,16 @@ impl App {
         };
         let timing = timing_of(&s)?;
         reschedule(&mut s, &timing, now);
-        self.stores.schedules.create_schedule(&s).await?;
+        if !self
+            .stores
+            .schedules
+            .create_schedule(&s, MAX_SCHEDULES_PER_WORKSPACE)
+            .await?
+        {
+            return Err(AppError::BadRequest(format!(
+                "the workspace has {MAX_SCHEDULES_PER_WORKSPACE} schedules, the most it may have"
+            )));
+        }
         Ok(s)
     }
 

@@ -1180,10 +1180,10 @@ async fn schedules_are_scoped_conditional_and_found_when_due(s: &Stores) {
     let future = schedule(&a, "wf_s", Some(now + Duration::hours(1)));
     let paused = schedule(&a, "wf_s", None);
     for sc in [&later, &sooner, &future, &paused] {
-        s.schedules.create_schedule(sc).await.unwrap();
+        assert!(s.schedules.create_schedule(sc, 10).await.unwrap());
     }
     assert!(matches!(
-        s.schedules.create_schedule(&later).await,
+        s.schedules.create_schedule(&later, 10).await,
         Err(StoreError::Conflict(_))
     ));
     let wf = WorkflowId::from_string("wf_s");
@@ -1240,6 +1240,36 @@ async fn schedules_are_scoped_conditional_and_found_when_due(s: &Stores) {
         mine(due),
         vec![sooner.id.clone(), future.id.clone(), later.id.clone()]
     );
+    // A workspace's count holds: none past `most`, and a deletion makes
+    // room again.
+    let c = ws();
+    for _ in 0..2 {
+        assert!(
+            s.schedules
+                .create_schedule(&schedule(&c, "wf_s", None), 2)
+                .await
+                .unwrap()
+        );
+    }
+    let third = schedule(&c, "wf_s", None);
+    assert!(!s.schedules.create_schedule(&third, 2).await.unwrap());
+    assert_eq!(
+        s.schedules.get_schedule(&c, &wf, &third.id).await.unwrap(),
+        None
+    );
+    let first = s.schedules.list_schedules(&c, &wf).await.unwrap()[0]
+        .id
+        .clone();
+    assert!(s.schedules.delete_schedule(&c, &wf, &first).await.unwrap());
+    assert!(!s.schedules.delete_schedule(&c, &wf, &first).await.unwrap());
+    assert!(s.schedules.create_schedule(&third, 2).await.unwrap());
+    assert!(
+        !s.schedules
+            .create_schedule(&schedule(&c, "wf_s", None), 2)
+            .await
+            .unwrap()
+    );
+
     // Deleted: gone from reads and from the due ones.
     assert!(
         s.schedules

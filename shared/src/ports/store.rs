@@ -351,8 +351,10 @@ pub trait SecretStore: Send + Sync {
 /// (across workspaces: what the tick reads, never a scan).
 #[async_trait]
 pub trait ScheduleStore: Send + Sync {
-    /// Conflict if a schedule with its id exists.
-    async fn create_schedule(&self, s: &Schedule) -> StoreResult<()>;
+    /// Stores a new schedule unless its workspace has `most` already
+    /// (false then), counted atomically with the write. Conflict if a
+    /// schedule with its id exists.
+    async fn create_schedule(&self, s: &Schedule, most: usize) -> StoreResult<bool>;
     async fn get_schedule(
         &self,
         ws: &WorkspaceId,

@@ -6,13 +6,20 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{DynamoStore, Item, data, get_s, key, n, s, sdk, ts};
+use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
+
+use super::{DynamoStore, Item, build, cancelled_conditions, data, get_s, key, n, s, sdk, ts};
 use crate::domain::{Schedule, ScheduleId, WorkflowId, WorkspaceId};
 use crate::ports::{ScheduleStore, StoreError, StoreResult};
 
 /// Partitions of the due-schedules index (writes spread, the tick reads
 /// each).
 const DUE_SHARDS: u32 = 4;
+
+/// The item counting a workspace's schedules.
+fn count_key(ws: &WorkspaceId) -> Item {
+    key(format!("{ws}#SCHEDULES"), "COUNT")
+}
 
 fn pk(ws: &WorkspaceId, wf: &WorkflowId) -> String {
     format!("{ws}#SCHED#{wf}")
@@ -46,13 +53,42 @@ fn item(sc: &Schedule) -> StoreResult<Item> {
 
 #[async_trait]
 impl ScheduleStore for DynamoStore {
-    async fn create_schedule(&self, sc: &Schedule) -> StoreResult<()> {
-        match self.put(item(sc)?, true).await {
-            Err(StoreError::Conflict(_)) => Err(StoreError::Conflict(format!(
-                "schedule `{}` already exists",
-                sc.id
-            ))),
-            other => other,
+    async fn create_schedule(&self, sc: &Schedule, most: usize) -> StoreResult<bool> {
+        // The workspace's count and the schedule in one transaction.
+        let count = build(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(count_key(&sc.workspace_id)))
+                .update_expression("ADD n :one")
+                .condition_expression("attribute_not_exists(n) OR n < :most")
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":most", n(most))
+                .build(),
+        )?;
+        let put = build(
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item(sc)?))
+                .condition_expression("attribute_not_exists(pk)")
+                .build(),
+        )?;
+        let sent = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(count).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(e) => match cancelled_conditions(&e) {
+                Some(failed) if failed.first() == Some(&true) => Ok(false),
+                Some(failed) if failed.get(1) == Some(&true) => Err(StoreError::Conflict(format!(
+                    "schedule `{}` already exists",
+                    sc.id
+                ))),
+                _ => Err(sdk(e)),
+            },
         }
     }
 
@@ -107,16 +143,36 @@ impl ScheduleStore for DynamoStore {
         wf: &WorkflowId,
         id: &ScheduleId,
     ) -> StoreResult<bool> {
-        let out = self
+        // The schedule and the workspace's count in one transaction.
+        let del = build(
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(pk(ws, wf), id.as_str())))
+                .condition_expression("attribute_exists(pk)")
+                .build(),
+        )?;
+        let count = build(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(count_key(ws)))
+                .update_expression("ADD n :minus")
+                .expression_attribute_values(":minus", n(-1))
+                .build(),
+        )?;
+        let sent = self
             .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk(ws, wf), id.as_str())))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(del).build())
+            .transact_items(TransactWriteItem::builder().update(count).build())
             .send()
-            .await
-            .map_err(sdk)?;
-        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(e) => match cancelled_conditions(&e) {
+                Some(failed) if failed.first() == Some(&true) => Ok(false),
+                _ => Err(sdk(e)),
+            },
+        }
     }
 
     async fn due_schedules(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Schedule>> {

@@ -14,7 +14,7 @@ fn ts(t: DateTime<Utc>) -> String {
 
 #[async_trait]
 impl ScheduleStore for SqliteStore {
-    async fn create_schedule(&self, s: &Schedule) -> StoreResult<()> {
+    async fn create_schedule(&self, s: &Schedule, most: usize) -> StoreResult<bool> {
         let data = serde_json::to_string(s)?;
         let (ws, wf, id) = (
             s.workspace_id.to_string(),
@@ -24,13 +24,22 @@ impl ScheduleStore for SqliteStore {
         let (due, rev) = (s.due_at.map(ts), s.revision as i64);
         self.db
             .write(move |tx| {
+                let held: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM schedules WHERE workspace_id = ?1",
+                    params![ws],
+                    |r| r.get(0),
+                )?;
+                if held as usize >= most {
+                    return Ok(false);
+                }
                 insert_or_conflict(
                     tx.execute(
                         "INSERT INTO schedules (workspace_id, workflow_id, id, due_at, revision, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         params![ws, wf, id, due, rev, data],
                     ),
                     &format!("schedule `{id}`"),
-                )
+                )?;
+                Ok(true)
             })
             .await
     }
