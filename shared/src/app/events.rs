@@ -13,11 +13,12 @@ use sha2::{Digest, Sha256};
 use super::runs::{Claim, Delivery, IDEMPOTENCY_TTL_HOURS};
 use super::{App, AppError, StartRun};
 use crate::domain::{RunId, WorkflowId, WorkspaceId};
-use crate::ports::{IdempotencyClaim, PageRequest};
+use crate::ports::IdempotencyClaim;
 
-/// Most live workflows a workspace may have for its events to be matched
-/// (their listing entries are read for every event).
-pub const MAX_WORKFLOWS_MATCHED: usize = 10_000;
+/// Most workflows listening for one event name that an event is matched
+/// against (a condition may leave many out; at most `MAX_RUNS_PER_EVENT`
+/// start).
+pub const MAX_WORKFLOWS_MATCHED: usize = 1_000;
 /// Most runs one event starts: an event matching more is refused.
 pub const MAX_RUNS_PER_EVENT: usize = 100;
 /// Most waiting steps one event is delivered to.
@@ -192,50 +193,39 @@ impl App {
         Ok(())
     }
 
-    /// The live workflows whose latest version listens for `name`, found
-    /// from their listing entries (definitions are read only for those).
+    /// The live workflows whose latest version listens for `name`, from
+    /// the store's index by event name (definitions are read only for
+    /// those).
     async fn listening(&self, ws: &WorkspaceId, name: &str) -> Result<Vec<Candidate>, AppError> {
         let mut found = Vec::new();
-        let mut seen = 0;
-        let mut page = PageRequest::first(crate::ports::MAX_LIMIT);
-        loop {
-            let listed = self.stores.workflows.list_workflows(ws, &page).await?;
-            seen += listed.items.len();
-            if seen > MAX_WORKFLOWS_MATCHED {
-                return Err(AppError::BadRequest(format!(
-                    "the workspace has more than {MAX_WORKFLOWS_MATCHED} workflows; events are matched in workspaces with at most that many"
-                )));
-            }
-            for summary in listed.items {
-                if !summary.events.iter().any(|e| e == name) {
-                    continue;
-                }
-                let wf = self
-                    .definitions
-                    .get(
-                        self.stores.workflows.as_ref(),
-                        ws,
-                        &summary.id,
-                        summary.latest_version,
-                    )
-                    .await
-                    .map_err(|e| AppError::Internal(e.to_string()))?;
-                found.push(Candidate {
-                    id: summary.id,
-                    version: summary.latest_version,
-                    conditions: wf
-                        .triggers
-                        .iter()
-                        .filter(|t| t.event == name)
-                        .map(|t| t.condition.clone())
-                        .collect(),
-                });
-            }
-            match listed.next_cursor {
-                Some(c) => page.cursor = Some(c),
-                None => return Ok(found),
-            }
+        for summary in self
+            .stores
+            .workflows
+            .workflows_listening(ws, name, MAX_WORKFLOWS_MATCHED)
+            .await?
+        {
+            let wf = self
+                .definitions
+                .get(
+                    self.stores.workflows.as_ref(),
+                    ws,
+                    &summary.id,
+                    summary.latest_version,
+                )
+                .await
+                .map_err(|e| AppError::Internal(e.to_string()))?;
+            found.push(Candidate {
+                id: summary.id,
+                version: summary.latest_version,
+                conditions: wf
+                    .triggers
+                    .iter()
+                    .filter(|t| t.event == name)
+                    .map(|t| t.condition.clone())
+                    .collect(),
+            });
         }
+        Ok(found)
     }
 }
 

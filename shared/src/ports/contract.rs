@@ -16,6 +16,7 @@ pub async fn run_all(s: Stores) {
     workspaces_and_keys(&s).await;
     workflows_are_versioned_and_isolated(&s).await;
     workflow_pages_visit_each_once(&s).await;
+    workflows_are_found_by_the_events_they_listen_for(&s).await;
     runs_use_conditional_writes(&s).await;
     results_wait_for_the_next_pass(&s).await;
     large_records_round_trip(&s).await;
@@ -31,6 +32,72 @@ pub async fn run_all(s: Stores) {
     budgets_reserve_atomically_and_settle(&s).await;
     usage_totals_by_run_day_and_workflow(&s).await;
     cache_entries_expire_and_are_isolated(&s).await;
+}
+
+/// Live workflows are found by the events their latest version listens
+/// for, in their workspace only.
+async fn workflows_are_found_by_the_events_they_listen_for(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let version = |ws: &WorkspaceId, id: &str, n: u32, events: &[&str]| {
+        let triggers: Vec<serde_json::Value> = events.iter().map(|e| json!({"event": e})).collect();
+        WorkflowVersion {
+            workspace_id: ws.clone(),
+            id: WorkflowId::from_string(id),
+            version: n,
+            name: id.into(),
+            definition: json!({"id": id, "name": id, "triggers": triggers, "steps": []}),
+            created_at: Utc::now(),
+            archived_at: None,
+        }
+    };
+    let ids = |found: Vec<WorkflowSummary>| -> Vec<String> {
+        found.into_iter().map(|w| w.id.to_string()).collect()
+    };
+    s.workflows
+        .create_workflow(&version(&a, "orders", 1, &["order.created", "order.paid"]))
+        .await
+        .unwrap();
+    s.workflows
+        .create_workflow(&version(&a, "audit", 1, &["order.created"]))
+        .await
+        .unwrap();
+    s.workflows
+        .create_workflow(&version(&a, "quiet", 1, &[]))
+        .await
+        .unwrap();
+    s.workflows
+        .create_workflow(&version(&b, "orders", 1, &["order.created"]))
+        .await
+        .unwrap();
+    let listening = |w: WorkspaceId, e: &'static str| async move {
+        s.workflows.workflows_listening(&w, e, 100).await.unwrap()
+    };
+    assert_eq!(
+        ids(listening(a.clone(), "order.created").await),
+        ["audit", "orders"]
+    );
+    assert_eq!(ids(listening(a.clone(), "order.paid").await), ["orders"]);
+    assert!(listening(a.clone(), "nobody").await.is_empty());
+    assert_eq!(
+        ids(listening(b.clone(), "order.paid").await),
+        Vec::<String>::new()
+    );
+    // A new version that no longer listens is not found for it.
+    s.workflows
+        .add_version(&version(&a, "orders", 2, &["order.shipped"]), false)
+        .await
+        .unwrap();
+    assert_eq!(ids(listening(a.clone(), "order.created").await), ["audit"]);
+    assert!(listening(a.clone(), "order.paid").await.is_empty());
+    assert_eq!(ids(listening(a.clone(), "order.shipped").await), ["orders"]);
+    // Archived: not found.
+    assert!(
+        s.workflows
+            .archive_workflow(&a, &WorkflowId::from_string("audit"), Utc::now())
+            .await
+            .unwrap()
+    );
+    assert!(listening(a.clone(), "order.created").await.is_empty());
 }
 
 async fn settings_default_and_isolated(s: &Stores) {

@@ -55,6 +55,14 @@ pub trait WorkflowStore: Send + Sync {
         ws: &WorkspaceId,
         page: &PageRequest,
     ) -> StoreResult<Page<WorkflowSummary>>;
+    /// Live workflows whose latest version's triggers listen for `event`
+    /// (at most `limit`, by id): an index by event name, never a scan.
+    async fn workflows_listening(
+        &self,
+        ws: &WorkspaceId,
+        event: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<WorkflowSummary>>;
     /// False if there was no such live workflow.
     async fn archive_workflow(
         &self,

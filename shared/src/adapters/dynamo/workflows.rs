@@ -20,7 +20,38 @@ fn version_key(v: &WorkflowVersion) -> Item {
     )
 }
 
+/// The index item of a workflow listening for an event (the reader checks
+/// its latest version still does).
+fn event_key(ws: &WorkspaceId, event: &str, id: &WorkflowId) -> Item {
+    key(format!("{ws}#EVENT#{event}"), id.as_str())
+}
+
 impl DynamoStore {
+    /// Puts of the index items of the events `v` listens for.
+    fn put_events(&self, v: &WorkflowVersion) -> StoreResult<Vec<TransactWriteItem>> {
+        v.trigger_events()
+            .iter()
+            .map(|e| {
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(event_key(&v.workspace_id, e, &v.id)))
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Ok(TransactWriteItem::builder().put(put).build())
+            })
+            .collect()
+    }
+
+    /// `items` and the puts of `v`'s event index items.
+    fn with_events(
+        &self,
+        v: &WorkflowVersion,
+        mut items: Vec<TransactWriteItem>,
+    ) -> StoreResult<Vec<TransactWriteItem>> {
+        items.extend(self.put_events(v)?);
+        Ok(items)
+    }
+
     fn put_version(&self, v: &WorkflowVersion) -> StoreResult<TransactWriteItem> {
         let mut item = version_key(v);
         item.insert("data".into(), s(serde_json::to_string(v)?));
@@ -68,8 +99,13 @@ impl WorkflowStore for DynamoStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         self.client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put_head).build())
-            .transact_items(self.put_version(v)?)
+            .set_transact_items(Some(self.with_events(
+                v,
+                vec![
+                    TransactWriteItem::builder().put(put_head).build(),
+                    self.put_version(v)?,
+                ],
+            )?))
             .send()
             .await
             .map_err(|e| {
@@ -110,8 +146,13 @@ impl WorkflowStore for DynamoStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         self.client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(self.put_version(v)?)
+            .set_transact_items(Some(self.with_events(
+                v,
+                vec![
+                    TransactWriteItem::builder().update(update).build(),
+                    self.put_version(v)?,
+                ],
+            )?))
             .send()
             .await
             .map_err(|e| match conflict_if_cancelled(e, "") {
@@ -195,6 +236,41 @@ impl WorkflowStore for DynamoStore {
         Ok(Page::from_overfetch(items, page.limit, |w| {
             w.id.to_string()
         }))
+    }
+
+    async fn workflows_listening(
+        &self,
+        ws: &WorkspaceId,
+        event: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<WorkflowSummary>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(format!("{ws}#EVENT#{event}")))
+            .limit(limit as i32)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let heads: Vec<Item> = out
+            .items()
+            .iter()
+            .map(|i| Ok(key(head_pk(ws), super::get_s(i, "sk")?)))
+            .collect::<StoreResult<_>>()?;
+        let mut found = Vec::new();
+        for head in self.batch_get(heads).await? {
+            if head.contains_key("archived_at") {
+                continue;
+            }
+            let summary: WorkflowSummary = data(&head)?;
+            if summary.events.iter().any(|e| e == event) {
+                found.push(summary);
+            }
+        }
+        found.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(found)
     }
 
     async fn archive_workflow(

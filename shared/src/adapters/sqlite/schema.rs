@@ -162,6 +162,18 @@ CREATE TABLE waiters (
     PRIMARY KEY (workspace_id, event, run_id, step_key)
 ) STRICT;
 "#,
+    // The events each workflow's versions listened for (a reader checks
+    // the latest version still does).
+    r#"
+CREATE TABLE workflow_events (
+    workspace_id TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    workflow_id  TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, event, workflow_id)
+) STRICT;
+INSERT OR IGNORE INTO workflow_events (workspace_id, event, workflow_id)
+    SELECT w.workspace_id, j.value, w.id FROM workflows w, json_each(w.data, '$.events') j;
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {

@@ -21,12 +21,29 @@ fn insert_version(
     Ok(())
 }
 
+/// Indexes the events a version's triggers listen for.
+fn index_events(
+    tx: &rusqlite::Transaction<'_>,
+    ws: &str,
+    id: &str,
+    events: &[String],
+) -> StoreResult<()> {
+    for e in events {
+        tx.execute(
+            "INSERT OR IGNORE INTO workflow_events (workspace_id, event, workflow_id) VALUES (?1, ?2, ?3)",
+            params![ws, e, id],
+        )?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl WorkflowStore for SqliteStore {
     async fn create_workflow(&self, v: &WorkflowVersion) -> StoreResult<()> {
         let data = serde_json::to_string(v)?;
         let sum = serde_json::to_string(&v.summary(v.created_at))?;
         let (ws, id, version) = (v.workspace_id.to_string(), v.id.to_string(), v.version);
+        let events = v.trigger_events();
         self.db
             .write(move |tx| {
                 insert_or_conflict(
@@ -37,6 +54,7 @@ impl WorkflowStore for SqliteStore {
                     &format!("workflow `{id}`"),
                 )?;
                 insert_version(tx, &ws, &id, version, &data)?;
+                index_events(tx, &ws, &id, &events)?;
                 Ok(())
             })
             .await
@@ -65,7 +83,33 @@ impl WorkflowStore for SqliteStore {
                     params![ws, id, version, sum],
                 )?;
                 insert_version(tx, &ws, &id, version, &data)?;
+                index_events(tx, &ws, &id, &v.trigger_events())?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn workflows_listening(
+        &self,
+        ws: &WorkspaceId,
+        event: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<WorkflowSummary>> {
+        let (ws, event) = (ws.to_string(), event.to_owned());
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT w.data FROM workflow_events e JOIN workflows w ON w.workspace_id = e.workspace_id AND w.id = e.workflow_id \
+                     WHERE e.workspace_id = ?1 AND e.event = ?2 AND w.archived_at IS NULL ORDER BY w.id LIMIT ?3",
+                )?;
+                let rows = stmt
+                    .query_map(params![ws, event, limit as i64], |r| r.get::<_, String>(0))?
+                    .map(|d| Ok(serde_json::from_str::<WorkflowSummary>(&d?)?))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(rows
+                    .into_iter()
+                    .filter(|s| s.events.iter().any(|e| *e == event))
+                    .collect())
             })
             .await
     }
