@@ -108,7 +108,7 @@ impl WorkflowStore for SqliteStore {
                     .collect::<StoreResult<Vec<_>>>()?;
                 Ok(rows
                     .into_iter()
-                    .filter(|s| s.events.iter().any(|e| *e == event))
+                    .filter(|s| s.events.contains(&event))
                     .collect())
             })
             .await
