@@ -51,6 +51,26 @@ fn item(sc: &Schedule) -> StoreResult<Item> {
     Ok(item)
 }
 
+impl DynamoStore {
+    /// One transaction: None if it held, else which writes' conditions
+    /// failed.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> StoreResult<Option<Vec<bool>>> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(e) => match cancelled_conditions(&e) {
+                Some(failed) if failed.iter().any(|f| *f) => Ok(Some(failed)),
+                _ => Err(sdk(e)),
+            },
+        }
+    }
+}
+
 #[async_trait]
 impl ScheduleStore for DynamoStore {
     async fn create_schedule(&self, sc: &Schedule, most: usize) -> StoreResult<bool> {
@@ -72,23 +92,17 @@ impl ScheduleStore for DynamoStore {
                 .condition_expression("attribute_not_exists(pk)")
                 .build(),
         )?;
-        let sent = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(count).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(e) => match cancelled_conditions(&e) {
-                Some(failed) if failed.first() == Some(&true) => Ok(false),
-                Some(failed) if failed.get(1) == Some(&true) => Err(StoreError::Conflict(format!(
-                    "schedule `{}` already exists",
-                    sc.id
-                ))),
-                _ => Err(sdk(e)),
-            },
+        let items = vec![
+            TransactWriteItem::builder().update(count).build(),
+            TransactWriteItem::builder().put(put).build(),
+        ];
+        match self.transact(items).await? {
+            None => Ok(true),
+            Some(failed) if failed.first() == Some(&true) => Ok(false),
+            Some(_) => Err(StoreError::Conflict(format!(
+                "schedule `{}` already exists",
+                sc.id
+            ))),
         }
     }
 
@@ -159,20 +173,12 @@ impl ScheduleStore for DynamoStore {
                 .expression_attribute_values(":minus", n(-1))
                 .build(),
         )?;
-        let sent = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().delete(del).build())
-            .transact_items(TransactWriteItem::builder().update(count).build())
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(e) => match cancelled_conditions(&e) {
-                Some(failed) if failed.first() == Some(&true) => Ok(false),
-                _ => Err(sdk(e)),
-            },
-        }
+        let items = vec![
+            TransactWriteItem::builder().delete(del).build(),
+            TransactWriteItem::builder().update(count).build(),
+        ];
+        // Its condition failed: there was no such schedule.
+        Ok(self.transact(items).await?.is_none())
     }
 
     async fn due_schedules(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Schedule>> {

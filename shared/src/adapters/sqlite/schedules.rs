@@ -12,16 +12,40 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// A schedule's columns.
+struct Row {
+    ws: String,
+    wf: String,
+    id: String,
+    due: Option<String>,
+    rev: i64,
+    data: String,
+}
+
+impl Row {
+    fn of(s: &Schedule) -> StoreResult<Self> {
+        Ok(Row {
+            ws: s.workspace_id.to_string(),
+            wf: s.workflow_id.to_string(),
+            id: s.id.to_string(),
+            due: s.due_at.map(ts),
+            rev: s.revision as i64,
+            data: serde_json::to_string(s)?,
+        })
+    }
+}
+
 #[async_trait]
 impl ScheduleStore for SqliteStore {
     async fn create_schedule(&self, s: &Schedule, most: usize) -> StoreResult<bool> {
-        let data = serde_json::to_string(s)?;
-        let (ws, wf, id) = (
-            s.workspace_id.to_string(),
-            s.workflow_id.to_string(),
-            s.id.to_string(),
-        );
-        let (due, rev) = (s.due_at.map(ts), s.revision as i64);
+        let Row {
+            ws,
+            wf,
+            id,
+            due,
+            rev,
+            data,
+        } = Row::of(s)?;
         self.db
             .write(move |tx| {
                 let held: i64 = tx.query_row(
@@ -86,13 +110,14 @@ impl ScheduleStore for SqliteStore {
     }
 
     async fn save_schedule(&self, s: &Schedule) -> StoreResult<()> {
-        let data = serde_json::to_string(s)?;
-        let (ws, wf, id) = (
-            s.workspace_id.to_string(),
-            s.workflow_id.to_string(),
-            s.id.to_string(),
-        );
-        let (due, rev) = (s.due_at.map(ts), s.revision as i64);
+        let Row {
+            ws,
+            wf,
+            id,
+            due,
+            rev,
+            data,
+        } = Row::of(s)?;
         self.db
             .write(move |tx| {
                 let n = tx.execute(
