@@ -124,9 +124,10 @@ impl App {
             Err(AppError::InvalidRequest(more)) => errors.extend(more),
             Err(e) => return Err(e),
         }
-        if !errors.is_empty() {
-            return Err(AppError::InvalidRequest(errors));
-        }
+        let timing = match timing {
+            Ok(t) if errors.is_empty() => t,
+            _ => return Err(AppError::InvalidRequest(errors)),
+        };
         let existing = self.stores.schedules.list_schedules(ws, wf).await?;
         if existing.len() >= MAX_SCHEDULES_PER_WORKFLOW {
             return Err(AppError::BadRequest(format!(
@@ -152,7 +153,6 @@ impl App {
             updated_at: now,
             revision: 1,
         };
-        let timing = timing_of(&s)?;
         reschedule(&mut s, &timing, now);
         if !self
             .stores
