@@ -196,17 +196,29 @@ impl TestApp {
 
     /// Polls the run until `done` holds (at most `wait_deadline`).
     pub async fn wait_run(&self, run: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + self.wait_deadline();
+        let begun = tokio::time::Instant::now();
+        let deadline = begun + self.wait_deadline();
+        let (mut polls, mut slowest) = (0u32, Duration::ZERO);
         loop {
+            let asked = tokio::time::Instant::now();
             let r = self.get(&format!("/v1/runs/{run}")).await;
+            polls += 1;
+            slowest = slowest.max(asked.elapsed());
             assert_eq!(r.status, 200, "{}", r.body);
             if done(&r.body) {
                 return r.body;
             }
+            // A finished run changes no more: waiting on is only slower.
+            let finished = matches!(
+                r.body["status"].as_str(),
+                Some("COMPLETED" | "FAILED" | "CANCELLED")
+            );
             assert!(
-                tokio::time::Instant::now() < deadline,
-                "run did not reach the expected state within {:?}: {}",
-                self.wait_deadline(),
+                !finished && tokio::time::Instant::now() < deadline,
+                "run did not reach the expected state ({} after {:?}; {polls} polls, \
+                 the slowest {slowest:?}): {}",
+                if finished { "it finished" } else { "timed out" },
+                begun.elapsed(),
                 r.body
             );
             // Against a deployment (the emulated stack answers every poll
