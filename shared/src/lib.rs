@@ -10,6 +10,7 @@ pub mod dag;
 pub mod domain;
 pub mod dsl;
 pub mod engine;
+pub mod hooks;
 pub mod memory;
 pub mod orchestrator;
 pub mod platform;

@@ -104,6 +104,7 @@ impl Platform {
         ));
         let app = Arc::new(App::new(stores, orchestrator.clone(), definitions));
         tick_schedules(Arc::downgrade(&app));
+        process_hook_receipts(Arc::downgrade(&app), store.clone());
         let resumed = if db == Path::new(":memory:") {
             orchestrator.resume_all(shared.as_ref()).await
         } else {
@@ -189,6 +190,66 @@ fn tick_schedules(app: std::sync::Weak<App>) {
                     errors = r.errors,
                     "schedules fired"
                 );
+            }
+        }
+    });
+}
+
+/// Most times a kept hook request whose run could not start is tried.
+const RECEIPT_TRIES: u32 = 12;
+
+/// The embedded hook inbox's reader: starts the run of each kept request,
+/// as soon as one is kept, until the platform is gone. A request whose run
+/// could not start (the store failed) is tried again later, waiting twice
+/// as long each time (up to an hour).
+fn process_hook_receipts(app: std::sync::Weak<App>, store: SqliteStore) {
+    tokio::spawn(async move {
+        loop {
+            let Some(app) = app.upgrade() else {
+                return;
+            };
+            let now = chrono::Utc::now();
+            let due = match store.due_receipts(now, 20).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading kept hook requests");
+                    Vec::new()
+                }
+            };
+            let busy = !due.is_empty();
+            for (r, tries) in due {
+                let ws = r.workspace_id.clone();
+                let done = match app.process_receipt(&r).await {
+                    Ok(crate::app::Processed::Started { run_id, replayed }) => {
+                        tracing::info!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, run_id = %run_id, replayed, "a hook request started its run");
+                        true
+                    }
+                    Ok(crate::app::Processed::Dropped(why)) => {
+                        tracing::warn!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, reason = %why, "a hook request started no run");
+                        true
+                    }
+                    Err(e) if tries + 1 >= RECEIPT_TRIES => {
+                        tracing::error!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, error = %e, "a hook request started no run after {RECEIPT_TRIES} tries; it is dropped");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, error = %e, "a hook request's run could not start; it is tried again");
+                        let wait = chrono::Duration::seconds((1i64 << tries.min(12)).min(3600));
+                        if let Err(e) = store.receipt_retry(&r.id, now + wait).await {
+                            tracing::error!(error = %e, "keeping a hook request for later");
+                        }
+                        false
+                    }
+                };
+                if done && let Err(e) = store.receipt_done(&r.id).await {
+                    tracing::error!(error = %e, "removing a handled hook request");
+                }
+            }
+            drop(app);
+            if !busy {
+                store
+                    .wait_for_receipts(std::time::Duration::from_secs(1))
+                    .await;
             }
         }
     });

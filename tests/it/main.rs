@@ -9,6 +9,7 @@ mod crash;
 mod egress;
 mod events;
 mod examples;
+mod hooks;
 mod http_step;
 mod limits;
 mod llm_spending;

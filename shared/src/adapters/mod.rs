@@ -7,3 +7,5 @@ pub mod llm;
 #[cfg(feature = "aws")]
 pub mod secretsmanager;
 pub mod sqlite;
+#[cfg(feature = "aws")]
+pub mod sqs;

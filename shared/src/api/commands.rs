@@ -25,12 +25,16 @@ const MAX_SCHEDULE_INPUT_MEMORY: u64 = 1024 * 1024;
 /// Largest secret value accepted.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 
-fn invalid(errors: Vec<ValidationError>) -> AppError {
+pub(super) fn invalid(errors: Vec<ValidationError>) -> AppError {
     AppError::InvalidRequest(errors)
 }
 
 /// The unknown fields of an object, each an error at its path.
-fn unknown_fields(m: &JsonMap<String, Value>, known: &[&str], hint: &str) -> Vec<ValidationError> {
+pub(super) fn unknown_fields(
+    m: &JsonMap<String, Value>,
+    known: &[&str],
+    hint: &str,
+) -> Vec<ValidationError> {
     m.keys()
         .filter(|k| !known.contains(&k.as_str()))
         .map(|k| ValidationError::new(&Path::root().key(k), format!("unknown field `{k}`; {hint}")))

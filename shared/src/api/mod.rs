@@ -4,6 +4,7 @@
 pub mod commands;
 mod events;
 mod extract;
+mod hooks;
 mod problem;
 mod runs;
 mod schedules;
@@ -55,6 +56,18 @@ pub fn router(app: Arc<App>) -> Router {
             get(schedules::get)
                 .patch(schedules::update)
                 .delete(schedules::delete),
+        )
+        .route(
+            "/v1/workflows/{id}/hooks",
+            post(hooks::create).get(hooks::list),
+        )
+        .route(
+            "/v1/workflows/{id}/hooks/{hook_id}",
+            get(hooks::get).delete(hooks::delete),
+        )
+        .route(
+            "/v1/hooks/{hook_id}",
+            post(hooks::receive).layer(DefaultBodyLimit::max(crate::hooks::MAX_BODY_BYTES)),
         )
         .route("/v1/secrets", get(secrets::list))
         .route(

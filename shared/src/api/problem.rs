@@ -105,6 +105,12 @@ impl From<AppError> for Problem {
                     AppError::Unauthorized.to_string(),
                 )
             },
+            AppError::SignatureInvalid(m) => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "signature-invalid",
+                "Signature invalid",
+                format!("the request's signature could not be verified: {m}"),
+            ),
             AppError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Problem::new(

@@ -517,3 +517,32 @@ impl<'a> From<&'a Schedule> for ScheduleView<'a> {
         }
     }
 }
+
+/// A hook: where to send requests (`path`, on this API's address) and how
+/// they are checked. The signing secret is named, never shown.
+#[derive(Serialize)]
+pub struct HookView<'a> {
+    pub id: &'a crate::domain::HookId,
+    pub workflow_id: &'a WorkflowId,
+    pub path: String,
+    pub verify: &'a crate::domain::Verification,
+    pub dedupe: Option<&'a str>,
+    pub input: Option<&'a Value>,
+    pub description: Option<&'a str>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a crate::domain::Hook> for HookView<'a> {
+    fn from(h: &'a crate::domain::Hook) -> Self {
+        HookView {
+            id: &h.id,
+            workflow_id: &h.workflow_id,
+            path: format!("/v1/hooks/{}", h.id),
+            verify: &h.verification,
+            dedupe: h.dedupe.as_deref(),
+            input: h.input.as_ref(),
+            description: h.description.as_deref(),
+            created_at: h.created_at,
+        }
+    }
+}

@@ -19,6 +19,9 @@ pub enum AppError {
     BadRequest(String),
     #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// A request to a hook whose signature does not check out (why).
+    #[error("{0}")]
+    SignatureInvalid(String),
     /// The message is logged, never shown to clients.
     #[error("internal error")]
     Internal(String),

@@ -6,6 +6,7 @@ pub mod commands;
 mod definitions;
 mod error;
 mod events;
+mod hooks;
 mod runs;
 mod schedules;
 mod secrets;
@@ -20,6 +21,7 @@ pub use commands::{IdempotencyKey, StartRun, UsageRange};
 pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
 pub use events::{EventOutcome, EventRun, MAX_WORKFLOWS_MATCHED, SendEvent};
+pub use hooks::{HookFields, MAX_HOOKS_PER_WORKFLOW, Processed};
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
 pub use schedules::{
     FireReport, MAX_SCHEDULE_INPUT_BYTES, MAX_SCHEDULES_PER_WORKFLOW, ScheduleFields,

@@ -106,6 +106,52 @@ impl Stack {
         )
     }
 
+    /// The trigger function: starts the run of each verified hook request
+    /// the queue hands it. A message whose run could not start (a store
+    /// failed) is reported failed, so the queue hands it again (then to
+    /// its dead-letter queue); one that can never start is logged and
+    /// consumed. A repeat starts nothing twice (the start is claimed).
+    pub async fn trigger(
+        &self,
+        app: &crate::app::App,
+        ev: aws_lambda_events::event::sqs::SqsEvent,
+    ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+        use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
+        let mut failed = Vec::new();
+        for m in ev.records {
+            let id = m.message_id.clone().unwrap_or_default();
+            let receipt: crate::domain::Receipt = match serde_json::from_str(
+                m.body.as_deref().unwrap_or_default(),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(message_id = %id, error = %e, "a hook queue message is not a receipt; it is dropped");
+                    continue;
+                }
+            };
+            let span = tracing::info_span!("trigger", workspace_id = %receipt.workspace_id, hook_id = %receipt.hook_id, receipt_id = %receipt.id);
+            match app.process_receipt(&receipt).instrument(span.clone()).await {
+                Ok(crate::app::Processed::Started { run_id, replayed }) => {
+                    span.in_scope(|| tracing::info!(run_id = %run_id, replayed, "a hook request started its run"));
+                }
+                Ok(crate::app::Processed::Dropped(why)) => {
+                    span.in_scope(
+                        || tracing::warn!(reason = %why, "a hook request started no run"),
+                    );
+                }
+                Err(e) => {
+                    span.in_scope(|| tracing::warn!(error = %e, "a hook request's run could not start; the queue hands it again"));
+                    let mut f = BatchItemFailure::default();
+                    f.item_identifier = id;
+                    failed.push(f);
+                }
+            }
+        }
+        let mut out = SqsBatchResponse::default();
+        out.batch_item_failures = failed;
+        out
+    }
+
     /// The admin function (operators only; not behind the API).
     pub async fn admin(&self, req: AdminRequest) -> Result<Value, FunctionError> {
         match req {

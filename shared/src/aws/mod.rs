@@ -31,6 +31,8 @@ pub struct Stack {
     pub store: Arc<DynamoStore>,
     pub secrets: Arc<SecretsManagerStore>,
     pub sfn: aws_sdk_sfn::Client,
+    /// Where the API function keeps verified hook requests.
+    pub hook_inbox: Arc<dyn crate::ports::HookInbox>,
     pub definitions: Arc<DefinitionCache>,
     /// Big runs' records kept between this process's passes (plan).
     pub kept_records: crate::orchestrator::stepfunctions::KeptRecords,
@@ -57,7 +59,19 @@ impl Stack {
                 .interceptor(log("states"))
                 .build(),
         );
+        let hook_inbox: Arc<dyn crate::ports::HookInbox> = match &settings.hook_queue_url {
+            Some(url) => Arc::new(crate::adapters::sqs::SqsHookInbox::new(
+                aws_sdk_sqs::Client::from_conf(
+                    aws_sdk_sqs::config::Builder::from(&cfg)
+                        .interceptor(log("sqs"))
+                        .build(),
+                ),
+                url.clone(),
+            )),
+            None => Arc::new(crate::adapters::sqs::NoHookQueue),
+        };
         Ok(Self {
+            hook_inbox,
             store: Arc::new({
                 let store = DynamoStore::new(dynamodb, settings.table.clone());
                 match &settings.bucket {
@@ -79,10 +93,14 @@ impl Stack {
         })
     }
 
-    /// Every store port: DynamoDB (with S3 for large records) and Secrets
-    /// Manager.
+    /// Every store port: DynamoDB (with S3 for large records), Secrets
+    /// Manager, and the hook queue (SQS).
     pub fn store_set(&self) -> StoreSet {
-        StoreSet::with_secrets(self.store.clone(), self.secrets.clone())
+        StoreSet::with_secrets(
+            self.store.clone(),
+            self.secrets.clone(),
+            self.hook_inbox.clone(),
+        )
     }
 
     pub fn stores(&self) -> Stores<'_> {

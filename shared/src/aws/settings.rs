@@ -25,6 +25,9 @@ pub struct AwsSettings {
     pub step_functions: HashMap<String, String>,
     /// `WEFT_EGRESS_ALLOW`: internal ranges step functions may reach.
     pub egress: EgressPolicy,
+    /// `WEFT_HOOK_QUEUE_URL`: where verified hook requests wait for the
+    /// trigger function (the API function sends to it).
+    pub hook_queue_url: Option<String>,
     /// `WEFT_AWS_ENDPOINT`: one endpoint for every AWS service (emulated
     /// AWS); unset on AWS itself.
     pub endpoint: Option<String>,
@@ -56,6 +59,7 @@ impl AwsSettings {
             step_functions,
             egress: EgressPolicy::allowing(&var("WEFT_EGRESS_ALLOW").unwrap_or_default())
                 .map_err(|e| anyhow::anyhow!("WEFT_EGRESS_ALLOW: {e}"))?,
+            hook_queue_url: var("WEFT_HOOK_QUEUE_URL"),
             endpoint: var("WEFT_AWS_ENDPOINT"),
         })
     }

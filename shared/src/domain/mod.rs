@@ -1,5 +1,6 @@
 //! Domain types shared by every part of Weft.
 
+pub mod hook;
 pub mod ids;
 pub mod limits;
 pub mod models;
@@ -10,6 +11,7 @@ pub mod usage;
 pub mod workflow;
 pub mod workspace;
 
+pub use hook::{Encoding, Hook, HookId, Receipt, Verification};
 pub use ids::{ApiKeyId, RunId, ScheduleId, WorkflowId, WorkspaceId};
 pub use money::{TokenPrice, Usd};
 pub use run::{

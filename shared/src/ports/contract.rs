@@ -25,6 +25,7 @@ pub async fn run_all(s: Stores) {
     keys_claim_without_a_run(&s).await;
     waiters_are_found_by_event_until_they_expire(&s).await;
     schedules_are_scoped_conditional_and_found_when_due(&s).await;
+    hooks_are_found_by_id_listed_by_workflow_and_counted(&s).await;
     logs_page_in_order(&s).await;
     big_saves_fit_the_write_limits(&s).await;
     secrets_are_write_only_and_isolated(&s).await;
@@ -1437,5 +1438,69 @@ async fn logs_page_in_order(s: &Stores) {
             .unwrap()
             .items
             .is_empty()
+    );
+}
+
+fn hook(ws: &WorkspaceId, wf: &str) -> Hook {
+    Hook {
+        workspace_id: ws.clone(),
+        id: HookId::generate(),
+        workflow_id: WorkflowId::from_string(wf),
+        verification: Verification::Github {
+            secret: "gh".into(),
+        },
+        dedupe: Some("{{ headers['x-id'] }}".into()),
+        input: Some(json!({"who": "{{ body.sender }}"})),
+        description: None,
+        created_at: Utc::now(),
+    }
+}
+
+/// Hooks are found by their id alone (what a request names), listed per
+/// workflow of their workspace only, and at most `most` per workflow,
+/// counted with each write (a deleted one frees its place).
+async fn hooks_are_found_by_id_listed_by_workflow_and_counted(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let wf = WorkflowId::from_string("wf_h");
+    let first = hook(&a, "wf_h");
+    let second = hook(&a, "wf_h");
+    assert!(s.hooks.create_hook(&first, 2).await.unwrap());
+    assert!(s.hooks.create_hook(&second, 2).await.unwrap());
+    assert!(!s.hooks.create_hook(&hook(&a, "wf_h"), 2).await.unwrap());
+    // Another workflow, and another workspace, have their own places.
+    assert!(s.hooks.create_hook(&hook(&a, "wf_other"), 2).await.unwrap());
+    let theirs = hook(&b, "wf_h");
+    assert!(s.hooks.create_hook(&theirs, 2).await.unwrap());
+    assert_eq!(
+        s.hooks.find_hook(&first.id).await.unwrap(),
+        Some(first.clone())
+    );
+    let mut want = vec![first.id.clone(), second.id.clone()];
+    want.sort();
+    let listed: Vec<HookId> = s
+        .hooks
+        .list_hooks(&a, &wf)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(listed, want);
+    assert_eq!(
+        s.hooks.list_hooks(&b, &wf).await.unwrap(),
+        vec![theirs.clone()]
+    );
+    // Another workspace cannot delete it.
+    assert!(!s.hooks.delete_hook(&b, &wf, &first.id).await.unwrap());
+    assert!(s.hooks.delete_hook(&a, &wf, &first.id).await.unwrap());
+    assert!(!s.hooks.delete_hook(&a, &wf, &first.id).await.unwrap());
+    assert_eq!(s.hooks.find_hook(&first.id).await.unwrap(), None);
+    assert!(s.hooks.create_hook(&hook(&a, "wf_h"), 2).await.unwrap());
+    assert_eq!(
+        s.hooks
+            .find_hook(&HookId::from_string("hk_unknown"))
+            .await
+            .unwrap(),
+        None
     );
 }

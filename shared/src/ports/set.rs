@@ -16,6 +16,9 @@ pub struct StoreSet {
     pub usage: Arc<dyn UsageStore>,
     pub cache: Arc<dyn ResultCache>,
     pub schedules: Arc<dyn ScheduleStore>,
+    pub hooks: Arc<dyn HookStore>,
+    /// Verified requests to hooks, until a run is started from each.
+    pub hook_inbox: Arc<dyn HookInbox>,
 }
 
 /// A database that holds every table (all ports but secrets).
@@ -28,6 +31,7 @@ pub trait Tables:
     + UsageStore
     + ResultCache
     + ScheduleStore
+    + HookStore
     + 'static
 {
 }
@@ -41,13 +45,19 @@ impl<T> Tables for T where
         + UsageStore
         + ResultCache
         + ScheduleStore
+        + HookStore
         + 'static
 {
 }
 
 impl StoreSet {
-    /// The tables from one database, secrets from another store.
-    pub fn with_secrets<S: Tables>(s: Arc<S>, secrets: Arc<dyn SecretStore>) -> Self {
+    /// The tables from one database, secrets from another store, verified
+    /// hook requests handed to `hook_inbox`.
+    pub fn with_secrets<S: Tables>(
+        s: Arc<S>,
+        secrets: Arc<dyn SecretStore>,
+        hook_inbox: Arc<dyn HookInbox>,
+    ) -> Self {
         Self {
             workspaces: s.clone(),
             api_keys: s.clone(),
@@ -57,12 +67,14 @@ impl StoreSet {
             settings: s.clone(),
             usage: s.clone(),
             cache: s.clone(),
-            schedules: s,
+            schedules: s.clone(),
+            hooks: s,
+            hook_inbox,
         }
     }
 
     /// Everything from one store.
-    pub fn from_one<S: Tables + SecretStore>(s: Arc<S>) -> Self {
-        Self::with_secrets(s.clone(), s)
+    pub fn from_one<S: Tables + SecretStore + HookInbox>(s: Arc<S>) -> Self {
+        Self::with_secrets(s.clone(), s.clone(), s)
     }
 }

@@ -385,3 +385,31 @@ pub trait ScheduleStore: Send + Sync {
     /// Schedules due at `now` (`due_at` at or before it), earliest first.
     async fn due_schedules(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Schedule>>;
 }
+
+/// Inbound webhooks ("hooks"), by workspace and workflow, and by their id
+/// alone (what a request to a hook's public URL names).
+#[async_trait]
+pub trait HookStore: Send + Sync {
+    /// Stores a new hook unless its workflow has `most` already (false
+    /// then), counted atomically with the write.
+    async fn create_hook(&self, h: &Hook, most: usize) -> StoreResult<bool>;
+    /// A workflow's hooks, by id.
+    async fn list_hooks(&self, ws: &WorkspaceId, wf: &WorkflowId) -> StoreResult<Vec<Hook>>;
+    /// False if there was none.
+    async fn delete_hook(
+        &self,
+        ws: &WorkspaceId,
+        wf: &WorkflowId,
+        id: &HookId,
+    ) -> StoreResult<bool>;
+    /// The hook with this id, in whichever workspace it is.
+    async fn find_hook(&self, id: &HookId) -> StoreResult<Option<Hook>>;
+}
+
+/// Where a verified request to a hook waits until a run is started from
+/// it: kept durably before the sender is answered, handed on at least once
+/// (the run start is claimed, so a repeat starts nothing twice).
+#[async_trait]
+pub trait HookInbox: Send + Sync {
+    async fn enqueue(&self, r: &Receipt) -> StoreResult<()>;
+}

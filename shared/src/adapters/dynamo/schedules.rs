@@ -54,7 +54,10 @@ fn item(sc: &Schedule) -> StoreResult<Item> {
 impl DynamoStore {
     /// One transaction: None if it held, else which writes' conditions
     /// failed.
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> StoreResult<Option<Vec<bool>>> {
+    pub(super) async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> StoreResult<Option<Vec<bool>>> {
         match self
             .client
             .transact_write_items()

@@ -90,7 +90,11 @@ async fn passes_the_store_contract_on_emulated_aws() {
             ulid::Ulid::new().to_string().to_lowercase()
         ),
     ));
-    let stores = contract::Stores::with_secrets(store.clone(), secrets);
+    let stores = contract::Stores::with_secrets(
+        store.clone(),
+        secrets,
+        std::sync::Arc::new(crate::adapters::sqs::NoHookQueue),
+    );
     contract::stalled_runs_are_found(&stores, store.as_ref()).await;
     contract::run_all(stores).await;
 }

@@ -1,6 +1,7 @@
 //! The embedded store: every port backed by one SQLite file.
 
 mod db;
+mod hooks;
 #[cfg(test)]
 mod observed;
 mod runs;
@@ -26,6 +27,8 @@ pub struct SqliteStore {
     db: Arc<Db>,
     /// Wraps the workspaces' data keys; secrets are unavailable without it.
     master: Option<MasterKey>,
+    /// Told when a hook request is kept (`hooks::wait_for_receipts`).
+    receipts: Arc<tokio::sync::Notify>,
 }
 
 pub use sealed::MasterKey;
@@ -47,6 +50,7 @@ impl SqliteStore {
         Ok(Self {
             db: Db::open(path, durability)?,
             master: None,
+            receipts: Default::default(),
         })
     }
 }

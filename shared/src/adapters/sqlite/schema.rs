@@ -174,6 +174,23 @@ CREATE TABLE workflow_events (
 INSERT OR IGNORE INTO workflow_events (workspace_id, event, workflow_id)
     SELECT w.workspace_id, j.value, w.id FROM workflows w, json_each(w.data, '$.events') j;
 "#,
+    // Inbound webhooks, and the verified requests waiting for their runs.
+    r#"
+CREATE TABLE hooks (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    workflow_id  TEXT NOT NULL,
+    data         TEXT NOT NULL
+) STRICT;
+CREATE INDEX hooks_by_workflow ON hooks (workspace_id, workflow_id);
+CREATE TABLE hook_receipts (
+    id       TEXT PRIMARY KEY,
+    due_at   TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    data     TEXT NOT NULL
+) STRICT;
+CREATE INDEX hook_receipts_due ON hook_receipts (due_at);
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
