@@ -28,7 +28,7 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 STACK = "weft-local"
 # Function instances started per function (Lambda would scale them).
-INSTANCES = {"weft-api": 4, "weft-plan": 6, "weft-step-http": 6, "weft-step-llm": 3, "weft-admin": 1, "weft-tick": 1}
+INSTANCES = {"weft-api": 4, "weft-plan": 6, "weft-step-http": 6, "weft-step-llm": 3, "weft-admin": 1, "weft-tick": 1, "weft-trigger": 1}
 
 
 def template(path=ROOT / "template.yaml"):
@@ -151,6 +151,65 @@ def start_ticks(lam, every):
     threading.Thread(target=loop, daemon=True).start()
 
 
+def start_queue_pollers(tpl, names, lam, sqs):
+    """Feeds each function its SQS events as Lambda's event source mapping
+    does (moto's own invokes once, at send time, and ignores partial batch
+    failures): receives up to the batch size with the queue's visibility
+    timeout, invokes the function, and deletes what it did not report
+    failed. A failed message is received again once its visibility timeout
+    passes, and goes to the dead-letter queue after maxReceiveCount."""
+    import threading
+
+    def loop(binary, lid, url, arn, batch):
+        while True:
+            try:
+                got = sqs.receive_message(
+                    QueueUrl=url,
+                    MaxNumberOfMessages=batch,
+                    WaitTimeSeconds=1,
+                    AttributeNames=["All"],
+                ).get("Messages", [])
+                if not got:
+                    continue
+                records = [
+                    {
+                        "messageId": m["MessageId"],
+                        "receiptHandle": m["ReceiptHandle"],
+                        "body": m["Body"],
+                        "md5OfBody": m["MD5OfBody"],
+                        "attributes": m.get("Attributes", {}),
+                        "messageAttributes": {},
+                        "eventSource": "aws:sqs",
+                        "eventSourceARN": arn,
+                        "awsRegion": REGION,
+                    }
+                    for m in got
+                ]
+                out = lam.invoke(FunctionName=binary, Payload=json.dumps({"Records": records}).encode())
+                answer = json.loads(out["Payload"].read() or b"{}")
+                if out.get("FunctionError"):
+                    print(f"stack.py: {binary} failed a batch: {answer}", file=sys.stderr, flush=True)
+                    continue
+                failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures") or []}
+                done = [m for m in got if m["MessageId"] not in failed]
+                if done:
+                    sqs.delete_message_batch(
+                        QueueUrl=url,
+                        Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+                    )
+            except Exception as e:  # the poller goes on, as Lambda's does
+                print(f"stack.py: polling {lid} for {binary}: {e}", file=sys.stderr, flush=True)
+                time.sleep(1)
+
+    for _, binary, props in functions(tpl):
+        for ev in props.get("Events", {}).values():
+            if ev["Type"] != "SQS":
+                continue
+            lid = ev["Properties"]["Queue"]["GetAtt"].split(".")[0]
+            args = (binary, lid, names["queues"][lid], names["queue_arns"][lid], ev["Properties"].get("BatchSize", 10))
+            threading.Thread(target=loop, args=args, daemon=True).start()
+
+
 def tiny_zip():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -198,6 +257,30 @@ def create_resources(tpl, endpoint):
     )
     s3 = boto3.client("s3", **kw)
     s3.create_bucket(Bucket=names["bucket"])
+
+    # Queues, each after its dead-letter queue.
+    sqs = boto3.client("sqs", **kw)
+    queues = {lid: r["Properties"] for lid, r in res.items() if r["Type"] == "AWS::SQS::Queue"}
+    names["queues"], arns_of = {}, {}
+    while len(names["queues"]) < len(queues):
+        for lid, q in queues.items():
+            redrive = q.get("RedrivePolicy")
+            dlq = redrive and redrive["deadLetterTargetArn"]["GetAtt"].split(".")[0]
+            if lid in names["queues"] or (dlq and dlq not in arns_of):
+                continue
+            attrs = {
+                k: str(q[k]) for k in ("VisibilityTimeout", "MessageRetentionPeriod") if k in q
+            }
+            if redrive:
+                attrs["RedrivePolicy"] = json.dumps(
+                    {"deadLetterTargetArn": arns_of[dlq], "maxReceiveCount": redrive["maxReceiveCount"]}
+                )
+            url = sqs.create_queue(QueueName=f"{STACK}-{lid}", Attributes=attrs)["QueueUrl"]
+            names["queues"][lid] = url
+            arns_of[lid] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
+    names["queue_arns"] = arns_of
 
     iam = boto3.client("iam", **kw)
     role = iam.create_role(
@@ -290,6 +373,7 @@ def function_env(tpl, names, endpoint, egress_allow):
         "WEFT_STATE_MACHINE_ARN": names["state_machine_arn"],
         "WEFT_DRIVER_ARN": names["state_machines"][f"{STACK}-dag-driver"],
         "WEFT_STEP_FUNCTIONS": step_functions,
+        "WEFT_HOOK_QUEUE_URL": names["queues"]["HookQueue"],
     }
     wanted = set(tpl["Globals"]["Function"]["Environment"]["Variables"])
     for _, _, props in functions(tpl):
@@ -491,6 +575,19 @@ def main():
     )
     if args.tick_every > 0:
         start_ticks(lam, args.tick_every)
+    start_queue_pollers(
+        tpl,
+        names,
+        lam,
+        boto3.client(
+            "sqs",
+            endpoint_url=endpoint,
+            region_name=REGION,
+            # Named so the usage meter leaves its polls out (usage_meter.py).
+            aws_access_key_id="event-source-mapping",
+            aws_secret_access_key="testing",
+        ),
+    )
     # A function instance that exits is replaced, as Lambda replaces one
     # that crashed; one that keeps exiting fails the stack. cargo lambda
     # watch exiting fails it at once.

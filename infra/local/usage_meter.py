@@ -300,4 +300,8 @@ class Meter:
                 kind = "get" if environ["REQUEST_METHOD"] in ("GET", "HEAD") else "put"
                 self.counts[f"s3.{kind}_requests"] += 1
             elif "/sqs/aws4_request" in auth:
-                self.counts["sqs.requests"] += 1
+                # The local stand-in for Lambda's queue pollers signs as
+                # `event-source-mapping`: on AWS those polls are a fixed
+                # cost of the queue, not a cost of any run.
+                poller = "Credential=event-source-mapping/" in auth
+                self.counts["sqs.poller_requests" if poller else "sqs.requests"] += 1

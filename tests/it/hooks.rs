@@ -9,7 +9,7 @@ use sha2::Sha256;
 use crate::common::{TestApp, spawn_app};
 
 /// The signing secret a sender would be given (`whsec_` + base64).
-const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut m = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
@@ -20,7 +20,7 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Standard Webhooks headers for `body`, signed at `ts`.
-fn standard_headers(id: &str, ts: i64, body: &str) -> Vec<(String, String)> {
+pub fn standard_headers(id: &str, ts: i64, body: &str) -> Vec<(String, String)> {
     let key = base64::engine::general_purpose::STANDARD
         .decode(WHSEC.trim_start_matches("whsec_"))
         .expect("base64");
@@ -48,7 +48,7 @@ fn standard_headers(id: &str, ts: i64, body: &str) -> Vec<(String, String)> {
     ]
 }
 
-async fn post_raw(
+pub async fn post_raw(
     app: &TestApp,
     path: &str,
     body: &str,
@@ -79,7 +79,7 @@ async fn post_raw(
     )
 }
 
-async fn runs_of(app: &TestApp, wf: &str) -> Vec<Value> {
+pub async fn runs_of(app: &TestApp, wf: &str) -> Vec<Value> {
     let r = app
         .get(&format!("/v1/runs?workflow_id={wf}&limit=100"))
         .await;
@@ -89,7 +89,7 @@ async fn runs_of(app: &TestApp, wf: &str) -> Vec<Value> {
 
 /// Waits until the workflow has `n` runs (a hook's run starts after its
 /// request is answered).
-async fn wait_runs(app: &TestApp, wf: &str, n: usize) -> Vec<Value> {
+pub async fn wait_runs(app: &TestApp, wf: &str, n: usize) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + app.wait_deadline();
     loop {
         let runs = runs_of(app, wf).await;

@@ -38,6 +38,10 @@ struct Scenario {
     /// input as its data) rather than by starting the workflow; the event
     /// is sent twice and must start one run.
     event: Option<Event>,
+    /// The run is started by a signed request to a hook of the workflow
+    /// (Standard Webhooks, the input as its body) with this message id;
+    /// the request is sent twice and must start one run.
+    hook: Option<HookCall>,
     #[serde(default)]
     actions: Vec<Action>,
     expect: Option<Expect>,
@@ -48,6 +52,12 @@ struct Scenario {
 struct Event {
     name: String,
     id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookCall {
+    message_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +277,9 @@ async fn run_scenario(app: &TestApp, s: Scenario) -> Result<(), String> {
     if let Some(ev) = &s.event {
         return run_by_event(app, s.expect, s.actions, &wf, ev, input).await;
     }
+    if let Some(h) = &s.hook {
+        return run_by_hook(app, s.expect, s.actions, &wf, h, input).await;
+    }
     let started = app
         .post(
             &format!("/v1/workflows/{wf}/runs"),
@@ -336,6 +349,55 @@ async fn run_by_event(
         format!("the event sent again started another run: {runs:?}")
     })?;
     follow(app, expect, actions, wf, &runs[0]).await
+}
+
+/// Starts the run by a signed request to a new hook of the workflow, sent
+/// twice: one run starts, with the body as its input.
+async fn run_by_hook(
+    app: &TestApp,
+    expect: Option<Expect>,
+    actions: Vec<Action>,
+    wf: &str,
+    h: &HookCall,
+    input: Value,
+) -> Result<(), String> {
+    let expect = expect.ok_or("a scenario that starts a run needs `expect`")?;
+    let secret = format!("hook_{}", wf.trim_start_matches("wf_"));
+    let r = app
+        .put(
+            &format!("/v1/secrets/{secret}"),
+            json!({"value": crate::hooks::WHSEC}),
+        )
+        .await;
+    check(r.status < 300, || {
+        format!("storing the hook's secret: {} {}", r.status, r.body)
+    })?;
+    let r = app
+        .post(
+            &format!("/v1/workflows/{wf}/hooks"),
+            json!({"verify": {"scheme": "standard_webhooks", "secret": secret}}),
+        )
+        .await;
+    check(r.status == 201, || {
+        format!("creating the hook: {} {}", r.status, r.body)
+    })?;
+    let path = r.body["path"].as_str().unwrap_or_default().to_owned();
+    let body = input.to_string();
+    let headers =
+        crate::hooks::standard_headers(&h.message_id, chrono::Utc::now().timestamp(), &body);
+    for _ in 0..2 {
+        let (status, answer) = crate::hooks::post_raw(app, &path, &body, &headers).await;
+        check(status == 202, || {
+            format!("calling the hook: {status} {answer}")
+        })?;
+    }
+    let runs = crate::hooks::wait_runs(app, wf, 1).await;
+    let run = runs[0]["run_id"].as_str().unwrap_or_default().to_owned();
+    follow(app, expect, actions, wf, &run).await?;
+    let runs = crate::hooks::runs_of(app, wf).await;
+    check(runs.len() == 1, || {
+        format!("the message sent twice started {} runs", runs.len())
+    })
 }
 
 /// Takes the scenario's actions on the run and checks how it ends.
