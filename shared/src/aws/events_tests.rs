@@ -25,6 +25,13 @@ fn sample_events_parse_as_their_functions_take_them() {
             serde_json::from_str::<TickEvent>(&text).map(|ev| assert!(ev.time.is_some()))
         } else if name.starts_with("admin-") {
             serde_json::from_str::<AdminRequest>(&text).map(drop)
+        } else if name.starts_with("trigger-") {
+            serde_json::from_str::<aws_lambda_events::event::sqs::SqsEvent>(&text).map(|ev| {
+                for m in ev.records {
+                    let body = m.body.unwrap_or_default();
+                    serde_json::from_str::<crate::domain::Receipt>(&body).unwrap();
+                }
+            })
         } else if name.starts_with("api-") {
             continue;
         } else {
