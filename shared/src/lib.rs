@@ -18,3 +18,4 @@ pub mod ports;
 pub mod schedules;
 pub mod step_secrets;
 pub mod template;
+pub mod webhooks;

@@ -102,9 +102,12 @@ impl Platform {
             definitions.clone(),
             executors(&config, &stores)?,
         ));
-        let app = Arc::new(App::new(stores, orchestrator.clone(), definitions));
+        let app = Arc::new(
+            App::new(stores, orchestrator.clone(), definitions).with_egress(config.egress.clone()),
+        );
         tick_schedules(Arc::downgrade(&app));
         process_hook_receipts(Arc::downgrade(&app), store.clone());
+        deliver_webhooks(Arc::downgrade(&app), store.clone());
         let resumed = if db == Path::new(":memory:") {
             orchestrator.resume_all(shared.as_ref()).await
         } else {
@@ -190,6 +193,37 @@ fn tick_schedules(app: std::sync::Weak<App>) {
                     errors = r.errors,
                     "schedules fired"
                 );
+            }
+        }
+    });
+}
+
+/// The embedded webhook sender: makes the deliveries of runs that ended
+/// (woken as a run ends) and sends those that are due, until the platform
+/// is gone.
+fn deliver_webhooks(app: std::sync::Weak<App>, store: SqliteStore) {
+    tokio::spawn(async move {
+        loop {
+            let Some(app) = app.upgrade() else {
+                return;
+            };
+            let made = app.notify_ended_runs().await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "making webhook deliveries");
+                0
+            });
+            let tried = app
+                .deliver_due(chrono::Utc::now())
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "sending webhook deliveries");
+                    0
+                });
+            drop(app);
+            // More may be due at once only after a full batch.
+            if made == 0 && tried < crate::app::WEBHOOK_DUE_BATCH {
+                store
+                    .wait_for_endings(std::time::Duration::from_secs(1))
+                    .await;
             }
         }
     });

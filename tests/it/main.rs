@@ -18,3 +18,4 @@ mod quickstart;
 mod scenarios;
 mod schedules;
 mod secrets;
+mod webhooks;

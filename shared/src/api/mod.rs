@@ -11,6 +11,7 @@ mod schedules;
 mod secrets;
 mod usage;
 pub mod views;
+mod webhooks;
 mod workflows;
 
 use std::sync::Arc;
@@ -68,6 +69,22 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/v1/hooks/{hook_id}",
             post(hooks::receive).layer(DefaultBodyLimit::max(crate::hooks::MAX_BODY_BYTES)),
+        )
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/replay",
+            post(webhooks::replay),
         )
         .route("/v1/secrets", get(secrets::list))
         .route(

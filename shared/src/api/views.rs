@@ -546,3 +546,66 @@ impl<'a> From<&'a crate::domain::Hook> for HookView<'a> {
         }
     }
 }
+
+/// A webhook endpoint (its signing secret is shown only when made or
+/// rotated).
+#[derive(Serialize)]
+pub struct EndpointView<'a> {
+    pub id: &'a crate::domain::EndpointId,
+    pub url: &'a str,
+    pub events: &'a [crate::domain::EventType],
+    pub workflow_ids: &'a [WorkflowId],
+    pub description: Option<&'a str>,
+    pub disabled: bool,
+    pub disabled_reason: Option<&'a str>,
+    pub links: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a crate::domain::Endpoint> for EndpointView<'a> {
+    fn from(e: &'a crate::domain::Endpoint) -> Self {
+        EndpointView {
+            id: &e.id,
+            url: &e.url,
+            events: &e.events,
+            workflow_ids: &e.workflow_ids,
+            description: e.description.as_deref(),
+            disabled: e.disabled,
+            disabled_reason: e.disabled_reason.as_deref(),
+            links: serde_json::json!({"deliveries": format!("/v1/webhooks/{}/deliveries", e.id)}),
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        }
+    }
+}
+
+/// A delivery and its attempts.
+#[derive(Serialize)]
+pub struct DeliveryView<'a> {
+    pub id: &'a str,
+    pub endpoint_id: &'a crate::domain::EndpointId,
+    pub event_type: crate::domain::EventType,
+    pub run_id: &'a RunId,
+    pub status: crate::domain::DeliveryStatus,
+    pub attempts: &'a [crate::domain::DeliveryAttempt],
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub payload: Value,
+}
+
+impl<'a> From<&'a crate::domain::Delivery> for DeliveryView<'a> {
+    fn from(d: &'a crate::domain::Delivery) -> Self {
+        DeliveryView {
+            id: &d.id,
+            endpoint_id: &d.endpoint_id,
+            event_type: d.event_type,
+            run_id: &d.run_id,
+            status: d.status,
+            attempts: &d.attempts,
+            next_attempt_at: d.next_attempt_at,
+            created_at: d.created_at,
+            payload: serde_json::from_str(&d.payload).unwrap_or(Value::Null),
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod schedules;
 mod secrets;
 mod tenants;
 pub mod usage;
+mod webhooks;
 mod workflows;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use schedules::{
     FireReport, MAX_SCHEDULE_INPUT_BYTES, MAX_SCHEDULES_PER_WORKFLOW, ScheduleFields,
 };
 pub use tenants::{add_owner_key, create_workspace};
+pub use webhooks::{DUE_BATCH as WEBHOOK_DUE_BATCH, EndpointFields, MAX_ENDPOINTS_PER_WORKSPACE};
 
 use crate::ports::{RunDriver, StoreSet};
 
@@ -38,6 +40,10 @@ pub struct App {
     /// What step outputs read for answers may take in memory at once
     /// (requests past it wait their turn).
     pub reads: Arc<crate::memory::Budget>,
+    /// Where webhook deliveries may go (`with_egress`).
+    pub egress: crate::adapters::http::EgressPolicy,
+    /// The webhook client, made on first use under `egress`.
+    webhook_sender: std::sync::OnceLock<Result<crate::webhooks::send::Sender, String>>,
 }
 
 /// Step outputs the API's answers may hold in memory at once, in all.
@@ -56,6 +62,15 @@ impl App {
             definitions,
             auth_cache: Default::default(),
             reads: crate::memory::Budget::new(crate::memory::share_of_machine(READ_MEMORY)),
+            egress: Default::default(),
+            webhook_sender: Default::default(),
         }
+    }
+
+    /// The ranges of internal addresses webhook deliveries may reach.
+    pub fn with_egress(mut self, egress: crate::adapters::http::EgressPolicy) -> Self {
+        self.egress = egress;
+        self.webhook_sender = Default::default();
+        self
     }
 }

@@ -1,24 +1,56 @@
 //! The tick function's work, every minute: the sweep of runs whose driver
 //! is gone (`sweep`), then the schedules that are due (the same
 //! `App::fire_schedules` as `weft dev`'s in-process tick), both on the
-//! clock of the schedule's event.
+//! clock of the schedule's event; then outbound webhooks: the deliveries
+//! of runs that ended, and those due (the same `App::notify_ended_runs`
+//! and `App::deliver_due` as `weft dev`'s sender loop).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::{FunctionError, Stack, TickEvent};
 
+/// How long one tick goes on sending webhook deliveries (the function
+/// may run 120 s; the next tick goes on).
+const WEBHOOK_BUDGET: Duration = Duration::from_secs(60);
+
 impl Stack {
     pub async fn tick(&self, ev: TickEvent) -> Result<Value, FunctionError> {
         let now = ev.time.unwrap_or_else(Utc::now);
         let mut out = self.sweep(TickEvent { time: Some(now) }).await?;
-        let app = self.app().map_err(FunctionError::from_core)?;
+        let app = Arc::new(
+            self.app()
+                .map_err(FunctionError::from_core)?
+                .with_egress(self.settings.egress.clone()),
+        );
         let fired = app.fire_schedules(now).await;
         out["schedules"] = json!({
             "due": fired.due,
             "started": fired.started,
             "errors": fired.errors,
         });
+        let began = Instant::now();
+        let (mut made, mut sent) = (0, 0);
+        loop {
+            let m = app
+                .notify_ended_runs()
+                .await
+                .map_err(|e| FunctionError::StoreUnavailable(e.to_string()))?;
+            let t = app
+                .deliver_due(Utc::now())
+                .await
+                .map_err(|e| FunctionError::StoreUnavailable(e.to_string()))?;
+            made += m;
+            sent += t;
+            let more = m > 0 || t >= crate::app::WEBHOOK_DUE_BATCH;
+            if !more || began.elapsed() > WEBHOOK_BUDGET {
+                break;
+            }
+        }
+        out["webhooks"] = json!({"made": made, "tried": sent});
         Ok(out)
     }
 }

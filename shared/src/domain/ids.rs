@@ -89,6 +89,7 @@ id_type!(WorkflowId, "wf_");
 id_type!(RunId, "run_");
 id_type!(ApiKeyId, "key_");
 id_type!(ScheduleId, "sch_");
+id_type!(EndpointId, "ep_");
 
 #[cfg(test)]
 mod tests {

@@ -8,11 +8,12 @@ pub mod money;
 pub mod run;
 pub mod schedule;
 pub mod usage;
+pub mod webhook;
 pub mod workflow;
 pub mod workspace;
 
 pub use hook::{Encoding, Hook, HookId, Receipt, Verification};
-pub use ids::{ApiKeyId, RunId, ScheduleId, WorkflowId, WorkspaceId};
+pub use ids::{ApiKeyId, EndpointId, RunId, ScheduleId, WorkflowId, WorkspaceId};
 pub use money::{TokenPrice, Usd};
 pub use run::{
     Attempt, Lease, LogEntry, LogLevel, RunHead, RunRecord, RunStatus, StepError, StepHead,
@@ -20,5 +21,6 @@ pub use run::{
 };
 pub use schedule::{CatchUp, Overlap, Schedule};
 pub use usage::{CapHit, Caps, Charge, ModelPrice, Usage, UsageRow, WorkspaceSettings};
+pub use webhook::{Delivery, DeliveryAttempt, DeliveryStatus, Endpoint, EventType, SigningKey};
 pub use workflow::{WorkflowSummary, WorkflowVersion};
 pub use workspace::{ApiKeyRecord, Role, Workspace};

@@ -26,6 +26,8 @@ pub async fn run_all(s: Stores) {
     waiters_are_found_by_event_until_they_expire(&s).await;
     schedules_are_scoped_conditional_and_found_when_due(&s).await;
     hooks_are_found_by_id_listed_by_workflow_and_counted(&s).await;
+    webhook_endpoints_and_deliveries_are_scoped_and_due_in_order(&s).await;
+    runs_that_end_are_in_the_outbox_only_where_endpoints_are(&s).await;
     logs_page_in_order(&s).await;
     big_saves_fit_the_write_limits(&s).await;
     secrets_are_write_only_and_isolated(&s).await;
@@ -1502,5 +1504,202 @@ async fn hooks_are_found_by_id_listed_by_workflow_and_counted(s: &Stores) {
             .await
             .unwrap(),
         None
+    );
+}
+
+fn endpoint(ws: &WorkspaceId) -> Endpoint {
+    Endpoint {
+        workspace_id: ws.clone(),
+        id: EndpointId::generate(),
+        url: "https://example.com/hook".into(),
+        events: EventType::ALL.to_vec(),
+        workflow_ids: Vec::new(),
+        description: None,
+        disabled: false,
+        disabled_reason: None,
+        keys: vec![SigningKey {
+            secret: "whsec_AAAA".into(),
+            expires_at: None,
+        }],
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        revision: 1,
+    }
+}
+
+fn delivery(e: &Endpoint, id: &str, due: Option<DateTime<Utc>>) -> Delivery {
+    Delivery {
+        workspace_id: e.workspace_id.clone(),
+        id: id.into(),
+        endpoint_id: e.id.clone(),
+        event_type: EventType::RunCompleted,
+        run_id: RunId::generate(),
+        payload: "{}".into(),
+        created_at: Utc::now(),
+        status: DeliveryStatus::Pending,
+        attempts: Vec::new(),
+        round: 0,
+        next_attempt_at: due,
+        revision: 1,
+    }
+}
+
+/// Endpoints are counted per workspace and written conditionally;
+/// deliveries are made once per id, listed newest first a page at a time,
+/// and found when due (earliest first) until they are done.
+async fn webhook_endpoints_and_deliveries_are_scoped_and_due_in_order(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let e = endpoint(&a);
+    assert!(s.webhooks.create_endpoint(&e, 2).await.unwrap());
+    assert!(s.webhooks.create_endpoint(&endpoint(&a), 2).await.unwrap());
+    assert!(!s.webhooks.create_endpoint(&endpoint(&a), 2).await.unwrap());
+    assert!(s.webhooks.create_endpoint(&endpoint(&b), 2).await.unwrap());
+    assert_eq!(
+        s.webhooks.get_endpoint(&a, &e.id).await.unwrap(),
+        Some(e.clone())
+    );
+    assert_eq!(s.webhooks.get_endpoint(&b, &e.id).await.unwrap(), None);
+    assert_eq!(s.webhooks.list_endpoints(&a).await.unwrap().len(), 2);
+    let mut changed = e.clone();
+    changed.disabled = true;
+    changed.revision = 2;
+    s.webhooks.save_endpoint(&changed).await.unwrap();
+    assert!(matches!(
+        s.webhooks.save_endpoint(&changed).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(!s.webhooks.delete_endpoint(&b, &e.id).await.unwrap());
+
+    let now = Utc::now();
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                "msg_{}",
+                RunId::generate().as_str().trim_start_matches("run_")
+            ) + &i.to_string()
+        })
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let due = Some(now - Duration::seconds(100 - i as i64));
+        assert!(
+            s.webhooks
+                .create_delivery(&delivery(&e, id, due))
+                .await
+                .unwrap()
+        );
+    }
+    // The same id again makes nothing.
+    assert!(
+        !s.webhooks
+            .create_delivery(&delivery(&e, &ids[0], None))
+            .await
+            .unwrap()
+    );
+    let later = delivery(&e, &format!("{}x", ids[4]), Some(now + Duration::hours(1)));
+    assert!(s.webhooks.create_delivery(&later).await.unwrap());
+    let mine = |v: Vec<Delivery>| -> Vec<String> {
+        v.into_iter()
+            .filter(|d| d.workspace_id == a)
+            .map(|d| d.id)
+            .collect()
+    };
+    assert_eq!(
+        mine(s.webhooks.due_deliveries(now, 1000).await.unwrap()),
+        ids
+    );
+    // Done: no longer due; the stored one is what was written.
+    let mut done = s
+        .webhooks
+        .get_delivery(&a, &e.id, &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    done.status = DeliveryStatus::Succeeded;
+    done.next_attempt_at = None;
+    done.revision = 2;
+    s.webhooks.save_delivery(&done).await.unwrap();
+    assert!(matches!(
+        s.webhooks.save_delivery(&done).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        mine(s.webhooks.due_deliveries(now, 1000).await.unwrap()),
+        ids[1..].to_vec()
+    );
+    assert_eq!(
+        s.webhooks.get_delivery(&b, &e.id, &ids[0]).await.unwrap(),
+        None
+    );
+    // Newest first, two at a time, each once.
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(2);
+    loop {
+        let got = s.webhooks.list_deliveries(&a, &e.id, &page).await.unwrap();
+        seen.extend(got.items.into_iter().map(|d| d.id));
+        match got.next_cursor {
+            Some(c) => page.cursor = Some(c),
+            None => break,
+        }
+    }
+    let mut want: Vec<String> = ids.iter().cloned().chain([later.id.clone()]).collect();
+    want.sort();
+    want.reverse();
+    assert_eq!(seen, want);
+    assert!(
+        s.webhooks
+            .list_deliveries(&b, &e.id, &PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+/// A run's last save puts it in the outbox of webhooks when its workspace
+/// has an endpoint (and only then); forgetting takes it out.
+async fn runs_that_end_are_in_the_outbox_only_where_endpoints_are(s: &Stores) {
+    let (with, without) = (ws(), ws());
+    assert!(
+        s.webhooks
+            .create_endpoint(&endpoint(&with), 5)
+            .await
+            .unwrap()
+    );
+    let mut ended = Vec::new();
+    for w in [&with, &without] {
+        let mut r = run(w, "wf_end");
+        s.runs.create_run(&r, None).await.unwrap();
+        r.status = RunStatus::Completed;
+        r.finished_at = Some(Utc::now());
+        r.revision = 2;
+        let write = RunWrite {
+            run: r.clone(),
+            steps: Vec::new(),
+            logs: Vec::new(),
+        };
+        s.runs.save_run(&write).await.unwrap();
+        ended.push(r.id);
+    }
+    let mine = |v: Vec<(WorkspaceId, RunId)>| -> Vec<(WorkspaceId, RunId)> {
+        v.into_iter()
+            .filter(|(w, _)| *w == with || *w == without)
+            .collect()
+    };
+    assert_eq!(
+        mine(s.webhooks.ended_runs(1000).await.unwrap()),
+        vec![(with.clone(), ended[0].clone())]
+    );
+    s.webhooks.forget_ended(&with, &ended[0]).await.unwrap();
+    s.webhooks.forget_ended(&with, &ended[0]).await.unwrap();
+    assert!(mine(s.webhooks.ended_runs(1000).await.unwrap()).is_empty());
+    // The run itself is untouched.
+    assert_eq!(
+        s.runs
+            .get_run(&with, &ended[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        RunStatus::Completed
     );
 }

@@ -17,6 +17,7 @@ pub struct StoreSet {
     pub cache: Arc<dyn ResultCache>,
     pub schedules: Arc<dyn ScheduleStore>,
     pub hooks: Arc<dyn HookStore>,
+    pub webhooks: Arc<dyn WebhookStore>,
     /// Verified requests to hooks, until a run is started from each.
     pub hook_inbox: Arc<dyn HookInbox>,
 }
@@ -32,6 +33,7 @@ pub trait Tables:
     + ResultCache
     + ScheduleStore
     + HookStore
+    + WebhookStore
     + 'static
 {
 }
@@ -46,6 +48,7 @@ impl<T> Tables for T where
         + ResultCache
         + ScheduleStore
         + HookStore
+        + WebhookStore
         + 'static
 {
 }
@@ -68,7 +71,8 @@ impl StoreSet {
             usage: s.clone(),
             cache: s.clone(),
             schedules: s.clone(),
-            hooks: s,
+            hooks: s.clone(),
+            webhooks: s,
             hook_inbox,
         }
     }

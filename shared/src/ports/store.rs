@@ -413,3 +413,52 @@ pub trait HookStore: Send + Sync {
 pub trait HookInbox: Send + Sync {
     async fn enqueue(&self, r: &Receipt) -> StoreResult<()>;
 }
+
+/// Outbound webhooks: a workspace's endpoints, the deliveries made to
+/// them (by workspace and endpoint, and by when each is next due, across
+/// workspaces: what the deliverer reads), and the runs that ended whose
+/// deliveries are not yet made (written with the run's last save).
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Stores a new endpoint unless its workspace has `most` already
+    /// (false then), counted atomically with the write.
+    async fn create_endpoint(&self, e: &Endpoint, most: usize) -> StoreResult<bool>;
+    async fn get_endpoint(
+        &self,
+        ws: &WorkspaceId,
+        id: &EndpointId,
+    ) -> StoreResult<Option<Endpoint>>;
+    /// A workspace's endpoints, by id.
+    async fn list_endpoints(&self, ws: &WorkspaceId) -> StoreResult<Vec<Endpoint>>;
+    /// Writes `e` at `e.revision` if it is stored at `e.revision - 1`.
+    async fn save_endpoint(&self, e: &Endpoint) -> StoreResult<()>;
+    /// False if there was none.
+    async fn delete_endpoint(&self, ws: &WorkspaceId, id: &EndpointId) -> StoreResult<bool>;
+
+    /// Stores a new delivery; false if one with its id exists (made
+    /// already: deliveries of one run event to one endpoint share an id).
+    async fn create_delivery(&self, d: &Delivery) -> StoreResult<bool>;
+    async fn get_delivery(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        id: &str,
+    ) -> StoreResult<Option<Delivery>>;
+    /// Writes `d` at `d.revision` if it is stored at `d.revision - 1`.
+    async fn save_delivery(&self, d: &Delivery) -> StoreResult<()>;
+    /// An endpoint's deliveries, newest first.
+    async fn list_deliveries(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Delivery>>;
+    /// Pending deliveries due at `now`, earliest first.
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Delivery>>;
+
+    /// Runs that ended and whose deliveries are not made yet, oldest
+    /// first.
+    async fn ended_runs(&self, limit: usize) -> StoreResult<Vec<(WorkspaceId, RunId)>>;
+    /// The run's deliveries are made.
+    async fn forget_ended(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<()>;
+}

@@ -15,6 +15,7 @@ mod schedules;
 mod tenants;
 mod tokens;
 mod usage;
+mod webhooks;
 mod workflows;
 
 use std::collections::HashMap;

@@ -55,7 +55,31 @@ fn active_keys(run: &RunRecord) -> Option<(String, String)> {
     ))
 }
 
-async fn run_attrs(st: &DynamoStore, run: &RunRecord) -> StoreResult<Item> {
+impl DynamoStore {
+    /// The run item's `gsi2` keys: the active-runs index while unfinished
+    /// and leased; once ended, the outbox of webhooks (`ENDED#`) if its
+    /// workspace has endpoints; none otherwise.
+    async fn index_keys(&self, run: &RunRecord) -> StoreResult<Option<(String, String)>> {
+        if let Some(k) = active_keys(run) {
+            return Ok(Some(k));
+        }
+        if run.status.is_terminal() && self.has_endpoints(&run.workspace_id).await? {
+            let at = run.finished_at.unwrap_or_else(Utc::now);
+            return Ok(Some(super::webhooks::ended_keys(
+                &run.workspace_id,
+                &run.id,
+                at,
+            )));
+        }
+        Ok(None)
+    }
+}
+
+async fn run_attrs(
+    st: &DynamoStore,
+    run: &RunRecord,
+    index: Option<(String, String)>,
+) -> StoreResult<Item> {
     let mut item = key(run_pk(&run.workspace_id, &run.id), "RUN");
     st.set_data(&mut item, serde_json::to_string(run)?).await?;
     item.insert("revision".into(), n(run.revision));
@@ -63,7 +87,7 @@ async fn run_attrs(st: &DynamoStore, run: &RunRecord) -> StoreResult<Item> {
     item.insert("workflow_id".into(), s(run.workflow_id.as_str()));
     item.insert("gsi1pk".into(), s(format!("{}#RUNS", run.workspace_id)));
     item.insert("gsi1sk".into(), s(run.id.as_str()));
-    if let Some((pk, sk)) = active_keys(run) {
+    if let Some((pk, sk)) = index {
         item.insert("gsi2pk".into(), s(pk));
         item.insert("gsi2sk".into(), s(sk));
     }
@@ -445,7 +469,8 @@ impl DynamoStore {
         logs: KeptLogs<'_>,
         writer: &str,
     ) -> StoreResult<RunUpdate> {
-        let item = run_attrs(self, run).await?;
+        let index = self.index_keys(run).await?;
+        let item = run_attrs(self, run, index.clone()).await?;
         // The record is inline (`data`) or in S3 (`data_ref`); the other
         // attribute goes.
         let (set, drop, value) = match (item.get("data"), item.get("data_ref")) {
@@ -467,7 +492,7 @@ impl DynamoStore {
         values.insert(":wr".to_owned(), s(writer));
         let mut sets = format!("{set} = :d, revision = :rev, #st = :st, #wr = :wr");
         let mut removes = vec![drop];
-        match active_keys(run) {
+        match index {
             Some((pk, sk)) => {
                 values.insert(":g2p".to_owned(), s(pk));
                 values.insert(":g2s".to_owned(), s(sk));
@@ -853,7 +878,7 @@ impl RunStore for DynamoStore {
         claim: Option<&IdempotencyClaim>,
     ) -> StoreResult<CreateRun> {
         // A new run keeps its steps packed in its item (see `packed`).
-        let mut item = run_attrs(self, run).await?;
+        let mut item = run_attrs(self, run, active_keys(run)).await?;
         if let Some(none) = packed::pack(&[])? {
             item.insert(packed::ATTR.into(), none);
         }

@@ -11,6 +11,7 @@ mod sealed;
 mod secrets;
 mod tenants;
 mod usage;
+mod webhooks;
 mod workflows;
 
 use std::path::Path;
@@ -29,6 +30,8 @@ pub struct SqliteStore {
     master: Option<MasterKey>,
     /// Told when a hook request is kept (`hooks::wait_for_receipts`).
     receipts: Arc<tokio::sync::Notify>,
+    /// Told when a run ends (`wait_for_endings`).
+    endings: Arc<tokio::sync::Notify>,
 }
 
 pub use sealed::MasterKey;
@@ -51,6 +54,7 @@ impl SqliteStore {
             db: Db::open(path, durability)?,
             master: None,
             receipts: Default::default(),
+            endings: Default::default(),
         })
     }
 }

@@ -445,6 +445,7 @@ impl RunStore for SqliteStore {
             w.run.status.as_str(),
             w.run.revision as i64,
         );
+        let ended = w.run.status.is_terminal();
         self.db
             .write(move |tx| {
                 let n = tx
@@ -452,6 +453,16 @@ impl RunStore for SqliteStore {
                     .execute(params![ws, id, status, revision, run, revision - 1])?;
                 if n != 1 {
                     return Err(StoreError::Conflict(format!("run {id} is not at revision {}", revision - 1)));
+                }
+                // The outbox of its webhooks, in the write that ends it
+                // (only in a workspace with endpoints).
+                if ended {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO run_endings (workspace_id, run_id, seq) \
+                         SELECT ?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_endings) \
+                         WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE workspace_id = ?1)",
+                    )?
+                    .execute(params![ws, id])?;
                 }
                 let mut put = tx.prepare_cached("INSERT OR REPLACE INTO steps (workspace_id, run_id, key, data) VALUES (?1, ?2, ?3, ?4)")?;
                 for (key, data) in &steps {
@@ -463,7 +474,11 @@ impl RunStore for SqliteStore {
                 }
                 Ok(())
             })
-            .await
+            .await?;
+        if ended {
+            self.endings.notify_one();
+        }
+        Ok(())
     }
 
     async fn list_logs(

@@ -191,6 +191,35 @@ CREATE TABLE hook_receipts (
 ) STRICT;
 CREATE INDEX hook_receipts_due ON hook_receipts (due_at);
 "#,
+    // Outbound webhooks: endpoints, deliveries (by endpoint, and by when
+    // each is due), and the runs that ended whose deliveries are not made.
+    r#"
+CREATE TABLE webhook_endpoints (
+    workspace_id TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    revision     INTEGER NOT NULL,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, id)
+) STRICT;
+CREATE TABLE webhook_deliveries (
+    workspace_id TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    endpoint_id  TEXT NOT NULL,
+    due_at       TEXT,
+    revision     INTEGER NOT NULL,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, id)
+) STRICT;
+CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (workspace_id, endpoint_id, id);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (due_at) WHERE due_at IS NOT NULL;
+CREATE TABLE run_endings (
+    workspace_id TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, run_id)
+) STRICT;
+CREATE INDEX run_endings_order ON run_endings (seq);
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {

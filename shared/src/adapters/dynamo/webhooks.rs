@@ -1,0 +1,299 @@
+//! Outbound webhooks: a workspace's endpoints in one partition
+//! (`{ws}#ENDPOINTS`, the endpoint id as sort key, with the count item
+//! `#COUNT`); each endpoint's deliveries in one (`{ws}#DELIVERY#{ep}`,
+//! ids sorting by when the run ended), those pending also in the index
+//! `gsi2` (`WHDUE#{shard}`, due time + ids). The outbox of runs that ended
+//! is the run item itself: its last save puts it in `gsi2` under
+//! `ENDED#{shard}` when its workspace has endpoints (`runs::index_keys`),
+//! and `forget_ended` takes it out.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
+use chrono::{DateTime, Utc};
+
+use super::{DynamoStore, Item, build, data, get_s, key, n, run_pk, s, sdk, ts};
+use crate::domain::{Delivery, Endpoint, EndpointId, RunId, WorkspaceId};
+use crate::ports::{Page, PageRequest, StoreError, StoreResult, WebhookStore};
+
+/// Partitions of the due-deliveries and ended-runs indexes.
+pub(super) const SHARDS: u32 = 4;
+
+fn shard_of(id: &str) -> u32 {
+    id.bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % SHARDS
+}
+
+fn endpoints_pk(ws: &WorkspaceId) -> String {
+    format!("{ws}#ENDPOINTS")
+}
+
+fn deliveries_pk(ws: &WorkspaceId, ep: &EndpointId) -> String {
+    format!("{ws}#DELIVERY#{ep}")
+}
+
+/// The ended-runs index keys of a run that ended.
+pub(super) fn ended_keys(ws: &WorkspaceId, run: &RunId, at: DateTime<Utc>) -> (String, String) {
+    (
+        format!("ENDED#{}", shard_of(run.as_str())),
+        format!("{}#{ws}#{run}", ts(at)),
+    )
+}
+
+fn endpoint_item(e: &Endpoint) -> StoreResult<Item> {
+    let mut item = key(endpoints_pk(&e.workspace_id), e.id.as_str());
+    item.insert("data".into(), s(serde_json::to_string(e)?));
+    item.insert("revision".into(), n(e.revision));
+    Ok(item)
+}
+
+fn delivery_item(d: &Delivery) -> StoreResult<Item> {
+    let mut item = key(deliveries_pk(&d.workspace_id, &d.endpoint_id), &d.id);
+    item.insert("data".into(), s(serde_json::to_string(d)?));
+    item.insert("revision".into(), n(d.revision));
+    if let Some(due) = d.next_attempt_at {
+        item.insert("gsi2pk".into(), s(format!("WHDUE#{}", shard_of(&d.id))));
+        item.insert(
+            "gsi2sk".into(),
+            s(format!(
+                "{}#{}#{}#{}",
+                ts(due),
+                d.workspace_id,
+                d.endpoint_id,
+                d.id
+            )),
+        );
+    }
+    Ok(item)
+}
+
+impl DynamoStore {
+    /// Whether the workspace has webhook endpoints (its count item).
+    pub(super) async fn has_endpoints(&self, ws: &WorkspaceId) -> StoreResult<bool> {
+        Ok(self
+            .get(key(endpoints_pk(ws), "#COUNT"))
+            .await?
+            .and_then(|i| i.get("n").and_then(|v| v.as_n().ok()).cloned())
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|v| v > 0))
+    }
+
+    async fn put_conditioned(&self, item: Item, revision: u64, what: String) -> StoreResult<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("revision = :prev")
+            .expression_attribute_values(":prev", n(revision.saturating_sub(1)))
+            .send()
+            .await
+            .map_err(sdk)
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "{what} is not at revision {}",
+                    revision.saturating_sub(1)
+                )),
+                e => e,
+            })?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WebhookStore for DynamoStore {
+    async fn create_endpoint(&self, e: &Endpoint, most: usize) -> StoreResult<bool> {
+        let count = build(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(endpoints_pk(&e.workspace_id), "#COUNT")))
+                .update_expression("ADD n :one")
+                .condition_expression("attribute_not_exists(n) OR n < :most")
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":most", n(most))
+                .build(),
+        )?;
+        let put = build(
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(endpoint_item(e)?))
+                .condition_expression("attribute_not_exists(pk)")
+                .build(),
+        )?;
+        let items = vec![
+            TransactWriteItem::builder().update(count).build(),
+            TransactWriteItem::builder().put(put).build(),
+        ];
+        match self.transact(items).await? {
+            None => Ok(true),
+            Some(failed) if failed.first() == Some(&true) => Ok(false),
+            Some(_) => Err(StoreError::Conflict(format!(
+                "endpoint `{}` already exists",
+                e.id
+            ))),
+        }
+    }
+
+    async fn get_endpoint(
+        &self,
+        ws: &WorkspaceId,
+        id: &EndpointId,
+    ) -> StoreResult<Option<Endpoint>> {
+        self.get(key(endpoints_pk(ws), id.as_str()))
+            .await?
+            .map(|i| data(&i))
+            .transpose()
+    }
+
+    async fn list_endpoints(&self, ws: &WorkspaceId) -> StoreResult<Vec<Endpoint>> {
+        self.query_between(endpoints_pk(ws), "ep_", "ep`")
+            .await?
+            .iter()
+            .map(data)
+            .collect()
+    }
+
+    async fn save_endpoint(&self, e: &Endpoint) -> StoreResult<()> {
+        self.put_conditioned(
+            endpoint_item(e)?,
+            e.revision,
+            format!("endpoint `{}`", e.id),
+        )
+        .await
+    }
+
+    async fn delete_endpoint(&self, ws: &WorkspaceId, id: &EndpointId) -> StoreResult<bool> {
+        let del = build(
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(endpoints_pk(ws), id.as_str())))
+                .condition_expression("attribute_exists(pk)")
+                .build(),
+        )?;
+        let count = build(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(endpoints_pk(ws), "#COUNT")))
+                .update_expression("ADD n :minus")
+                .expression_attribute_values(":minus", n(-1))
+                .build(),
+        )?;
+        let items = vec![
+            TransactWriteItem::builder().delete(del).build(),
+            TransactWriteItem::builder().update(count).build(),
+        ];
+        Ok(self.transact(items).await?.is_none())
+    }
+
+    async fn create_delivery(&self, d: &Delivery) -> StoreResult<bool> {
+        match self.put(delivery_item(d)?, true).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get_delivery(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        id: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        self.get(key(deliveries_pk(ws, endpoint), id))
+            .await?
+            .map(|i| data(&i))
+            .transpose()
+    }
+
+    async fn save_delivery(&self, d: &Delivery) -> StoreResult<()> {
+        self.put_conditioned(
+            delivery_item(d)?,
+            d.revision,
+            format!("delivery `{}`", d.id),
+        )
+        .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Delivery>> {
+        let before = page
+            .cursor
+            .as_ref()
+            .map_or_else(|| "msg`".to_owned(), |c| c.position().to_owned());
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :before")
+            .expression_attribute_values(":pk", s(deliveries_pk(ws, endpoint)))
+            .expression_attribute_values(":from", s("msg_"))
+            .expression_attribute_values(":before", s(before.clone()))
+            .scan_index_forward(false)
+            .limit(page.limit as i32 + 2)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let items: Vec<Delivery> = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .filter(|i| get_s(i, "sk").is_ok_and(|sk| sk < before.as_str()))
+            .map(data)
+            .collect::<StoreResult<_>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |d| d.id.clone()))
+    }
+
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Delivery>> {
+        let bound = format!("{}$", ts(now));
+        let keys: Vec<Item> = self
+            .index_below("WHDUE#", SHARDS, &bound, limit)
+            .await?
+            .iter()
+            .map(|i| Ok(key(get_s(i, "pk")?, get_s(i, "sk")?)))
+            .collect::<StoreResult<_>>()?;
+        let mut due = Vec::new();
+        for i in self.batch_get(keys).await? {
+            let d: Delivery = data(&i)?;
+            // The index is read eventually consistently: the item decides.
+            if d.next_attempt_at.is_some_and(|t| t <= now) {
+                due.push(d);
+            }
+        }
+        Ok(due)
+    }
+
+    async fn ended_runs(&self, limit: usize) -> StoreResult<Vec<(WorkspaceId, RunId)>> {
+        let mut out = Vec::new();
+        for i in self.index_below("ENDED#", SHARDS, "~", limit).await? {
+            // `{time}#{ws}#{run}`
+            let sk = get_s(&i, "gsi2sk")?;
+            let mut parts = sk.rsplitn(3, '#');
+            if let (Some(run), Some(ws)) = (parts.next(), parts.next()) {
+                out.push((WorkspaceId::from_string(ws), RunId::from_string(run)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn forget_ended(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<()> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(run_pk(ws, id), "RUN")))
+            .update_expression("REMOVE gsi2pk, gsi2sk")
+            .condition_expression("begins_with(gsi2pk, :ended)")
+            .expression_attribute_values(":ended", s("ENDED#"))
+            .send()
+            .await
+            .map_err(sdk);
+        match res {
+            // Not (or no longer) in the outbox.
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

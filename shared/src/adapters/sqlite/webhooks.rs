@@ -1,0 +1,272 @@
+//! Outbound webhooks: endpoints, deliveries (listed by endpoint, read by
+//! when they are due) and the outbox of runs that ended (`run_endings`,
+//! written by the run's last save in its transaction).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+
+use super::SqliteStore;
+use super::tenants::insert_or_conflict;
+use crate::domain::{Delivery, Endpoint, EndpointId, RunId, WorkspaceId};
+use crate::ports::{Page, PageRequest, StoreError, StoreResult, WebhookStore};
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn rows<T: serde::de::DeserializeOwned>(
+    c: &rusqlite::Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> StoreResult<Vec<T>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let out = stmt
+        .query_map(p, |r| r.get::<_, String>(0))?
+        .map(|d| Ok(serde_json::from_str(&d?)?))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(out)
+}
+
+#[async_trait]
+impl WebhookStore for SqliteStore {
+    async fn create_endpoint(&self, e: &Endpoint, most: usize) -> StoreResult<bool> {
+        let (ws, id, rev) = (
+            e.workspace_id.to_string(),
+            e.id.to_string(),
+            e.revision as i64,
+        );
+        let data = serde_json::to_string(e)?;
+        self.db
+            .write(move |tx| {
+                let held: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM webhook_endpoints WHERE workspace_id = ?1",
+                    params![ws],
+                    |r| r.get(0),
+                )?;
+                if held as usize >= most {
+                    return Ok(false);
+                }
+                insert_or_conflict(
+                    tx.execute(
+                        "INSERT INTO webhook_endpoints (workspace_id, id, revision, data) VALUES (?1, ?2, ?3, ?4)",
+                        params![ws, id, rev, data],
+                    ),
+                    &format!("endpoint `{id}`"),
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn get_endpoint(
+        &self,
+        ws: &WorkspaceId,
+        id: &EndpointId,
+    ) -> StoreResult<Option<Endpoint>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .read(move |c| {
+                Ok(rows(
+                    c,
+                    "SELECT data FROM webhook_endpoints WHERE workspace_id = ?1 AND id = ?2",
+                    params![ws, id],
+                )?
+                .pop())
+            })
+            .await
+    }
+
+    async fn list_endpoints(&self, ws: &WorkspaceId) -> StoreResult<Vec<Endpoint>> {
+        let ws = ws.to_string();
+        self.db
+            .read(move |c| {
+                rows(
+                    c,
+                    "SELECT data FROM webhook_endpoints WHERE workspace_id = ?1 ORDER BY id",
+                    params![ws],
+                )
+            })
+            .await
+    }
+
+    async fn save_endpoint(&self, e: &Endpoint) -> StoreResult<()> {
+        let (ws, id, rev) = (
+            e.workspace_id.to_string(),
+            e.id.to_string(),
+            e.revision as i64,
+        );
+        let data = serde_json::to_string(e)?;
+        self.db
+            .write(move |tx| {
+                let n = tx.execute(
+                    "UPDATE webhook_endpoints SET revision = ?3, data = ?4 WHERE workspace_id = ?1 AND id = ?2 AND revision = ?3 - 1",
+                    params![ws, id, rev, data],
+                )?;
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict(format!(
+                        "endpoint `{id}` is not at revision {}",
+                        rev - 1
+                    )))
+                }
+            })
+            .await
+    }
+
+    async fn delete_endpoint(&self, ws: &WorkspaceId, id: &EndpointId) -> StoreResult<bool> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .write(move |tx| {
+                Ok(tx.execute(
+                    "DELETE FROM webhook_endpoints WHERE workspace_id = ?1 AND id = ?2",
+                    params![ws, id],
+                )? == 1)
+            })
+            .await
+    }
+
+    async fn create_delivery(&self, d: &Delivery) -> StoreResult<bool> {
+        let (ws, id, ep, due, rev) = (
+            d.workspace_id.to_string(),
+            d.id.clone(),
+            d.endpoint_id.to_string(),
+            d.next_attempt_at.map(ts),
+            d.revision as i64,
+        );
+        let data = serde_json::to_string(d)?;
+        self.db
+            .write(move |tx| {
+                Ok(tx.execute(
+                    "INSERT OR IGNORE INTO webhook_deliveries (workspace_id, id, endpoint_id, due_at, revision, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![ws, id, ep, due, rev, data],
+                )? == 1)
+            })
+            .await
+    }
+
+    async fn get_delivery(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        id: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let (ws, ep, id) = (ws.to_string(), endpoint.to_string(), id.to_owned());
+        self.db
+            .read(move |c| {
+                let data: Option<String> = c
+                    .query_row(
+                        "SELECT data FROM webhook_deliveries WHERE workspace_id = ?1 AND endpoint_id = ?2 AND id = ?3",
+                        params![ws, ep, id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
+            })
+            .await
+    }
+
+    async fn save_delivery(&self, d: &Delivery) -> StoreResult<()> {
+        let (ws, id, due, rev) = (
+            d.workspace_id.to_string(),
+            d.id.clone(),
+            d.next_attempt_at.map(ts),
+            d.revision as i64,
+        );
+        let data = serde_json::to_string(d)?;
+        self.db
+            .write(move |tx| {
+                let n = tx.execute(
+                    "UPDATE webhook_deliveries SET due_at = ?3, revision = ?4, data = ?5 WHERE workspace_id = ?1 AND id = ?2 AND revision = ?4 - 1",
+                    params![ws, id, due, rev, data],
+                )?;
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict(format!(
+                        "delivery `{id}` is not at revision {}",
+                        rev - 1
+                    )))
+                }
+            })
+            .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Delivery>> {
+        let (ws, ep) = (ws.to_string(), endpoint.to_string());
+        // Ids sort by when the run ended: newest first is by id.
+        let before = page
+            .cursor
+            .as_ref()
+            .map_or_else(|| "~".to_owned(), |c| c.position().to_owned());
+        let limit = page.limit;
+        self.db
+            .read(move |c| {
+                let items: Vec<Delivery> = rows(
+                    c,
+                    "SELECT data FROM webhook_deliveries WHERE workspace_id = ?1 AND endpoint_id = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
+                    params![ws, ep, before, limit + 1],
+                )?;
+                Ok(Page::from_overfetch(items, limit, |d| d.id.clone()))
+            })
+            .await
+    }
+
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Delivery>> {
+        let now = ts(now);
+        self.db
+            .read(move |c| {
+                rows(
+                    c,
+                    "SELECT data FROM webhook_deliveries WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+                    params![now, limit as i64],
+                )
+            })
+            .await
+    }
+
+    async fn ended_runs(&self, limit: usize) -> StoreResult<Vec<(WorkspaceId, RunId)>> {
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT workspace_id, run_id FROM run_endings ORDER BY seq LIMIT ?1",
+                )?;
+                let out = stmt
+                    .query_map(params![limit as i64], |r| {
+                        Ok((
+                            WorkspaceId::from_string(r.get::<_, String>(0)?),
+                            RunId::from_string(r.get::<_, String>(1)?),
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn forget_ended(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<()> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "DELETE FROM run_endings WHERE workspace_id = ?1 AND run_id = ?2",
+                    params![ws, id],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+impl SqliteStore {
+    /// Returns when a run ends, or after `most`.
+    pub async fn wait_for_endings(&self, most: std::time::Duration) {
+        let _ = tokio::time::timeout(most, self.endings.notified()).await;
+    }
+}

@@ -1,0 +1,207 @@
+//! `/v1/webhooks`: a workspace's outbound webhook endpoints and their
+//! deliveries.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::commands::{invalid, unknown_fields};
+use super::extract::{Auth, JsonBody, Params};
+use super::problem::Problem;
+use super::views::{self, EndpointView};
+use crate::app::{App, AppError, EndpointFields};
+use crate::domain::{EndpointId, EventType, WorkflowId};
+use crate::dsl::{Path as At, ValidationError};
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Problem> {
+    let fields = endpoint_fields(&body, true)?;
+    let e = app.create_endpoint(&who.workspace_id, fields).await?;
+    let mut view = json!(EndpointView::from(&e));
+    // Shown once: sign deliveries' checks with it.
+    view["secret"] = json!(e.keys.first().map(|k| k.secret.as_str()));
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+pub async fn list(State(app): State<Arc<App>>, Auth(who): Auth) -> Result<Response, Problem> {
+    let all = app.list_endpoints(&who.workspace_id).await?;
+    let items: Vec<EndpointView> = all.iter().map(EndpointView::from).collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let e = app
+        .get_endpoint(&who.workspace_id, &EndpointId::from_string(id))
+        .await?;
+    Ok(Json(EndpointView::from(&e)).into_response())
+}
+
+pub async fn update(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Problem> {
+    let fields = endpoint_fields(&body, false)?;
+    let e = app
+        .update_endpoint(&who.workspace_id, &EndpointId::from_string(id), fields)
+        .await?;
+    Ok(Json(EndpointView::from(&e)).into_response())
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    app.delete_endpoint(&who.workspace_id, &EndpointId::from_string(id))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn rotate_secret(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let e = app
+        .rotate_endpoint_secret(&who.workspace_id, &EndpointId::from_string(id))
+        .await?;
+    let mut view = json!(EndpointView::from(&e));
+    view["secret"] = json!(e.keys.first().map(|k| k.secret.as_str()));
+    Ok(Json(view).into_response())
+}
+
+pub async fn deliveries(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, Problem> {
+    params.only(&["limit", "cursor"])?;
+    let page = app
+        .list_deliveries(
+            &who.workspace_id,
+            &EndpointId::from_string(id),
+            &params.page()?,
+        )
+        .await?;
+    Ok(Json(views::PageView::of(&page, views::DeliveryView::from)).into_response())
+}
+
+pub async fn replay(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path((id, delivery)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let d = app
+        .replay_delivery(&who.workspace_id, &EndpointId::from_string(id), &delivery)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(views::DeliveryView::from(&d))).into_response())
+}
+
+/// `{"url", "events"?, "workflow_ids"?, "description"?, "disabled"?}`
+/// (`url` required to create one).
+fn endpoint_fields(body: &Value, create: bool) -> Result<EndpointFields, AppError> {
+    let Value::Object(fields) = body else {
+        return Err(invalid(vec![ValidationError::new(
+            &At::root(),
+            "the body must be a JSON object such as {\"url\": \"https://example.com/weft\"}",
+        )]));
+    };
+    let mut errors = unknown_fields(
+        fields,
+        &["url", "events", "workflow_ids", "description", "disabled"],
+        "expected `url`, `events`, `workflow_ids`, `description` or `disabled`",
+    );
+    let at = |k: &str| At::root().key(k);
+    let mut f = EndpointFields::default();
+    match fields.get("url") {
+        Some(Value::String(u)) => f.url = Some(u.clone()),
+        None if !create => {}
+        None => errors.push(ValidationError::new(
+            &at("url"),
+            "missing required field `url`: where deliveries are sent (https)",
+        )),
+        Some(_) => errors.push(ValidationError::new(
+            &at("url"),
+            "expected a URL (a string)",
+        )),
+    }
+    match fields.get("events") {
+        None => {}
+        Some(Value::Array(items)) => {
+            let mut events = Vec::new();
+            for (i, v) in items.iter().enumerate() {
+                match serde_json::from_value::<EventType>(v.clone()) {
+                    Ok(ty) if !events.contains(&ty) => events.push(ty),
+                    Ok(_) => {}
+                    Err(_) => errors.push(ValidationError::new(
+                        &at("events").index(i),
+                        format!(
+                            "unknown event {v}; expected run.completed, run.failed or run.cancelled"
+                        ),
+                    )),
+                }
+            }
+            f.events = Some(events);
+        }
+        Some(_) => errors.push(ValidationError::new(
+            &at("events"),
+            "expected a list of event types",
+        )),
+    }
+    match fields.get("workflow_ids") {
+        None => {}
+        Some(Value::Array(items)) => {
+            let mut ids = Vec::new();
+            for (i, v) in items.iter().enumerate() {
+                match v {
+                    Value::String(s) => ids.push(WorkflowId::from_string(s.clone())),
+                    _ => errors.push(ValidationError::new(
+                        &at("workflow_ids").index(i),
+                        "expected a workflow id",
+                    )),
+                }
+            }
+            f.workflow_ids = Some(ids);
+        }
+        Some(_) => errors.push(ValidationError::new(
+            &at("workflow_ids"),
+            "expected a list of workflow ids",
+        )),
+    }
+    match fields.get("description") {
+        None => {}
+        Some(Value::Null) => f.description = Some(None),
+        Some(Value::String(d)) => f.description = Some(Some(d.clone())),
+        Some(_) => errors.push(ValidationError::new(
+            &at("description"),
+            "expected a string",
+        )),
+    }
+    match fields.get("disabled") {
+        None => {}
+        Some(Value::Bool(b)) => f.disabled = Some(*b),
+        Some(_) => errors.push(ValidationError::new(
+            &at("disabled"),
+            "expected true or false",
+        )),
+    }
+    if errors.is_empty() {
+        Ok(f)
+    } else {
+        Err(invalid(errors))
+    }
+}

@@ -1,0 +1,487 @@
+//! Outbound webhooks: a workspace's endpoints (`/v1/webhooks`), the
+//! deliveries of run events to them, and the two jobs that make and send
+//! those: `notify_ended_runs` (reads the outbox the run's last save wrote,
+//! makes one delivery per endpoint that wants the event) and
+//! `deliver_due` (sends each delivery that is due, and records how it
+//! went). Both run in `weft dev`'s background loop and in the tick.
+
+use chrono::{DateTime, Duration, Utc};
+use sha2::{Digest, Sha256};
+
+use super::{App, AppError};
+use crate::domain::{
+    Delivery, DeliveryAttempt, DeliveryStatus, Endpoint, EndpointId, EventType, RunRecord,
+    SigningKey, WorkflowId, WorkspaceId,
+};
+use crate::dsl::{Path, ValidationError};
+use crate::ports::{Page, PageRequest, StoreError};
+use crate::webhooks::send::{Outcome, Sender};
+use crate::webhooks::{payload, schedule, sign};
+
+/// Most endpoints a workspace may have.
+pub const MAX_ENDPOINTS_PER_WORKSPACE: usize = 20;
+/// Most workflows one endpoint may be limited to.
+const MAX_ENDPOINT_WORKFLOWS: usize = 100;
+const MAX_URL_BYTES: usize = 2048;
+const MAX_DESCRIPTION_CHARS: usize = 500;
+/// How long a rotated-out key goes on signing.
+const OLD_KEY_HOURS: i64 = 24;
+/// Most ended runs one pass makes deliveries for.
+const ENDED_BATCH: usize = 100;
+/// Most due deliveries one pass sends.
+pub const DUE_BATCH: usize = 50;
+/// Most deliveries sent at once.
+const SENDING_AT_ONCE: usize = 16;
+/// How long a delivery being sent is kept from other senders.
+const SEND_LEASE_SECS: i64 = 60;
+
+/// An endpoint as a request describes it (all optional in a change; `url`
+/// required to create one).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EndpointFields {
+    pub url: Option<String>,
+    pub events: Option<Vec<EventType>>,
+    pub workflow_ids: Option<Vec<WorkflowId>>,
+    pub description: Option<Option<String>>,
+    pub disabled: Option<bool>,
+}
+
+fn at(field: &str) -> Path {
+    Path::root().key(field)
+}
+
+/// A delivery's id: the same for one event of one run to one endpoint (a
+/// repeated pass makes it once), sorting by when the run ended.
+fn delivery_id(run: &RunRecord, endpoint: &EndpointId, ty: EventType) -> String {
+    let mut h = Sha256::new();
+    for part in [endpoint.as_str(), run.id.as_str(), ty.as_str()] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let digest = h.finalize();
+    let mut random = [0u8; 16];
+    random[6..].copy_from_slice(&digest[..10]);
+    let ms = run
+        .finished_at
+        .unwrap_or(run.created_at)
+        .timestamp_millis()
+        .max(0) as u64;
+    let id = ulid::Ulid::from_parts(ms, u128::from_be_bytes(random));
+    format!("msg_{}", id.to_string().to_lowercase())
+}
+
+impl App {
+    fn sender(&self) -> Result<&Sender, AppError> {
+        self.webhook_sender
+            .get_or_init(|| Sender::new(self.egress.clone()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| AppError::Internal(format!("the webhook client: {e}")))
+    }
+
+    async fn check_endpoint(&self, ws: &WorkspaceId, f: &EndpointFields) -> Result<(), AppError> {
+        let mut errors = Vec::new();
+        if let Some(url) = &f.url {
+            if url.len() > MAX_URL_BYTES {
+                errors.push(ValidationError::new(
+                    &at("url"),
+                    format!("longer than {MAX_URL_BYTES} bytes"),
+                ));
+            } else if let Err(why) = self.sender()?.check_url(url) {
+                errors.push(ValidationError::new(&at("url"), why));
+            }
+        }
+        if f.events.as_ref().is_some_and(Vec::is_empty) {
+            errors.push(ValidationError::new(
+                &at("events"),
+                "name at least one event (run.completed, run.failed, run.cancelled)",
+            ));
+        }
+        if let Some(wfs) = &f.workflow_ids {
+            if wfs.len() > MAX_ENDPOINT_WORKFLOWS {
+                errors.push(ValidationError::new(
+                    &at("workflow_ids"),
+                    format!("at most {MAX_ENDPOINT_WORKFLOWS} workflows"),
+                ));
+            } else {
+                for (i, wf) in wfs.iter().enumerate() {
+                    if let Err(AppError::NotFound(_)) = self.get_workflow(ws, wf, None).await {
+                        errors.push(ValidationError::new(
+                            &at("workflow_ids").index(i),
+                            format!("no workflow `{wf}` in this workspace"),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(Some(d)) = &f.description
+            && d.chars().count() > MAX_DESCRIPTION_CHARS
+        {
+            errors.push(ValidationError::new(
+                &at("description"),
+                format!("longer than {MAX_DESCRIPTION_CHARS} characters"),
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::InvalidRequest(errors))
+        }
+    }
+
+    pub async fn create_endpoint(
+        &self,
+        ws: &WorkspaceId,
+        f: EndpointFields,
+    ) -> Result<Endpoint, AppError> {
+        self.check_endpoint(ws, &f).await?;
+        let now = Utc::now();
+        let e = Endpoint {
+            workspace_id: ws.clone(),
+            id: EndpointId::generate(),
+            url: f.url.unwrap_or_default(),
+            events: f.events.unwrap_or_else(|| EventType::ALL.to_vec()),
+            workflow_ids: f.workflow_ids.unwrap_or_default(),
+            description: f.description.flatten(),
+            disabled: f.disabled.unwrap_or(false),
+            disabled_reason: None,
+            keys: vec![SigningKey {
+                secret: sign::new_secret(),
+                expires_at: None,
+            }],
+            created_at: now,
+            updated_at: now,
+            revision: 1,
+        };
+        if !self
+            .stores
+            .webhooks
+            .create_endpoint(&e, MAX_ENDPOINTS_PER_WORKSPACE)
+            .await?
+        {
+            return Err(AppError::BadRequest(format!(
+                "this workspace has {MAX_ENDPOINTS_PER_WORKSPACE} webhook endpoints, the most it may have"
+            )));
+        }
+        Ok(e)
+    }
+
+    pub async fn list_endpoints(&self, ws: &WorkspaceId) -> Result<Vec<Endpoint>, AppError> {
+        Ok(self.stores.webhooks.list_endpoints(ws).await?)
+    }
+
+    pub async fn get_endpoint(
+        &self,
+        ws: &WorkspaceId,
+        id: &EndpointId,
+    ) -> Result<Endpoint, AppError> {
+        self.stores
+            .webhooks
+            .get_endpoint(ws, id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("no webhook endpoint `{id}`")))
+    }
+
+    /// Changes the fields given (re-enabling one Weft disabled clears why).
+    pub async fn update_endpoint(
+        &self,
+        ws: &WorkspaceId,
+        id: &EndpointId,
+        f: EndpointFields,
+    ) -> Result<Endpoint, AppError> {
+        self.check_endpoint(ws, &f).await?;
+        self.change_endpoint(ws, id, |e| {
+            if let Some(u) = &f.url {
+                e.url = u.clone();
+            }
+            if let Some(ev) = &f.events {
+                e.events = ev.clone();
+            }
+            if let Some(w) = &f.workflow_ids {
+                e.workflow_ids = w.clone();
+            }
+            if let Some(d) = &f.description {
+                e.description = d.clone();
+            }
+            if let Some(off) = f.disabled {
+                e.disabled = off;
+                if !off {
+                    e.disabled_reason = None;
+                }
+            }
+        })
+        .await
+    }
+
+    /// A new signing key; the old ones go on signing for 24 hours (the
+    /// endpoint's receiver can switch over meanwhile).
+    pub async fn rotate_endpoint_secret(
+        &self,
+        ws: &WorkspaceId,
+        id: &EndpointId,
+    ) -> Result<Endpoint, AppError> {
+        let now = Utc::now();
+        self.change_endpoint(ws, id, |e| {
+            let until = now + Duration::hours(OLD_KEY_HOURS);
+            let mut keys = vec![SigningKey {
+                secret: sign::new_secret(),
+                expires_at: None,
+            }];
+            for mut k in std::mem::take(&mut e.keys) {
+                if k.expires_at.is_none_or(|t| t > now) {
+                    k.expires_at = Some(k.expires_at.map_or(until, |t| t.min(until)));
+                    keys.push(k);
+                }
+            }
+            e.keys = keys;
+        })
+        .await
+    }
+
+    async fn change_endpoint(
+        &self,
+        ws: &WorkspaceId,
+        id: &EndpointId,
+        change: impl Fn(&mut Endpoint),
+    ) -> Result<Endpoint, AppError> {
+        for _ in 0..crate::ports::WRITE_TRIES {
+            let mut e = self.get_endpoint(ws, id).await?;
+            change(&mut e);
+            e.updated_at = Utc::now();
+            e.revision += 1;
+            match self.stores.webhooks.save_endpoint(&e).await {
+                Ok(()) => return Ok(e),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(AppError::Conflict(format!(
+            "webhook endpoint `{id}` is being changed by another request; try again"
+        )))
+    }
+
+    pub async fn delete_endpoint(&self, ws: &WorkspaceId, id: &EndpointId) -> Result<(), AppError> {
+        if self.stores.webhooks.delete_endpoint(ws, id).await? {
+            Ok(())
+        } else {
+            Err(AppError::NotFound(format!("no webhook endpoint `{id}`")))
+        }
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        ws: &WorkspaceId,
+        id: &EndpointId,
+        page: &PageRequest,
+    ) -> Result<Page<Delivery>, AppError> {
+        self.get_endpoint(ws, id).await?;
+        Ok(self.stores.webhooks.list_deliveries(ws, id, page).await?)
+    }
+
+    /// Sends a delivery again (at once, then on the retry schedule if it
+    /// fails), with the same id and body.
+    pub async fn replay_delivery(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        id: &str,
+    ) -> Result<Delivery, AppError> {
+        let not_found =
+            || AppError::NotFound(format!("no delivery `{id}` to endpoint `{endpoint}`"));
+        for _ in 0..crate::ports::WRITE_TRIES {
+            let mut d = self
+                .stores
+                .webhooks
+                .get_delivery(ws, endpoint, id)
+                .await?
+                .ok_or_else(not_found)?;
+            if d.status == DeliveryStatus::Pending {
+                return Err(AppError::Conflict(format!(
+                    "delivery `{id}` is still being tried; replay it once it has succeeded or failed"
+                )));
+            }
+            d.status = DeliveryStatus::Pending;
+            d.round = 0;
+            d.next_attempt_at = Some(Utc::now());
+            d.revision += 1;
+            match self.stores.webhooks.save_delivery(&d).await {
+                Ok(()) => return Ok(d),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Conflict(format!(
+            "delivery `{id}` is being changed; try again"
+        )))
+    }
+
+    /// Makes the deliveries of runs that ended (one per endpoint that
+    /// wants the event), then forgets them. Returns how many were made.
+    pub async fn notify_ended_runs(&self) -> Result<usize, AppError> {
+        let ended = self.stores.webhooks.ended_runs(ENDED_BATCH).await?;
+        let mut endpoints: Vec<(WorkspaceId, Vec<Endpoint>)> = Vec::new();
+        let mut made = 0;
+        for (ws, run_id) in ended {
+            let eps = match endpoints.iter().find(|(w, _)| *w == ws) {
+                Some((_, eps)) => eps.clone(),
+                None => {
+                    let eps = self.stores.webhooks.list_endpoints(&ws).await?;
+                    endpoints.push((ws.clone(), eps.clone()));
+                    eps
+                }
+            };
+            if let Some(run) = self.stores.runs.get_run(&ws, &run_id).await?
+                && let Some(ty) = EventType::of_run(run.status)
+            {
+                let wanting: Vec<&Endpoint> = eps
+                    .iter()
+                    .filter(|e| e.wants(ty, &run.workflow_id))
+                    .collect();
+                let body = (!wanting.is_empty()).then(|| payload::run_event(ty, &run));
+                for e in wanting {
+                    let d = Delivery {
+                        workspace_id: ws.clone(),
+                        id: delivery_id(&run, &e.id, ty),
+                        endpoint_id: e.id.clone(),
+                        event_type: ty,
+                        run_id: run.id.clone(),
+                        payload: body.clone().unwrap_or_default(),
+                        created_at: Utc::now(),
+                        status: DeliveryStatus::Pending,
+                        attempts: Vec::new(),
+                        round: 0,
+                        next_attempt_at: Some(Utc::now()),
+                        revision: 1,
+                    };
+                    if self.stores.webhooks.create_delivery(&d).await? {
+                        made += 1;
+                    }
+                }
+            }
+            self.stores.webhooks.forget_ended(&ws, &run_id).await?;
+        }
+        Ok(made)
+    }
+
+    /// Sends the deliveries that are due (at most `DUE_BATCH`, at most
+    /// `SENDING_AT_ONCE` at a time). Returns how many were tried.
+    pub async fn deliver_due(
+        self: &std::sync::Arc<Self>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, AppError> {
+        let due = self.stores.webhooks.due_deliveries(now, DUE_BATCH).await?;
+        let tried = due.len();
+        let mut sending = tokio::task::JoinSet::new();
+        for d in due {
+            while sending.len() >= SENDING_AT_ONCE {
+                sending.join_next().await;
+            }
+            let app = self.clone();
+            sending.spawn(async move {
+                let (ws, id) = (d.workspace_id.clone(), d.id.clone());
+                if let Err(e) = app.attempt(d).await {
+                    tracing::warn!(workspace_id = %ws, delivery_id = %id, error = %e, "a webhook delivery could not be tried");
+                }
+            });
+        }
+        while sending.join_next().await.is_some() {}
+        Ok(tried)
+    }
+
+    /// One attempt of a delivery: held from other senders for the time it
+    /// takes, sent, and its outcome recorded.
+    async fn attempt(&self, mut d: Delivery) -> Result<(), AppError> {
+        let now = Utc::now();
+        let endpoint = self
+            .stores
+            .webhooks
+            .get_endpoint(&d.workspace_id, &d.endpoint_id)
+            .await?;
+        let Some(endpoint) = endpoint.filter(|e| !e.disabled) else {
+            d.status = DeliveryStatus::Failed;
+            d.next_attempt_at = None;
+            d.attempts.push(DeliveryAttempt {
+                at: now,
+                status_code: None,
+                error: Some("the endpoint was deleted or disabled".into()),
+                duration_ms: 0,
+            });
+            d.revision += 1;
+            return match self.stores.webhooks.save_delivery(&d).await {
+                Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        };
+        // Held: another sender that read it due finds it changed.
+        d.next_attempt_at = Some(now + Duration::seconds(SEND_LEASE_SECS));
+        d.revision += 1;
+        match self.stores.webhooks.save_delivery(&d).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let ts = now.timestamp();
+        let signature = sign::header(endpoint.signing_keys(now), &d.id, ts, d.payload.as_bytes());
+        let started = std::time::Instant::now();
+        let outcome = self
+            .sender()?
+            .send(&endpoint.url, &d.id, ts, &signature, &d.payload)
+            .await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        d.round += 1;
+        let (status_code, error, after) = match &outcome {
+            Outcome::Accepted(s) => (Some(*s), None, None),
+            Outcome::Gone => (
+                Some(410),
+                Some("answered 410 Gone: the endpoint is disabled".to_owned()),
+                None,
+            ),
+            Outcome::Failed {
+                status,
+                error,
+                retry_after,
+            } => (*status, Some(error.clone()), *retry_after),
+        };
+        d.attempts.push(DeliveryAttempt {
+            at: now,
+            status_code,
+            error,
+            duration_ms,
+        });
+        // The history a delivery keeps is bounded (a replayed one grows).
+        if d.attempts.len() > 3 * schedule::MAX_ATTEMPTS {
+            d.attempts
+                .drain(..d.attempts.len() - 3 * schedule::MAX_ATTEMPTS);
+        }
+        match outcome {
+            Outcome::Accepted(_) => {
+                d.status = DeliveryStatus::Succeeded;
+                d.next_attempt_at = None;
+            }
+            Outcome::Gone => {
+                d.status = DeliveryStatus::Failed;
+                d.next_attempt_at = None;
+                let reason = format!("answered 410 Gone at {now}");
+                let disabled = self
+                    .change_endpoint(&d.workspace_id, &d.endpoint_id, |e| {
+                        e.disabled = true;
+                        e.disabled_reason = Some(reason.clone());
+                    })
+                    .await;
+                if let Err(e) = disabled {
+                    tracing::warn!(workspace_id = %d.workspace_id, endpoint_id = %d.endpoint_id, error = %e, "disabling an endpoint that answered 410");
+                }
+                tracing::info!(workspace_id = %d.workspace_id, endpoint_id = %d.endpoint_id, "a webhook endpoint answered 410 Gone and is disabled");
+            }
+            Outcome::Failed { .. } => match schedule::next_wait(d.round as usize, after) {
+                Some(wait) => d.next_attempt_at = Some(Utc::now() + wait),
+                None => {
+                    d.status = DeliveryStatus::Failed;
+                    d.next_attempt_at = None;
+                }
+            },
+        }
+        d.revision += 1;
+        self.stores.webhooks.save_delivery(&d).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,41 @@
+//! The body of a run event: `{"type", "timestamp", "data"}` as Standard
+//! Webhooks suggests, `data` the run's summary and (up to
+//! `MAX_OUTPUT_BYTES`) its output.
+
+use serde_json::{Value, json};
+
+use crate::domain::{EventType, RunRecord};
+
+/// Largest output put in a delivery; a larger one is left out
+/// (`output_omitted`: read the run).
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+pub fn run_event(ty: EventType, run: &RunRecord) -> String {
+    let output = run.output.as_ref().map(|o| (o, o.to_string().len()));
+    let (output, omitted) = match output {
+        Some((o, len)) if len <= MAX_OUTPUT_BYTES => (o.clone(), false),
+        Some(_) => (Value::Null, true),
+        None => (Value::Null, false),
+    };
+    let mut data = json!({
+        "run_id": run.id,
+        "workflow_id": run.workflow_id,
+        "workflow_version": run.workflow_version,
+        "status": run.status.as_str(),
+        "output": output,
+        "error": run.error,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "links": {"run": format!("/v1/runs/{}", run.id)},
+    });
+    if omitted && let Some(m) = data.as_object_mut() {
+        m.insert("output_omitted".into(), Value::Bool(true));
+    }
+    json!({
+        "type": ty.as_str(),
+        "timestamp": run.finished_at.unwrap_or(run.created_at),
+        "data": data,
+    })
+    .to_string()
+}

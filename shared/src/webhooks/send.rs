@@ -1,0 +1,123 @@
+//! Sends one attempt of a delivery: a POST of the body with the Standard
+//! Webhooks headers, through the egress guard (an endpoint's URL is the
+//! tenant's choice: it may not reach internal addresses), no redirects
+//! followed, at most `TIMEOUT`. 2xx is success; 410 Gone disables the
+//! endpoint; anything else is tried again later.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+
+use crate::adapters::http::{EgressPolicy, check_url, egress_cause, guarded_client, retry_after};
+
+/// Longest an endpoint may take to answer.
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+/// Most of an answer's body read (and then dropped).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// What an attempt came to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Accepted(u16),
+    /// 410: the endpoint says it is gone for good.
+    Gone,
+    Failed {
+        status: Option<u16>,
+        error: String,
+        retry_after: Option<f64>,
+    },
+}
+
+pub struct Sender {
+    client: reqwest::Client,
+    policy: Arc<EgressPolicy>,
+}
+
+impl Sender {
+    pub fn new(policy: EgressPolicy) -> anyhow::Result<Self> {
+        let policy = Arc::new(policy);
+        Ok(Self {
+            client: guarded_client(&policy)?,
+            policy,
+        })
+    }
+
+    /// The endpoint URL, if deliveries may be sent to it (http or https;
+    /// an IP literal must pass the egress policy; a host name is checked
+    /// each time it is resolved).
+    pub fn check_url(&self, text: &str) -> Result<Url, String> {
+        let url = Url::parse(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+        check_url(&url, &self.policy).map_err(|e| e.0)?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("the URL may not carry a user name or password".into());
+        }
+        Ok(url)
+    }
+
+    pub async fn send(
+        &self,
+        url: &str,
+        id: &str,
+        timestamp: i64,
+        signature: &str,
+        body: &str,
+    ) -> Outcome {
+        let url = match self.check_url(url) {
+            Ok(u) => u,
+            Err(error) => {
+                return Outcome::Failed {
+                    status: None,
+                    error,
+                    retry_after: None,
+                };
+            }
+        };
+        let sent = self
+            .client
+            .post(url)
+            .timeout(TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body.to_owned())
+            .send()
+            .await;
+        let mut res = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let error = match egress_cause(&e) {
+                    Some(why) => why,
+                    None if e.is_timeout() => format!("no answer within {} s", TIMEOUT.as_secs()),
+                    None if e.is_connect() => "could not connect".into(),
+                    None => "the request failed".into(),
+                };
+                return Outcome::Failed {
+                    status: None,
+                    error,
+                    retry_after: None,
+                };
+            }
+        };
+        let status = res.status().as_u16();
+        let after = retry_after(res.headers());
+        // The answer is read (so the connection can be reused) and dropped.
+        let mut read = 0;
+        while let Ok(Some(chunk)) = res.chunk().await {
+            read += chunk.len();
+            if read > MAX_ANSWER_BYTES {
+                break;
+            }
+        }
+        match status {
+            200..=299 => Outcome::Accepted(status),
+            410 => Outcome::Gone,
+            _ => Outcome::Failed {
+                status: Some(status),
+                error: format!("answered {status}"),
+                retry_after: after,
+            },
+        }
+    }
+}

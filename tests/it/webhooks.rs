@@ -1,0 +1,278 @@
+//! Outbound webhooks: an endpoint gets a signed delivery when a run ends
+//! (checked with the Standard Webhooks reference library), failed ones are
+//! tried again with the same id, a 410 disables the endpoint.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use crate::common::{TestApp, serve, spawn_app, spawn_app_with};
+
+/// A receiver of deliveries: records each and answers with the next
+/// status queued (200 when none is).
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    answers: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl Receiver {
+    async fn start(answers: &[u16]) -> (Self, String) {
+        let r = Receiver::default();
+        r.answers.lock().expect("lock").extend(answers);
+        let app = axum::Router::new()
+            .route("/hook", post(receive))
+            .with_state(r.clone());
+        let base = serve(app).await;
+        (r, format!("{base}/hook"))
+    }
+
+    fn got(&self) -> Vec<(HeaderMap, Bytes)> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    /// Waits until `n` deliveries came.
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<(HeaderMap, Bytes)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let got = self.got();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} deliveries of {n}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    r.got.lock().expect("lock").push((headers, body));
+    let code = r.answers.lock().expect("lock").pop_front().unwrap_or(200);
+    StatusCode::from_u16(code).unwrap_or(StatusCode::OK)
+}
+
+fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+    standardwebhooks::Webhook::new(secret)
+        .map_err(|e| e.to_string())?
+        .verify(body, headers)
+        .map_err(|e| e.to_string())
+}
+
+async fn endpoint(app: &TestApp, body: Value) -> (String, String) {
+    let r = app.post("/v1/webhooks", body).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let secret = r.body["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("whsec_"));
+    (r.body["id"].as_str().expect("id").to_owned(), secret)
+}
+
+async fn finished_run(app: &TestApp, wf: &str, input: Value) -> Value {
+    let run = app.start_run(wf, input).await;
+    app.wait_finished(&run).await
+}
+
+fn workflow() -> Value {
+    json!({"name": "notify", "steps": [
+        {"id": "t", "type": "transform", "value": {"doubled": "{{ trigger.n * 2 }}"}}
+    ]})
+}
+
+#[tokio::test]
+async fn a_run_that_ends_is_delivered_signed_and_a_failure_is_tried_again_with_the_same_id() {
+    let app = spawn_app().await;
+    let (rx, url) = Receiver::start(&[503]).await;
+    let (ep, secret) = endpoint(&app, json!({"url": url, "description": "orders"})).await;
+    // The secret is shown once.
+    let shown = app.get(&format!("/v1/webhooks/{ep}")).await;
+    assert!(!shown.body.to_string().contains(&secret), "{}", shown.body);
+    let wf = app.create_workflow(workflow()).await;
+    let run = finished_run(&app, &wf, json!({"n": 21})).await;
+    // The first attempt is answered 503; the second comes about 5 s later.
+    let got = rx.wait_for(2, Duration::from_secs(30)).await;
+    for (headers, body) in &got {
+        verify(&secret, headers, body).expect("signed as Standard Webhooks says");
+    }
+    assert_eq!(got[0].0["webhook-id"], got[1].0["webhook-id"]);
+    let body: Value = serde_json::from_slice(&got[1].1).expect("json");
+    assert_eq!(body["type"], "run.completed");
+    assert_eq!(body["data"]["run_id"], run["run_id"]);
+    assert_eq!(body["data"]["output"], json!({"doubled": 42}));
+    assert_eq!(body["data"]["status"], "COMPLETED");
+    // A changed body does not verify.
+    let mut forged = got[1].1.to_vec();
+    forged[10] ^= 1;
+    assert!(verify(&secret, &got[1].0, &forged).is_err());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let r = app.get(&format!("/v1/webhooks/{ep}/deliveries")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.body["items"][0]["status"] == "succeeded" || tokio::time::Instant::now() > deadline {
+            break r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let d = &listed["items"][0];
+    assert_eq!(d["status"], "succeeded", "{listed}");
+    assert_eq!(d["attempts"][0]["status_code"], 503);
+    assert_eq!(d["attempts"][1]["status_code"], 200);
+    assert_eq!(d["event_type"], "run.completed");
+
+    // Replayed: sent again, same id.
+    let id = d["id"].as_str().expect("id");
+    let r = app
+        .post(
+            &format!("/v1/webhooks/{ep}/deliveries/{id}/replay"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let got = rx.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(got[2].0["webhook-id"], got[0].0["webhook-id"]);
+}
+
+#[tokio::test]
+async fn endpoints_take_only_the_events_and_workflows_they_name_and_a_410_disables_one() {
+    let app = spawn_app().await;
+    let wf = app.create_workflow(workflow()).await;
+    let other_wf = app.create_workflow(workflow()).await;
+    let (failed_rx, failed_url) = Receiver::start(&[]).await;
+    endpoint(&app, json!({"url": failed_url, "events": ["run.failed"]})).await;
+    let (mine_rx, mine_url) = Receiver::start(&[]).await;
+    endpoint(&app, json!({"url": mine_url, "workflow_ids": [wf]})).await;
+    let (gone_rx, gone_url) = Receiver::start(&[410]).await;
+    let (gone, _) = endpoint(&app, json!({"url": gone_url})).await;
+
+    finished_run(&app, &other_wf, json!({"n": 1})).await;
+    finished_run(&app, &wf, json!({"n": 2})).await;
+    let got = mine_rx.wait_for(1, Duration::from_secs(10)).await;
+    let body: Value = serde_json::from_slice(&got[0].1).expect("json");
+    assert_eq!(body["data"]["workflow_id"], wf.as_str());
+    gone_rx.wait_for(1, Duration::from_secs(10)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = app.get(&format!("/v1/webhooks/{gone}")).await;
+        if e.body["disabled"] == true {
+            assert!(
+                e.body["disabled_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("410")),
+                "{}",
+                e.body
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", e.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A failed-runs endpoint heard nothing; the disabled one nothing more.
+    assert!(failed_rx.got().is_empty());
+    assert_eq!(gone_rx.got().len(), 1);
+    assert_eq!(mine_rx.got().len(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_old_one() {
+    let app = spawn_app().await;
+    let (rx, url) = Receiver::start(&[]).await;
+    let (ep, old) = endpoint(&app, json!({"url": url})).await;
+    let r = app
+        .post(&format!("/v1/webhooks/{ep}/rotate-secret"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new = r.body["secret"].as_str().expect("secret").to_owned();
+    assert_ne!(new, old);
+    let wf = app.create_workflow(workflow()).await;
+    finished_run(&app, &wf, json!({"n": 3})).await;
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    let (headers, body) = &got[0];
+    let sigs = headers["webhook-signature"].to_str().unwrap_or_default();
+    assert_eq!(sigs.split(' ').count(), 2, "{sigs}");
+    verify(&new, headers, body).expect("the new key signs");
+    verify(&old, headers, body).expect("the old key signs for a day");
+}
+
+#[tokio::test]
+async fn bad_endpoints_are_refused_and_other_workspaces_see_none() {
+    // The default egress policy: no internal addresses.
+    let strict = spawn_app_with(Default::default()).await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:9/x",
+        "ftp://example.com/",
+        "not a url",
+        "https://user:pw@example.com/",
+    ] {
+        let r = strict.post("/v1/webhooks", json!({"url": url})).await;
+        assert_eq!(r.status, 422, "{url}: {}", r.body);
+        assert_eq!(crate::common::error_paths(&r.body), ["$.url"], "{url}");
+    }
+    let r = strict.post("/v1/webhooks", json!({"url": "https://example.com/h", "events": ["run.exploded"], "workflow_ids": ["wf_nope"], "color": 1})).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let paths = crate::common::error_paths(&r.body);
+    assert!(
+        paths.contains(&"$.events[0]") && paths.contains(&"$.color"),
+        "{paths:?}"
+    );
+    let r = strict
+        .post(
+            "/v1/webhooks",
+            json!({"url": "https://example.com/h", "workflow_ids": ["wf_nope"]}),
+        )
+        .await;
+    assert_eq!(
+        crate::common::error_paths(&r.body),
+        ["$.workflow_ids[0]"],
+        "{}",
+        r.body
+    );
+
+    let app = spawn_app().await;
+    let (_, url) = Receiver::start(&[]).await;
+    let (ep, _) = endpoint(&app, json!({"url": url})).await;
+    let other = TestApp::external(&app.base, &app.other_workspace().await);
+    assert_eq!(other.get(&format!("/v1/webhooks/{ep}")).await.status, 404);
+    assert_eq!(
+        other
+            .post(&format!("/v1/webhooks/{ep}/rotate-secret"), json!({}))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        other
+            .get(&format!("/v1/webhooks/{ep}/deliveries"))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        other.delete(&format!("/v1/webhooks/{ep}")).await.status,
+        404
+    );
+    assert_eq!(other.get("/v1/webhooks").await.body["items"], json!([]));
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{ep}"),
+            Some(json!({"disabled": true})),
+            Some(&app.key),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["disabled"], true);
+    assert_eq!(app.delete(&format!("/v1/webhooks/{ep}")).await.status, 204);
+    assert_eq!(app.get(&format!("/v1/webhooks/{ep}")).await.status, 404);
+}
