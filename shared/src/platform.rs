@@ -231,6 +231,12 @@ fn deliver_webhooks(app: std::sync::Weak<App>, store: SqliteStore) {
 
 /// Most times a kept hook request whose run could not start is tried.
 const RECEIPT_TRIES: u32 = 12;
+/// Kept hook requests read at a time, of which at most `RECEIPTS_PER_WORKSPACE`
+/// of one workspace are handled, `RECEIPTS_AT_ONCE` at a time: one tenant's
+/// flood (or slow templates) does not hold up the others'.
+const RECEIPTS_READ: usize = 100;
+const RECEIPTS_PER_WORKSPACE: usize = 4;
+const RECEIPTS_AT_ONCE: usize = 8;
 
 /// The embedded hook inbox's reader: starts the run of each kept request,
 /// as soon as one is kept, until the platform is gone. A request whose run
@@ -243,42 +249,32 @@ fn process_hook_receipts(app: std::sync::Weak<App>, store: SqliteStore) {
                 return;
             };
             let now = chrono::Utc::now();
-            let due = match store.due_receipts(now, 20).await {
+            let due = match store.due_receipts(now, RECEIPTS_READ).await {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::error!(error = %e, "reading kept hook requests");
                     Vec::new()
                 }
             };
-            let busy = !due.is_empty();
-            for (r, tries) in due {
-                let ws = r.workspace_id.clone();
-                let done = match app.process_receipt(&r).await {
-                    Ok(crate::app::Processed::Started { run_id, replayed }) => {
-                        tracing::info!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, run_id = %run_id, replayed, "a hook request started its run");
-                        true
-                    }
-                    Ok(crate::app::Processed::Dropped(why)) => {
-                        tracing::warn!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, reason = %why, "a hook request started no run");
-                        true
-                    }
-                    Err(e) if tries + 1 >= RECEIPT_TRIES => {
-                        tracing::error!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, error = %e, "a hook request started no run after {RECEIPT_TRIES} tries; it is dropped");
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, error = %e, "a hook request's run could not start; it is tried again");
-                        let wait = chrono::Duration::seconds((1i64 << tries.min(12)).min(3600));
-                        if let Err(e) = store.receipt_retry(&r.id, now + wait).await {
-                            tracing::error!(error = %e, "keeping a hook request for later");
-                        }
-                        false
-                    }
-                };
-                if done && let Err(e) = store.receipt_done(&r.id).await {
-                    tracing::error!(error = %e, "removing a handled hook request");
+            let mut taken: HashMap<WorkspaceId, usize> = HashMap::new();
+            let fair: Vec<_> = due
+                .into_iter()
+                .filter(|(r, _)| {
+                    let n = taken.entry(r.workspace_id.clone()).or_default();
+                    *n += 1;
+                    *n <= RECEIPTS_PER_WORKSPACE
+                })
+                .collect();
+            let busy = !fair.is_empty();
+            let mut handling = tokio::task::JoinSet::new();
+            for (r, tries) in fair {
+                while handling.len() >= RECEIPTS_AT_ONCE {
+                    handling.join_next().await;
                 }
+                let (app, store) = (app.clone(), store.clone());
+                handling.spawn(async move { handle_receipt(&app, &store, r, tries, now).await });
             }
+            while handling.join_next().await.is_some() {}
             drop(app);
             if !busy {
                 store
@@ -287,6 +283,41 @@ fn process_hook_receipts(app: std::sync::Weak<App>, store: SqliteStore) {
             }
         }
     });
+}
+
+async fn handle_receipt(
+    app: &App,
+    store: &SqliteStore,
+    r: crate::domain::Receipt,
+    tries: u32,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let ws = r.workspace_id.clone();
+    let done = match app.process_receipt(&r).await {
+        Ok(crate::app::Processed::Started { run_id, replayed }) => {
+            tracing::info!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, run_id = %run_id, replayed, "a hook request started its run");
+            true
+        }
+        Ok(crate::app::Processed::Dropped(why)) => {
+            tracing::warn!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, reason = %why, "a hook request started no run");
+            true
+        }
+        Err(e) if tries + 1 >= RECEIPT_TRIES => {
+            tracing::error!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, error = %e, "a hook request started no run after {RECEIPT_TRIES} tries; it is dropped");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(workspace_id = %ws, hook_id = %r.hook_id, receipt_id = %r.id, error = %e, "a hook request's run could not start; it is tried again");
+            let wait = chrono::Duration::seconds((1i64 << tries.min(12)).min(3600));
+            if let Err(e) = store.receipt_retry(&r.id, now + wait).await {
+                tracing::error!(error = %e, "keeping a hook request for later");
+            }
+            false
+        }
+    };
+    if done && let Err(e) = store.receipt_done(&r.id).await {
+        tracing::error!(error = %e, "removing a handled hook request");
+    }
 }
 
 fn executors(

@@ -386,3 +386,114 @@ async fn hooks_are_managed_per_workflow_and_hidden_from_other_workspaces() {
     let (status, _) = post_raw(&app, &path, "{}", &[]).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn secrets_that_cannot_sign_and_hooks_of_archived_workflows_take_nothing() {
+    let app = spawn_app().await;
+    let (wf, path) = setup(
+        &app,
+        json!({"scheme": "standard_webhooks", "secret": "hook_secret"}),
+        json!({}),
+    )
+    .await;
+    // Only secrets named hook_… can check requests; a key anybody could
+    // sign with is refused.
+    let r = app
+        .put(
+            "/v1/secrets/stripe_api_key",
+            json!({"value": "sk_live_0123456789abcdef"}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.body);
+    let r = app
+        .post(
+            &format!("/v1/workflows/{wf}/hooks"),
+            json!({"verify": {"scheme": "github", "secret": "stripe_api_key"}}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.to_string().contains("hook_"), "{}", r.body);
+    for weak in ["whsec_", "whsec_AA=="] {
+        let r = app
+            .put("/v1/secrets/hook_weak", json!({"value": weak}))
+            .await;
+        assert!(r.status < 300, "{}", r.body);
+        let r = app
+            .post(
+                &format!("/v1/workflows/{wf}/hooks"),
+                json!({"verify": {"scheme": "standard_webhooks", "secret": "hook_weak"}}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{weak}: {}", r.body);
+    }
+    // The secret changed to one that cannot sign after the hook was made:
+    // a request signed with an empty key is refused, saying nothing of why.
+    let r = app
+        .put("/v1/secrets/hook_secret", json!({"value": "whsec_"}))
+        .await;
+    assert!(r.status < 300, "{}", r.body);
+    let body = r#"{"x": 1}"#;
+    let now = chrono::Utc::now().timestamp();
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac(
+        b"",
+        &[b"m1.", now.to_string().as_bytes(), b".", body.as_bytes()],
+    ));
+    let forged = vec![
+        ("webhook-id".to_owned(), "m1".to_owned()),
+        ("webhook-timestamp".to_owned(), now.to_string()),
+        ("webhook-signature".to_owned(), format!("v1,{sig}")),
+    ];
+    let (status, p) = post_raw(&app, &path, body, &forged).await;
+    assert_eq!(status, 401, "{p}");
+    assert!(!p.to_string().contains("secret"), "{p}");
+    // A timestamp no clock has is refused, not a crash.
+    let mut odd = forged.clone();
+    odd[1].1 = "-9223372036854775808".into();
+    assert_eq!(post_raw(&app, &path, body, &odd).await.0, 401);
+
+    // Archived: the hook's URL is gone with its workflow.
+    let r = app
+        .put("/v1/secrets/hook_secret", json!({"value": WHSEC}))
+        .await;
+    assert!(r.status < 300, "{}", r.body);
+    assert_eq!(app.delete(&format!("/v1/workflows/{wf}")).await.status, 204);
+    let (status, _) = post_raw(&app, &path, body, &standard_headers("m2", now, body)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_dedupe_that_makes_nothing_of_a_request_refuses_it() {
+    let app = spawn_app().await;
+    let (wf, path) = setup(
+        &app,
+        json!({"scheme": "hmac", "secret": "hook_secret", "header": "X-Sig"}),
+        json!({"dedupe": "{{ body.event_id }}"}),
+    )
+    .await;
+    let sign = |b: &str| hex::encode(mac(WHSEC.as_bytes(), &[b.as_bytes()]));
+    let body = r#"{"other": 1}"#;
+    let headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("x-sig".to_owned(), sign(body)),
+    ];
+    let (status, p) = post_raw(&app, &path, body, &headers).await;
+    assert_eq!(status, 400, "{p}");
+    assert!(
+        p["detail"].as_str().is_some_and(|d| d.contains("dedupe")),
+        "{p}"
+    );
+    // The same message id in two bodies is one message.
+    for b in [
+        r#"{"event_id": "e1", "n": 1}"#,
+        r#"{"event_id": "e1", "n": 2}"#,
+    ] {
+        let headers = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("x-sig".to_owned(), sign(b)),
+        ];
+        assert_eq!(post_raw(&app, &path, b, &headers).await.0, 202);
+    }
+    wait_runs(&app, &wf, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(runs_of(&app, &wf).await.len(), 1);
+}

@@ -27,6 +27,15 @@ const MAX_INPUT_TEMPLATE_BYTES: usize = 16 * 1024;
 const MAX_HOOK_INPUT_BYTES: usize = 1024 * 1024;
 /// Longest description.
 const MAX_DESCRIPTION_CHARS: usize = 500;
+/// What a hook's templates may spend on one request (of a step's), and
+/// how long they may take: they run for requests anybody can send.
+const HOOK_TEMPLATE_UNITS: usize = 2 * 1024 * 1024;
+const HOOK_TEMPLATE_TIME: std::time::Duration = std::time::Duration::from_millis(250);
+/// Longest dedupe text kept as it is (a longer one is hashed).
+const MAX_DEDUPE_CHARS: usize = 256;
+/// What a hook's signing secret's name starts with: on AWS the API
+/// function may read only those secrets (it checks requests with them).
+pub const HOOK_SECRET_PREFIX: &str = "hook_";
 
 /// A hook as a request describes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,13 +109,32 @@ impl App {
         self.get_workflow(ws, wf, None).await?;
         let mut errors = template_errors(&f);
         let secret = f.verification.secret();
-        if self.stores.secrets.get_secret(ws, secret).await?.is_none() {
+        let secret_at = at("verify").key("secret");
+        if !secret.starts_with(HOOK_SECRET_PREFIX) {
             errors.push(ValidationError::new(
-                &at("verify").key("secret"),
-                format!(
-                    "this workspace has no secret named `{secret}`: store the signing secret the sender gave you first (PUT /v1/secrets/{secret})"
-                ),
+                &secret_at,
+                format!("a hook's signing secret is named `{HOOK_SECRET_PREFIX}…` (such as `{HOOK_SECRET_PREFIX}github`): only those can be read to check requests"),
             ));
+        } else {
+            match self.stores.secrets.get_secret(ws, secret).await? {
+                None => errors.push(ValidationError::new(
+                    &secret_at,
+                    format!(
+                        "this workspace has no secret named `{secret}`: store the signing secret the sender gave you first (PUT /v1/secrets/{secret})"
+                    ),
+                )),
+                Some(value) => {
+                    if crate::hooks::verify::key_bytes(&f.verification, &value).is_err() {
+                        errors.push(ValidationError::new(
+                            &secret_at,
+                            format!(
+                                "the secret `{secret}` is not a signing key for this scheme: it must be at least {} bytes (for standard_webhooks, `whsec_` and the base64 of at least that many)",
+                                crate::hooks::verify::MIN_KEY_BYTES
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         if !errors.is_empty() {
             return Err(AppError::InvalidRequest(errors));
@@ -189,12 +217,18 @@ impl App {
             .await?
             .ok_or_else(not_found)?;
         let ws = &hook.workspace_id;
+        // A hook of an archived workflow takes nothing.
+        match self.get_workflow(ws, &hook.workflow_id, None).await {
+            Err(AppError::NotFound(_)) => return Err(not_found()),
+            other => other.map(drop)?,
+        }
         let name = hook.verification.secret();
+        // What is wrong with the hook's own set-up is for its owner to
+        // know (logged), not for the caller.
+        let unverified = || AppError::SignatureInvalid("no signature matches the body".into());
         let Some(secret) = self.stores.secrets.get_secret(ws, name).await? else {
             tracing::warn!(workspace_id = %ws, hook_id = %id, secret = name, "a hook's signing secret is gone; its requests are refused");
-            return Err(AppError::SignatureInvalid(
-                "the hook's signing secret is not set".into(),
-            ));
+            return Err(unverified());
         };
         if let Err(e) = crate::hooks::verify::verify(
             &hook.verification,
@@ -204,14 +238,15 @@ impl App {
             now.timestamp(),
         ) {
             if e == VerifyError::Secret {
-                tracing::warn!(workspace_id = %ws, hook_id = %id, secret = name, "a hook's signing secret is not valid for its scheme");
+                tracing::warn!(workspace_id = %ws, hook_id = %id, secret = name, "a hook's signing secret is not a key for its scheme; its requests are refused");
+                return Err(unverified());
             }
             return Err(AppError::SignatureInvalid(e.to_string()));
         }
         let body = std::str::from_utf8(body)
             .map_err(|_| AppError::BadRequest("the body is not UTF-8 text".into()))?;
-        // Refused now, while the sender can still be told.
-        crate::orchestrator::tick::cpu(|| crate::hooks::body_value(&headers, body))
+        // Read now, while the sender can still be told what is wrong.
+        let dedupe = crate::orchestrator::tick::cpu(|| dedupe_of(&hook, &headers, body))
             .map_err(AppError::BadRequest)?;
         let receipt = Receipt {
             id: format!("rcpt_{}", ulid::Ulid::new().to_string().to_lowercase()),
@@ -220,6 +255,7 @@ impl App {
             received_at: now,
             headers,
             body: body.to_owned(),
+            dedupe,
         };
         let kept = serde_json::to_string(&receipt)
             .map_err(|e| AppError::Internal(e.to_string()))?
@@ -248,16 +284,15 @@ impl App {
         else {
             return Ok(Processed::Dropped("the hook was deleted".into()));
         };
-        let made = crate::orchestrator::tick::cpu(|| made_from(&hook, r));
-        let (input, dedupe) = match made {
-            Ok(m) => m,
+        let input = match crate::orchestrator::tick::cpu(|| input_of(&hook, r)) {
+            Ok(v) => v,
             Err(why) => return Ok(Processed::Dropped(why)),
         };
         let mut h = Sha256::new();
         h.update(b"hook\0");
         h.update(hook.id.as_str().as_bytes());
         h.update([0]);
-        h.update(dedupe.as_deref().unwrap_or(&r.id).as_bytes());
+        h.update(r.dedupe.as_bytes());
         let digest = format!("{:x}", h.finalize());
         let claim = Claim {
             // A space cannot be in a client's Idempotency-Key.
@@ -293,45 +328,57 @@ impl App {
     }
 }
 
-/// The run's input and the dedupe text (None: every request is its own)
-/// a hook makes of a request, under one template budget.
-fn made_from(hook: &Hook, r: &Receipt) -> Result<(Value, Option<String>), String> {
+fn context(
+    hook: &Hook,
+    headers: &Headers,
+    body: &Value,
+    received_at: DateTime<Utc>,
+) -> crate::template::Context {
+    crate::template::context_from_json(&json!({
+        "body": body,
+        "headers": headers,
+        "hook": {"id": hook.id, "received_at": received_at},
+    }))
+}
+
+/// The text that names a request's message: the hook's `dedupe` (or its
+/// scheme's) made of it, or the SHA-256 of the body. A template that makes
+/// nothing of the request refuses it.
+fn dedupe_of(hook: &Hook, headers: &Headers, body: &str) -> Result<String, String> {
+    let value = crate::hooks::body_value(headers, body)?;
+    let Some(t) = hook
+        .dedupe
+        .as_deref()
+        .or(hook.verification.default_dedupe())
+    else {
+        return Ok(format!("sha256:{:x}", Sha256::digest(body.as_bytes())));
+    };
+    let _budget = crate::template::scope_sized(HOOK_TEMPLATE_UNITS, HOOK_TEMPLATE_TIME);
+    let text = crate::template::render_text(t, &context(hook, headers, &value, Utc::now()))
+        .map_err(|e| format!("the hook's dedupe template failed on this request: {e}"))?;
+    if text.trim().is_empty() {
+        return Err(format!(
+            "the hook's dedupe template `{t}` made nothing of this request (a header or field it names is missing)"
+        ));
+    }
+    Ok(if text.chars().count() > MAX_DEDUPE_CHARS {
+        format!("sha256:{:x}", Sha256::digest(text.as_bytes()))
+    } else {
+        text
+    })
+}
+
+/// The run's input a hook makes of a request: its `input` template over
+/// it, or the body.
+fn input_of(hook: &Hook, r: &Receipt) -> Result<Value, String> {
     let body = crate::hooks::body_value(&r.headers, &r.body)?;
-    let _budget = crate::template::scope();
-    let needs_ctx = hook.input.is_some()
-        || hook.dedupe.is_some()
-        || hook.verification.default_dedupe().is_some();
-    let ctx = needs_ctx.then(|| {
-        crate::template::context_from_json(&json!({
-            "body": body,
-            "headers": r.headers,
-            "hook": {"id": hook.id, "received_at": r.received_at},
-            "receipt": {"id": r.id},
-        }))
-    });
-    let dedupe = match (
-        hook.dedupe
-            .as_deref()
-            .or(hook.verification.default_dedupe()),
-        &ctx,
-    ) {
-        (Some(t), Some(ctx)) => {
-            let text = crate::template::render_text(t, ctx)
-                .map_err(|e| format!("the dedupe template failed: {e}"))?;
-            // Nothing to tell messages apart by: each is its own.
-            (!text.trim().is_empty() && text != "none").then_some(text)
-        }
-        _ => None,
+    let Some(t) = &hook.input else {
+        return Ok(body);
     };
-    let input = match (&hook.input, &ctx) {
-        (Some(t), Some(ctx)) => {
-            let v = crate::template::render_value(t, ctx)
-                .map_err(|e| format!("the input template failed: {e}"))?;
-            check_json(&v, MAX_HOOK_INPUT_BYTES, MAX_VALUE_DEPTH)
-                .map_err(|why| format!("the input the template made {why}"))?;
-            v
-        }
-        _ => body,
-    };
-    Ok((input, dedupe))
+    let _budget = crate::template::scope_sized(HOOK_TEMPLATE_UNITS, HOOK_TEMPLATE_TIME);
+    let v = crate::template::render_value(t, &context(hook, &r.headers, &body, r.received_at))
+        .map_err(|e| format!("the input template failed: {e}"))?;
+    check_json(&v, MAX_HOOK_INPUT_BYTES, MAX_VALUE_DEPTH)
+        .map_err(|why| format!("the input the template made {why}"))?;
+    Ok(v)
 }

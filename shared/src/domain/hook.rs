@@ -101,15 +101,16 @@ impl Verification {
     }
 
     /// What tells two deliveries of one message apart when the hook sets
-    /// no `dedupe` template: the sender's id for it, where it sends one.
+    /// no `dedupe` template: the sender's id for it where the signature
+    /// covers one (None: the body itself, by its SHA-256; GitHub's
+    /// delivery id header is not signed, so a replay could change it).
     pub fn default_dedupe(&self) -> Option<&'static str> {
         match self {
             Self::StandardWebhooks { .. } => {
                 Some("{{ headers['webhook-id'] or headers['svix-id'] }}")
             }
-            Self::Github { .. } => Some("{{ headers['x-github-delivery'] }}"),
             Self::Stripe { .. } => Some("{{ body.id }}"),
-            Self::Hmac { .. } => None,
+            Self::Github { .. } | Self::Hmac { .. } => None,
         }
     }
 }
@@ -142,4 +143,7 @@ pub struct Receipt {
     pub headers: BTreeMap<String, String>,
     /// Its body (UTF-8: JSON, a form or text).
     pub body: String,
+    /// The text that names its message (the hook's `dedupe` made of it):
+    /// one run per text.
+    pub dedupe: String,
 }

@@ -42,14 +42,37 @@ fn header<'h>(h: &'h Headers, name: &'static str) -> Result<&'h str, VerifyError
         .ok_or(VerifyError::Missing(name))
 }
 
+/// Shortest signing key accepted, in bytes (a shorter one, an empty one
+/// above all, is one anybody can sign with).
+pub const MIN_KEY_BYTES: usize = 16;
+
 fn fresh(ts: &str, now: i64, name: &str) -> Result<(), VerifyError> {
+    // Seconds since 1970, as senders write them: at most 10 digits.
+    if ts.is_empty() || ts.len() > 10 || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(VerifyError::Malformed(name.to_owned()));
+    }
     let t: i64 = ts
         .parse()
         .map_err(|_| VerifyError::Malformed(name.to_owned()))?;
-    if (now - t).abs() > TOLERANCE_SECS {
+    if now.abs_diff(t) > TOLERANCE_SECS as u64 {
         return Err(VerifyError::Stale);
     }
     Ok(())
+}
+
+/// The HMAC key of a secret's text (`whsec_` ones are base64 of the key),
+/// refused when too short to be a key.
+pub fn key_bytes(v: &Verification, secret: &str) -> Result<Vec<u8>, VerifyError> {
+    let bytes = match v {
+        Verification::StandardWebhooks { .. } => STANDARD
+            .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+            .map_err(|_| VerifyError::Secret)?,
+        _ => secret.as_bytes().to_vec(),
+    };
+    if bytes.len() < MIN_KEY_BYTES {
+        return Err(VerifyError::Secret);
+    }
+    Ok(bytes)
 }
 
 /// True if one of `tags` is the HMAC of `parts` under `key`.
@@ -72,15 +95,15 @@ pub fn verify(
     body: &[u8],
     now: i64,
 ) -> Result<(), VerifyError> {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &key_bytes(v, secret)?);
     match v {
-        Verification::StandardWebhooks { .. } => standard(secret, headers, body, now),
+        Verification::StandardWebhooks { .. } => standard(&key, headers, body, now),
         Verification::Github { .. } => {
             let sig = header(headers, "x-hub-signature-256")?;
             let tag = sig
                 .strip_prefix("sha256=")
                 .and_then(|h| hex::decode(h).ok())
                 .ok_or_else(|| VerifyError::Malformed("x-hub-signature-256".into()))?;
-            let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
             check(any_matches(&key, &[body], &[tag]))
         }
         Verification::Stripe { .. } => {
@@ -103,7 +126,6 @@ pub fn verify(
             }
             fresh(t, now, "stripe-signature")?;
             // Stripe signs with the secret's text as it is shown (`whsec_…`).
-            let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
             check(any_matches(&key, &[t.as_bytes(), b".", body], &tags))
         }
         Verification::Hmac {
@@ -125,7 +147,6 @@ pub fn verify(
                 Encoding::Base64 => STANDARD.decode(sig).ok(),
             }
             .ok_or(VerifyError::Malformed(lower))?;
-            let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
             check(any_matches(&key, &[body], &[tag]))
         }
     }
@@ -142,7 +163,7 @@ fn check(ok: bool) -> Result<(), VerifyError> {
 /// Standard Webhooks v1 (and Svix, which sends the same under `svix-`
 /// names): `v1,<base64>` signatures, space-separated, over
 /// `<id>.<timestamp>.<body>`, keyed by the base64 after `whsec_`.
-fn standard(secret: &str, headers: &Headers, body: &[u8], now: i64) -> Result<(), VerifyError> {
+fn standard(key: &hmac::Key, headers: &Headers, body: &[u8], now: i64) -> Result<(), VerifyError> {
     let svix = !headers.contains_key("webhook-id") && headers.contains_key("svix-id");
     let names: [&'static str; 3] = if svix {
         ["svix-id", "svix-timestamp", "svix-signature"]
@@ -153,9 +174,6 @@ fn standard(secret: &str, headers: &Headers, body: &[u8], now: i64) -> Result<()
     let ts = header(headers, names[1])?;
     let sigs = header(headers, names[2])?;
     fresh(ts, now, names[1])?;
-    let raw = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key_bytes = STANDARD.decode(raw).map_err(|_| VerifyError::Secret)?;
-    let key = hmac::Key::new(hmac::HMAC_SHA256, &key_bytes);
     let tags: Vec<Vec<u8>> = sigs
         .split(' ')
         .filter_map(|s| s.strip_prefix("v1,"))
@@ -165,7 +183,7 @@ fn standard(secret: &str, headers: &Headers, body: &[u8], now: i64) -> Result<()
         return Err(VerifyError::Malformed(names[2].into()));
     }
     check(any_matches(
-        &key,
+        key,
         &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
         &tags,
     ))
@@ -265,6 +283,46 @@ mod tests {
     }
 
     #[test]
+    fn short_keys_and_odd_timestamps_are_refused() {
+        let hs = sw_headers(SW_SIG);
+        for secret in ["whsec_", "whsec_AA==", ""] {
+            assert_eq!(
+                verify(&std_hook(), secret, &hs, SW_BODY, 1614265330),
+                Err(VerifyError::Secret),
+                "{secret:?}"
+            );
+        }
+        let gh = Verification::Github { secret: "s".into() };
+        assert_eq!(
+            verify(
+                &gh,
+                "short",
+                &h(&[("x-hub-signature-256", "sha256=00")]),
+                b"",
+                0
+            ),
+            Err(VerifyError::Secret)
+        );
+        for ts in [
+            "-9223372036854775808",
+            "99999999999",
+            "+1614265330",
+            " ",
+            "1e9",
+        ] {
+            let mut bad = hs.clone();
+            bad.insert("webhook-timestamp".into(), ts.into());
+            assert!(
+                matches!(
+                    verify(&std_hook(), SW_SECRET, &bad, SW_BODY, 1614265330),
+                    Err(VerifyError::Malformed(_) | VerifyError::Missing(_))
+                ),
+                "{ts:?}"
+            );
+        }
+    }
+
+    #[test]
     fn github_accepts_its_documented_example() {
         let v = Verification::Github { secret: "s".into() };
         let secret = "It's a Secret to Everybody";
@@ -278,7 +336,13 @@ mod tests {
             Err(VerifyError::Mismatch)
         );
         assert_eq!(
-            verify(&v, "another secret", &good, b"Hello, World!", 0),
+            verify(
+                &v,
+                "another secret of some length",
+                &good,
+                b"Hello, World!",
+                0
+            ),
             Err(VerifyError::Mismatch)
         );
         let bad = h(&[("x-hub-signature-256", "sha1=abcd")]);
@@ -307,7 +371,7 @@ mod tests {
             Err(VerifyError::Stale)
         );
         assert_eq!(
-            verify(&v, "whsec_other", &good, body, 1700000000),
+            verify(&v, "whsec_other_secret_value", &good, body, 1700000000),
             Err(VerifyError::Mismatch)
         );
         // The time is signed: changing it breaks the signature.

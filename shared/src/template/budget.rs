@@ -47,12 +47,18 @@ pub struct Scope(());
 
 /// Opens a scope: a fresh budget unless one is open on this thread already.
 pub fn scope() -> Scope {
+    scope_sized(BUDGET_BYTES, TIME_LIMIT)
+}
+
+/// `scope` with a smaller budget: `units` of `BUDGET_BYTES` and `time` of
+/// `TIME_LIMIT` (for templates evaluated on a request's path).
+pub fn scope_sized(units: usize, time: Duration) -> Scope {
     BUDGET.with(|b| {
         let mut b = b.borrow_mut();
         if b.depth == 0 {
-            b.left = BUDGET_BYTES;
+            b.left = units.min(BUDGET_BYTES);
             b.handed_out = 0;
-            b.deadline = Instant::now() + TIME_LIMIT;
+            b.deadline = Instant::now() + time.min(TIME_LIMIT);
         }
         b.depth += 1;
     });

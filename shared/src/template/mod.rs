@@ -21,7 +21,7 @@ use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
 
 pub use bounded::{BUDGET_BYTES, MAX_VALUE_BYTES};
-pub use budget::{MAX_VALUE_DEPTH, Scope, TIME_LIMIT, scope};
+pub use budget::{MAX_VALUE_DEPTH, Scope, TIME_LIMIT, scope, scope_sized};
 pub use guard::{MAX_BLOCK_DEPTH, MAX_EXPR_DEPTH, Part};
 
 /// Instructions one render or evaluation may execute.
