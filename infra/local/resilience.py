@@ -9,6 +9,8 @@
    once its lease runs out.
 4. A schedule's fire time, seen by the tick twice (a doubled or repeated
    EventBridge invocation), starts one run.
+5. A run that ends is delivered to a webhook endpoint once, signed as
+   Standard Webhooks say, by ticks that come twice.
 
 A counting HTTP server stands in for the outside world. Reads the stack's
 ready file (infra/local/with-stack); exits non-zero on any failure.
@@ -27,11 +29,16 @@ import stack_client
 from stack_client import answer_json, api, aws, store_workflow
 
 CALLS = Counter()
+# (headers, body) of each request to /webhook.
+DELIVERED = []
 
 
 class Counting(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         CALLS[self.path] += 1
+        if self.path == "/webhook":
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            DELIVERED.append(({k.lower(): v for k, v in self.headers.items()}, body))
         answer_json(self, {"ok": True})
 
     def log_message(self, *args):
@@ -183,6 +190,42 @@ def scheduled_once(ready, base, lam):
     print(f"ok  a schedule's fire time seen by two ticks starts one run (ticks: {[t['schedules'] for t in ticks]})")
 
 
+def webhook_once(ready, base, lam):
+    import base64
+    import hashlib
+    import hmac
+
+    create(ready, {"id": "res_notify", "name": "notified", "steps": [
+        {"id": "t", "type": "transform", "inputs": {"ok": True}}
+    ]})
+    status, ep = api(ready, "POST", "/v1/webhooks", {"url": f"{base}/webhook", "workflow_ids": ["res_notify"]})
+    if status != 201:
+        sys.exit(f"resilience: creating the endpoint failed: {status} {ep}")
+    try:
+        run = start(ready, "res_notify", base)
+        wait_status(ready, run, {"COMPLETED"})
+        ticks = [sweep(lam, datetime.datetime.now(datetime.timezone.utc)) for _ in range(2)]
+        deadline = time.time() + 30
+        while not DELIVERED and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        if len(DELIVERED) != 1:
+            sys.exit(f"resilience: one run's end should be delivered once: {len(DELIVERED)} (ticks: {ticks})")
+        headers, body = DELIVERED[0]
+        key = base64.b64decode(ep["secret"].removeprefix("whsec_"))
+        signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+        want = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        if want not in headers["webhook-signature"].split(" "):
+            sys.exit(f"resilience: the delivery is not signed with the endpoint's secret: {headers}")
+        event = json.loads(body)
+        if event["type"] != "run.completed" or event["data"]["run_id"] != run:
+            sys.exit(f"resilience: the delivery is not the run's end: {event}")
+        print(f"ok  a run's end is delivered once, signed, by ticks that come twice (ticks: {[t.get('webhooks') for t in ticks]})")
+    finally:
+        # Later checks (the cost measurement) run in this workspace.
+        api(ready, "DELETE", f"/v1/webhooks/{ep['id']}", None)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ready-file", required=True)
@@ -196,6 +239,7 @@ def main():
     stopped_approval(ready, base, sfn, lam)
     stopped_mid_run(ready, base, sfn, lam)
     scheduled_once(ready, base, lam)
+    webhook_once(ready, base, lam)
     server.shutdown()
 
 

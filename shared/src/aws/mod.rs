@@ -118,11 +118,10 @@ impl Stack {
             anyhow::anyhow!("WEFT_STATE_MACHINE_ARN is not set (the API function starts runs)")
         })?;
         let driver = StepFunctionsDriver::new(self.sfn.clone(), arn, self.store.clone());
-        Ok(App::new(
-            self.store_set(),
-            Arc::new(driver),
-            self.definitions.clone(),
-        ))
+        Ok(
+            App::new(self.store_set(), Arc::new(driver), self.definitions.clone())
+                .with_egress(self.settings.egress.clone()),
+        )
     }
 }
 

@@ -21,11 +21,7 @@ impl Stack {
     pub async fn tick(&self, ev: TickEvent) -> Result<Value, FunctionError> {
         let now = ev.time.unwrap_or_else(Utc::now);
         let mut out = self.sweep(TickEvent { time: Some(now) }).await?;
-        let app = Arc::new(
-            self.app()
-                .map_err(FunctionError::from_core)?
-                .with_egress(self.settings.egress.clone()),
-        );
+        let app = Arc::new(self.app().map_err(FunctionError::from_core)?);
         let fired = app.fire_schedules(now).await;
         out["schedules"] = json!({
             "due": fired.due,

@@ -36,6 +36,8 @@ pub struct DynamoStore {
     payloads: Option<payloads::Payloads>,
     /// How the runs this process last read or wrote keep their steps.
     layouts: packed::Layouts,
+    /// Whether workspaces have webhook endpoints, as lately read.
+    endpoint_flags: webhooks::EndpointFlags,
 }
 
 impl DynamoStore {
@@ -133,6 +135,7 @@ impl DynamoStore {
             table: table.into(),
             payloads: None,
             layouts: packed::Layouts::default(),
+            endpoint_flags: Default::default(),
         }
     }
 }

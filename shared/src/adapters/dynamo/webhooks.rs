@@ -67,15 +67,53 @@ fn delivery_item(d: &Delivery) -> StoreResult<Item> {
     Ok(item)
 }
 
+/// How long a process trusts what it read of whether a workspace has
+/// endpoints: a run's last save reads it (one read per finished run
+/// otherwise), so a new endpoint hears of runs that end from at most this
+/// long after it was made.
+const ENDPOINT_FLAG_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most workspaces remembered (all are forgotten past it).
+const ENDPOINT_FLAGS_KEPT: usize = 10_000;
+
+/// Whether workspaces have endpoints, as this process lately read.
+type Flags = std::collections::HashMap<WorkspaceId, (bool, std::time::Instant)>;
+
+#[derive(Clone, Default)]
+pub(super) struct EndpointFlags(std::sync::Arc<std::sync::Mutex<Flags>>);
+
+impl EndpointFlags {
+    fn get(&self, ws: &WorkspaceId) -> Option<bool> {
+        let map = self.0.lock().ok()?;
+        map.get(ws)
+            .filter(|(_, at)| at.elapsed() < ENDPOINT_FLAG_TTL)
+            .map(|(v, _)| *v)
+    }
+
+    fn set(&self, ws: &WorkspaceId, v: bool) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= ENDPOINT_FLAGS_KEPT {
+                map.clear();
+            }
+            map.insert(ws.clone(), (v, std::time::Instant::now()));
+        }
+    }
+}
+
 impl DynamoStore {
-    /// Whether the workspace has webhook endpoints (its count item).
+    /// Whether the workspace has webhook endpoints (its count item; what
+    /// this process read in the last `ENDPOINT_FLAG_TTL`, or changed).
     pub(super) async fn has_endpoints(&self, ws: &WorkspaceId) -> StoreResult<bool> {
-        Ok(self
+        if let Some(v) = self.endpoint_flags.get(ws) {
+            return Ok(v);
+        }
+        let v = self
             .get(key(endpoints_pk(ws), "#COUNT"))
             .await?
             .and_then(|i| i.get("n").and_then(|v| v.as_n().ok()).cloned())
             .and_then(|v| v.parse::<i64>().ok())
-            .is_some_and(|v| v > 0))
+            .is_some_and(|v| v > 0);
+        self.endpoint_flags.set(ws, v);
+        Ok(v)
     }
 
     async fn put_conditioned(&self, item: Item, revision: u64, what: String) -> StoreResult<()> {
