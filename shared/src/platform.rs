@@ -199,10 +199,12 @@ fn tick_schedules(app: std::sync::Weak<App>) {
 }
 
 /// The embedded webhook sender: makes the deliveries of runs that ended
-/// (woken as a run ends) and sends those that are due, until the platform
-/// is gone.
+/// (woken as a run ends), starts sending those that are due (each send a
+/// task of its own), and once an hour forgets deliveries past their
+/// retention, until the platform is gone.
 fn deliver_webhooks(app: std::sync::Weak<App>, store: SqliteStore) {
     tokio::spawn(async move {
+        let mut cleaned = std::time::Instant::now();
         loop {
             let Some(app) = app.upgrade() else {
                 return;
@@ -211,7 +213,7 @@ fn deliver_webhooks(app: std::sync::Weak<App>, store: SqliteStore) {
                 tracing::error!(error = %e, "making webhook deliveries");
                 0
             });
-            let tried = app
+            let started = app
                 .deliver_due(chrono::Utc::now())
                 .await
                 .unwrap_or_else(|e| {
@@ -219,10 +221,18 @@ fn deliver_webhooks(app: std::sync::Weak<App>, store: SqliteStore) {
                     0
                 });
             drop(app);
-            // More may be due at once only after a full batch.
-            if made == 0 && tried < crate::app::WEBHOOK_DUE_BATCH {
+            if cleaned.elapsed() > std::time::Duration::from_secs(3600) {
+                cleaned = std::time::Instant::now();
+                let before = chrono::Utc::now()
+                    - chrono::Duration::days(crate::app::DELIVERY_RETENTION_DAYS);
+                if let Err(e) = crate::ports::WebhookStore::forget_deliveries(&store, before).await
+                {
+                    tracing::error!(error = %e, "forgetting old webhook deliveries");
+                }
+            }
+            if made == 0 && started == 0 {
                 store
-                    .wait_for_endings(std::time::Duration::from_secs(1))
+                    .wait_for_endings(std::time::Duration::from_millis(500))
                     .await;
             }
         }

@@ -276,3 +276,75 @@ async fn bad_endpoints_are_refused_and_other_workspaces_see_none() {
     assert_eq!(app.delete(&format!("/v1/webhooks/{ep}")).await.status, 204);
     assert_eq!(app.get(&format!("/v1/webhooks/{ep}")).await.status, 404);
 }
+
+/// A receiver that never answers in time.
+async fn hanging() -> String {
+    let app = axum::Router::new().route(
+        "/hook",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            StatusCode::OK
+        }),
+    );
+    format!("{}/hook", serve(app).await)
+}
+
+#[tokio::test]
+async fn one_tenants_hanging_endpoints_do_not_hold_up_anothers_deliveries() {
+    let app = spawn_app().await;
+    let slow = hanging().await;
+    for _ in 0..3 {
+        endpoint(&app, json!({"url": slow})).await;
+    }
+    let wf = app.create_workflow(workflow()).await;
+    for n in 0..4 {
+        finished_run(&app, &wf, json!({"n": n})).await;
+    }
+    // Another workspace's run ends while the first one's twelve
+    // deliveries hang.
+    let other = TestApp::external(&app.base, &app.other_workspace().await);
+    let (rx, url) = Receiver::start(&[]).await;
+    endpoint(&other, json!({"url": url})).await;
+    let theirs = other.create_workflow(workflow()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ended = tokio::time::Instant::now();
+    finished_run(&other, &theirs, json!({"n": 9})).await;
+    rx.wait_for(1, Duration::from_secs(30)).await;
+    let waited = ended.elapsed();
+    // Not a speed claim: a send held up behind the hanging ones would wait
+    // their 10 s timeout.
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_second_rotation_ends_the_first_old_key_and_replays_need_a_live_endpoint() {
+    let app = spawn_app().await;
+    let (rx, url) = Receiver::start(&[]).await;
+    let (ep, first) = endpoint(&app, json!({"url": url})).await;
+    let mut secrets = vec![first];
+    for _ in 0..3 {
+        let r = app.post(&format!("/v1/webhooks/{ep}/rotate-secret"), json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        secrets.push(r.body["secret"].as_str().expect("secret").to_owned());
+    }
+    let wf = app.create_workflow(workflow()).await;
+    finished_run(&app, &wf, json!({"n": 1})).await;
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    let (headers, body) = &got[0];
+    let sigs = headers["webhook-signature"].to_str().unwrap_or_default();
+    assert_eq!(sigs.split(' ').count(), 2, "the newest key and the one it replaced: {sigs}");
+    verify(&secrets[3], headers, body).expect("the newest key signs");
+    verify(&secrets[2], headers, body).expect("the key it replaced signs for a day");
+    assert!(verify(&secrets[1], headers, body).is_err());
+    assert!(verify(&secrets[0], headers, body).is_err());
+
+    let r = app.get(&format!("/v1/webhooks/{ep}/deliveries")).await;
+    let id = r.body["items"][0]["id"].as_str().expect("id").to_owned();
+    let r = app.call("PATCH", &format!("/v1/webhooks/{ep}"), Some(json!({"disabled": true})), Some(&app.key), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app.post(&format!("/v1/webhooks/{ep}/deliveries/{id}/replay"), json!({})).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(app.delete(&format!("/v1/webhooks/{ep}")).await.status, 204);
+    let r = app.post(&format!("/v1/webhooks/{ep}/deliveries/{id}/replay"), json!({})).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}

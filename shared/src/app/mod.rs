@@ -28,7 +28,10 @@ pub use schedules::{
     FireReport, MAX_SCHEDULE_INPUT_BYTES, MAX_SCHEDULES_PER_WORKFLOW, ScheduleFields,
 };
 pub use tenants::{add_owner_key, create_workspace};
-pub use webhooks::{DUE_BATCH as WEBHOOK_DUE_BATCH, EndpointFields, MAX_ENDPOINTS_PER_WORKSPACE};
+pub use webhooks::{
+    DELIVERY_RETENTION_DAYS, DUE_BATCH as WEBHOOK_DUE_BATCH, EndpointFields,
+    MAX_ENDPOINTS_PER_WORKSPACE,
+};
 
 use crate::ports::{RunDriver, StoreSet};
 
@@ -44,6 +47,8 @@ pub struct App {
     pub egress: crate::adapters::http::EgressPolicy,
     /// The webhook client, made on first use under `egress`.
     webhook_sender: std::sync::OnceLock<Result<crate::webhooks::send::Sender, String>>,
+    /// The webhook deliveries being sent now.
+    sending: webhooks::Sending,
 }
 
 /// Step outputs the API's answers may hold in memory at once, in all.
@@ -64,6 +69,7 @@ impl App {
             reads: crate::memory::Budget::new(crate::memory::share_of_machine(READ_MEMORY)),
             egress: Default::default(),
             webhook_sender: Default::default(),
+            sending: Default::default(),
         }
     }
 

@@ -28,10 +28,14 @@ const MAX_DESCRIPTION_CHARS: usize = 500;
 const OLD_KEY_HOURS: i64 = 24;
 /// Most ended runs one pass makes deliveries for.
 const ENDED_BATCH: usize = 100;
-/// Most due deliveries one pass sends.
-pub const DUE_BATCH: usize = 50;
-/// Most deliveries sent at once.
-const SENDING_AT_ONCE: usize = 16;
+/// Most due deliveries one pass reads (those it cannot send now wait).
+pub const DUE_BATCH: usize = 200;
+/// Most deliveries being sent at once, in all and of one workspace: a
+/// tenant whose endpoints hang holds at most its own share.
+const SENDING_AT_ONCE: usize = 32;
+const SENDING_PER_WORKSPACE: usize = 4;
+/// How long deliveries are kept (then forgotten, succeeded or failed).
+pub const DELIVERY_RETENTION_DAYS: i64 = 30;
 /// How long a delivery being sent is kept from other senders.
 const SEND_LEASE_SECS: i64 = 60;
 
@@ -48,6 +52,87 @@ pub struct EndpointFields {
 
 fn at(field: &str) -> Path {
     Path::root().key(field)
+}
+
+/// An id as an error message shows it (at most 100 characters).
+fn shown(id: &str) -> String {
+    let mut s: String = id.chars().take(100).collect();
+    if s.len() < id.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// The deliveries being sent now, in all and per workspace (shared by
+/// every pass, so a pass leaves out what another is sending).
+#[derive(Default)]
+pub(super) struct Sending {
+    inner: std::sync::Mutex<SendingInner>,
+}
+
+#[derive(Default)]
+struct SendingInner {
+    ids: std::collections::HashSet<String>,
+    per_workspace: std::collections::HashMap<WorkspaceId, usize>,
+}
+
+/// Held while one delivery is sent; gives its place back when dropped.
+struct Slot {
+    app: std::sync::Arc<App>,
+    id: String,
+    ws: WorkspaceId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.app.sending.inner.lock() {
+            s.ids.remove(&self.id);
+            if let Some(n) = s.per_workspace.get_mut(&self.ws) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.per_workspace.remove(&self.ws);
+                }
+            }
+        }
+    }
+}
+
+impl Sending {
+    /// A place to send `d` now (None: it is being sent, or its workspace or
+    /// everyone has no place left).
+    fn take(&self, app: &std::sync::Arc<App>, d: &Delivery) -> Option<Slot> {
+        let mut s = self.inner.lock().ok()?;
+        let mine = s.per_workspace.get(&d.workspace_id).copied().unwrap_or(0);
+        if s.ids.len() >= SENDING_AT_ONCE || mine >= SENDING_PER_WORKSPACE || s.ids.contains(&d.id)
+        {
+            return None;
+        }
+        s.ids.insert(d.id.clone());
+        *s.per_workspace.entry(d.workspace_id.clone()).or_default() += 1;
+        Some(Slot {
+            app: app.clone(),
+            id: d.id.clone(),
+            ws: d.workspace_id.clone(),
+        })
+    }
+
+    /// The workspaces with no place left.
+    fn full_workspaces(&self) -> Vec<WorkspaceId> {
+        self.inner.lock().map_or_else(
+            |_| Vec::new(),
+            |s| {
+                s.per_workspace
+                    .iter()
+                    .filter(|(_, n)| **n >= SENDING_PER_WORKSPACE)
+                    .map(|(w, _)| w.clone())
+                    .collect()
+            },
+        )
+    }
+
+    fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |s| s.ids.len())
+    }
 }
 
 /// A delivery's id: the same for one event of one run to one endpoint (a
@@ -104,11 +189,13 @@ impl App {
                 ));
             } else {
                 for (i, wf) in wfs.iter().enumerate() {
-                    if let Err(AppError::NotFound(_)) = self.get_workflow(ws, wf, None).await {
-                        errors.push(ValidationError::new(
+                    match self.get_workflow(ws, wf, None).await {
+                        Ok(_) => {}
+                        Err(AppError::NotFound(_)) => errors.push(ValidationError::new(
                             &at("workflow_ids").index(i),
-                            format!("no workflow `{wf}` in this workspace"),
-                        ));
+                            format!("no workflow `{}` in this workspace", shown(wf.as_str())),
+                        )),
+                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -178,7 +265,9 @@ impl App {
             .webhooks
             .get_endpoint(ws, id)
             .await?
-            .ok_or_else(|| AppError::NotFound(format!("no webhook endpoint `{id}`")))
+            .ok_or_else(|| {
+                AppError::NotFound(format!("no webhook endpoint `{}`", shown(id.as_str())))
+            })
     }
 
     /// Changes the fields given (re-enabling one Weft disabled clears why).
@@ -221,16 +310,17 @@ impl App {
     ) -> Result<Endpoint, AppError> {
         let now = Utc::now();
         self.change_endpoint(ws, id, |e| {
-            let until = now + Duration::hours(OLD_KEY_HOURS);
+            // The new key, and the one it replaces for a day; a key
+            // replaced before (a second rotation within the day) stops.
             let mut keys = vec![SigningKey {
                 secret: sign::new_secret(),
                 expires_at: None,
             }];
-            for mut k in std::mem::take(&mut e.keys) {
-                if k.expires_at.is_none_or(|t| t > now) {
-                    k.expires_at = Some(k.expires_at.map_or(until, |t| t.min(until)));
-                    keys.push(k);
-                }
+            if let Some(current) = e.keys.iter().find(|k| k.expires_at.is_none()) {
+                keys.push(SigningKey {
+                    secret: current.secret.clone(),
+                    expires_at: Some(now + Duration::hours(OLD_KEY_HOURS)),
+                });
             }
             e.keys = keys;
         })
@@ -263,7 +353,10 @@ impl App {
         if self.stores.webhooks.delete_endpoint(ws, id).await? {
             Ok(())
         } else {
-            Err(AppError::NotFound(format!("no webhook endpoint `{id}`")))
+            Err(AppError::NotFound(format!(
+                "no webhook endpoint `{}`",
+                shown(id.as_str())
+            )))
         }
     }
 
@@ -285,8 +378,18 @@ impl App {
         endpoint: &EndpointId,
         id: &str,
     ) -> Result<Delivery, AppError> {
-        let not_found =
-            || AppError::NotFound(format!("no delivery `{id}` to endpoint `{endpoint}`"));
+        let not_found = || {
+            AppError::NotFound(format!(
+                "no delivery `{}` to endpoint `{}`",
+                shown(id),
+                shown(endpoint.as_str())
+            ))
+        };
+        if self.get_endpoint(ws, endpoint).await?.disabled {
+            return Err(AppError::Conflict(format!(
+                "webhook endpoint `{endpoint}` is disabled: turn it back on (PATCH {{\"disabled\": false}}) to replay to it"
+            )));
+        }
         for _ in 0..crate::ports::WRITE_TRIES {
             let mut d = self
                 .stores
@@ -362,29 +465,46 @@ impl App {
         Ok(made)
     }
 
-    /// Sends the deliveries that are due (at most `DUE_BATCH`, at most
-    /// `SENDING_AT_ONCE` at a time). Returns how many were tried.
+    /// Starts sending the deliveries that are due, as far as there are
+    /// places (`SENDING_AT_ONCE`, `SENDING_PER_WORKSPACE`), each in a task
+    /// of its own: a slow endpoint holds up no other send. Returns how
+    /// many it started; `webhooks_idle` waits for them.
     pub async fn deliver_due(
         self: &std::sync::Arc<Self>,
         now: DateTime<Utc>,
     ) -> Result<usize, AppError> {
-        let due = self.stores.webhooks.due_deliveries(now, DUE_BATCH).await?;
-        let tried = due.len();
-        let mut sending = tokio::task::JoinSet::new();
+        if self.sending.len() >= SENDING_AT_ONCE {
+            return Ok(0);
+        }
+        let busy = self.sending.full_workspaces();
+        let due = self
+            .stores
+            .webhooks
+            .due_deliveries(now, DUE_BATCH, &busy)
+            .await?;
+        let mut started = 0;
         for d in due {
-            while sending.len() >= SENDING_AT_ONCE {
-                sending.join_next().await;
-            }
-            let app = self.clone();
-            sending.spawn(async move {
+            let Some(slot) = self.sending.take(self, &d) else {
+                continue;
+            };
+            started += 1;
+            tokio::spawn(async move {
                 let (ws, id) = (d.workspace_id.clone(), d.id.clone());
-                if let Err(e) = app.attempt(d).await {
+                if let Err(e) = slot.app.attempt(d).await {
                     tracing::warn!(workspace_id = %ws, delivery_id = %id, error = %e, "a webhook delivery could not be tried");
                 }
+                drop(slot);
             });
         }
-        while sending.join_next().await.is_some() {}
-        Ok(tried)
+        Ok(started)
+    }
+
+    /// Waits until no delivery is being sent, or `most` has passed.
+    pub async fn webhooks_idle(&self, most: std::time::Duration) {
+        let until = tokio::time::Instant::now() + most;
+        while self.sending.len() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// One attempt of a delivery: held from other senders for the time it

@@ -453,8 +453,16 @@ pub trait WebhookStore: Send + Sync {
         endpoint: &EndpointId,
         page: &PageRequest,
     ) -> StoreResult<Page<Delivery>>;
-    /// Pending deliveries due at `now`, earliest first.
-    async fn due_deliveries(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Delivery>>;
+    /// Pending deliveries due at `now`, earliest first, but those of the
+    /// `busy` workspaces (their sends are full: the others go first).
+    async fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &[WorkspaceId],
+    ) -> StoreResult<Vec<Delivery>>;
+    /// Forgets deliveries made before `before` that are done.
+    async fn forget_deliveries(&self, before: DateTime<Utc>) -> StoreResult<usize>;
 
     /// Runs that ended and whose deliveries are not made yet, oldest
     /// first.

@@ -11,8 +11,8 @@ use reqwest::Url;
 
 use crate::adapters::http::{EgressPolicy, check_url, egress_cause, guarded_client, retry_after};
 
-/// Longest an endpoint may take to answer.
-pub const TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest an endpoint may take to answer, its body read whole.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Most of an answer's body read (and then dropped).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -88,7 +88,12 @@ impl Sender {
             Ok(r) => r,
             Err(e) => {
                 let error = match egress_cause(&e) {
-                    Some(why) => why,
+                    // What a name resolves to inside is not the tenant's
+                    // to learn.
+                    Some(why) => {
+                        tracing::info!(reason = %why, "a webhook delivery's address is not allowed");
+                        "the endpoint's address is not allowed (an internal address)".into()
+                    }
                     None if e.is_timeout() => format!("no answer within {} s", TIMEOUT.as_secs()),
                     None if e.is_connect() => "could not connect".into(),
                     None => "the request failed".into(),

@@ -51,6 +51,10 @@ fn delivery_item(d: &Delivery) -> StoreResult<Item> {
     let mut item = key(deliveries_pk(&d.workspace_id, &d.endpoint_id), &d.id);
     item.insert("data".into(), s(serde_json::to_string(d)?));
     item.insert("revision".into(), n(d.revision));
+    // Forgotten by DynamoDB's TTL once kept long enough (with its endpoint's
+    // deletion too, at the latest then).
+    let until = d.created_at + chrono::Duration::days(crate::app::DELIVERY_RETENTION_DAYS);
+    item.insert("ttl".into(), n(until.timestamp()));
     if let Some(due) = d.next_attempt_at {
         item.insert("gsi2pk".into(), s(format!("WHDUE#{}", shard_of(&d.id))));
         item.insert(
@@ -284,7 +288,12 @@ impl WebhookStore for DynamoStore {
         Ok(Page::from_overfetch(items, page.limit, |d| d.id.clone()))
     }
 
-    async fn due_deliveries(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Delivery>> {
+    async fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &[WorkspaceId],
+    ) -> StoreResult<Vec<Delivery>> {
         let bound = format!("{}$", ts(now));
         let keys: Vec<Item> = self
             .index_below("WHDUE#", SHARDS, &bound, limit)
@@ -296,11 +305,16 @@ impl WebhookStore for DynamoStore {
         for i in self.batch_get(keys).await? {
             let d: Delivery = data(&i)?;
             // The index is read eventually consistently: the item decides.
-            if d.next_attempt_at.is_some_and(|t| t <= now) {
+            if d.next_attempt_at.is_some_and(|t| t <= now) && !busy.contains(&d.workspace_id) {
                 due.push(d);
             }
         }
         Ok(due)
+    }
+
+    async fn forget_deliveries(&self, _before: DateTime<Utc>) -> StoreResult<usize> {
+        // DynamoDB's TTL does it: each delivery's `ttl` is set when written.
+        Ok(0)
     }
 
     async fn ended_runs(&self, limit: usize) -> StoreResult<Vec<(WorkspaceId, RunId)>> {

@@ -72,6 +72,11 @@ fn internal(ip: IpAddr) -> Option<&'static str> {
                 Some("a link-local or site-local address")
             } else if v6.is_multicast() {
                 Some("a multicast address")
+            } else if seg[..6] == [0, 0, 0, 0, 0xffff, 0] {
+                // IPv4-translated (::ffff:0:a.b.c.d, RFC 2765): the IPv4
+                // address.
+                internal_v4(Ipv4Addr::from(v6.to_bits() as u32))
+                    .or(Some("an IPv4-translated address"))
             } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
                 // NAT64: the IPv4 address it translates to.
                 internal_v4(Ipv4Addr::from(v6.to_bits() as u32))
@@ -182,6 +187,8 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a9fe:a9fe",
             "::127.0.0.1",
             "::169.254.169.254",
             "64:ff9b:1::1",

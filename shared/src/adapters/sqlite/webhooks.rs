@@ -119,10 +119,19 @@ impl WebhookStore for SqliteStore {
         let (ws, id) = (ws.to_string(), id.to_string());
         self.db
             .write(move |tx| {
-                Ok(tx.execute(
+                let gone = tx.execute(
                     "DELETE FROM webhook_endpoints WHERE workspace_id = ?1 AND id = ?2",
                     params![ws, id],
-                )? == 1)
+                )? == 1;
+                // Its deliveries go with it (they hold copies of run
+                // outputs nobody can read any more).
+                if gone {
+                    tx.execute(
+                        "DELETE FROM webhook_deliveries WHERE workspace_id = ?1 AND endpoint_id = ?2",
+                        params![ws, id],
+                    )?;
+                }
+                Ok(gone)
             })
             .await
     }
@@ -218,15 +227,34 @@ impl WebhookStore for SqliteStore {
             .await
     }
 
-    async fn due_deliveries(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Delivery>> {
+    async fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &[WorkspaceId],
+    ) -> StoreResult<Vec<Delivery>> {
         let now = ts(now);
+        let busy = serde_json::to_string(busy)?;
         self.db
             .read(move |c| {
                 rows(
                     c,
-                    "SELECT data FROM webhook_deliveries WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
-                    params![now, limit as i64],
+                    "SELECT data FROM webhook_deliveries WHERE due_at IS NOT NULL AND due_at <= ?1 \
+                     AND workspace_id NOT IN (SELECT value FROM json_each(?3)) ORDER BY due_at LIMIT ?2",
+                    params![now, limit as i64, busy],
                 )
+            })
+            .await
+    }
+
+    async fn forget_deliveries(&self, before: DateTime<Utc>) -> StoreResult<usize> {
+        let before = ts(before);
+        self.db
+            .write(move |tx| {
+                Ok(tx.execute(
+                    "DELETE FROM webhook_deliveries WHERE due_at IS NULL AND json_extract(data, '$.created_at') < ?1",
+                    params![before],
+                )?)
             })
             .await
     }
