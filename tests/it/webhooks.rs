@@ -323,7 +323,9 @@ async fn a_second_rotation_ends_the_first_old_key_and_replays_need_a_live_endpoi
     let (ep, first) = endpoint(&app, json!({"url": url})).await;
     let mut secrets = vec![first];
     for _ in 0..3 {
-        let r = app.post(&format!("/v1/webhooks/{ep}/rotate-secret"), json!({})).await;
+        let r = app
+            .post(&format!("/v1/webhooks/{ep}/rotate-secret"), json!({}))
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         secrets.push(r.body["secret"].as_str().expect("secret").to_owned());
     }
@@ -332,7 +334,11 @@ async fn a_second_rotation_ends_the_first_old_key_and_replays_need_a_live_endpoi
     let got = rx.wait_for(1, Duration::from_secs(10)).await;
     let (headers, body) = &got[0];
     let sigs = headers["webhook-signature"].to_str().unwrap_or_default();
-    assert_eq!(sigs.split(' ').count(), 2, "the newest key and the one it replaced: {sigs}");
+    assert_eq!(
+        sigs.split(' ').count(),
+        2,
+        "the newest key and the one it replaced: {sigs}"
+    );
     verify(&secrets[3], headers, body).expect("the newest key signs");
     verify(&secrets[2], headers, body).expect("the key it replaced signs for a day");
     assert!(verify(&secrets[1], headers, body).is_err());
@@ -340,11 +346,29 @@ async fn a_second_rotation_ends_the_first_old_key_and_replays_need_a_live_endpoi
 
     let r = app.get(&format!("/v1/webhooks/{ep}/deliveries")).await;
     let id = r.body["items"][0]["id"].as_str().expect("id").to_owned();
-    let r = app.call("PATCH", &format!("/v1/webhooks/{ep}"), Some(json!({"disabled": true})), Some(&app.key), &[]).await;
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{ep}"),
+            Some(json!({"disabled": true})),
+            Some(&app.key),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = app.post(&format!("/v1/webhooks/{ep}/deliveries/{id}/replay"), json!({})).await;
+    let r = app
+        .post(
+            &format!("/v1/webhooks/{ep}/deliveries/{id}/replay"),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(app.delete(&format!("/v1/webhooks/{ep}")).await.status, 204);
-    let r = app.post(&format!("/v1/webhooks/{ep}/deliveries/{id}/replay"), json!({})).await;
+    let r = app
+        .post(
+            &format!("/v1/webhooks/{ep}/deliveries/{id}/replay"),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status, 404, "{}", r.body);
 }

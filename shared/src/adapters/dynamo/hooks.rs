@@ -4,11 +4,10 @@
 //! the count are written in one transaction.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
 
-use super::{DynamoStore, Item, build, data, key, n, s};
+use super::{DynamoStore, Item, data, key, s};
 use crate::domain::{Hook, HookId, WorkflowId, WorkspaceId};
-use crate::ports::{HookStore, StoreError, StoreResult};
+use crate::ports::{HookStore, StoreResult};
 
 fn pk(ws: &WorkspaceId, wf: &WorkflowId) -> String {
     format!("{ws}#HOOKS#{wf}")
@@ -22,42 +21,17 @@ fn by_id(id: &HookId) -> Item {
 impl HookStore for DynamoStore {
     async fn create_hook(&self, h: &Hook, most: usize) -> StoreResult<bool> {
         let json = serde_json::to_string(h)?;
-        let count = build(
-            Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(pk(&h.workspace_id, &h.workflow_id), "#COUNT")))
-                .update_expression("ADD n :one")
-                .condition_expression("attribute_not_exists(n) OR n < :most")
-                .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":most", n(most))
-                .build(),
-        )?;
         let mut listed = key(pk(&h.workspace_id, &h.workflow_id), h.id.as_str());
         listed.insert("data".into(), s(json.clone()));
         let mut found = by_id(&h.id);
         found.insert("data".into(), s(json));
-        let put = |item: Item| {
-            build(
-                Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .condition_expression("attribute_not_exists(pk)")
-                    .build(),
-            )
-        };
-        let items = vec![
-            TransactWriteItem::builder().update(count).build(),
-            TransactWriteItem::builder().put(put(listed)?).build(),
-            TransactWriteItem::builder().put(put(found)?).build(),
-        ];
-        match self.transact(items).await? {
-            None => Ok(true),
-            Some(failed) if failed.first() == Some(&true) => Ok(false),
-            Some(_) => Err(StoreError::Conflict(format!(
-                "hook `{}` already exists",
-                h.id
-            ))),
-        }
+        self.create_counted(
+            key(pk(&h.workspace_id, &h.workflow_id), "#COUNT"),
+            most,
+            vec![listed, found],
+            &format!("hook `{}`", h.id),
+        )
+        .await
     }
 
     async fn list_hooks(&self, ws: &WorkspaceId, wf: &WorkflowId) -> StoreResult<Vec<Hook>> {
@@ -74,34 +48,13 @@ impl HookStore for DynamoStore {
         wf: &WorkflowId,
         id: &HookId,
     ) -> StoreResult<bool> {
-        let listed = build(
-            Delete::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(pk(ws, wf), id.as_str())))
-                .condition_expression("attribute_exists(pk)")
-                .build(),
-        )?;
-        let found = build(
-            Delete::builder()
-                .table_name(&self.table)
-                .set_key(Some(by_id(id)))
-                .build(),
-        )?;
-        let count = build(
-            Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(pk(ws, wf), "#COUNT")))
-                .update_expression("ADD n :minus")
-                .expression_attribute_values(":minus", n(-1))
-                .build(),
-        )?;
-        let items = vec![
-            TransactWriteItem::builder().delete(listed).build(),
-            TransactWriteItem::builder().delete(found).build(),
-            TransactWriteItem::builder().update(count).build(),
-        ];
-        // Its condition failed: the workflow has no such hook.
-        Ok(self.transact(items).await?.is_none())
+        // Its condition fails when the workflow has no such hook.
+        self.delete_counted(
+            key(pk(ws, wf), "#COUNT"),
+            key(pk(ws, wf), id.as_str()),
+            vec![by_id(id)],
+        )
+        .await
     }
 
     async fn find_hook(&self, id: &HookId) -> StoreResult<Option<Hook>> {

@@ -6,9 +6,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
-
-use super::{DynamoStore, Item, build, cancelled_conditions, data, get_s, key, n, s, sdk, ts};
+use super::{DynamoStore, Item, data, get_s, key, n, s, sdk, ts};
 use crate::domain::{Schedule, ScheduleId, WorkflowId, WorkspaceId};
 use crate::ports::{ScheduleStore, StoreError, StoreResult};
 
@@ -51,62 +49,17 @@ fn item(sc: &Schedule) -> StoreResult<Item> {
     Ok(item)
 }
 
-impl DynamoStore {
-    /// One transaction: None if it held, else which writes' conditions
-    /// failed.
-    pub(super) async fn transact(
-        &self,
-        items: Vec<TransactWriteItem>,
-    ) -> StoreResult<Option<Vec<bool>>> {
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(None),
-            Err(e) => match cancelled_conditions(&e) {
-                Some(failed) if failed.iter().any(|f| *f) => Ok(Some(failed)),
-                _ => Err(sdk(e)),
-            },
-        }
-    }
-}
-
 #[async_trait]
 impl ScheduleStore for DynamoStore {
     async fn create_schedule(&self, sc: &Schedule, most: usize) -> StoreResult<bool> {
         // The workspace's count and the schedule in one transaction.
-        let count = build(
-            Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(count_key(&sc.workspace_id)))
-                .update_expression("ADD n :one")
-                .condition_expression("attribute_not_exists(n) OR n < :most")
-                .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":most", n(most))
-                .build(),
-        )?;
-        let put = build(
-            Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(item(sc)?))
-                .condition_expression("attribute_not_exists(pk)")
-                .build(),
-        )?;
-        let items = vec![
-            TransactWriteItem::builder().update(count).build(),
-            TransactWriteItem::builder().put(put).build(),
-        ];
-        match self.transact(items).await? {
-            None => Ok(true),
-            Some(failed) if failed.first() == Some(&true) => Ok(false),
-            Some(_) => Err(StoreError::Conflict(format!(
-                "schedule `{}` already exists",
-                sc.id
-            ))),
-        }
+        self.create_counted(
+            count_key(&sc.workspace_id),
+            most,
+            vec![item(sc)?],
+            &format!("schedule `{}`", sc.id),
+        )
+        .await
     }
 
     async fn get_schedule(
@@ -161,27 +114,8 @@ impl ScheduleStore for DynamoStore {
         id: &ScheduleId,
     ) -> StoreResult<bool> {
         // The schedule and the workspace's count in one transaction.
-        let del = build(
-            Delete::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(pk(ws, wf), id.as_str())))
-                .condition_expression("attribute_exists(pk)")
-                .build(),
-        )?;
-        let count = build(
-            Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(count_key(ws)))
-                .update_expression("ADD n :minus")
-                .expression_attribute_values(":minus", n(-1))
-                .build(),
-        )?;
-        let items = vec![
-            TransactWriteItem::builder().delete(del).build(),
-            TransactWriteItem::builder().update(count).build(),
-        ];
-        // Its condition failed: there was no such schedule.
-        Ok(self.transact(items).await?.is_none())
+        self.delete_counted(count_key(ws), key(pk(ws, wf), id.as_str()), Vec::new())
+            .await
     }
 
     async fn due_schedules(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Schedule>> {

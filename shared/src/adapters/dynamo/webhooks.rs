@@ -8,10 +8,9 @@
 //! and `forget_ended` takes it out.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
-use super::{DynamoStore, Item, build, data, get_s, key, n, run_pk, s, sdk, ts};
+use super::{DynamoStore, Item, data, get_s, key, n, run_pk, s, sdk, ts};
 use crate::domain::{Delivery, Endpoint, EndpointId, RunId, WorkspaceId};
 use crate::ports::{Page, PageRequest, StoreError, StoreResult, WebhookStore};
 
@@ -144,35 +143,18 @@ impl DynamoStore {
 #[async_trait]
 impl WebhookStore for DynamoStore {
     async fn create_endpoint(&self, e: &Endpoint, most: usize) -> StoreResult<bool> {
-        let count = build(
-            Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(endpoints_pk(&e.workspace_id), "#COUNT")))
-                .update_expression("ADD n :one")
-                .condition_expression("attribute_not_exists(n) OR n < :most")
-                .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":most", n(most))
-                .build(),
-        )?;
-        let put = build(
-            Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(endpoint_item(e)?))
-                .condition_expression("attribute_not_exists(pk)")
-                .build(),
-        )?;
-        let items = vec![
-            TransactWriteItem::builder().update(count).build(),
-            TransactWriteItem::builder().put(put).build(),
-        ];
-        match self.transact(items).await? {
-            None => Ok(true),
-            Some(failed) if failed.first() == Some(&true) => Ok(false),
-            Some(_) => Err(StoreError::Conflict(format!(
-                "endpoint `{}` already exists",
-                e.id
-            ))),
+        let made = self
+            .create_counted(
+                key(endpoints_pk(&e.workspace_id), "#COUNT"),
+                most,
+                vec![endpoint_item(e)?],
+                &format!("endpoint `{}`", e.id),
+            )
+            .await?;
+        if made {
+            self.endpoint_flags.set(&e.workspace_id, true);
         }
+        Ok(made)
     }
 
     async fn get_endpoint(
@@ -204,26 +186,12 @@ impl WebhookStore for DynamoStore {
     }
 
     async fn delete_endpoint(&self, ws: &WorkspaceId, id: &EndpointId) -> StoreResult<bool> {
-        let del = build(
-            Delete::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(endpoints_pk(ws), id.as_str())))
-                .condition_expression("attribute_exists(pk)")
-                .build(),
-        )?;
-        let count = build(
-            Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(endpoints_pk(ws), "#COUNT")))
-                .update_expression("ADD n :minus")
-                .expression_attribute_values(":minus", n(-1))
-                .build(),
-        )?;
-        let items = vec![
-            TransactWriteItem::builder().delete(del).build(),
-            TransactWriteItem::builder().update(count).build(),
-        ];
-        Ok(self.transact(items).await?.is_none())
+        self.delete_counted(
+            key(endpoints_pk(ws), "#COUNT"),
+            key(endpoints_pk(ws), id.as_str()),
+            Vec::new(),
+        )
+        .await
     }
 
     async fn create_delivery(&self, d: &Delivery) -> StoreResult<bool> {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use super::tenants::insert_or_conflict;
+use super::tenants::{insert_counted, json_rows};
 use crate::domain::{Hook, HookId, Receipt, WorkflowId, WorkspaceId};
 use crate::ports::{HookInbox, HookStore, StoreResult};
 
@@ -26,22 +26,13 @@ impl HookStore for SqliteStore {
         let data = serde_json::to_string(h)?;
         self.db
             .write(move |tx| {
-                let held: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM hooks WHERE workspace_id = ?1 AND workflow_id = ?2",
-                    params![ws, wf],
-                    |r| r.get(0),
-                )?;
-                if held as usize >= most {
-                    return Ok(false);
-                }
-                insert_or_conflict(
-                    tx.execute(
-                        "INSERT INTO hooks (id, workspace_id, workflow_id, data) VALUES (?1, ?2, ?3, ?4)",
-                        params![id, ws, wf, data],
-                    ),
+                insert_counted(
+                    tx,
+                    ("SELECT COUNT(*) FROM hooks WHERE workspace_id = ?1 AND workflow_id = ?2", params![ws, wf]),
+                    most,
+                    ("INSERT INTO hooks (id, workspace_id, workflow_id, data) VALUES (?1, ?2, ?3, ?4)", params![id, ws, wf, data]),
                     &format!("hook `{id}`"),
-                )?;
-                Ok(true)
+                )
             })
             .await
     }
@@ -50,14 +41,11 @@ impl HookStore for SqliteStore {
         let (ws, wf) = (ws.to_string(), wf.to_string());
         self.db
             .read(move |c| {
-                let mut stmt = c.prepare_cached(
+                json_rows(
+                    c,
                     "SELECT data FROM hooks WHERE workspace_id = ?1 AND workflow_id = ?2 ORDER BY id",
-                )?;
-                let rows = stmt
-                    .query_map(params![ws, wf], |r| r.get::<_, String>(0))?
-                    .map(|d| Ok(serde_json::from_str(&d?)?))
-                    .collect::<StoreResult<Vec<_>>>()?;
-                Ok(rows)
+                    params![ws, wf],
+                )
             })
             .await
     }

@@ -3,7 +3,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use super::tenants::insert_or_conflict;
+use super::tenants::{insert_counted, json_rows};
 use crate::domain::{Schedule, ScheduleId, WorkflowId, WorkspaceId};
 use crate::ports::{ScheduleStore, StoreError, StoreResult};
 
@@ -48,22 +48,13 @@ impl ScheduleStore for SqliteStore {
         } = Row::of(s)?;
         self.db
             .write(move |tx| {
-                let held: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM schedules WHERE workspace_id = ?1",
-                    params![ws],
-                    |r| r.get(0),
-                )?;
-                if held as usize >= most {
-                    return Ok(false);
-                }
-                insert_or_conflict(
-                    tx.execute(
-                        "INSERT INTO schedules (workspace_id, workflow_id, id, due_at, revision, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        params![ws, wf, id, due, rev, data],
-                    ),
+                insert_counted(
+                    tx,
+                    ("SELECT COUNT(*) FROM schedules WHERE workspace_id = ?1", params![ws]),
+                    most,
+                    ("INSERT INTO schedules (workspace_id, workflow_id, id, due_at, revision, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", params![ws, wf, id, due, rev, data]),
                     &format!("schedule `{id}`"),
-                )?;
-                Ok(true)
+                )
             })
             .await
     }
@@ -97,14 +88,11 @@ impl ScheduleStore for SqliteStore {
         let (ws, wf) = (ws.to_string(), wf.to_string());
         self.db
             .read(move |c| {
-                let mut stmt = c.prepare_cached(
+                json_rows(
+                    c,
                     "SELECT data FROM schedules WHERE workspace_id = ?1 AND workflow_id = ?2 ORDER BY id",
-                )?;
-                let rows = stmt
-                    .query_map(params![ws, wf], |r| r.get::<_, String>(0))?
-                    .map(|d| Ok(serde_json::from_str(&d?)?))
-                    .collect::<StoreResult<Vec<_>>>()?;
-                Ok(rows)
+                    params![ws, wf],
+                )
             })
             .await
     }

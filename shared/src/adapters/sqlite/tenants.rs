@@ -19,6 +19,38 @@ pub(super) fn insert_or_conflict(res: rusqlite::Result<usize>, what: &str) -> St
     }
 }
 
+/// The first column of each row, JSON, read as `T`.
+pub(super) fn json_rows<T: serde::de::DeserializeOwned>(
+    c: &rusqlite::Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> StoreResult<Vec<T>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let out = stmt
+        .query_map(p, |r| r.get::<_, String>(0))?
+        .map(|d| Ok(serde_json::from_str(&d?)?))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(out)
+}
+
+/// Inserts a row of something a workspace may hold only so many of:
+/// false (and nothing written) if `count` (a `SELECT COUNT(*)`) says it
+/// holds `most` already. In the caller's transaction, so the count holds.
+pub(super) fn insert_counted(
+    tx: &rusqlite::Transaction,
+    count: (&str, &[&dyn rusqlite::ToSql]),
+    most: usize,
+    insert: (&str, &[&dyn rusqlite::ToSql]),
+    what: &str,
+) -> StoreResult<bool> {
+    let held: i64 = tx.query_row(count.0, count.1, |r| r.get(0))?;
+    if held as usize >= most {
+        return Ok(false);
+    }
+    insert_or_conflict(tx.execute(insert.0, insert.1), what)?;
+    Ok(true)
+}
+
 #[async_trait]
 impl WorkspaceStore for SqliteStore {
     async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()> {

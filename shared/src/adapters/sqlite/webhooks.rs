@@ -7,25 +7,12 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use super::tenants::insert_or_conflict;
+use super::tenants::{insert_counted, json_rows};
 use crate::domain::{Delivery, Endpoint, EndpointId, RunId, WorkspaceId};
 use crate::ports::{Page, PageRequest, StoreError, StoreResult, WebhookStore};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-fn rows<T: serde::de::DeserializeOwned>(
-    c: &rusqlite::Connection,
-    sql: &str,
-    p: impl rusqlite::Params,
-) -> StoreResult<Vec<T>> {
-    let mut stmt = c.prepare_cached(sql)?;
-    let out = stmt
-        .query_map(p, |r| r.get::<_, String>(0))?
-        .map(|d| Ok(serde_json::from_str(&d?)?))
-        .collect::<StoreResult<Vec<_>>>()?;
-    Ok(out)
 }
 
 #[async_trait]
@@ -39,22 +26,13 @@ impl WebhookStore for SqliteStore {
         let data = serde_json::to_string(e)?;
         self.db
             .write(move |tx| {
-                let held: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM webhook_endpoints WHERE workspace_id = ?1",
-                    params![ws],
-                    |r| r.get(0),
-                )?;
-                if held as usize >= most {
-                    return Ok(false);
-                }
-                insert_or_conflict(
-                    tx.execute(
-                        "INSERT INTO webhook_endpoints (workspace_id, id, revision, data) VALUES (?1, ?2, ?3, ?4)",
-                        params![ws, id, rev, data],
-                    ),
+                insert_counted(
+                    tx,
+                    ("SELECT COUNT(*) FROM webhook_endpoints WHERE workspace_id = ?1", params![ws]),
+                    most,
+                    ("INSERT INTO webhook_endpoints (workspace_id, id, revision, data) VALUES (?1, ?2, ?3, ?4)", params![ws, id, rev, data]),
                     &format!("endpoint `{id}`"),
-                )?;
-                Ok(true)
+                )
             })
             .await
     }
@@ -67,7 +45,7 @@ impl WebhookStore for SqliteStore {
         let (ws, id) = (ws.to_string(), id.to_string());
         self.db
             .read(move |c| {
-                Ok(rows(
+                Ok(json_rows(
                     c,
                     "SELECT data FROM webhook_endpoints WHERE workspace_id = ?1 AND id = ?2",
                     params![ws, id],
@@ -81,7 +59,7 @@ impl WebhookStore for SqliteStore {
         let ws = ws.to_string();
         self.db
             .read(move |c| {
-                rows(
+                json_rows(
                     c,
                     "SELECT data FROM webhook_endpoints WHERE workspace_id = ?1 ORDER BY id",
                     params![ws],
@@ -217,7 +195,7 @@ impl WebhookStore for SqliteStore {
         let limit = page.limit;
         self.db
             .read(move |c| {
-                let items: Vec<Delivery> = rows(
+                let items: Vec<Delivery> = json_rows(
                     c,
                     "SELECT data FROM webhook_deliveries WHERE workspace_id = ?1 AND endpoint_id = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
                     params![ws, ep, before, limit + 1],
@@ -237,7 +215,7 @@ impl WebhookStore for SqliteStore {
         let busy = serde_json::to_string(busy)?;
         self.db
             .read(move |c| {
-                rows(
+                json_rows(
                     c,
                     "SELECT data FROM webhook_deliveries WHERE due_at IS NOT NULL AND due_at <= ?1 \
                      AND workspace_id NOT IN (SELECT value FROM json_each(?3)) ORDER BY due_at LIMIT ?2",
