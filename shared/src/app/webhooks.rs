@@ -421,47 +421,64 @@ impl App {
     /// wants the event), then forgets them. Returns how many were made.
     pub async fn notify_ended_runs(&self) -> Result<usize, AppError> {
         let ended = self.stores.webhooks.ended_runs(ENDED_BATCH).await?;
-        let mut endpoints: Vec<(WorkspaceId, Vec<Endpoint>)> = Vec::new();
+        let mut endpoints: std::collections::HashMap<WorkspaceId, Vec<Endpoint>> =
+            Default::default();
         let mut made = 0;
         for (ws, run_id) in ended {
-            let eps = match endpoints.iter().find(|(w, _)| *w == ws) {
-                Some((_, eps)) => eps.clone(),
-                None => {
-                    let eps = self.stores.webhooks.list_endpoints(&ws).await?;
-                    endpoints.push((ws.clone(), eps.clone()));
-                    eps
-                }
-            };
-            if let Some(run) = self.stores.runs.get_run(&ws, &run_id).await?
-                && let Some(ty) = EventType::of_run(run.status)
-            {
-                let wanting: Vec<&Endpoint> = eps
-                    .iter()
-                    .filter(|e| e.wants(ty, &run.workflow_id))
-                    .collect();
-                let body = (!wanting.is_empty()).then(|| payload::run_event(ty, &run));
-                for e in wanting {
-                    let d = Delivery {
-                        workspace_id: ws.clone(),
-                        id: delivery_id(&run, &e.id, ty),
-                        endpoint_id: e.id.clone(),
-                        event_type: ty,
-                        run_id: run.id.clone(),
-                        payload: body.clone().unwrap_or_default(),
-                        created_at: Utc::now(),
-                        status: DeliveryStatus::Pending,
-                        attempts: Vec::new(),
-                        round: 0,
-                        next_attempt_at: Some(Utc::now()),
-                        revision: 1,
-                    };
-                    if self.stores.webhooks.create_delivery(&d).await? {
-                        made += 1;
-                    }
+            if !endpoints.contains_key(&ws) {
+                let eps = self.stores.webhooks.list_endpoints(&ws).await?;
+                endpoints.insert(ws.clone(), eps);
+            }
+            let eps = endpoints.get(&ws).map_or(&[][..], Vec::as_slice);
+            // One run that cannot be read holds up no other: it stays in
+            // the outbox and is tried again by a later pass.
+            match self.notify_run(&ws, &run_id, eps).await {
+                Ok(n) => made += n,
+                Err(e) => {
+                    tracing::warn!(workspace_id = %ws, run_id = %run_id, error = %e, "making a run's webhook deliveries");
                 }
             }
-            self.stores.webhooks.forget_ended(&ws, &run_id).await?;
         }
+        Ok(made)
+    }
+
+    /// Makes one ended run's deliveries, then forgets it.
+    async fn notify_run(
+        &self,
+        ws: &WorkspaceId,
+        run_id: &crate::domain::RunId,
+        eps: &[Endpoint],
+    ) -> Result<usize, AppError> {
+        let mut made = 0;
+        if let Some(run) = self.stores.runs.get_run(ws, run_id).await?
+            && let Some(ty) = EventType::of_run(run.status)
+        {
+            let wanting: Vec<&Endpoint> = eps
+                .iter()
+                .filter(|e| e.wants(ty, &run.workflow_id))
+                .collect();
+            let body = (!wanting.is_empty()).then(|| payload::run_event(ty, &run));
+            for e in wanting {
+                let d = Delivery {
+                    workspace_id: ws.clone(),
+                    id: delivery_id(&run, &e.id, ty),
+                    endpoint_id: e.id.clone(),
+                    event_type: ty,
+                    run_id: run.id.clone(),
+                    payload: body.clone().unwrap_or_default(),
+                    created_at: Utc::now(),
+                    status: DeliveryStatus::Pending,
+                    attempts: Vec::new(),
+                    round: 0,
+                    next_attempt_at: Some(Utc::now()),
+                    revision: 1,
+                };
+                if self.stores.webhooks.create_delivery(&d).await? {
+                    made += 1;
+                }
+            }
+        }
+        self.stores.webhooks.forget_ended(ws, run_id).await?;
         Ok(made)
     }
 
