@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::runs::{Claim, Delivery, IDEMPOTENCY_TTL_HOURS};
-use super::{App, AppError, StartRun};
+use super::{App, AppError, StartRun, cut};
 use crate::domain::{RunId, WorkflowId, WorkspaceId};
 use crate::ports::IdempotencyClaim;
 
@@ -23,8 +23,6 @@ pub const MAX_WORKFLOWS_MATCHED: usize = 1_000;
 pub const MAX_RUNS_PER_EVENT: usize = 100;
 /// Most waiting steps one event is delivered to.
 pub const MAX_WAITERS_PER_EVENT: usize = 1000;
-/// Longest reason given for a workflow the event could not start.
-const MAX_DETAIL_CHARS: usize = 300;
 
 /// An event to send, as the API parsed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -266,14 +264,6 @@ fn matching<'c>(
         }
         matched
     })
-}
-
-fn cut(mut s: String) -> String {
-    if let Some((i, _)) = s.char_indices().nth(MAX_DETAIL_CHARS) {
-        s.truncate(i);
-        s.push('…');
-    }
-    s
 }
 
 /// What a claim under an event's id is checked against: its name and, for

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::runs::Claim;
-use super::{App, AppError, StartRun};
+use super::{App, AppError, StartRun, cut};
 use crate::domain::limits::{MAX_VALUE_DEPTH, check_json};
 use crate::domain::{Hook, HookId, Receipt, RunId, Verification, WorkflowId, WorkspaceId};
 use crate::dsl::{Path, ValidationError};
@@ -286,7 +286,7 @@ impl App {
         };
         let input = match crate::orchestrator::tick::cpu(|| input_of(&hook, r)) {
             Ok(v) => v,
-            Err(why) => return Ok(Processed::Dropped(why)),
+            Err(why) => return Ok(Processed::Dropped(cut(why))),
         };
         let mut h = Sha256::new();
         h.update(b"hook\0");
@@ -312,16 +312,16 @@ impl App {
                 run_id: run.id,
                 replayed,
             }),
-            Err(AppError::InvalidRequest(errors)) => Ok(Processed::Dropped(format!(
+            Err(AppError::InvalidRequest(errors)) => Ok(Processed::Dropped(cut(format!(
                 "the input is refused by the workflow's input_schema: {}",
                 errors
                     .iter()
                     .map(|e| format!("{}: {}", e.path, e.message))
                     .collect::<Vec<_>>()
                     .join("; ")
-            ))),
+            )))),
             Err(AppError::NotFound(m) | AppError::Conflict(m) | AppError::BadRequest(m)) => {
-                Ok(Processed::Dropped(m))
+                Ok(Processed::Dropped(cut(m)))
             }
             Err(e) => Err(e),
         }

@@ -51,6 +51,19 @@ pub struct App {
     sending: webhooks::Sending,
 }
 
+/// Longest reason an answer or a log line gives for something that could
+/// not be done (it may quote tenant data: a refused input's values).
+const MAX_DETAIL_CHARS: usize = 300;
+
+/// `s`, cut to `MAX_DETAIL_CHARS`.
+fn cut(mut s: String) -> String {
+    if let Some((i, _)) = s.char_indices().nth(MAX_DETAIL_CHARS) {
+        s.truncate(i);
+        s.push('…');
+    }
+    s
+}
+
 /// Step outputs the API's answers may hold in memory at once, in all.
 pub const READ_MEMORY: u64 = 512 << 20;
 
