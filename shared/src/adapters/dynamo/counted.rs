@@ -1,7 +1,8 @@
 //! Writes of items a workspace may hold only so many of (schedules,
 //! hooks, webhook endpoints): the items and the count item that bounds
 //! them change in one transaction, so concurrent creates cannot pass the
-//! bound and a delete frees its place.
+//! bound and a delete frees its place; and their revision-conditioned
+//! rewrites.
 
 use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
 
@@ -107,5 +108,32 @@ impl DynamoStore {
                 .build(),
         );
         Ok(self.transact(writes).await?.is_none())
+    }
+
+    /// Writes an item at `revision` if it is stored at `revision - 1`
+    /// (Conflict naming `what` otherwise, also when it is gone).
+    pub(super) async fn put_conditioned(
+        &self,
+        item: Item,
+        revision: u64,
+        what: String,
+    ) -> StoreResult<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("revision = :prev")
+            .expression_attribute_values(":prev", n(revision.saturating_sub(1)))
+            .send()
+            .await
+            .map_err(sdk)
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "{what} is not at revision {}",
+                    revision.saturating_sub(1)
+                )),
+                e => e,
+            })?;
+        Ok(())
     }
 }

@@ -6,9 +6,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{DynamoStore, Item, data, get_s, key, n, s, sdk, ts};
+use super::{DynamoStore, Item, data, get_s, key, n, s, ts};
 use crate::domain::{Schedule, ScheduleId, WorkflowId, WorkspaceId};
-use crate::ports::{ScheduleStore, StoreError, StoreResult};
+use crate::ports::{ScheduleStore, StoreResult};
 
 /// Partitions of the due-schedules index (writes spread, the tick reads
 /// each).
@@ -87,24 +87,8 @@ impl ScheduleStore for DynamoStore {
     }
 
     async fn save_schedule(&self, sc: &Schedule) -> StoreResult<()> {
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item(sc)?))
-            .condition_expression("revision = :prev")
-            .expression_attribute_values(":prev", n(sc.revision.saturating_sub(1)))
-            .send()
+        self.put_conditioned(item(sc)?, sc.revision, format!("schedule `{}`", sc.id))
             .await
-            .map_err(sdk)
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => StoreError::Conflict(format!(
-                    "schedule `{}` is not at revision {}",
-                    sc.id,
-                    sc.revision.saturating_sub(1)
-                )),
-                e => e,
-            })?;
-        Ok(())
     }
 
     async fn delete_schedule(

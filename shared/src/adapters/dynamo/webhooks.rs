@@ -118,26 +118,6 @@ impl DynamoStore {
         self.endpoint_flags.set(ws, v);
         Ok(v)
     }
-
-    async fn put_conditioned(&self, item: Item, revision: u64, what: String) -> StoreResult<()> {
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("revision = :prev")
-            .expression_attribute_values(":prev", n(revision.saturating_sub(1)))
-            .send()
-            .await
-            .map_err(sdk)
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => StoreError::Conflict(format!(
-                    "{what} is not at revision {}",
-                    revision.saturating_sub(1)
-                )),
-                e => e,
-            })?;
-        Ok(())
-    }
 }
 
 #[async_trait]

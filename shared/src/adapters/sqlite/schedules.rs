@@ -3,9 +3,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use super::tenants::{insert_counted, json_rows};
+use super::tenants::{insert_counted, json_rows, update_at_revision};
 use crate::domain::{Schedule, ScheduleId, WorkflowId, WorkspaceId};
-use crate::ports::{ScheduleStore, StoreError, StoreResult};
+use crate::ports::{ScheduleStore, StoreResult};
 
 /// Times as text that sorts as time does.
 fn ts(t: DateTime<Utc>) -> String {
@@ -108,17 +108,13 @@ impl ScheduleStore for SqliteStore {
         } = Row::of(s)?;
         self.db
             .write(move |tx| {
-                let n = tx.execute(
+                update_at_revision(
+                    tx,
                     "UPDATE schedules SET due_at = ?4, revision = ?5, data = ?6 WHERE workspace_id = ?1 AND workflow_id = ?2 AND id = ?3 AND revision = ?5 - 1",
                     params![ws, wf, id, due, rev, data],
-                )?;
-                match n {
-                    1 => Ok(()),
-                    _ => Err(StoreError::Conflict(format!(
-                        "schedule `{id}` is not at revision {}",
-                        rev - 1
-                    ))),
-                }
+                    rev,
+                    &format!("schedule `{id}`"),
+                )
             })
             .await
     }

@@ -19,6 +19,25 @@ pub(super) fn insert_or_conflict(res: rusqlite::Result<usize>, what: &str) -> St
     }
 }
 
+/// Runs an `UPDATE … AND revision = <rev> - 1` of one row: Conflict
+/// (naming `what`) if no row was at the revision before `rev`.
+pub(super) fn update_at_revision(
+    tx: &rusqlite::Transaction,
+    sql: &str,
+    p: &[&dyn rusqlite::ToSql],
+    rev: i64,
+    what: &str,
+) -> StoreResult<()> {
+    if tx.execute(sql, p)? == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "{what} is not at revision {}",
+            rev - 1
+        )))
+    }
+}
+
 /// The first column of each row, JSON, read as `T`.
 pub(super) fn json_rows<T: serde::de::DeserializeOwned>(
     c: &rusqlite::Connection,

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use super::tenants::{insert_counted, json_rows};
+use super::tenants::{insert_counted, json_rows, update_at_revision};
 use crate::domain::{Delivery, Endpoint, EndpointId, RunId, WorkspaceId};
-use crate::ports::{Page, PageRequest, StoreError, StoreResult, WebhookStore};
+use crate::ports::{Page, PageRequest, StoreResult, WebhookStore};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -77,18 +77,13 @@ impl WebhookStore for SqliteStore {
         let data = serde_json::to_string(e)?;
         self.db
             .write(move |tx| {
-                let n = tx.execute(
+                update_at_revision(
+                    tx,
                     "UPDATE webhook_endpoints SET revision = ?3, data = ?4 WHERE workspace_id = ?1 AND id = ?2 AND revision = ?3 - 1",
                     params![ws, id, rev, data],
-                )?;
-                if n == 1 {
-                    Ok(())
-                } else {
-                    Err(StoreError::Conflict(format!(
-                        "endpoint `{id}` is not at revision {}",
-                        rev - 1
-                    )))
-                }
+                    rev,
+                    &format!("endpoint `{id}`"),
+                )
             })
             .await
     }
@@ -164,18 +159,13 @@ impl WebhookStore for SqliteStore {
         let data = serde_json::to_string(d)?;
         self.db
             .write(move |tx| {
-                let n = tx.execute(
+                update_at_revision(
+                    tx,
                     "UPDATE webhook_deliveries SET due_at = ?3, revision = ?4, data = ?5 WHERE workspace_id = ?1 AND id = ?2 AND revision = ?4 - 1",
                     params![ws, id, due, rev, data],
-                )?;
-                if n == 1 {
-                    Ok(())
-                } else {
-                    Err(StoreError::Conflict(format!(
-                        "delivery `{id}` is not at revision {}",
-                        rev - 1
-                    )))
-                }
+                    rev,
+                    &format!("delivery `{id}`"),
+                )
             })
             .await
     }
