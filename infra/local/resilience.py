@@ -198,7 +198,7 @@ def webhook_once(ready, base, lam):
     create(ready, {"id": "res_notify", "name": "notified", "steps": [
         {"id": "t", "type": "transform", "inputs": {"ok": True}}
     ]})
-    status, ep = api(ready, "POST", "/v1/webhooks", {"url": f"{base}/webhook", "workflow_ids": ["res_notify"]})
+    status, ep = api(ready, "POST", "/v1/endpoints", {"url": f"{base}/webhook", "workflow_ids": ["res_notify"]})
     if status != 201:
         sys.exit(f"resilience: creating the endpoint failed: {status} {ep}")
     try:
@@ -223,7 +223,7 @@ def webhook_once(ready, base, lam):
         print(f"ok  a run's end is delivered once, signed, by ticks that come twice (ticks: {[t.get('webhooks') for t in ticks]})")
     finally:
         # Later checks (the cost measurement) run in this workspace.
-        api(ready, "DELETE", f"/v1/webhooks/{ep['id']}", None)
+        api(ready, "DELETE", f"/v1/endpoints/{ep['id']}", None)
 
 
 def main():

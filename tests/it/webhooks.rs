@@ -55,10 +55,17 @@ impl Receiver {
     }
 }
 
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
     r.got.lock().expect("lock").push((headers, body));
     let code = r.answers.lock().expect("lock").pop_front().unwrap_or(200);
-    StatusCode::from_u16(code).unwrap_or(StatusCode::OK)
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+        format!("answer {code}"),
+    )
 }
 
 fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
@@ -69,7 +76,7 @@ fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> 
 }
 
 async fn endpoint(app: &TestApp, body: Value) -> (String, String) {
-    let r = app.post("/v1/webhooks", body).await;
+    let r = app.post("/v1/endpoints", body).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let secret = r.body["secret"].as_str().expect("secret").to_owned();
     assert!(secret.starts_with("whsec_"));
@@ -93,7 +100,7 @@ async fn a_run_that_ends_is_delivered_signed_and_a_failure_is_tried_again_with_t
     let (rx, url) = Receiver::start(&[503]).await;
     let (ep, secret) = endpoint(&app, json!({"url": url, "description": "orders"})).await;
     // The secret is shown once.
-    let shown = app.get(&format!("/v1/webhooks/{ep}")).await;
+    let shown = app.get(&format!("/v1/endpoints/{ep}")).await;
     assert!(!shown.body.to_string().contains(&secret), "{}", shown.body);
     let wf = app.create_workflow(workflow()).await;
     let run = finished_run(&app, &wf, json!({"n": 21})).await;
@@ -115,7 +122,7 @@ async fn a_run_that_ends_is_delivered_signed_and_a_failure_is_tried_again_with_t
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let listed = loop {
-        let r = app.get(&format!("/v1/webhooks/{ep}/deliveries")).await;
+        let r = app.get(&format!("/v1/endpoints/{ep}/deliveries")).await;
         assert_eq!(r.status, 200, "{}", r.body);
         if r.body["items"][0]["status"] == "succeeded" || tokio::time::Instant::now() > deadline {
             break r.body;
@@ -125,16 +132,18 @@ async fn a_run_that_ends_is_delivered_signed_and_a_failure_is_tried_again_with_t
     let d = &listed["items"][0];
     assert_eq!(d["status"], "succeeded", "{listed}");
     assert_eq!(d["attempts"][0]["status_code"], 503);
+    // The start of each answer is kept.
+    assert_eq!(d["attempts"][0]["response"], "answer 503");
     assert_eq!(d["attempts"][1]["status_code"], 200);
     assert_eq!(d["event_type"], "run.completed");
+    let id = d["id"].as_str().expect("id");
+    let one = app.get(&format!("/v1/deliveries/{id}")).await;
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert_eq!(one.body["endpoint_id"], ep.as_str());
 
     // Replayed: sent again, same id.
-    let id = d["id"].as_str().expect("id");
     let r = app
-        .post(
-            &format!("/v1/webhooks/{ep}/deliveries/{id}/replay"),
-            json!({}),
-        )
+        .post(&format!("/v1/deliveries/{id}/replay"), json!({}))
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let got = rx.wait_for(3, Duration::from_secs(10)).await;
@@ -155,13 +164,10 @@ async fn endpoints_take_only_the_events_and_workflows_they_name_and_a_410_disabl
 
     finished_run(&app, &other_wf, json!({"n": 1})).await;
     finished_run(&app, &wf, json!({"n": 2})).await;
-    let got = mine_rx.wait_for(1, Duration::from_secs(10)).await;
-    let body: Value = serde_json::from_slice(&got[0].1).expect("json");
-    assert_eq!(body["data"]["workflow_id"], wf.as_str());
     gone_rx.wait_for(1, Duration::from_secs(10)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let e = app.get(&format!("/v1/webhooks/{gone}")).await;
+        let e = app.get(&format!("/v1/endpoints/{gone}")).await;
         if e.body["disabled"] == true {
             assert!(
                 e.body["disabled_reason"]
@@ -175,11 +181,79 @@ async fn endpoints_take_only_the_events_and_workflows_they_name_and_a_410_disabl
         assert!(tokio::time::Instant::now() < deadline, "{}", e.body);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The endpoint of one workflow hears of its run, and (whatever its
+    // workflows) that the other endpoint was disabled.
+    let got = mine_rx.wait_for(2, Duration::from_secs(10)).await;
+    let bodies: Vec<Value> = got
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).expect("json"))
+        .collect();
+    let of_type = |ty: &str| bodies.iter().find(|b| b["type"] == ty).cloned();
+    let run = of_type("run.completed").expect("the run's event");
+    assert_eq!(run["data"]["workflow_id"], wf.as_str());
+    let told = of_type("endpoint.disabled").expect("told of the disabled one");
+    assert_eq!(told["data"]["endpoint_id"], gone.as_str());
+    assert!(
+        told["data"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("410"))
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A failed-runs endpoint heard nothing; the disabled one nothing more.
     assert!(failed_rx.got().is_empty());
     assert_eq!(gone_rx.got().len(), 1);
-    assert_eq!(mine_rx.got().len(), 1);
+    assert_eq!(mine_rx.got().len(), 2);
+
+    // Its failed delivery is a dead letter: listed by status, replayable
+    // once the endpoint is on again.
+    let list = |status: &'static str| {
+        let (app, gone) = (&app, &gone);
+        async move {
+            app.get(&format!("/v1/endpoints/{gone}/deliveries?status={status}"))
+                .await
+        }
+    };
+    // The one answered 410, and the other run's (never sent: the endpoint
+    // was off by the time it was tried).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let failed = list("failed").await;
+        assert_eq!(failed.status, 200, "{}", failed.body);
+        if failed.body["items"].as_array().map(Vec::len) == Some(2) {
+            break failed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", failed.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed.body["items"][0]["status"], "failed");
+    assert_eq!(list("succeeded").await.body["items"], json!([]));
+    let bad = list("lost").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let since = json!({"since": "2020-01-01T00:00:00Z"});
+    let replay = format!("/v1/endpoints/{gone}/replay");
+    assert_eq!(app.post(&replay, since.clone()).await.status, 409);
+    let on = app
+        .call(
+            "PATCH",
+            &format!("/v1/endpoints/{gone}"),
+            Some(json!({"disabled": false})),
+            Some(&app.key),
+            &[],
+        )
+        .await;
+    assert_eq!(on.status, 200, "{}", on.body);
+    let bad = app.post(&replay, json!({"since": "yesterday"})).await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    let r = app.post(&replay, since).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body, json!({"replayed": 2, "more": false}));
+    let got = gone_rx.wait_for(3, Duration::from_secs(10)).await;
+    assert!(
+        got[1..]
+            .iter()
+            .any(|(h, _)| h["webhook-id"] == got[0].0["webhook-id"]),
+        "the same id again"
+    );
 }
 
 #[tokio::test]
@@ -188,7 +262,7 @@ async fn a_rotated_secret_signs_beside_the_old_one() {
     let (rx, url) = Receiver::start(&[]).await;
     let (ep, old) = endpoint(&app, json!({"url": url})).await;
     let r = app
-        .post(&format!("/v1/webhooks/{ep}/rotate-secret"), json!({}))
+        .post(&format!("/v1/endpoints/{ep}/rotate-secret"), json!({}))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let new = r.body["secret"].as_str().expect("secret").to_owned();
@@ -214,11 +288,11 @@ async fn bad_endpoints_are_refused_and_other_workspaces_see_none() {
         "not a url",
         "https://user:pw@example.com/",
     ] {
-        let r = strict.post("/v1/webhooks", json!({"url": url})).await;
+        let r = strict.post("/v1/endpoints", json!({"url": url})).await;
         assert_eq!(r.status, 422, "{url}: {}", r.body);
         assert_eq!(crate::common::error_paths(&r.body), ["$.url"], "{url}");
     }
-    let r = strict.post("/v1/webhooks", json!({"url": "https://example.com/h", "events": ["run.exploded"], "workflow_ids": ["wf_nope"], "color": 1})).await;
+    let r = strict.post("/v1/endpoints", json!({"url": "https://example.com/h", "events": ["run.exploded"], "workflow_ids": ["wf_nope"], "color": 1})).await;
     assert_eq!(r.status, 422, "{}", r.body);
     let paths = crate::common::error_paths(&r.body);
     assert!(
@@ -227,7 +301,7 @@ async fn bad_endpoints_are_refused_and_other_workspaces_see_none() {
     );
     let r = strict
         .post(
-            "/v1/webhooks",
+            "/v1/endpoints",
             json!({"url": "https://example.com/h", "workflow_ids": ["wf_nope"]}),
         )
         .await;
@@ -242,30 +316,30 @@ async fn bad_endpoints_are_refused_and_other_workspaces_see_none() {
     let (_, url) = Receiver::start(&[]).await;
     let (ep, _) = endpoint(&app, json!({"url": url})).await;
     let other = TestApp::external(&app.base, &app.other_workspace().await);
-    assert_eq!(other.get(&format!("/v1/webhooks/{ep}")).await.status, 404);
+    assert_eq!(other.get(&format!("/v1/endpoints/{ep}")).await.status, 404);
     assert_eq!(
         other
-            .post(&format!("/v1/webhooks/{ep}/rotate-secret"), json!({}))
+            .post(&format!("/v1/endpoints/{ep}/rotate-secret"), json!({}))
             .await
             .status,
         404
     );
     assert_eq!(
         other
-            .get(&format!("/v1/webhooks/{ep}/deliveries"))
+            .get(&format!("/v1/endpoints/{ep}/deliveries"))
             .await
             .status,
         404
     );
     assert_eq!(
-        other.delete(&format!("/v1/webhooks/{ep}")).await.status,
+        other.delete(&format!("/v1/endpoints/{ep}")).await.status,
         404
     );
-    assert_eq!(other.get("/v1/webhooks").await.body["items"], json!([]));
+    assert_eq!(other.get("/v1/endpoints").await.body["items"], json!([]));
     let r = app
         .call(
             "PATCH",
-            &format!("/v1/webhooks/{ep}"),
+            &format!("/v1/endpoints/{ep}"),
             Some(json!({"disabled": true})),
             Some(&app.key),
             &[],
@@ -273,8 +347,8 @@ async fn bad_endpoints_are_refused_and_other_workspaces_see_none() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["disabled"], true);
-    assert_eq!(app.delete(&format!("/v1/webhooks/{ep}")).await.status, 204);
-    assert_eq!(app.get(&format!("/v1/webhooks/{ep}")).await.status, 404);
+    assert_eq!(app.delete(&format!("/v1/endpoints/{ep}")).await.status, 204);
+    assert_eq!(app.get(&format!("/v1/endpoints/{ep}")).await.status, 404);
 }
 
 /// A receiver that never answers in time.
@@ -312,7 +386,7 @@ async fn one_tenants_hanging_endpoints_do_not_hold_up_anothers_deliveries() {
     rx.wait_for(1, Duration::from_secs(30)).await;
     let waited = ended.elapsed();
     // Not a speed claim: a send held up behind the hanging ones would wait
-    // their 10 s timeout.
+    // their 15 s timeout.
     assert!(waited < Duration::from_secs(8), "{waited:?}");
 }
 
@@ -324,7 +398,7 @@ async fn a_second_rotation_ends_the_first_old_key_and_replays_need_a_live_endpoi
     let mut secrets = vec![first];
     for _ in 0..3 {
         let r = app
-            .post(&format!("/v1/webhooks/{ep}/rotate-secret"), json!({}))
+            .post(&format!("/v1/endpoints/{ep}/rotate-secret"), json!({}))
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         secrets.push(r.body["secret"].as_str().expect("secret").to_owned());
@@ -344,31 +418,31 @@ async fn a_second_rotation_ends_the_first_old_key_and_replays_need_a_live_endpoi
     assert!(verify(&secrets[1], headers, body).is_err());
     assert!(verify(&secrets[0], headers, body).is_err());
 
-    let r = app.get(&format!("/v1/webhooks/{ep}/deliveries")).await;
+    let r = app.get(&format!("/v1/endpoints/{ep}/deliveries")).await;
     let id = r.body["items"][0]["id"].as_str().expect("id").to_owned();
     let r = app
         .call(
             "PATCH",
-            &format!("/v1/webhooks/{ep}"),
+            &format!("/v1/endpoints/{ep}"),
             Some(json!({"disabled": true})),
             Some(&app.key),
             &[],
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
+    let other = TestApp::external(&app.base, &app.other_workspace().await);
+    let theirs = other
+        .post(&format!("/v1/deliveries/{id}/replay"), json!({}))
+        .await;
+    assert_eq!(theirs.status, 404, "{}", theirs.body);
+    assert_eq!(other.get(&format!("/v1/deliveries/{id}")).await.status, 404);
     let r = app
-        .post(
-            &format!("/v1/webhooks/{ep}/deliveries/{id}/replay"),
-            json!({}),
-        )
+        .post(&format!("/v1/deliveries/{id}/replay"), json!({}))
         .await;
     assert_eq!(r.status, 409, "{}", r.body);
-    assert_eq!(app.delete(&format!("/v1/webhooks/{ep}")).await.status, 204);
+    assert_eq!(app.delete(&format!("/v1/endpoints/{ep}")).await.status, 204);
     let r = app
-        .post(
-            &format!("/v1/webhooks/{ep}/deliveries/{id}/replay"),
-            json!({}),
-        )
+        .post(&format!("/v1/deliveries/{id}/replay"), json!({}))
         .await;
     assert_eq!(r.status, 404, "{}", r.body);
 }

@@ -70,20 +70,22 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/hooks/{hook_id}",
             post(hooks::receive).layer(DefaultBodyLimit::max(crate::hooks::MAX_BODY_BYTES)),
         )
-        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/endpoints", post(webhooks::create).get(webhooks::list))
         .route(
-            "/v1/webhooks/{id}",
+            "/v1/endpoints/{id}",
             get(webhooks::get)
                 .patch(webhooks::update)
                 .delete(webhooks::delete),
         )
         .route(
-            "/v1/webhooks/{id}/rotate-secret",
+            "/v1/endpoints/{id}/rotate-secret",
             post(webhooks::rotate_secret),
         )
-        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/endpoints/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/endpoints/{id}/replay", post(webhooks::replay_since))
+        .route("/v1/deliveries/{delivery_id}", get(webhooks::delivery))
         .route(
-            "/v1/webhooks/{id}/deliveries/{delivery_id}/replay",
+            "/v1/deliveries/{delivery_id}/replay",
             post(webhooks::replay),
         )
         .route("/v1/secrets", get(secrets::list))

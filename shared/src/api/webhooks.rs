@@ -1,5 +1,5 @@
-//! `/v1/webhooks`: a workspace's outbound webhook endpoints and their
-//! deliveries.
+//! `/v1/endpoints` and `/v1/deliveries`: a workspace's outbound webhook
+//! endpoints and their deliveries.
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use super::extract::{Auth, JsonBody, Params};
 use super::problem::Problem;
 use super::views::{self, EndpointView};
 use crate::app::{App, AppError, EndpointFields};
-use crate::domain::{EndpointId, EventType, WorkflowId};
+use crate::domain::{DeliveryStatus, EndpointId, EventType, WorkflowId};
 use crate::dsl::{Path as At, ValidationError};
 
 pub async fn create(
@@ -89,26 +89,83 @@ pub async fn deliveries(
     Path(id): Path<String>,
     params: Params,
 ) -> Result<Response, Problem> {
-    params.only(&["limit", "cursor"])?;
+    params.only(&["limit", "cursor", "status"])?;
+    let status = match params.get("status") {
+        None => None,
+        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+            Problem::bad_request(format!(
+                "`status` must be pending, succeeded or failed, not `{}`",
+                crate::app::cut(s.to_owned())
+            ))
+        })?),
+    };
     let page = app
         .list_deliveries(
             &who.workspace_id,
             &EndpointId::from_string(id),
+            status,
             &params.page()?,
         )
         .await?;
     Ok(Json(views::PageView::of(&page, views::DeliveryView::from)).into_response())
 }
 
+pub async fn delivery(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let d = app.get_delivery(&who.workspace_id, &id).await?;
+    Ok(Json(views::DeliveryView::from(&d)).into_response())
+}
+
 pub async fn replay(
     State(app): State<Arc<App>>,
     Auth(who): Auth,
-    Path((id, delivery)): Path<(String, String)>,
+    Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let d = app
-        .replay_delivery(&who.workspace_id, &EndpointId::from_string(id), &delivery)
-        .await?;
+    let d = app.replay_delivery(&who.workspace_id, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(views::DeliveryView::from(&d))).into_response())
+}
+
+/// `{"since": "<RFC 3339 time>"}`: replays the endpoint's failed
+/// deliveries made since then.
+pub async fn replay_since(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Problem> {
+    let since = match &body {
+        Value::Object(f) if f.len() == 1 => f.get("since").and_then(Value::as_str),
+        _ => None,
+    };
+    let Some(since) = since else {
+        return Err(invalid(vec![ValidationError::new(
+            &At::root(),
+            "the body must be {\"since\": \"<RFC 3339 time>\"}: the failed deliveries made since then are sent again",
+        )])
+        .into());
+    };
+    let since = chrono::DateTime::parse_from_rfc3339(since)
+        .map_err(|_| {
+            invalid(vec![ValidationError::new(
+                &At::root().key("since"),
+                format!(
+                    "`{}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z",
+                    crate::app::cut(since.to_owned())
+                ),
+            )])
+        })?
+        .with_timezone(&chrono::Utc);
+    let (replayed, more) = app
+        .replay_failed_since(&who.workspace_id, &EndpointId::from_string(id), since)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"replayed": replayed, "more": more})),
+    )
+        .into_response())
 }
 
 /// `{"url", "events"?, "workflow_ids"?, "description"?, "disabled"?}`
@@ -150,7 +207,9 @@ fn endpoint_fields(body: &Value, create: bool) -> Result<EndpointFields, AppErro
                     Err(_) => errors.push(ValidationError::new(
                         &at("events").index(i),
                         format!(
-                            "unknown event {v}; expected run.completed, run.failed or run.cancelled"
+                            "unknown event {}; expected one of {}",
+                            crate::app::cut(v.to_string()),
+                            EventType::names()
                         ),
                     )),
                 }

@@ -13,6 +13,8 @@ mod secrets;
 mod tenants;
 pub mod usage;
 mod webhooks;
+#[cfg(test)]
+mod webhooks_tests;
 mod workflows;
 
 use std::sync::Arc;
@@ -56,7 +58,7 @@ pub struct App {
 const MAX_DETAIL_CHARS: usize = 300;
 
 /// `s`, cut to `MAX_DETAIL_CHARS`.
-fn cut(mut s: String) -> String {
+pub(crate) fn cut(mut s: String) -> String {
     if let Some((i, _)) = s.char_indices().nth(MAX_DETAIL_CHARS) {
         s.truncate(i);
         s.push('…');

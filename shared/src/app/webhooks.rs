@@ -1,4 +1,4 @@
-//! Outbound webhooks: a workspace's endpoints (`/v1/webhooks`), the
+//! Outbound webhooks: a workspace's endpoints (`/v1/endpoints`), the
 //! deliveries of run events to them, and the two jobs that make and send
 //! those: `notify_ended_runs` (reads the outbox the run's last save wrote,
 //! makes one delivery per endpoint that wants the event) and
@@ -9,9 +9,10 @@ use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 
 use super::{App, AppError};
+use crate::domain::webhook::FAILING_DAYS_TO_DISABLE;
 use crate::domain::{
-    Delivery, DeliveryAttempt, DeliveryStatus, Endpoint, EndpointId, EventType, RunRecord,
-    SigningKey, WorkflowId, WorkspaceId,
+    Delivery, DeliveryAttempt, DeliveryStatus, Endpoint, EndpointId, EventType, SigningKey,
+    WorkflowId, WorkspaceId,
 };
 use crate::dsl::{Path, ValidationError};
 use crate::ports::{Page, PageRequest, StoreError};
@@ -38,6 +39,8 @@ const SENDING_PER_WORKSPACE: usize = 4;
 pub const DELIVERY_RETENTION_DAYS: i64 = 30;
 /// How long a delivery being sent is kept from other senders.
 const SEND_LEASE_SECS: i64 = 60;
+/// Most failed deliveries one "replay since" looks at.
+pub const MAX_REPLAYED_AT_ONCE: usize = 1000;
 
 /// An endpoint as a request describes it (all optional in a change; `url`
 /// required to create one).
@@ -135,22 +138,18 @@ impl Sending {
     }
 }
 
-/// A delivery's id: the same for one event of one run to one endpoint (a
-/// repeated pass makes it once), sorting by when the run ended.
-fn delivery_id(run: &RunRecord, endpoint: &EndpointId, ty: EventType) -> String {
+/// A delivery's id: the same for one event to one endpoint (`parts` name
+/// both; a repeated pass makes it once), sorting by when the event was.
+fn delivery_id(at: DateTime<Utc>, parts: &[&str]) -> String {
     let mut h = Sha256::new();
-    for part in [endpoint.as_str(), run.id.as_str(), ty.as_str()] {
+    for part in parts {
         h.update(part.as_bytes());
         h.update([0]);
     }
     let digest = h.finalize();
     let mut random = [0u8; 16];
     random[6..].copy_from_slice(&digest[..10]);
-    let ms = run
-        .finished_at
-        .unwrap_or(run.created_at)
-        .timestamp_millis()
-        .max(0) as u64;
+    let ms = at.timestamp_millis().max(0) as u64;
     let id = ulid::Ulid::from_parts(ms, u128::from_be_bytes(random));
     format!("msg_{}", id.to_string().to_lowercase())
 }
@@ -178,7 +177,7 @@ impl App {
         if f.events.as_ref().is_some_and(Vec::is_empty) {
             errors.push(ValidationError::new(
                 &at("events"),
-                "name at least one event (run.completed, run.failed, run.cancelled)",
+                format!("name at least one event ({})", EventType::names()),
             ));
         }
         if let Some(wfs) = &f.workflow_ids {
@@ -231,6 +230,7 @@ impl App {
             description: f.description.flatten(),
             disabled: f.disabled.unwrap_or(false),
             disabled_reason: None,
+            failing_since: None,
             keys: vec![SigningKey {
                 secret: sign::new_secret(),
                 expires_at: None,
@@ -295,6 +295,7 @@ impl App {
                 e.disabled = off;
                 if !off {
                     e.disabled_reason = None;
+                    e.failing_since = None;
                 }
             }
         })
@@ -364,32 +365,94 @@ impl App {
         &self,
         ws: &WorkspaceId,
         id: &EndpointId,
+        status: Option<DeliveryStatus>,
         page: &PageRequest,
     ) -> Result<Page<Delivery>, AppError> {
         self.get_endpoint(ws, id).await?;
-        Ok(self.stores.webhooks.list_deliveries(ws, id, page).await?)
+        Ok(self
+            .stores
+            .webhooks
+            .list_deliveries(ws, id, status, page)
+            .await?)
     }
 
-    /// Sends a delivery again (at once, then on the retry schedule if it
-    /// fails), with the same id and body.
-    pub async fn replay_delivery(
+    /// A delivery by its id alone (looked for at each of the workspace's
+    /// endpoints: at most `MAX_ENDPOINTS_PER_WORKSPACE` reads).
+    pub async fn get_delivery(&self, ws: &WorkspaceId, id: &str) -> Result<Delivery, AppError> {
+        if id.starts_with("msg_") && id.len() <= 40 {
+            for e in self.stores.webhooks.list_endpoints(ws).await? {
+                if let Some(d) = self.stores.webhooks.get_delivery(ws, &e.id, id).await? {
+                    return Ok(d);
+                }
+            }
+        }
+        Err(AppError::NotFound(format!("no delivery `{}`", shown(id))))
+    }
+
+    /// Replays the failed deliveries to an endpoint made at or after
+    /// `since` (the newest `MAX_REPLAYED_AT_ONCE` failed ones are looked
+    /// at; call again for more). Returns how many it replayed, and whether
+    /// there may be more.
+    pub async fn replay_failed_since(
         &self,
         ws: &WorkspaceId,
         endpoint: &EndpointId,
-        id: &str,
-    ) -> Result<Delivery, AppError> {
-        let not_found = || {
-            AppError::NotFound(format!(
-                "no delivery `{}` to endpoint `{}`",
-                shown(id),
-                shown(endpoint.as_str())
-            ))
+        since: DateTime<Utc>,
+    ) -> Result<(usize, bool), AppError> {
+        self.check_replayable(ws, endpoint).await?;
+        let mut page = PageRequest {
+            limit: 100,
+            cursor: None,
         };
+        let (mut looked, mut replayed) = (0, 0);
+        loop {
+            let got = self
+                .stores
+                .webhooks
+                .list_deliveries(ws, endpoint, Some(DeliveryStatus::Failed), &page)
+                .await?;
+            for d in &got.items {
+                looked += 1;
+                if d.created_at >= since && self.replay(ws, endpoint, &d.id).await.is_ok() {
+                    replayed += 1;
+                }
+            }
+            match got.next_cursor {
+                Some(c) if looked < MAX_REPLAYED_AT_ONCE => page.cursor = Some(c),
+                Some(_) => return Ok((replayed, true)),
+                None => return Ok((replayed, false)),
+            }
+        }
+    }
+
+    async fn check_replayable(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+    ) -> Result<(), AppError> {
         if self.get_endpoint(ws, endpoint).await?.disabled {
             return Err(AppError::Conflict(format!(
                 "webhook endpoint `{endpoint}` is disabled: turn it back on (PATCH {{\"disabled\": false}}) to replay to it"
             )));
         }
+        Ok(())
+    }
+
+    /// Sends a delivery again (at once, then on the retry schedule if it
+    /// fails), with the same id and body.
+    pub async fn replay_delivery(&self, ws: &WorkspaceId, id: &str) -> Result<Delivery, AppError> {
+        let d = self.get_delivery(ws, id).await?;
+        self.check_replayable(ws, &d.endpoint_id).await?;
+        self.replay(ws, &d.endpoint_id, id).await
+    }
+
+    async fn replay(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        id: &str,
+    ) -> Result<Delivery, AppError> {
+        let not_found = || AppError::NotFound(format!("no delivery `{}`", shown(id)));
         for _ in 0..crate::ports::WRITE_TRIES {
             let mut d = self
                 .stores
@@ -455,16 +518,19 @@ impl App {
         {
             let wanting: Vec<&Endpoint> = eps
                 .iter()
-                .filter(|e| e.wants(ty, &run.workflow_id))
+                .filter(|e| e.wants(ty, Some(&run.workflow_id)))
                 .collect();
             let body = (!wanting.is_empty()).then(|| payload::run_event(ty, &run));
             for e in wanting {
                 let d = Delivery {
                     workspace_id: ws.clone(),
-                    id: delivery_id(&run, &e.id, ty),
+                    id: delivery_id(
+                        run.finished_at.unwrap_or(run.created_at),
+                        &[e.id.as_str(), run.id.as_str(), ty.as_str()],
+                    ),
                     endpoint_id: e.id.clone(),
                     event_type: ty,
-                    run_id: run.id.clone(),
+                    run_id: Some(run.id.clone()),
                     payload: body.clone().unwrap_or_default(),
                     created_at: Utc::now(),
                     status: DeliveryStatus::Pending,
@@ -541,6 +607,7 @@ impl App {
                 status_code: None,
                 error: Some("the endpoint was deleted or disabled".into()),
                 duration_ms: 0,
+                response: None,
             });
             d.revision += 1;
             return match self.stores.webhooks.save_delivery(&d).await {
@@ -559,7 +626,7 @@ impl App {
         let ts = now.timestamp();
         let signature = sign::header(endpoint.signing_keys(now), &d.id, ts, d.payload.as_bytes());
         let started = std::time::Instant::now();
-        let outcome = self
+        let (outcome, response) = self
             .sender()?
             .send(&endpoint.url, &d.id, ts, &signature, &d.payload)
             .await;
@@ -583,6 +650,7 @@ impl App {
             status_code,
             error,
             duration_ms,
+            response,
         });
         // The history a delivery keeps is bounded (a replayed one grows).
         if d.attempts.len() > 3 * schedule::MAX_ATTEMPTS {
@@ -593,32 +661,122 @@ impl App {
             Outcome::Accepted(_) => {
                 d.status = DeliveryStatus::Succeeded;
                 d.next_attempt_at = None;
+                if endpoint.failing_since.is_some() {
+                    self.endpoint_health(&endpoint, None).await;
+                }
             }
             Outcome::Gone => {
                 d.status = DeliveryStatus::Failed;
                 d.next_attempt_at = None;
-                let reason = format!("answered 410 Gone at {now}");
-                let disabled = self
-                    .change_endpoint(&d.workspace_id, &d.endpoint_id, |e| {
-                        e.disabled = true;
-                        e.disabled_reason = Some(reason.clone());
-                    })
-                    .await;
-                if let Err(e) = disabled {
-                    tracing::warn!(workspace_id = %d.workspace_id, endpoint_id = %d.endpoint_id, error = %e, "disabling an endpoint that answered 410");
-                }
-                tracing::info!(workspace_id = %d.workspace_id, endpoint_id = %d.endpoint_id, "a webhook endpoint answered 410 Gone and is disabled");
+                let reason = format!("answered 410 Gone at {}", now.to_rfc3339());
+                self.endpoint_health(&endpoint, Some(reason)).await;
             }
-            Outcome::Failed { .. } => match schedule::next_wait(d.round as usize, after) {
-                Some(wait) => d.next_attempt_at = Some(Utc::now() + wait),
-                None => {
-                    d.status = DeliveryStatus::Failed;
-                    d.next_attempt_at = None;
+            Outcome::Failed { .. } => {
+                match schedule::next_wait(d.round as usize, after) {
+                    Some(wait) => d.next_attempt_at = Some(Utc::now() + wait),
+                    None => {
+                        d.status = DeliveryStatus::Failed;
+                        d.next_attempt_at = None;
+                    }
                 }
-            },
+                match endpoint.failing_since {
+                    None => self.endpoint_failing(&endpoint, now).await,
+                    Some(since) if now - since >= Duration::days(FAILING_DAYS_TO_DISABLE) => {
+                        let reason = format!(
+                            "every delivery failed since {} ({FAILING_DAYS_TO_DISABLE} days)",
+                            since.to_rfc3339()
+                        );
+                        self.endpoint_health(&endpoint, Some(reason)).await;
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         d.revision += 1;
         self.stores.webhooks.save_delivery(&d).await?;
+        Ok(())
+    }
+
+    /// Notes that an endpoint's deliveries began failing at `at`.
+    async fn endpoint_failing(&self, e: &Endpoint, at: DateTime<Utc>) {
+        let marked = self
+            .change_endpoint(&e.workspace_id, &e.id, |e| {
+                e.failing_since.get_or_insert(at);
+            })
+            .await;
+        if let Err(err) = marked {
+            tracing::warn!(workspace_id = %e.workspace_id, endpoint_id = %e.id, error = %err, "noting that a webhook endpoint fails");
+        }
+    }
+
+    /// Records how an endpoint fares after an attempt: healthy again
+    /// (None), or disabled for `reason` (then the workspace's endpoints
+    /// that take `endpoint.disabled` are told).
+    async fn endpoint_health(&self, e: &Endpoint, disable: Option<String>) {
+        let (ws, id) = (&e.workspace_id, &e.id);
+        let changed = self
+            .change_endpoint(ws, id, |e| match &disable {
+                None => e.failing_since = None,
+                Some(reason) => {
+                    e.disabled = true;
+                    e.disabled_reason = Some(reason.clone());
+                }
+            })
+            .await;
+        match changed {
+            Err(err) => {
+                tracing::warn!(workspace_id = %ws, endpoint_id = %id, error = %err, "recording a webhook endpoint's health");
+            }
+            Ok(now) if disable.is_some() => {
+                tracing::info!(workspace_id = %ws, endpoint_id = %id, "a webhook endpoint is disabled");
+                if let Err(err) = self.tell_disabled(&now).await {
+                    tracing::warn!(workspace_id = %ws, endpoint_id = %id, error = %err, "telling of a disabled webhook endpoint");
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+
+    /// Makes the `endpoint.disabled` deliveries of `gone` (to the other
+    /// endpoints of its workspace that take it).
+    async fn tell_disabled(&self, gone: &Endpoint) -> Result<(), AppError> {
+        let at = gone.updated_at;
+        let body = payload::endpoint_disabled(gone, at);
+        for e in self
+            .stores
+            .webhooks
+            .list_endpoints(&gone.workspace_id)
+            .await?
+        {
+            if e.id == gone.id || !e.wants(EventType::EndpointDisabled, None) {
+                continue;
+            }
+            let stamp = at.to_rfc3339();
+            let id = delivery_id(
+                at,
+                &[
+                    e.id.as_str(),
+                    gone.id.as_str(),
+                    EventType::EndpointDisabled.as_str(),
+                    &stamp,
+                ],
+            );
+            let d = Delivery {
+                workspace_id: gone.workspace_id.clone(),
+                id,
+                endpoint_id: e.id.clone(),
+                event_type: EventType::EndpointDisabled,
+                run_id: None,
+                payload: body.clone(),
+                created_at: Utc::now(),
+                status: DeliveryStatus::Pending,
+                attempts: Vec::new(),
+                round: 0,
+                next_attempt_at: Some(Utc::now()),
+                revision: 1,
+            };
+            self.stores.webhooks.create_delivery(&d).await?;
+        }
         Ok(())
     }
 }

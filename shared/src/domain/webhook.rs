@@ -17,17 +17,32 @@ pub enum EventType {
     RunFailed,
     #[serde(rename = "run.cancelled")]
     RunCancelled,
+    /// Another endpoint of the workspace was disabled by Weft (it answered
+    /// 410, or failed for days).
+    #[serde(rename = "endpoint.disabled")]
+    EndpointDisabled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] = [Self::RunCompleted, Self::RunFailed, Self::RunCancelled];
+    pub const ALL: [EventType; 4] = [
+        Self::RunCompleted,
+        Self::RunFailed,
+        Self::RunCancelled,
+        Self::EndpointDisabled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RunCompleted => "run.completed",
             Self::RunFailed => "run.failed",
             Self::RunCancelled => "run.cancelled",
+            Self::EndpointDisabled => "endpoint.disabled",
         }
+    }
+
+    /// The names, for messages (`run.completed, run.failed, …`).
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
     }
 
     /// The event of a run that ended with `status` (None: not ended).
@@ -60,8 +75,13 @@ pub struct Endpoint {
     pub workflow_ids: Vec<WorkflowId>,
     pub description: Option<String>,
     pub disabled: bool,
-    /// Why it was disabled, when Weft did it (a 410 answer).
+    /// Why it was disabled, when Weft did it (a 410 answer, or failing
+    /// for `FAILING_DAYS_TO_DISABLE`).
     pub disabled_reason: Option<String>,
+    /// When its deliveries began failing (None: the last attempt
+    /// succeeded).
+    #[serde(default)]
+    pub failing_since: Option<DateTime<Utc>>,
     /// The newest first; never shown but on creation and rotation.
     pub keys: Vec<SigningKey>,
     pub created_at: DateTime<Utc>,
@@ -71,11 +91,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Whether an event of a run of `wf` goes to it.
-    pub fn wants(&self, ty: EventType, wf: &WorkflowId) -> bool {
+    /// Whether an event goes to it: of a run of workflow `wf`, or of no
+    /// run (None: the workflow filter does not apply).
+    pub fn wants(&self, ty: EventType, wf: Option<&WorkflowId>) -> bool {
         !self.disabled
             && self.events.contains(&ty)
-            && (self.workflow_ids.is_empty() || self.workflow_ids.contains(wf))
+            && (self.workflow_ids.is_empty() || wf.is_none_or(|w| self.workflow_ids.contains(w)))
     }
 
     /// The keys that sign at `now`.
@@ -93,8 +114,25 @@ pub enum DeliveryStatus {
     /// Not yet accepted; `next_attempt_at` says when it is tried.
     Pending,
     Succeeded,
-    /// Every attempt failed, or the endpoint went away.
+    /// Every attempt failed, or the endpoint went away (dead-lettered:
+    /// listed by `?status=failed`, replayable).
     Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Succeeded, Self::Failed]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+    }
 }
 
 /// One try of a delivery.
@@ -106,7 +144,16 @@ pub struct DeliveryAttempt {
     /// What went wrong (no answer, a non-2xx one), short.
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// The start of the answer's body (at most `ANSWER_KEPT_BYTES`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
 }
+
+/// How much of an endpoint's answer an attempt keeps.
+pub const ANSWER_KEPT_BYTES: usize = 1024;
+/// An endpoint whose deliveries have failed this long (no success
+/// between) is disabled.
+pub const FAILING_DAYS_TO_DISABLE: i64 = 5;
 
 /// One message to one endpoint, and its attempts. Its id is the
 /// `webhook-id` the endpoint sees, the same on every attempt.
@@ -116,7 +163,9 @@ pub struct Delivery {
     pub id: String,
     pub endpoint_id: EndpointId,
     pub event_type: EventType,
-    pub run_id: RunId,
+    /// The run it tells of (None: an event of no run, `endpoint.disabled`).
+    #[serde(default)]
+    pub run_id: Option<RunId>,
     /// The body sent, fixed when the delivery is made.
     pub payload: String,
     pub created_at: DateTime<Utc>,

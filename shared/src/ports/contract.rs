@@ -1517,6 +1517,7 @@ fn endpoint(ws: &WorkspaceId) -> Endpoint {
         description: None,
         disabled: false,
         disabled_reason: None,
+        failing_since: None,
         keys: vec![SigningKey {
             secret: "whsec_AAAA".into(),
             expires_at: None,
@@ -1533,7 +1534,7 @@ fn delivery(e: &Endpoint, id: &str, due: Option<DateTime<Utc>>) -> Delivery {
         id: id.into(),
         endpoint_id: e.id.clone(),
         event_type: EventType::RunCompleted,
-        run_id: RunId::generate(),
+        run_id: Some(RunId::generate()),
         payload: "{}".into(),
         created_at: Utc::now(),
         status: DeliveryStatus::Pending,
@@ -1644,7 +1645,11 @@ async fn webhook_endpoints_and_deliveries_are_scoped_and_due_in_order(s: &Stores
     let mut seen = Vec::new();
     let mut page = PageRequest::first(2);
     loop {
-        let got = s.webhooks.list_deliveries(&a, &e.id, &page).await.unwrap();
+        let got = s
+            .webhooks
+            .list_deliveries(&a, &e.id, None, &page)
+            .await
+            .unwrap();
         seen.extend(got.items.into_iter().map(|d| d.id));
         match got.next_cursor {
             Some(c) => page.cursor = Some(c),
@@ -1657,12 +1662,46 @@ async fn webhook_endpoints_and_deliveries_are_scoped_and_due_in_order(s: &Stores
     assert_eq!(seen, want);
     assert!(
         s.webhooks
-            .list_deliveries(&b, &e.id, &PageRequest::first(10))
+            .list_deliveries(&b, &e.id, None, &PageRequest::first(10))
             .await
             .unwrap()
             .items
             .is_empty()
     );
+    // By status: the one that succeeded; the failed ones (dead letters),
+    // newest first a page at a time.
+    let by = |status, limit, cursor| {
+        let page = PageRequest { limit, cursor };
+        let a = a.clone();
+        let ep = e.id.clone();
+        async move {
+            s.webhooks
+                .list_deliveries(&a, &ep, Some(status), &page)
+                .await
+                .unwrap()
+        }
+    };
+    let ok = by(DeliveryStatus::Succeeded, 10, None).await;
+    assert_eq!(mine(ok.items), vec![ids[0].clone()]);
+    for id in &ids[1..4] {
+        let mut d = s
+            .webhooks
+            .get_delivery(&a, &e.id, id)
+            .await
+            .unwrap()
+            .unwrap();
+        d.status = DeliveryStatus::Failed;
+        d.next_attempt_at = None;
+        d.revision += 1;
+        s.webhooks.save_delivery(&d).await.unwrap();
+    }
+    let first = by(DeliveryStatus::Failed, 2, None).await;
+    assert_eq!(mine(first.items), vec![ids[3].clone(), ids[2].clone()]);
+    let rest = by(DeliveryStatus::Failed, 2, first.next_cursor).await;
+    assert_eq!(mine(rest.items), vec![ids[1].clone()]);
+    assert_eq!(rest.next_cursor, None);
+    let pending = by(DeliveryStatus::Pending, 10, None).await;
+    assert_eq!(mine(pending.items), vec![later.id.clone(), ids[4].clone()]);
 }
 
 /// A run's last save puts it in the outbox of webhooks when its workspace

@@ -446,11 +446,13 @@ pub trait WebhookStore: Send + Sync {
     ) -> StoreResult<Option<Delivery>>;
     /// Writes `d` at `d.revision` if it is stored at `d.revision - 1`.
     async fn save_delivery(&self, d: &Delivery) -> StoreResult<()>;
-    /// An endpoint's deliveries, newest first.
+    /// An endpoint's deliveries (those with `status`, if given), newest
+    /// first.
     async fn list_deliveries(
         &self,
         ws: &WorkspaceId,
         endpoint: &EndpointId,
+        status: Option<DeliveryStatus>,
         page: &PageRequest,
     ) -> StoreResult<Page<Delivery>>;
     /// Pending deliveries due at `now`, earliest first, but those of the

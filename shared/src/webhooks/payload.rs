@@ -1,10 +1,12 @@
 //! The body of a run event: `{"type", "timestamp", "data"}` as Standard
 //! Webhooks suggests, `data` the run's summary and (up to
-//! `MAX_OUTPUT_BYTES`) its output.
+//! `MAX_OUTPUT_BYTES`) its output; or the endpoint Weft disabled.
 
 use serde_json::{Value, json};
 
-use crate::domain::{EventType, RunRecord};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Endpoint, EventType, RunRecord};
 
 /// Largest output put in a delivery; a larger one is left out
 /// (`output_omitted`: read the run).
@@ -36,6 +38,22 @@ pub fn run_event(ty: EventType, run: &RunRecord) -> String {
         "type": ty.as_str(),
         "timestamp": run.finished_at.unwrap_or(run.created_at),
         "data": data,
+    })
+    .to_string()
+}
+
+/// `endpoint.disabled`: which endpoint, and why.
+pub fn endpoint_disabled(e: &Endpoint, at: DateTime<Utc>) -> String {
+    json!({
+        "type": EventType::EndpointDisabled.as_str(),
+        "timestamp": at,
+        "data": {
+            "endpoint_id": e.id,
+            "url": e.url,
+            "reason": e.disabled_reason,
+            "disabled_at": at,
+            "links": {"endpoint": format!("/v1/endpoints/{}", e.id)},
+        },
     })
     .to_string()
 }

@@ -1,7 +1,7 @@
 //! Sends one attempt of a delivery: a POST of the body with the Standard
 //! Webhooks headers, through the egress guard (an endpoint's URL is the
 //! tenant's choice: it may not reach internal addresses), no redirects
-//! followed, at most `TIMEOUT`. 2xx is success; 410 Gone disables the
+//! followed, at most `TIMEOUT`; the start of the answer is kept. 2xx is success; 410 Gone disables the
 //! endpoint; anything else is tried again later.
 
 use std::sync::Arc;
@@ -10,9 +10,10 @@ use std::time::Duration;
 use reqwest::Url;
 
 use crate::adapters::http::{EgressPolicy, check_url, egress_cause, guarded_client, retry_after};
+use crate::domain::webhook::ANSWER_KEPT_BYTES;
 
 /// Longest an endpoint may take to answer, its body read whole.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = Duration::from_secs(15);
 /// Most of an answer's body read (and then dropped).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -55,6 +56,8 @@ impl Sender {
         Ok(url)
     }
 
+    /// One attempt: what it came to, and the start of the answer's body
+    /// (lossy UTF-8, at most `ANSWER_KEPT_BYTES`).
     pub async fn send(
         &self,
         url: &str,
@@ -62,15 +65,16 @@ impl Sender {
         timestamp: i64,
         signature: &str,
         body: &str,
-    ) -> Outcome {
+    ) -> (Outcome, Option<String>) {
         let url = match self.check_url(url) {
             Ok(u) => u,
             Err(error) => {
-                return Outcome::Failed {
+                let failed = Outcome::Failed {
                     status: None,
                     error,
                     retry_after: None,
                 };
+                return (failed, None);
             }
         };
         let sent = self
@@ -98,24 +102,34 @@ impl Sender {
                     None if e.is_connect() => "could not connect".into(),
                     None => "the request failed".into(),
                 };
-                return Outcome::Failed {
+                let failed = Outcome::Failed {
                     status: None,
                     error,
                     retry_after: None,
                 };
+                return (failed, None);
             }
         };
         let status = res.status().as_u16();
         let after = retry_after(res.headers());
-        // The answer is read (so the connection can be reused) and dropped.
+        // The answer is read (so the connection can be reused); its start
+        // is kept.
         let mut read = 0;
+        let mut kept = Vec::new();
         while let Ok(Some(chunk)) = res.chunk().await {
             read += chunk.len();
+            let room = ANSWER_KEPT_BYTES.saturating_sub(kept.len());
+            kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
             if read > MAX_ANSWER_BYTES {
                 break;
             }
         }
-        match status {
+        let response = (!kept.is_empty()).then(|| {
+            let text = String::from_utf8_lossy(&kept);
+            // A multi-byte character cut at the end shows as one U+FFFD.
+            text.into_owned()
+        });
+        let outcome = match status {
             200..=299 => Outcome::Accepted(status),
             410 => Outcome::Gone,
             _ => Outcome::Failed {
@@ -123,6 +137,7 @@ impl Sender {
                 error: format!("answered {status}"),
                 retry_after: after,
             },
-        }
+        };
+        (outcome, response)
     }
 }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{DynamoStore, Item, data, get_s, key, n, run_pk, s, sdk, ts};
-use crate::domain::{Delivery, Endpoint, EndpointId, RunId, WorkspaceId};
-use crate::ports::{Page, PageRequest, StoreError, StoreResult, WebhookStore};
+use crate::domain::{Delivery, DeliveryStatus, Endpoint, EndpointId, RunId, WorkspaceId};
+use crate::ports::{Cursor, Page, PageRequest, StoreError, StoreResult, WebhookStore};
 
 /// Partitions of the due-deliveries and ended-runs indexes.
 pub(super) const SHARDS: u32 = 4;
@@ -29,6 +29,10 @@ fn endpoints_pk(ws: &WorkspaceId) -> String {
 
 fn deliveries_pk(ws: &WorkspaceId, ep: &EndpointId) -> String {
     format!("{ws}#DELIVERY#{ep}")
+}
+
+fn by_status_pk(ws: &WorkspaceId, ep: &EndpointId, status: DeliveryStatus) -> String {
+    format!("{ws}#DELIVERY#{ep}#{}", status.as_str())
 }
 
 /// The ended-runs index keys of a run that ended.
@@ -54,6 +58,12 @@ fn delivery_item(d: &Delivery) -> StoreResult<Item> {
     // deletion too, at the latest then).
     let until = d.created_at + chrono::Duration::days(crate::app::DELIVERY_RETENTION_DAYS);
     item.insert("ttl".into(), n(until.timestamp()));
+    // Listed by status (`?status=failed`: the dead letters).
+    item.insert(
+        "gsi1pk".into(),
+        s(by_status_pk(&d.workspace_id, &d.endpoint_id, d.status)),
+    );
+    item.insert("gsi1sk".into(), s(&d.id));
     if let Some(due) = d.next_attempt_at {
         item.insert("gsi2pk".into(), s(format!("WHDUE#{}", shard_of(&d.id))));
         item.insert(
@@ -117,6 +127,58 @@ impl DynamoStore {
             .is_some_and(|v| v > 0);
         self.endpoint_flags.set(ws, v);
         Ok(v)
+    }
+}
+
+impl DynamoStore {
+    /// A page of an endpoint's deliveries with one status, through the
+    /// index `gsi1` (read eventually consistently: each item read back
+    /// decides).
+    async fn deliveries_by_status(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        status: DeliveryStatus,
+        before: &str,
+        limit: u32,
+    ) -> StoreResult<Page<Delivery>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name("gsi1")
+            .key_condition_expression("gsi1pk = :pk AND gsi1sk < :before")
+            .expression_attribute_values(":pk", s(by_status_pk(ws, endpoint, status)))
+            .expression_attribute_values(":before", s(before))
+            .scan_index_forward(false)
+            .limit(limit as i32 + 1)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let mut keys = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(|i| Ok(key(get_s(i, "pk")?, get_s(i, "sk")?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Whether there is more is told by the index, not by what is left
+        // once items whose status moved on are dropped.
+        let next_cursor = if keys.len() > limit as usize {
+            keys.truncate(limit as usize);
+            keys.last()
+                .map(|k| get_s(k, "sk").map(Cursor::from_position))
+                .transpose()?
+        } else {
+            None
+        };
+        let items = self
+            .batch_get(keys)
+            .await?
+            .iter()
+            .map(data)
+            .filter(|d: &StoreResult<Delivery>| d.as_ref().map_or(true, |d| d.status == status))
+            .collect::<StoreResult<_>>()?;
+        Ok(Page { items, next_cursor })
     }
 }
 
@@ -207,12 +269,18 @@ impl WebhookStore for DynamoStore {
         &self,
         ws: &WorkspaceId,
         endpoint: &EndpointId,
+        status: Option<DeliveryStatus>,
         page: &PageRequest,
     ) -> StoreResult<Page<Delivery>> {
         let before = page
             .cursor
             .as_ref()
             .map_or_else(|| "msg`".to_owned(), |c| c.position().to_owned());
+        if let Some(status) = status {
+            return self
+                .deliveries_by_status(ws, endpoint, status, &before, page.limit)
+                .await;
+        }
         let out = self
             .client
             .query()

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::tenants::{insert_counted, json_rows, update_at_revision};
-use crate::domain::{Delivery, Endpoint, EndpointId, RunId, WorkspaceId};
+use crate::domain::{Delivery, DeliveryStatus, Endpoint, EndpointId, RunId, WorkspaceId};
 use crate::ports::{Page, PageRequest, StoreResult, WebhookStore};
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -174,9 +174,11 @@ impl WebhookStore for SqliteStore {
         &self,
         ws: &WorkspaceId,
         endpoint: &EndpointId,
+        status: Option<DeliveryStatus>,
         page: &PageRequest,
     ) -> StoreResult<Page<Delivery>> {
         let (ws, ep) = (ws.to_string(), endpoint.to_string());
+        let status = status.map(DeliveryStatus::as_str);
         // Ids sort by when the run ended: newest first is by id.
         let before = page
             .cursor
@@ -187,8 +189,9 @@ impl WebhookStore for SqliteStore {
             .read(move |c| {
                 let items: Vec<Delivery> = json_rows(
                     c,
-                    "SELECT data FROM webhook_deliveries WHERE workspace_id = ?1 AND endpoint_id = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
-                    params![ws, ep, before, limit + 1],
+                    "SELECT data FROM webhook_deliveries WHERE workspace_id = ?1 AND endpoint_id = ?2 AND id < ?3 \
+                     AND (?5 IS NULL OR json_extract(data, '$.status') = ?5) ORDER BY id DESC LIMIT ?4",
+                    params![ws, ep, before, limit + 1, status],
                 )?;
                 Ok(Page::from_overfetch(items, limit, |d| d.id.clone()))
             })

@@ -1,0 +1,157 @@
+//! An endpoint's health: failing deliveries mark it failing, a success
+//! clears that, and one that fails for `FAILING_DAYS_TO_DISABLE` days is
+//! disabled and the workspace's other endpoints are told.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use super::{App, EndpointFields, create_workspace};
+use crate::adapters::sqlite::SqliteStore;
+use crate::domain::*;
+use crate::ports::*;
+
+struct Nothing;
+
+#[async_trait]
+impl RunDriver for Nothing {
+    async fn start(&self, _: &WorkspaceId, _: &RunId) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn poke(&self, _: &WorkspaceId, _: &RunId) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+/// A receiver answering every request with `status`.
+async fn receiver(status: u16) -> String {
+    let code = axum::http::StatusCode::from_u16(status).unwrap();
+    let app = axum::Router::new().route("/", axum::routing::post(move || async move { code }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}
+
+async fn app() -> (Arc<App>, Arc<SqliteStore>, WorkspaceId) {
+    let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
+    let egress = crate::adapters::http::EgressPolicy::allowing("127.0.0.0/8").unwrap();
+    let app = App::new(
+        StoreSet::from_one(store.clone()),
+        Arc::new(Nothing),
+        Default::default(),
+    )
+    .with_egress(egress);
+    let (ws, _) = create_workspace(store.as_ref(), store.as_ref(), "t", None)
+        .await
+        .unwrap();
+    (Arc::new(app), store, ws)
+}
+
+fn pending(ws: &WorkspaceId, ep: &EndpointId, id: &str) -> Delivery {
+    Delivery {
+        workspace_id: ws.clone(),
+        id: id.into(),
+        endpoint_id: ep.clone(),
+        event_type: EventType::RunCompleted,
+        run_id: None,
+        payload: "{}".into(),
+        created_at: Utc::now(),
+        status: DeliveryStatus::Pending,
+        attempts: Vec::new(),
+        round: 0,
+        next_attempt_at: Some(Utc::now()),
+        revision: 1,
+    }
+}
+
+async fn send_due(app: &Arc<App>) {
+    app.deliver_due(Utc::now()).await.unwrap();
+    app.webhooks_idle(Duration::from_secs(20)).await;
+}
+
+async fn endpoint(app: &App, ws: &WorkspaceId, url: String) -> Endpoint {
+    let f = EndpointFields {
+        url: Some(url),
+        ..Default::default()
+    };
+    app.create_endpoint(ws, f).await.unwrap()
+}
+
+#[tokio::test]
+async fn failing_marks_an_endpoint_and_a_success_clears_it() {
+    let (app, store, ws) = app().await;
+    let failing = endpoint(&app, &ws, receiver(500).await).await;
+    store
+        .create_delivery(&pending(&ws, &failing.id, "msg_1"))
+        .await
+        .unwrap();
+    send_due(&app).await;
+    let e = app.get_endpoint(&ws, &failing.id).await.unwrap();
+    let since = e.failing_since.expect("failing since the attempt");
+    assert!(!e.disabled);
+
+    // Healthy again: the mark goes.
+    let ok = receiver(204).await;
+    app.update_endpoint(
+        &ws,
+        &failing.id,
+        EndpointFields {
+            url: Some(ok),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut d = pending(&ws, &failing.id, "msg_2");
+    d.created_at = since;
+    store.create_delivery(&d).await.unwrap();
+    send_due(&app).await;
+    let e = app.get_endpoint(&ws, &failing.id).await.unwrap();
+    assert_eq!(e.failing_since, None);
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_days_is_disabled_and_the_others_are_told() {
+    let (app, store, ws) = app().await;
+    let failing = endpoint(&app, &ws, receiver(500).await).await;
+    let listening = endpoint(&app, &ws, receiver(200).await).await;
+    let mut e = failing.clone();
+    e.failing_since = Some(Utc::now() - chrono::Duration::days(FAILING_DAYS + 1));
+    e.revision += 1;
+    store.save_endpoint(&e).await.unwrap();
+    store
+        .create_delivery(&pending(&ws, &failing.id, "msg_1"))
+        .await
+        .unwrap();
+    send_due(&app).await;
+
+    let e = app.get_endpoint(&ws, &failing.id).await.unwrap();
+    assert!(e.disabled);
+    let reason = e.disabled_reason.unwrap_or_default();
+    assert!(reason.contains("days"), "{reason}");
+    let told = store
+        .list_deliveries(&ws, &listening.id, None, &PageRequest::first(10))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(told.len(), 1);
+    assert_eq!(told[0].event_type, EventType::EndpointDisabled);
+    let body: serde_json::Value = serde_json::from_str(&told[0].payload).unwrap();
+    assert_eq!(body["data"]["endpoint_id"], failing.id.as_str());
+    // The disabled endpoint is not told of itself.
+    let own = store
+        .list_deliveries(&ws, &failing.id, None, &PageRequest::first(10))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        own.iter()
+            .all(|d| d.event_type != EventType::EndpointDisabled)
+    );
+}
+
+const FAILING_DAYS: i64 = crate::domain::webhook::FAILING_DAYS_TO_DISABLE;
