@@ -31,6 +31,8 @@ from stack_client import answer_json, api, aws, store_workflow
 CALLS = Counter()
 # (headers, body) of each request to /webhook.
 DELIVERED = []
+# The same of /webhook-flaky, which answers the first one 503.
+FLAKY = []
 
 
 class Counting(http.server.BaseHTTPRequestHandler):
@@ -39,6 +41,14 @@ class Counting(http.server.BaseHTTPRequestHandler):
         if self.path == "/webhook":
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             DELIVERED.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        if self.path == "/webhook-flaky":
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            FLAKY.append({k.lower(): v for k, v in self.headers.items()})
+            if len(FLAKY) == 1:
+                self.send_response(503)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
         answer_json(self, {"ok": True})
 
     def log_message(self, *args):
@@ -191,9 +201,7 @@ def scheduled_once(ready, base, lam):
 
 
 def webhook_once(ready, base, lam):
-    import base64
-    import hashlib
-    import hmac
+    import standardwebhooks
 
     create(ready, {"id": "res_notify", "name": "notified", "steps": [
         {"id": "t", "type": "transform", "inputs": {"ok": True}}
@@ -201,6 +209,9 @@ def webhook_once(ready, base, lam):
     status, ep = api(ready, "POST", "/v1/endpoints", {"url": f"{base}/webhook", "workflow_ids": ["res_notify"]})
     if status != 201:
         sys.exit(f"resilience: creating the endpoint failed: {status} {ep}")
+    status, flaky = api(ready, "POST", "/v1/endpoints", {"url": f"{base}/webhook-flaky", "workflow_ids": ["res_notify"]})
+    if status != 201:
+        sys.exit(f"resilience: creating the endpoint failed: {status} {flaky}")
     try:
         run = start(ready, "res_notify", base)
         wait_status(ready, run, {"COMPLETED"})
@@ -212,18 +223,33 @@ def webhook_once(ready, base, lam):
         if len(DELIVERED) != 1:
             sys.exit(f"resilience: one run's end should be delivered once: {len(DELIVERED)} (ticks: {ticks})")
         headers, body = DELIVERED[0]
-        key = base64.b64decode(ep["secret"].removeprefix("whsec_"))
-        signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-        want = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-        if want not in headers["webhook-signature"].split(" "):
-            sys.exit(f"resilience: the delivery is not signed with the endpoint's secret: {headers}")
+        # Checked with the Standard Webhooks reference library.
+        try:
+            standardwebhooks.Webhook(ep["secret"]).verify(body, headers)
+        except standardwebhooks.WebhookVerificationError as e:
+            sys.exit(f"resilience: the delivery is not signed as Standard Webhooks say: {e} {headers}")
+        forged = body.replace(b"run.completed", b"run.cancelled")
+        try:
+            standardwebhooks.Webhook(ep["secret"]).verify(forged, headers)
+            sys.exit("resilience: a changed body verified")
+        except standardwebhooks.WebhookVerificationError:
+            pass
         event = json.loads(body)
         if event["type"] != "run.completed" or event["data"]["run_id"] != run:
             sys.exit(f"resilience: the delivery is not the run's end: {event}")
         print(f"ok  a run's end is delivered once, signed, by ticks that come twice (ticks: {[t.get('webhooks') for t in ticks]})")
+        # The endpoint that answered 503 is tried again (held back by the
+        # delivery queue about 5 s), with the same id.
+        deadline = time.time() + 60
+        while len(FLAKY) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        if len(FLAKY) != 2 or FLAKY[0]["webhook-id"] != FLAKY[1]["webhook-id"]:
+            sys.exit(f"resilience: a delivery answered 503 should be tried again with its id: {FLAKY}")
+        print("ok  a delivery answered 503 is tried again through the delivery queue, with the same webhook-id")
     finally:
         # Later checks (the cost measurement) run in this workspace.
         api(ready, "DELETE", f"/v1/endpoints/{ep['id']}", None)
+        api(ready, "DELETE", f"/v1/endpoints/{flaky['id']}", None)
 
 
 def main():

@@ -28,7 +28,7 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 STACK = "weft-local"
 # Function instances started per function (Lambda would scale them).
-INSTANCES = {"weft-api": 4, "weft-plan": 6, "weft-step-http": 6, "weft-step-llm": 3, "weft-admin": 1, "weft-tick": 1, "weft-trigger": 1}
+INSTANCES = {"weft-api": 4, "weft-plan": 6, "weft-step-http": 6, "weft-step-llm": 3, "weft-admin": 1, "weft-tick": 1, "weft-trigger": 1, "weft-deliver": 2}
 
 
 def template(path=ROOT / "template.yaml"):
@@ -374,6 +374,8 @@ def function_env(tpl, names, endpoint, egress_allow):
         "WEFT_DRIVER_ARN": names["state_machines"][f"{STACK}-dag-driver"],
         "WEFT_STEP_FUNCTIONS": step_functions,
         "WEFT_HOOK_QUEUE_URL": names["queues"]["HookQueue"],
+        "WEFT_DELIVERY_QUEUE_URL": names["queues"]["DeliveryQueue"],
+        "WEFT_METRICS_NAMESPACE": f"Weft/{STACK}",
     }
     wanted = set(tpl["Globals"]["Function"]["Environment"]["Variables"])
     for _, _, props in functions(tpl):

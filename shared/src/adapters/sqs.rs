@@ -1,12 +1,13 @@
-//! The hook inbox on AWS: an SQS queue. A verified request is sent to it
-//! whole before the sender is answered; the trigger function consumes it
-//! (a failed message is received again, then goes to the dead-letter
-//! queue).
+//! The queues on AWS (SQS). The hook inbox: a verified request is sent to
+//! it whole before the sender is answered; the trigger function consumes
+//! it. The delivery queue: which webhook delivery to try, held back until
+//! it is due; the deliver function consumes it. In both, a failed message
+//! is received again, then goes to the dead-letter queue.
 
 use async_trait::async_trait;
 
-use crate::domain::Receipt;
-use crate::ports::{HookInbox, StoreError, StoreResult};
+use crate::domain::{DeliveryRef, Receipt};
+use crate::ports::{DeliveryQueue, HookInbox, MAX_QUEUE_DELAY, StoreError, StoreResult};
 
 /// Largest message the queue takes.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -59,5 +60,58 @@ impl HookInbox for NoHookQueue {
         Err(StoreError::Unavailable(
             "WEFT_HOOK_QUEUE_URL is not set: this deployment has no hook queue".into(),
         ))
+    }
+}
+
+pub struct SqsDeliveryQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsDeliveryQueue {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: String) -> Self {
+        Self { client, queue_url }
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for SqsDeliveryQueue {
+    async fn enqueue(&self, refs: &[DeliveryRef], after: std::time::Duration) -> StoreResult<()> {
+        let delay = after.min(MAX_QUEUE_DELAY).as_secs() as i32;
+        // A batch takes at most ten messages.
+        for chunk in refs.chunks(10) {
+            let mut entries = Vec::with_capacity(chunk.len());
+            for (i, r) in chunk.iter().enumerate() {
+                entries.push(
+                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(serde_json::to_string(r)?)
+                        .delay_seconds(delay)
+                        .build()
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                );
+            }
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "sending to the delivery queue: {}",
+                        aws_sdk_sqs::error::DisplayErrorContext(&e)
+                    ))
+                })?;
+            if let Some(f) = out.failed.first() {
+                return Err(StoreError::Unavailable(format!(
+                    "the delivery queue refused {} message(s): {}",
+                    out.failed.len(),
+                    f.message.as_deref().unwrap_or(&f.code)
+                )));
+            }
+        }
+        Ok(())
     }
 }

@@ -31,7 +31,7 @@ pub use schedules::{
 };
 pub use tenants::{add_owner_key, create_workspace};
 pub use webhooks::{
-    DELIVERY_RETENTION_DAYS, DUE_BATCH as WEBHOOK_DUE_BATCH, EndpointFields,
+    DELIVERY_RETENTION_DAYS, DUE_BATCH as WEBHOOK_DUE_BATCH, Delivered, EndpointFields,
     MAX_ENDPOINTS_PER_WORKSPACE,
 };
 
@@ -51,6 +51,8 @@ pub struct App {
     webhook_sender: std::sync::OnceLock<Result<crate::webhooks::send::Sender, String>>,
     /// The webhook deliveries being sent now.
     sending: webhooks::Sending,
+    /// Where deliveries go to be sent (None: `deliver_due` sends them).
+    delivery_queue: Option<Arc<dyn crate::ports::DeliveryQueue>>,
 }
 
 /// Longest reason an answer or a log line gives for something that could
@@ -85,7 +87,15 @@ impl App {
             egress: Default::default(),
             webhook_sender: Default::default(),
             sending: Default::default(),
+            delivery_queue: None,
         }
+    }
+
+    /// Hands webhook deliveries to `queue` (another process sends them)
+    /// instead of sending them itself.
+    pub fn with_delivery_queue(mut self, queue: Arc<dyn crate::ports::DeliveryQueue>) -> Self {
+        self.delivery_queue = Some(queue);
+        self
     }
 
     /// The ranges of internal addresses webhook deliveries may reach.

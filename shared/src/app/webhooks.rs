@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use super::{App, AppError};
 use crate::domain::webhook::FAILING_DAYS_TO_DISABLE;
 use crate::domain::{
-    Delivery, DeliveryAttempt, DeliveryStatus, Endpoint, EndpointId, EventType, SigningKey,
-    WorkflowId, WorkspaceId,
+    Delivery, DeliveryAttempt, DeliveryRef, DeliveryStatus, Endpoint, EndpointId, EventType,
+    SigningKey, WorkflowId, WorkspaceId,
 };
 use crate::dsl::{Path, ValidationError};
 use crate::ports::{Page, PageRequest, StoreError};
@@ -39,8 +39,20 @@ const SENDING_PER_WORKSPACE: usize = 4;
 pub const DELIVERY_RETENTION_DAYS: i64 = 30;
 /// How long a delivery being sent is kept from other senders.
 const SEND_LEASE_SECS: i64 = 60;
+/// How long after it is due a pending delivery is handed to the queue
+/// again by the tick (its message is late, or was lost).
+const QUEUE_GRACE: Duration = Duration::minutes(2);
 /// Most failed deliveries one "replay since" looks at.
 pub const MAX_REPLAYED_AT_ONCE: usize = 1000;
+
+/// What one message of the delivery queue came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// Sent: accepted (`ok`), or failed and scheduled again or given up.
+    Tried { ok: bool },
+    /// Nothing to send now (done, not yet due, or held by another sender).
+    NotDue,
+}
 
 /// An endpoint as a request describes it (all optional in a change; `url`
 /// required to create one).
@@ -404,8 +416,8 @@ impl App {
             limit: 100,
             cursor: None,
         };
-        let (mut looked, mut replayed) = (0, 0);
-        loop {
+        let (mut looked, mut replayed) = (0, Vec::new());
+        let done = loop {
             let got = self
                 .stores
                 .webhooks
@@ -413,16 +425,20 @@ impl App {
                 .await?;
             for d in &got.items {
                 looked += 1;
-                if d.created_at >= since && self.replay(ws, endpoint, &d.id).await.is_ok() {
-                    replayed += 1;
+                if d.created_at >= since
+                    && let Ok(d) = self.replay(ws, endpoint, &d.id).await
+                {
+                    replayed.push(DeliveryRef::from(&d));
                 }
             }
             match got.next_cursor {
                 Some(c) if looked < MAX_REPLAYED_AT_ONCE => page.cursor = Some(c),
-                Some(_) => return Ok((replayed, true)),
-                None => return Ok((replayed, false)),
+                Some(_) => break true,
+                None => break false,
             }
-        }
+        };
+        self.hand_over(&replayed).await;
+        Ok((replayed.len(), done))
     }
 
     async fn check_replayable(
@@ -443,7 +459,9 @@ impl App {
     pub async fn replay_delivery(&self, ws: &WorkspaceId, id: &str) -> Result<Delivery, AppError> {
         let d = self.get_delivery(ws, id).await?;
         self.check_replayable(ws, &d.endpoint_id).await?;
-        self.replay(ws, &d.endpoint_id, id).await
+        let d = self.replay(ws, &d.endpoint_id, id).await?;
+        self.hand_over(&[DeliveryRef::from(&d)]).await;
+        Ok(d)
     }
 
     async fn replay(
@@ -512,7 +530,7 @@ impl App {
         run_id: &crate::domain::RunId,
         eps: &[Endpoint],
     ) -> Result<usize, AppError> {
-        let mut made = 0;
+        let mut made = Vec::new();
         if let Some(run) = self.stores.runs.get_run(ws, run_id).await?
             && let Some(ty) = EventType::of_run(run.status)
         {
@@ -540,12 +558,13 @@ impl App {
                     revision: 1,
                 };
                 if self.stores.webhooks.create_delivery(&d).await? {
-                    made += 1;
+                    made.push(DeliveryRef::from(&d));
                 }
             }
         }
         self.stores.webhooks.forget_ended(ws, run_id).await?;
-        Ok(made)
+        self.hand_over(&made).await;
+        Ok(made.len())
     }
 
     /// Starts sending the deliveries that are due, as far as there are
@@ -573,13 +592,82 @@ impl App {
             started += 1;
             tokio::spawn(async move {
                 let (ws, id) = (d.workspace_id.clone(), d.id.clone());
-                if let Err(e) = slot.app.attempt(d).await {
+                if let Err(e) = slot.app.attempt(d).await.map(drop) {
                     tracing::warn!(workspace_id = %ws, delivery_id = %id, error = %e, "a webhook delivery could not be tried");
                 }
                 drop(slot);
             });
         }
         Ok(started)
+    }
+
+    /// Hands deliveries that are due now to the delivery queue, if there
+    /// is one (else the sender loop finds them). A failure is logged: the
+    /// tick's `hand_over_due` hands them on later.
+    async fn hand_over(&self, refs: &[DeliveryRef]) {
+        let Some(queue) = &self.delivery_queue else {
+            return;
+        };
+        if refs.is_empty() {
+            return;
+        }
+        if let Err(e) = queue.enqueue(refs, std::time::Duration::ZERO).await {
+            tracing::warn!(deliveries = refs.len(), error = %e, "handing webhook deliveries to the queue; the tick hands them on later");
+        }
+    }
+
+    /// The tick's sweep of the delivery queue: hands on each pending
+    /// delivery due `QUEUE_GRACE` ago or before (its message was lost, it
+    /// waited longer than a queue holds one back, or a send stopped half
+    /// way). Returns how many it handed on.
+    pub async fn hand_over_due(&self, now: DateTime<Utc>) -> Result<usize, AppError> {
+        let Some(queue) = &self.delivery_queue else {
+            return Ok(0);
+        };
+        let due = self
+            .stores
+            .webhooks
+            .due_deliveries(now - QUEUE_GRACE, DUE_BATCH, &[])
+            .await?;
+        let refs: Vec<DeliveryRef> = due.iter().map(DeliveryRef::from).collect();
+        queue.enqueue(&refs, std::time::Duration::ZERO).await?;
+        Ok(refs.len())
+    }
+
+    /// One message of the delivery queue: tries the delivery if it is
+    /// still pending and due, and hands it on again with the wait before
+    /// its next attempt (if the queue can hold it that long; the tick does
+    /// otherwise).
+    pub async fn deliver_one(&self, r: &DeliveryRef) -> Result<Delivered, AppError> {
+        let d = self
+            .stores
+            .webhooks
+            .get_delivery(&r.workspace_id, &r.endpoint_id, &r.id)
+            .await?;
+        let Some(d) = d.filter(|d| d.status == DeliveryStatus::Pending) else {
+            return Ok(Delivered::NotDue);
+        };
+        let now = Utc::now();
+        // Not yet (a repeated message, or one being sent elsewhere): the
+        // message that holds its due time, or the tick, tries it.
+        if d.next_attempt_at
+            .is_none_or(|t| t > now + Duration::seconds(1))
+        {
+            return Ok(Delivered::NotDue);
+        }
+        let Some(d) = self.attempt(d).await? else {
+            return Ok(Delivered::NotDue);
+        };
+        let ok = d.status == DeliveryStatus::Succeeded;
+        if let (Some(queue), Some(next)) = (&self.delivery_queue, d.next_attempt_at) {
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            if wait <= crate::ports::MAX_QUEUE_DELAY
+                && let Err(e) = queue.enqueue(&[DeliveryRef::from(&d)], wait).await
+            {
+                tracing::warn!(workspace_id = %d.workspace_id, delivery_id = %d.id, error = %e, "handing a delivery's next attempt to the queue; the tick hands it on later");
+            }
+        }
+        Ok(Delivered::Tried { ok })
     }
 
     /// Waits until no delivery is being sent, or `most` has passed.
@@ -591,8 +679,10 @@ impl App {
     }
 
     /// One attempt of a delivery: held from other senders for the time it
-    /// takes, sent, and its outcome recorded.
-    async fn attempt(&self, mut d: Delivery) -> Result<(), AppError> {
+    /// takes, sent, and its outcome recorded. Returns the delivery as
+    /// saved, if it was sent (None: another sender has it, or its endpoint
+    /// is gone).
+    async fn attempt(&self, mut d: Delivery) -> Result<Option<Delivery>, AppError> {
         let now = Utc::now();
         let endpoint = self
             .stores
@@ -611,7 +701,7 @@ impl App {
             });
             d.revision += 1;
             return match self.stores.webhooks.save_delivery(&d).await {
-                Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
+                Ok(()) | Err(StoreError::Conflict(_)) => Ok(None),
                 Err(e) => Err(e.into()),
             };
         };
@@ -620,7 +710,7 @@ impl App {
         d.revision += 1;
         match self.stores.webhooks.save_delivery(&d).await {
             Ok(()) => {}
-            Err(StoreError::Conflict(_)) => return Ok(()),
+            Err(StoreError::Conflict(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
         let ts = now.timestamp();
@@ -694,7 +784,7 @@ impl App {
         }
         d.revision += 1;
         self.stores.webhooks.save_delivery(&d).await?;
-        Ok(())
+        Ok(Some(d))
     }
 
     /// Notes that an endpoint's deliveries began failing at `at`.
@@ -741,6 +831,7 @@ impl App {
     /// endpoints of its workspace that take it).
     async fn tell_disabled(&self, gone: &Endpoint) -> Result<(), AppError> {
         let at = gone.updated_at;
+        let mut made = Vec::new();
         let body = payload::endpoint_disabled(gone, at);
         for e in self
             .stores
@@ -775,8 +866,11 @@ impl App {
                 next_attempt_at: Some(Utc::now()),
                 revision: 1,
             };
-            self.stores.webhooks.create_delivery(&d).await?;
+            if self.stores.webhooks.create_delivery(&d).await? {
+                made.push(DeliveryRef::from(&d));
+            }
         }
+        self.hand_over(&made).await;
         Ok(())
     }
 }

@@ -32,6 +32,13 @@ fn sample_events_parse_as_their_functions_take_them() {
                     serde_json::from_str::<crate::domain::Receipt>(&body).unwrap();
                 }
             })
+        } else if name.starts_with("deliver-") {
+            serde_json::from_str::<aws_lambda_events::event::sqs::SqsEvent>(&text).map(|ev| {
+                for m in ev.records {
+                    let body = m.body.unwrap_or_default();
+                    serde_json::from_str::<crate::domain::DeliveryRef>(&body).unwrap();
+                }
+            })
         } else if name.starts_with("api-") {
             continue;
         } else {

@@ -3,6 +3,7 @@
 //! handlers each function's main.rs hands to the Lambda runtime.
 
 mod calls;
+mod deliver;
 mod driver;
 mod error;
 mod handlers;
@@ -33,6 +34,9 @@ pub struct Stack {
     pub sfn: aws_sdk_sfn::Client,
     /// Where the API function keeps verified hook requests.
     pub hook_inbox: Arc<dyn crate::ports::HookInbox>,
+    /// Where webhook deliveries wait for the deliver function (None: the
+    /// tick sends them).
+    pub delivery_queue: Option<Arc<dyn crate::ports::DeliveryQueue>>,
     pub definitions: Arc<DefinitionCache>,
     /// Big runs' records kept between this process's passes (plan).
     pub kept_records: crate::orchestrator::stepfunctions::KeptRecords,
@@ -59,19 +63,27 @@ impl Stack {
                 .interceptor(log("states"))
                 .build(),
         );
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&cfg)
+                .interceptor(log("sqs"))
+                .build(),
+        );
         let hook_inbox: Arc<dyn crate::ports::HookInbox> = match &settings.hook_queue_url {
             Some(url) => Arc::new(crate::adapters::sqs::SqsHookInbox::new(
-                aws_sdk_sqs::Client::from_conf(
-                    aws_sdk_sqs::config::Builder::from(&cfg)
-                        .interceptor(log("sqs"))
-                        .build(),
-                ),
+                sqs.clone(),
                 url.clone(),
             )),
             None => Arc::new(crate::adapters::sqs::NoHookQueue),
         };
+        let delivery_queue = settings.delivery_queue_url.as_ref().map(|url| {
+            Arc::new(crate::adapters::sqs::SqsDeliveryQueue::new(
+                sqs,
+                url.clone(),
+            )) as Arc<dyn crate::ports::DeliveryQueue>
+        });
         Ok(Self {
             hook_inbox,
+            delivery_queue,
             store: Arc::new({
                 let store = DynamoStore::new(dynamodb, settings.table.clone());
                 match &settings.bucket {
@@ -118,10 +130,12 @@ impl Stack {
             anyhow::anyhow!("WEFT_STATE_MACHINE_ARN is not set (the API function starts runs)")
         })?;
         let driver = StepFunctionsDriver::new(self.sfn.clone(), arn, self.store.clone());
-        Ok(
-            App::new(self.store_set(), Arc::new(driver), self.definitions.clone())
-                .with_egress(self.settings.egress.clone()),
-        )
+        let app = App::new(self.store_set(), Arc::new(driver), self.definitions.clone())
+            .with_egress(self.settings.egress.clone());
+        Ok(match &self.delivery_queue {
+            Some(q) => app.with_delivery_queue(q.clone()),
+            None => app,
+        })
     }
 }
 

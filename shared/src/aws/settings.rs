@@ -28,6 +28,12 @@ pub struct AwsSettings {
     /// `WEFT_HOOK_QUEUE_URL`: where verified hook requests wait for the
     /// trigger function (the API function sends to it).
     pub hook_queue_url: Option<String>,
+    /// `WEFT_DELIVERY_QUEUE_URL`: where webhook deliveries wait for the
+    /// deliver function (unset: the tick sends them itself).
+    pub delivery_queue_url: Option<String>,
+    /// `WEFT_METRICS_NAMESPACE`: the CloudWatch namespace of the metrics
+    /// functions print (Embedded Metric Format); unset: none are printed.
+    pub metrics_namespace: Option<String>,
     /// `WEFT_AWS_ENDPOINT`: one endpoint for every AWS service (emulated
     /// AWS); unset on AWS itself.
     pub endpoint: Option<String>,
@@ -60,6 +66,8 @@ impl AwsSettings {
             egress: EgressPolicy::allowing(&var("WEFT_EGRESS_ALLOW").unwrap_or_default())
                 .map_err(|e| anyhow::anyhow!("WEFT_EGRESS_ALLOW: {e}"))?,
             hook_queue_url: var("WEFT_HOOK_QUEUE_URL"),
+            delivery_queue_url: var("WEFT_DELIVERY_QUEUE_URL"),
+            metrics_namespace: var("WEFT_METRICS_NAMESPACE"),
             endpoint: var("WEFT_AWS_ENDPOINT"),
         })
     }

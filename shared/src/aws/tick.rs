@@ -2,8 +2,10 @@
 //! is gone (`sweep`), then the schedules that are due (the same
 //! `App::fire_schedules` as `weft dev`'s in-process tick), both on the
 //! clock of the schedule's event; then outbound webhooks: the deliveries
-//! of runs that ended, and those due (the same `App::notify_ended_runs`
-//! and `App::deliver_due` as `weft dev`'s sender loop).
+//! of runs that ended are made (`App::notify_ended_runs`, as `weft dev`'s
+//! sender loop does) and handed to the delivery queue, and those due that
+//! no message holds are handed to it again (`App::hand_over_due`). Without
+//! a delivery queue the tick sends them itself (`App::deliver_due`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +31,25 @@ impl Stack {
             "errors": fired.errors,
         });
         let began = Instant::now();
+        if self.delivery_queue.is_some() {
+            let mut made = 0;
+            while began.elapsed() < WEBHOOK_BUDGET {
+                let m = app
+                    .notify_ended_runs()
+                    .await
+                    .map_err(|e| FunctionError::StoreUnavailable(e.to_string()))?;
+                made += m;
+                if m == 0 {
+                    break;
+                }
+            }
+            let queued = app
+                .hand_over_due(now)
+                .await
+                .map_err(|e| FunctionError::StoreUnavailable(e.to_string()))?;
+            out["webhooks"] = json!({"made": made, "queued_again": queued});
+            return Ok(out);
+        }
         let (mut made, mut started) = (0, 0);
         // Each pass only starts sends (each at most `send::TIMEOUT`);
         // passes go on while there is work and time.

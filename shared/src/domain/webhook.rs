@@ -178,3 +178,21 @@ pub struct Delivery {
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub revision: u64,
 }
+
+/// Which delivery a queue message is about (the message's whole body).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRef {
+    pub workspace_id: WorkspaceId,
+    pub endpoint_id: EndpointId,
+    pub id: String,
+}
+
+impl From<&Delivery> for DeliveryRef {
+    fn from(d: &Delivery) -> Self {
+        Self {
+            workspace_id: d.workspace_id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
+            id: d.id.clone(),
+        }
+    }
+}

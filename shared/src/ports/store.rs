@@ -414,6 +414,20 @@ pub trait HookInbox: Send + Sync {
     async fn enqueue(&self, r: &Receipt) -> StoreResult<()>;
 }
 
+/// Where deliveries wait to be sent by another process (on AWS: an SQS
+/// queue the deliver function consumes). Without one, the app's own
+/// sender loop sends them (`weft dev`).
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
+    /// Hands each delivery on, to be tried `after` from now (at most
+    /// `MAX_QUEUE_DELAY`).
+    async fn enqueue(&self, refs: &[DeliveryRef], after: std::time::Duration) -> StoreResult<()>;
+}
+
+/// The longest a queue holds a delivery back (SQS's bound); longer waits
+/// are kept as due times that the tick hands on.
+pub const MAX_QUEUE_DELAY: std::time::Duration = std::time::Duration::from_secs(900);
+
 /// Outbound webhooks: a workspace's endpoints, the deliveries made to
 /// them (by workspace and endpoint, and by when each is next due, across
 /// workspaces: what the deliverer reads), and the runs that ended whose
