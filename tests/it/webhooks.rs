@@ -213,18 +213,17 @@ async fn endpoints_take_only_the_events_and_workflows_they_name_and_a_410_disabl
                 .await
         }
     };
-    // The one answered 410, and the other run's (never sent: the endpoint
-    // was off by the time it was tried).
+    // The one answered 410, and the other run's if it was made before the
+    // endpoint was off (then never sent): once none is pending.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let failed = loop {
-        let failed = list("failed").await;
-        assert_eq!(failed.status, 200, "{}", failed.body);
-        if failed.body["items"].as_array().map(Vec::len) == Some(2) {
-            break failed;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{}", failed.body);
+    while list("pending").await.body["items"] != json!([]) {
+        assert!(tokio::time::Instant::now() < deadline, "still pending");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+    let failed = list("failed").await;
+    assert_eq!(failed.status, 200, "{}", failed.body);
+    let n = failed.body["items"].as_array().map_or(0, Vec::len);
+    assert!(n == 1 || n == 2, "{}", failed.body);
     assert_eq!(failed.body["items"][0]["status"], "failed");
     assert_eq!(list("succeeded").await.body["items"], json!([]));
     let bad = list("lost").await;
@@ -246,8 +245,8 @@ async fn endpoints_take_only_the_events_and_workflows_they_name_and_a_410_disabl
     assert_eq!(bad.status, 422, "{}", bad.body);
     let r = app.post(&replay, since).await;
     assert_eq!(r.status, 202, "{}", r.body);
-    assert_eq!(r.body, json!({"replayed": 2, "more": false}));
-    let got = gone_rx.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(r.body, json!({"replayed": n, "more": false}));
+    let got = gone_rx.wait_for(1 + n, Duration::from_secs(10)).await;
     assert!(
         got[1..]
             .iter()
@@ -445,4 +444,91 @@ async fn a_second_rotation_ends_the_first_old_key_and_replays_need_a_live_endpoi
         .post(&format!("/v1/deliveries/{id}/replay"), json!({}))
         .await;
     assert_eq!(r.status, 404, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_step_that_waits_for_approval_or_fails_is_told_to_the_endpoints_that_take_it() {
+    let app = spawn_app().await;
+    let (rx, url) = Receiver::start(&[]).await;
+    let (_, secret) = endpoint(
+        &app,
+        json!({"url": url, "events": ["run.waiting", "step.failed", "run.failed"]}),
+    )
+    .await;
+    let body_of = |got: &(HeaderMap, Bytes)| -> Value {
+        verify(&secret, &got.0, &got.1).expect("signed");
+        serde_json::from_slice(&got.1).expect("json")
+    };
+
+    // Waiting for an approval: told once, with the step.
+    let wf = app
+        .create_workflow(json!({"name": "approve", "steps": [
+            {"id": "ok", "type": "approval", "timeout": "1d"}
+        ]}))
+        .await;
+    let run = app.start_run(&wf, json!({})).await;
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    let waiting = body_of(&got[0]);
+    assert_eq!(waiting["type"], "run.waiting", "{waiting}");
+    assert_eq!(waiting["data"]["run_id"], run.as_str());
+    assert_eq!(waiting["data"]["step"]["id"], "ok");
+    assert_eq!(waiting["data"]["step"]["type"], "approval");
+    assert!(waiting["data"]["step"]["times_out_at"].is_string());
+    let r = app
+        .post(
+            &format!("/v1/runs/{run}/steps/ok/complete"),
+            json!({"output": {"approved": true}}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.body);
+    app.wait_finished(&run).await;
+
+    // A step that fails (its one attempt answered 500): the step, then the
+    // run.
+    let (_, upstream) = Receiver::start(&[500]).await;
+    let wf = app
+        .create_workflow(json!({"name": "fails", "steps": [
+            {"id": "call", "type": "http", "url": upstream, "retry": {"max_attempts": 1}}
+        ]}))
+        .await;
+    let failed = finished_run(&app, &wf, json!({})).await;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let got = rx.wait_for(3, Duration::from_secs(10)).await;
+    let types: Vec<Value> = got[1..]
+        .iter()
+        .map(|g| body_of(g)["type"].clone())
+        .collect();
+    assert!(
+        types.contains(&json!("step.failed")) && types.contains(&json!("run.failed")),
+        "{types:?}"
+    );
+    let step = got[1..]
+        .iter()
+        .map(body_of)
+        .find(|b| b["type"] == "step.failed")
+        .expect("step.failed");
+    assert_eq!(step["data"]["step"]["id"], "call");
+    assert!(step["data"]["step"]["error"]["code"].is_string(), "{step}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing it did not ask for (the approved run's completion).
+    assert_eq!(rx.got().len(), 3);
+}
+
+#[tokio::test]
+async fn a_model_call_refused_for_budget_is_told() {
+    let (app, _) = crate::common::providers::setup(true).await;
+    let (rx, url) = Receiver::start(&[]).await;
+    endpoint(&app, json!({"url": url, "events": ["budget.exceeded"]})).await;
+    let wf = app
+        .create_workflow(json!({"name": "b", "budget_usd": 0.0001, "steps": [
+            {"id": "ask", "type": "llm", "model": "gpt-4o", "max_tokens": 1000, "prompt": "hi"}
+        ]}))
+        .await;
+    let run = finished_run(&app, &wf, json!({})).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    let body: Value = serde_json::from_slice(&got[0].1).expect("json");
+    assert_eq!(body["type"], "budget.exceeded", "{body}");
+    assert_eq!(body["data"]["step"]["id"], "ask");
+    assert_eq!(body["data"]["step"]["error"]["code"], "budget_exceeded");
 }

@@ -12,7 +12,7 @@ use super::{App, AppError};
 use crate::domain::webhook::FAILING_DAYS_TO_DISABLE;
 use crate::domain::{
     Delivery, DeliveryAttempt, DeliveryRef, DeliveryStatus, Endpoint, EndpointId, EventType,
-    SigningKey, WorkflowId, WorkspaceId,
+    OutboxEntry, SigningKey, WorkflowId, WorkspaceId,
 };
 use crate::dsl::{Path, ValidationError};
 use crate::ports::{Page, PageRequest, StoreError};
@@ -498,58 +498,66 @@ impl App {
         )))
     }
 
-    /// Makes the deliveries of runs that ended (one per endpoint that
-    /// wants the event), then forgets them. Returns how many were made.
+    /// Makes the deliveries of the run events in the outbox (one per
+    /// endpoint that wants the event), then forgets them. Returns how many
+    /// were made.
     pub async fn notify_ended_runs(&self) -> Result<usize, AppError> {
-        let ended = self.stores.webhooks.ended_runs(ENDED_BATCH).await?;
+        let entries = self.stores.webhooks.outbox(ENDED_BATCH).await?;
         let mut endpoints: std::collections::HashMap<WorkspaceId, Vec<Endpoint>> =
             Default::default();
         let mut made = 0;
-        for (ws, run_id) in ended {
-            if !endpoints.contains_key(&ws) {
-                let eps = self.stores.webhooks.list_endpoints(&ws).await?;
+        for entry in entries {
+            let ws = &entry.workspace_id;
+            if !endpoints.contains_key(ws) {
+                let eps = self.stores.webhooks.list_endpoints(ws).await?;
                 endpoints.insert(ws.clone(), eps);
             }
-            let eps = endpoints.get(&ws).map_or(&[][..], Vec::as_slice);
+            let eps = endpoints.get(ws).map_or(&[][..], Vec::as_slice);
             // One run that cannot be read holds up no other: it stays in
             // the outbox and is tried again by a later pass.
-            match self.notify_run(&ws, &run_id, eps).await {
+            match self.notify_run(&entry, eps).await {
                 Ok(n) => made += n,
                 Err(e) => {
-                    tracing::warn!(workspace_id = %ws, run_id = %run_id, error = %e, "making a run's webhook deliveries");
+                    tracing::warn!(workspace_id = %ws, run_id = %entry.run_id, error = %e, "making a run's webhook deliveries");
                 }
             }
         }
         Ok(made)
     }
 
-    /// Makes one ended run's deliveries, then forgets it.
-    async fn notify_run(
-        &self,
-        ws: &WorkspaceId,
-        run_id: &crate::domain::RunId,
-        eps: &[Endpoint],
-    ) -> Result<usize, AppError> {
+    /// Makes the deliveries of one outbox entry, then forgets it.
+    async fn notify_run(&self, entry: &OutboxEntry, eps: &[Endpoint]) -> Result<usize, AppError> {
+        let ws = &entry.workspace_id;
         let mut made = Vec::new();
-        if let Some(run) = self.stores.runs.get_run(ws, run_id).await?
-            && let Some(ty) = EventType::of_run(run.status)
-        {
+        let run = match eps.is_empty() {
+            true => None,
+            false => self.stores.runs.get_run(ws, &entry.run_id).await?,
+        };
+        let events = run.as_ref().map_or(&[][..], |_| entry.events.as_slice());
+        for (event, run) in events.iter().filter_map(|e| Some((e, run.as_ref()?))) {
+            let Some(ty) = event.event_type(run) else {
+                continue;
+            };
             let wanting: Vec<&Endpoint> = eps
                 .iter()
                 .filter(|e| e.wants(ty, Some(&run.workflow_id)))
                 .collect();
-            let body = (!wanting.is_empty()).then(|| payload::run_event(ty, &run));
+            if wanting.is_empty() {
+                continue;
+            }
+            let body = payload::run_event(ty, run, event.step());
+            let (at, subject) = match event.step() {
+                Some(s) => (s.at, s.key.as_str()),
+                None => (run.finished_at.unwrap_or(run.created_at), ""),
+            };
             for e in wanting {
                 let d = Delivery {
                     workspace_id: ws.clone(),
-                    id: delivery_id(
-                        run.finished_at.unwrap_or(run.created_at),
-                        &[e.id.as_str(), run.id.as_str(), ty.as_str()],
-                    ),
+                    id: delivery_id(at, &[e.id.as_str(), run.id.as_str(), ty.as_str(), subject]),
                     endpoint_id: e.id.clone(),
                     event_type: ty,
                     run_id: Some(run.id.clone()),
-                    payload: body.clone().unwrap_or_default(),
+                    payload: body.clone(),
                     created_at: Utc::now(),
                     status: DeliveryStatus::Pending,
                     attempts: Vec::new(),
@@ -562,7 +570,7 @@ impl App {
                 }
             }
         }
-        self.stores.webhooks.forget_ended(ws, run_id).await?;
+        self.stores.webhooks.forget_outbox(entry).await?;
         self.hand_over(&made).await;
         Ok(made.len())
     }

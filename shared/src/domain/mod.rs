@@ -22,7 +22,8 @@ pub use run::{
 pub use schedule::{CatchUp, Overlap, Schedule};
 pub use usage::{CapHit, Caps, Charge, ModelPrice, Usage, UsageRow, WorkspaceSettings};
 pub use webhook::{
-    Delivery, DeliveryAttempt, DeliveryRef, DeliveryStatus, Endpoint, EventType, SigningKey,
+    Delivery, DeliveryAttempt, DeliveryRef, DeliveryStatus, Endpoint, EventType, OutboxEntry,
+    RunEvent, SigningKey, StepSummary,
 };
 pub use workflow::{WorkflowSummary, WorkflowVersion};
 pub use workspace::{ApiKeyRecord, Role, Workspace};

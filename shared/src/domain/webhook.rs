@@ -6,7 +6,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{EndpointId, RunId, RunStatus, WorkflowId, WorkspaceId};
+use super::{
+    EndpointId, RunId, RunRecord, RunStatus, StepError, StepRecord, StepStatus, WorkflowId,
+    WorkspaceId,
+};
 
 /// The events an endpoint can take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -17,6 +20,15 @@ pub enum EventType {
     RunFailed,
     #[serde(rename = "run.cancelled")]
     RunCancelled,
+    /// A step began waiting for an approval or an event.
+    #[serde(rename = "run.waiting")]
+    RunWaiting,
+    /// A step failed (its retries spent); the run may go on.
+    #[serde(rename = "step.failed")]
+    StepFailed,
+    /// A model call was refused: the run's or the month's budget is spent.
+    #[serde(rename = "budget.exceeded")]
+    BudgetExceeded,
     /// Another endpoint of the workspace was disabled by Weft (it answered
     /// 410, or failed for days).
     #[serde(rename = "endpoint.disabled")]
@@ -24,10 +36,13 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 4] = [
+    pub const ALL: [EventType; 7] = [
         Self::RunCompleted,
         Self::RunFailed,
         Self::RunCancelled,
+        Self::RunWaiting,
+        Self::StepFailed,
+        Self::BudgetExceeded,
         Self::EndpointDisabled,
     ];
 
@@ -36,6 +51,9 @@ impl EventType {
             Self::RunCompleted => "run.completed",
             Self::RunFailed => "run.failed",
             Self::RunCancelled => "run.cancelled",
+            Self::RunWaiting => "run.waiting",
+            Self::StepFailed => "step.failed",
+            Self::BudgetExceeded => "budget.exceeded",
             Self::EndpointDisabled => "endpoint.disabled",
         }
     }
@@ -195,4 +213,125 @@ impl From<&Delivery> for DeliveryRef {
             id: d.id.clone(),
         }
     }
+}
+
+/// What of a step an event tells.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepSummary {
+    pub key: String,
+    #[serde(rename = "type")]
+    pub step_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+    /// When a waiting step times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<DateTime<Utc>>,
+    /// When it happened: the step's end, or its start (a wait); the same
+    /// each time the step's record is read.
+    pub at: DateTime<Utc>,
+}
+
+impl StepSummary {
+    fn of(s: &StepRecord, run: &RunRecord) -> Self {
+        Self {
+            key: s.key.clone(),
+            step_type: s.step_type.clone(),
+            error: s.error.clone(),
+            wake_at: s.wake_at,
+            at: s.finished_at.or(s.started_at).unwrap_or(run.created_at),
+        }
+    }
+}
+
+/// Something a save of a run did that endpoints may be told of: the
+/// outbox holds these, written in the save's own transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The run ended (which way, its stored status says).
+    Ended,
+    Waiting {
+        step: StepSummary,
+    },
+    StepFailed {
+        step: StepSummary,
+    },
+    BudgetExceeded {
+        step: StepSummary,
+    },
+}
+
+/// The step types whose waiting is told (`run.waiting`): those waiting on
+/// someone, not a delay's timer.
+const TOLD_WAITS: [&str; 2] = ["approval", "wait_for_event"];
+
+impl RunEvent {
+    /// The events of a save of `run` that wrote `steps` (those it changed).
+    pub fn of_save(run: &RunRecord, steps: &[StepRecord]) -> Vec<RunEvent> {
+        let mut out = Vec::new();
+        for s in steps {
+            match s.status {
+                StepStatus::Waiting if TOLD_WAITS.contains(&s.step_type.as_str()) => {
+                    out.push(RunEvent::Waiting {
+                        step: StepSummary::of(s, run),
+                    });
+                }
+                StepStatus::Failed => {
+                    let step = StepSummary::of(s, run);
+                    if s.error.as_ref().is_some_and(|e| e.code == BUDGET_EXCEEDED) {
+                        out.push(RunEvent::BudgetExceeded { step: step.clone() });
+                    }
+                    out.push(RunEvent::StepFailed { step });
+                }
+                _ => {}
+            }
+        }
+        if run.status.is_terminal() {
+            out.push(RunEvent::Ended);
+        }
+        out
+    }
+
+    /// Its type, given the run as it is now (None: an end of a run that
+    /// has not ended).
+    pub fn event_type(&self, run: &RunRecord) -> Option<EventType> {
+        match self {
+            RunEvent::Ended => EventType::of_run(run.status),
+            RunEvent::Waiting { .. } => Some(EventType::RunWaiting),
+            RunEvent::StepFailed { .. } => Some(EventType::StepFailed),
+            RunEvent::BudgetExceeded { .. } => Some(EventType::BudgetExceeded),
+        }
+    }
+
+    /// Its name as stored (the serde tag).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunEvent::Ended => "ended",
+            RunEvent::Waiting { .. } => "waiting",
+            RunEvent::StepFailed { .. } => "step_failed",
+            RunEvent::BudgetExceeded { .. } => "budget_exceeded",
+        }
+    }
+
+    pub fn step(&self) -> Option<&StepSummary> {
+        match self {
+            RunEvent::Ended => None,
+            RunEvent::Waiting { step }
+            | RunEvent::StepFailed { step }
+            | RunEvent::BudgetExceeded { step } => Some(step),
+        }
+    }
+}
+
+/// The error code of a model call refused for budget.
+pub const BUDGET_EXCEEDED: &str = "budget_exceeded";
+
+/// A run's events not yet made into deliveries (one save's, or one of
+/// them); `key` names it in the store, to forget it once they are made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEntry {
+    pub workspace_id: WorkspaceId,
+    pub run_id: RunId,
+    pub events: Vec<RunEvent>,
+    pub key: String,
 }

@@ -1704,8 +1704,10 @@ async fn webhook_endpoints_and_deliveries_are_scoped_and_due_in_order(s: &Stores
     assert_eq!(mine(pending.items), vec![later.id.clone(), ids[4].clone()]);
 }
 
-/// A run's last save puts it in the outbox of webhooks when its workspace
-/// has an endpoint (and only then); forgetting takes it out.
+/// A run's saves put what endpoints may be told of in the outbox when its
+/// workspace has an endpoint (and only then): a step that began waiting
+/// for an approval, one that failed (on the budget too), the run's end;
+/// forgetting takes each out.
 async fn runs_that_end_are_in_the_outbox_only_where_endpoints_are(s: &Stores) {
     let (with, without) = (ws(), ws());
     assert!(
@@ -1718,9 +1720,33 @@ async fn runs_that_end_are_in_the_outbox_only_where_endpoints_are(s: &Stores) {
     for w in [&with, &without] {
         let mut r = run(w, "wf_end");
         s.runs.create_run(&r, None).await.unwrap();
+        // A save whose steps wait (an approval: told; a delay: not) and
+        // fail (one for the budget).
+        let mut approval = StepRecord::new("ok", "approval");
+        approval.status = StepStatus::Waiting;
+        approval.started_at = Some(Utc::now());
+        let mut delay = StepRecord::new("pause", "delay");
+        delay.status = StepStatus::Waiting;
+        let mut failed = StepRecord::new("ask", "llm");
+        failed.status = StepStatus::Failed;
+        failed.finished_at = Some(Utc::now());
+        failed.error = Some(StepError::permanent(
+            crate::domain::webhook::BUDGET_EXCEEDED,
+            "the run's budget",
+        ));
+        r.status = RunStatus::Waiting;
+        r.revision = 2;
+        s.runs
+            .save_run(&RunWrite {
+                run: r.clone(),
+                steps: vec![approval, delay, failed],
+                logs: Vec::new(),
+            })
+            .await
+            .unwrap();
         r.status = RunStatus::Completed;
         r.finished_at = Some(Utc::now());
-        r.revision = 2;
+        r.revision = 3;
         let write = RunWrite {
             run: r.clone(),
             steps: Vec::new(),
@@ -1729,18 +1755,42 @@ async fn runs_that_end_are_in_the_outbox_only_where_endpoints_are(s: &Stores) {
         s.runs.save_run(&write).await.unwrap();
         ended.push(r.id);
     }
-    let mine = |v: Vec<(WorkspaceId, RunId)>| -> Vec<(WorkspaceId, RunId)> {
+    let mine = |v: Vec<OutboxEntry>| -> Vec<OutboxEntry> {
         v.into_iter()
-            .filter(|(w, _)| *w == with || *w == without)
+            .filter(|e| e.workspace_id == with || e.workspace_id == without)
             .collect()
     };
-    assert_eq!(
-        mine(s.webhooks.ended_runs(1000).await.unwrap()),
-        vec![(with.clone(), ended[0].clone())]
+    let found = mine(s.webhooks.outbox(1000).await.unwrap());
+    assert!(
+        found
+            .iter()
+            .all(|e| e.workspace_id == with && e.run_id == ended[0])
     );
-    s.webhooks.forget_ended(&with, &ended[0]).await.unwrap();
-    s.webhooks.forget_ended(&with, &ended[0]).await.unwrap();
-    assert!(mine(s.webhooks.ended_runs(1000).await.unwrap()).is_empty());
+    let mut kinds: Vec<(&str, String)> = found
+        .iter()
+        .flat_map(|e| &e.events)
+        .map(|ev| {
+            (
+                ev.kind(),
+                ev.step().map(|s| s.key.clone()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("budget_exceeded", "ask".to_owned()),
+            ("ended", String::new()),
+            ("step_failed", "ask".to_owned()),
+            ("waiting", "ok".to_owned()),
+        ]
+    );
+    for e in &found {
+        s.webhooks.forget_outbox(e).await.unwrap();
+        s.webhooks.forget_outbox(e).await.unwrap();
+    }
+    assert!(mine(s.webhooks.outbox(1000).await.unwrap()).is_empty());
     // The run itself is untouched.
     assert_eq!(
         s.runs

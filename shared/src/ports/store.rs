@@ -480,9 +480,9 @@ pub trait WebhookStore: Send + Sync {
     /// Forgets deliveries made before `before` that are done.
     async fn forget_deliveries(&self, before: DateTime<Utc>) -> StoreResult<usize>;
 
-    /// Runs that ended and whose deliveries are not made yet, oldest
-    /// first.
-    async fn ended_runs(&self, limit: usize) -> StoreResult<Vec<(WorkspaceId, RunId)>>;
-    /// The run's deliveries are made.
-    async fn forget_ended(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<()>;
+    /// Run events whose deliveries are not made yet (the outbox a run's
+    /// saves wrote), oldest first.
+    async fn outbox(&self, limit: usize) -> StoreResult<Vec<OutboxEntry>>;
+    /// The entry's deliveries are made.
+    async fn forget_outbox(&self, entry: &OutboxEntry) -> StoreResult<()>;
 }

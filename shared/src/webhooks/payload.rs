@@ -6,13 +6,15 @@ use serde_json::{Value, json};
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Endpoint, EventType, RunRecord};
+use crate::domain::{Endpoint, EventType, RunRecord, StepSummary};
 
 /// Largest output put in a delivery; a larger one is left out
 /// (`output_omitted`: read the run).
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
-pub fn run_event(ty: EventType, run: &RunRecord) -> String {
+/// The body of an event of `run` (and of one of its steps, for the events
+/// of a step: `run.waiting`, `step.failed`, `budget.exceeded`).
+pub fn run_event(ty: EventType, run: &RunRecord, step: Option<&StepSummary>) -> String {
     let output = run.output.as_ref().map(|o| (o, o.to_string().len()));
     let (output, omitted) = match output {
         Some((o, len)) if len <= MAX_OUTPUT_BYTES => (o.clone(), false),
@@ -31,12 +33,27 @@ pub fn run_event(ty: EventType, run: &RunRecord) -> String {
         "finished_at": run.finished_at,
         "links": {"run": format!("/v1/runs/{}", run.id)},
     });
-    if omitted && let Some(m) = data.as_object_mut() {
-        m.insert("output_omitted".into(), Value::Bool(true));
+    if let Some(m) = data.as_object_mut() {
+        if omitted {
+            m.insert("output_omitted".into(), Value::Bool(true));
+        }
+        if let Some(s) = step {
+            m.insert(
+                "step".into(),
+                json!({
+                    "id": s.key,
+                    "type": s.step_type,
+                    "error": s.error.as_ref().map(|e| json!({"code": e.code, "message": crate::app::cut(e.message.clone())})),
+                    "times_out_at": s.wake_at,
+                    "links": {"step": format!("/v1/runs/{}/steps/{}", run.id, s.key)},
+                }),
+            );
+        }
     }
+    let at = step.map_or(run.finished_at.unwrap_or(run.created_at), |s| s.at);
     json!({
         "type": ty.as_str(),
-        "timestamp": run.finished_at.unwrap_or(run.created_at),
+        "timestamp": at,
         "data": data,
     })
     .to_string()

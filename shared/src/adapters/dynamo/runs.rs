@@ -448,6 +448,11 @@ impl DynamoStore {
         }
         let all: Vec<&StepRecord> = merged.values().collect();
         match packed::pack(&all)? {
+            // A save with an outbox item is a transaction.
+            Some(value) if self.outbox_item(&w.run, &w.steps).await?.is_some() => {
+                self.save_with_items(w, &[], Packing::Set(value)).await?;
+                Ok(packed::Layout::packed(merged.into_values().collect()))
+            }
             Some(value) => {
                 self.update_run(w, Packing::Set(value)).await?;
                 Ok(packed::Layout::packed(merged.into_values().collect()))
@@ -701,6 +706,7 @@ impl DynamoStore {
             others.push(step_item(self, run, st).await?);
         }
         others.extend(log_items(run, &w.logs)?);
+        others.extend(self.outbox_item(run, &w.steps).await?);
         if others.len() + 1 > MAX_TRANSACTION_ITEMS {
             return Err(StoreError::Unavailable(format!(
                 "a save of run {} holds {} items; one transaction holds {MAX_TRANSACTION_ITEMS}",

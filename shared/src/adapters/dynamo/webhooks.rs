@@ -2,16 +2,22 @@
 //! (`{ws}#ENDPOINTS`, the endpoint id as sort key, with the count item
 //! `#COUNT`); each endpoint's deliveries in one (`{ws}#DELIVERY#{ep}`,
 //! ids sorting by when the run ended), those pending also in the index
-//! `gsi2` (`WHDUE#{shard}`, due time + ids). The outbox of runs that ended
-//! is the run item itself: its last save puts it in `gsi2` under
-//! `ENDED#{shard}` when its workspace has endpoints (`runs::index_keys`),
-//! and `forget_ended` takes it out.
+//! `gsi2` (`WHDUE#{shard}`, due time + ids). The outbox: a run that ended
+//! is there itself (its last save puts the run item in `gsi2` under
+//! `ENDED#{shard}` when its workspace has endpoints, `runs::index_keys`);
+//! other events of a save (a step that waits, fails, hits the budget) are
+//! an item beside the run's (`OUTBOX#{revision}`, in `gsi2` under
+//! `OUTBOX#{shard}`) written in the save's transaction. `forget_outbox`
+//! takes either out.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{DynamoStore, Item, data, get_s, key, n, run_pk, s, sdk, ts};
-use crate::domain::{Delivery, DeliveryStatus, Endpoint, EndpointId, RunId, WorkspaceId};
+use crate::domain::{
+    Delivery, DeliveryStatus, Endpoint, EndpointId, OutboxEntry, RunEvent, RunId, RunRecord,
+    StepRecord, WorkspaceId,
+};
 use crate::ports::{Cursor, Page, PageRequest, StoreError, StoreResult, WebhookStore};
 
 /// Partitions of the due-deliveries and ended-runs indexes.
@@ -333,20 +339,57 @@ impl WebhookStore for DynamoStore {
         Ok(0)
     }
 
-    async fn ended_runs(&self, limit: usize) -> StoreResult<Vec<(WorkspaceId, RunId)>> {
+    async fn outbox(&self, limit: usize) -> StoreResult<Vec<OutboxEntry>> {
         let mut out = Vec::new();
         for i in self.index_below("ENDED#", SHARDS, "~", limit).await? {
             // `{time}#{ws}#{run}`
             let sk = get_s(&i, "gsi2sk")?;
             let mut parts = sk.rsplitn(3, '#');
             if let (Some(run), Some(ws)) = (parts.next(), parts.next()) {
-                out.push((WorkspaceId::from_string(ws), RunId::from_string(run)));
+                out.push(OutboxEntry {
+                    workspace_id: WorkspaceId::from_string(ws),
+                    run_id: RunId::from_string(run),
+                    events: vec![RunEvent::Ended],
+                    key: ENDED_KEY.into(),
+                });
             }
+        }
+        let room = limit.saturating_sub(out.len());
+        if room == 0 {
+            return Ok(out);
+        }
+        let keys: Vec<Item> = self
+            .index_below("OUTBOX#", SHARDS, "~", room)
+            .await?
+            .iter()
+            .map(|i| Ok(key(get_s(i, "pk")?, get_s(i, "sk")?)))
+            .collect::<StoreResult<_>>()?;
+        for i in self.batch_get(keys).await? {
+            out.push(OutboxEntry {
+                workspace_id: WorkspaceId::from_string(get_s(&i, "ws")?),
+                run_id: RunId::from_string(get_s(&i, "run")?),
+                events: data(&i)?,
+                key: get_s(&i, "sk")?.to_owned(),
+            });
         }
         Ok(out)
     }
 
-    async fn forget_ended(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<()> {
+    async fn forget_outbox(&self, entry: &OutboxEntry) -> StoreResult<()> {
+        let (ws, id) = (&entry.workspace_id, &entry.run_id);
+        if entry.key != ENDED_KEY {
+            if !entry.key.starts_with("OUTBOX#") {
+                return Ok(());
+            }
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(run_pk(ws, id), &entry.key)))
+                .send()
+                .await
+                .map_err(sdk)?;
+            return Ok(());
+        }
         let res = self
             .client
             .update_item()
@@ -363,5 +406,47 @@ impl WebhookStore for DynamoStore {
             Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The key of an outbox entry that is a run item in `ENDED#`.
+const ENDED_KEY: &str = "ENDED";
+
+impl DynamoStore {
+    /// The outbox item of a save whose steps did what endpoints may be told
+    /// of (waited, failed, hit the budget), if its workspace has endpoints:
+    /// written in the save's transaction. (The run's end is the run item's
+    /// own `ENDED#` index entry.)
+    pub(super) async fn outbox_item(
+        &self,
+        run: &RunRecord,
+        steps: &[StepRecord],
+    ) -> StoreResult<Option<Item>> {
+        let events: Vec<RunEvent> = RunEvent::of_save(run, steps)
+            .into_iter()
+            .filter(|e| *e != RunEvent::Ended)
+            .collect();
+        if events.is_empty() || !self.has_endpoints(&run.workspace_id).await? {
+            return Ok(None);
+        }
+        let sk = format!("OUTBOX#{:020}", run.revision);
+        let mut item = key(run_pk(&run.workspace_id, &run.id), &sk);
+        item.insert("data".into(), s(serde_json::to_string(&events)?));
+        item.insert("ws".into(), s(run.workspace_id.as_str()));
+        item.insert("run".into(), s(run.id.as_str()));
+        item.insert(
+            "gsi2pk".into(),
+            s(format!("OUTBOX#{}", shard_of(run.id.as_str()))),
+        );
+        item.insert(
+            "gsi2sk".into(),
+            s(format!(
+                "{}#{}#{}#{sk}",
+                ts(Utc::now()),
+                run.workspace_id,
+                run.id
+            )),
+        );
+        Ok(Some(item))
     }
 }

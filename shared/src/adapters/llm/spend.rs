@@ -45,7 +45,7 @@ pub fn refusal(
         }
     };
     StepError::permanent(
-        "budget_exceeded",
+        crate::domain::webhook::BUDGET_EXCEEDED,
         format!(
             "{what} of {} would be exceeded: {} is spent or reserved, and this call \
              ({provider}/{model}, up to {max_tokens} output tokens) could cost {}; \

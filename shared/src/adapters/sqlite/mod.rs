@@ -30,7 +30,8 @@ pub struct SqliteStore {
     master: Option<MasterKey>,
     /// Told when a hook request is kept (`hooks::wait_for_receipts`).
     receipts: Arc<tokio::sync::Notify>,
-    /// Told when a run ends (`wait_for_endings`).
+    /// Told when a save wrote run events to the outbox
+    /// (`wait_for_endings`).
     endings: Arc<tokio::sync::Notify>,
 }
 

@@ -445,7 +445,17 @@ impl RunStore for SqliteStore {
             w.run.status.as_str(),
             w.run.revision as i64,
         );
-        let ended = w.run.status.is_terminal();
+        // The outbox of its webhooks: what this save did that endpoints may
+        // be told of, each under a subject (the step's key; "" for the
+        // run's end) that a repeat does not write twice.
+        let events = crate::domain::RunEvent::of_save(&w.run, &w.steps)
+            .into_iter()
+            .map(|e| {
+                let subject = e.step().map(|s| s.key.clone()).unwrap_or_default();
+                Ok((e.kind(), subject, serde_json::to_string(&e)?))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let told = !events.is_empty();
         self.db
             .write(move |tx| {
                 let n = tx
@@ -454,15 +464,15 @@ impl RunStore for SqliteStore {
                 if n != 1 {
                     return Err(StoreError::Conflict(format!("run {id} is not at revision {}", revision - 1)));
                 }
-                // The outbox of its webhooks, in the write that ends it
-                // (only in a workspace with endpoints).
-                if ended {
+                // The outbox, in the same write (only in a workspace with
+                // endpoints).
+                for (kind, subject, data) in &events {
                     tx.prepare_cached(
-                        "INSERT OR IGNORE INTO run_endings (workspace_id, run_id, seq) \
-                         SELECT ?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_endings) \
+                        "INSERT OR IGNORE INTO webhook_outbox (workspace_id, run_id, event, subject, data) \
+                         SELECT ?1, ?2, ?3, ?4, ?5 \
                          WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE workspace_id = ?1)",
                     )?
-                    .execute(params![ws, id])?;
+                    .execute(params![ws, id, kind, subject, data])?;
                 }
                 let mut put = tx.prepare_cached("INSERT OR REPLACE INTO steps (workspace_id, run_id, key, data) VALUES (?1, ?2, ?3, ?4)")?;
                 for (key, data) in &steps {
@@ -475,7 +485,7 @@ impl RunStore for SqliteStore {
                 Ok(())
             })
             .await?;
-        if ended {
+        if told {
             self.endings.notify_one();
         }
         Ok(())

@@ -220,6 +220,23 @@ CREATE TABLE run_endings (
 ) STRICT;
 CREATE INDEX run_endings_order ON run_endings (seq);
 "#,
+    // The outbox holds every run event endpoints may be told of (a step
+    // that waits or fails, a budget refusal, the run's end), each once per
+    // run and subject (the step's key; "" for the run's end).
+    r#"
+CREATE TABLE webhook_outbox (
+    seq          INTEGER PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    subject      TEXT NOT NULL,
+    data         TEXT NOT NULL,
+    UNIQUE (workspace_id, run_id, event, subject)
+) STRICT;
+INSERT INTO webhook_outbox (workspace_id, run_id, event, subject, data)
+    SELECT workspace_id, run_id, 'ended', '', '{"event":"ended"}' FROM run_endings ORDER BY seq;
+DROP TABLE run_endings;
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {

@@ -1,6 +1,6 @@
 //! Outbound webhooks: endpoints, deliveries (listed by endpoint, read by
-//! when they are due) and the outbox of runs that ended (`run_endings`,
-//! written by the run's last save in its transaction).
+//! when they are due) and the outbox of run events (`webhook_outbox`,
+//! written by the run's save in its transaction).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -8,7 +8,9 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::tenants::{insert_counted, json_rows, update_at_revision};
-use crate::domain::{Delivery, DeliveryStatus, Endpoint, EndpointId, RunId, WorkspaceId};
+use crate::domain::{
+    Delivery, DeliveryStatus, Endpoint, EndpointId, OutboxEntry, RunId, WorkspaceId,
+};
 use crate::ports::{Page, PageRequest, StoreResult, WebhookStore};
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -230,33 +232,41 @@ impl WebhookStore for SqliteStore {
             .await
     }
 
-    async fn ended_runs(&self, limit: usize) -> StoreResult<Vec<(WorkspaceId, RunId)>> {
+    async fn outbox(&self, limit: usize) -> StoreResult<Vec<OutboxEntry>> {
         self.db
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT workspace_id, run_id FROM run_endings ORDER BY seq LIMIT ?1",
+                    "SELECT seq, workspace_id, run_id, data FROM webhook_outbox ORDER BY seq LIMIT ?1",
                 )?;
-                let out = stmt
+                let rows = stmt
                     .query_map(params![limit as i64], |r| {
                         Ok((
-                            WorkspaceId::from_string(r.get::<_, String>(0)?),
-                            RunId::from_string(r.get::<_, String>(1)?),
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
                         ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(out)
+                rows.into_iter()
+                    .map(|(seq, ws, run, data)| {
+                        Ok(OutboxEntry {
+                            workspace_id: WorkspaceId::from_string(ws),
+                            run_id: RunId::from_string(run),
+                            events: vec![serde_json::from_str(&data)?],
+                            key: seq.to_string(),
+                        })
+                    })
+                    .collect()
             })
             .await
     }
 
-    async fn forget_ended(&self, ws: &WorkspaceId, id: &RunId) -> StoreResult<()> {
-        let (ws, id) = (ws.to_string(), id.to_string());
+    async fn forget_outbox(&self, entry: &OutboxEntry) -> StoreResult<()> {
+        let seq: i64 = entry.key.parse().unwrap_or(-1);
         self.db
             .write(move |tx| {
-                tx.execute(
-                    "DELETE FROM run_endings WHERE workspace_id = ?1 AND run_id = ?2",
-                    params![ws, id],
-                )?;
+                tx.execute("DELETE FROM webhook_outbox WHERE seq = ?1", params![seq])?;
                 Ok(())
             })
             .await
