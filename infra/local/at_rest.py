@@ -3,10 +3,12 @@
 A workspace secret is used by an http step (sent as a header to a local
 service that echoes it back in its answer, as careless services do), on a
 run that also waits for an approval (so it is handed to the Standard
-machine). After the run, the secret's value must appear in no DynamoDB
-item, no S3 object, no Step Functions execution history (inputs, outputs,
-errors of every state) and no line the functions logged. The service must
-have received it (else the check would prove nothing).
+machine); a webhook endpoint's signing key signs the delivery of the
+run's end. After the run, neither value must appear in any DynamoDB
+item, S3 object, Step Functions execution history (inputs, outputs,
+errors of every state) or line the functions logged. The service must
+have received the secret and a delivery signed with the key (else the
+check would prove nothing).
 
 Reads the stack's ready file (infra/local/with-stack) and the functions'
 log; exits non-zero on any failure.
@@ -19,17 +21,27 @@ import json
 import secrets
 import sys
 import threading
+import time
 from pathlib import Path
+
+import standardwebhooks
 
 import stack_client
 from stack_client import answer_json, api, aws
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVED = []
+# (headers, body) of each webhook delivery.
+DELIVERED = []
 
 
 class Echo(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
+        if self.path == "/hook":
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            DELIVERED.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            answer_json(self, {"ok": True})
+            return
         key = self.headers.get("x-api-key", "")
         RECEIVED.append(key)
         answer_json(self, {"you_sent": key, "status": "accepted"})
@@ -65,6 +77,11 @@ def main():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     origin = f"http://127.0.0.1:{server.server_address[1]}"
 
+    status, endpoint = api(ready, "POST", "/v1/endpoints", {"url": f"{origin}/hook", "events": ["run.completed"]})
+    if status != 201:
+        sys.exit(f"at_rest: making the webhook endpoint: {status} {endpoint}")
+    signing_key = endpoint["secret"]
+
     status, body = api(ready, "PUT", "/v1/secrets/AT_REST_KEY", {"value": value})
     if status != 200:
         sys.exit(f"at_rest: storing the secret: {status} {body}")
@@ -89,16 +106,38 @@ def main():
         sys.exit(f"at_rest: the run ended {done['status']}: {json.dumps(done)[:800]}")
     if value not in RECEIVED:
         sys.exit(f"at_rest: the service never received the secret: {RECEIVED}")
+    # The run's end is delivered, signed with the endpoint's key (the tick
+    # makes the delivery; the deliver function signs it).
+    lam = aws(ready, "lambda")
+    deadline = time.time() + 90
+    while not DELIVERED and time.time() < deadline:
+        event = {"detail-type": "Scheduled Event", "source": "aws.events", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "detail": {}}
+        lam.invoke(FunctionName="weft-tick", Payload=json.dumps(event).encode())
+        for _ in range(20):
+            if DELIVERED:
+                break
+            time.sleep(0.25)
+    if not DELIVERED:
+        sys.exit("at_rest: the run's end was never delivered to the endpoint")
+    try:
+        standardwebhooks.Webhook(signing_key).verify(DELIVERED[0][1], DELIVERED[0][0])
+    except standardwebhooks.WebhookVerificationError as e:
+        sys.exit(f"at_rest: the delivery is not signed with the endpoint's key: {e}")
+    api(ready, "DELETE", f"/v1/endpoints/{endpoint['id']}", None)
     server.shutdown()
 
+    # The secret, the signing key and the key's bytes as base64 (the key
+    # without its `whsec_`).
+    values = [value, signing_key, signing_key.removeprefix("whsec_")]
     leaks = []
     ddb = aws(ready, "dynamodb")
     items = 0
     for page in ddb.get_paginator("scan").paginate(TableName=ready["table"]):
         for item in page["Items"]:
             items += 1
-            if found_in(json.dumps(item, default=str), value):
-                leaks.append(f"DynamoDB item {item.get('pk')} {item.get('sk')}")
+            for v in values:
+                if found_in(json.dumps(item, default=str), v):
+                    leaks.append(f"DynamoDB item {item.get('pk')} {item.get('sk')}")
     s3 = aws(ready, "s3")
     objects = 0
     for bucket in s3.list_buckets()["Buckets"]:
@@ -106,7 +145,7 @@ def main():
             for obj in page.get("Contents", []):
                 objects += 1
                 data = s3.get_object(Bucket=bucket["Name"], Key=obj["Key"])["Body"].read()
-                if found_in(data, value):
+                if any(found_in(data, v) for v in values):
                     leaks.append(f"S3 object {bucket['Name']}/{obj['Key']}")
     sfn = aws(ready, "stepfunctions")
     executions = 0
@@ -118,17 +157,17 @@ def main():
                 executions += 1
                 history = sfn.get_execution_history(executionArn=e["executionArn"], maxResults=1000)
                 described = sfn.describe_execution(executionArn=e["executionArn"])
-                if found_in(json.dumps([history["events"], described], default=str), value):
+                if any(found_in(json.dumps([history["events"], described], default=str), v) for v in values):
                     leaks.append(f"execution history {e['executionArn']}")
     log = Path(args.log).read_bytes() if Path(args.log).exists() else b""
-    if found_in(log, value):
+    if any(found_in(log, v) for v in values):
         leaks.append(f"the functions' log {args.log}")
     if items == 0 or executions < 2 or not log:
         sys.exit(f"at_rest: too little was scanned to prove anything: {items} items, "
                  f"{executions} executions, {len(log)} log bytes")
     if leaks:
-        sys.exit("at_rest: the secret was found in: " + "; ".join(leaks))
-    print(f"ok  a secret used by a run is in none of {items} DynamoDB items, {objects} S3 "
+        sys.exit("at_rest: a secret was found in: " + "; ".join(leaks))
+    print(f"ok  a secret used by a run and a webhook signing key are in none of {items} DynamoDB items, {objects} S3 "
           f"objects, {executions} execution histories or {len(log)} bytes of logs")
 
 

@@ -23,10 +23,10 @@ pub async fn create(
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
     let fields = endpoint_fields(&body, true)?;
-    let e = app.create_endpoint(&who.workspace_id, fields).await?;
+    let (e, secret) = app.create_endpoint(&who.workspace_id, fields).await?;
     let mut view = json!(EndpointView::from(&e));
-    // Shown once: sign deliveries' checks with it.
-    view["secret"] = json!(e.keys.first().map(|k| k.secret.as_str()));
+    // Shown once: receivers check deliveries' signatures with it.
+    view["secret"] = json!(secret);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -75,11 +75,11 @@ pub async fn rotate_secret(
     Auth(who): Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let e = app
+    let (e, secret) = app
         .rotate_endpoint_secret(&who.workspace_id, &EndpointId::from_string(id))
         .await?;
     let mut view = json!(EndpointView::from(&e));
-    view["secret"] = json!(e.keys.first().map(|k| k.secret.as_str()));
+    view["secret"] = json!(secret);
     Ok(Json(view).into_response())
 }
 

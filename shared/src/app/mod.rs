@@ -51,6 +51,8 @@ pub struct App {
     webhook_sender: std::sync::OnceLock<Result<crate::webhooks::send::Sender, String>>,
     /// The webhook deliveries being sent now.
     sending: webhooks::Sending,
+    /// Webhook signing keys read from the secret store, by name.
+    signing_cache: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Where deliveries go to be sent (None: `deliver_due` sends them).
     delivery_queue: Option<Arc<dyn crate::ports::DeliveryQueue>>,
 }
@@ -88,6 +90,7 @@ impl App {
             webhook_sender: Default::default(),
             sending: Default::default(),
             delivery_queue: None,
+            signing_cache: Default::default(),
         }
     }
 

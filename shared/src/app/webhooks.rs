@@ -42,6 +42,8 @@ const SEND_LEASE_SECS: i64 = 60;
 /// How long after it is due a pending delivery is handed to the queue
 /// again by the tick (its message is late, or was lost).
 const QUEUE_GRACE: Duration = Duration::minutes(2);
+/// Most signing keys a process keeps read (all are forgotten past it).
+const SIGNING_KEYS_KEPT: usize = 10_000;
 /// Most failed deliveries one "replay since" looks at.
 pub const MAX_REPLAYED_AT_ONCE: usize = 1000;
 
@@ -226,16 +228,20 @@ impl App {
         }
     }
 
+    /// Makes an endpoint and its signing key (kept in the workspace's
+    /// secret store); returns it and the key, shown this once.
     pub async fn create_endpoint(
         &self,
         ws: &WorkspaceId,
         f: EndpointFields,
-    ) -> Result<Endpoint, AppError> {
+    ) -> Result<(Endpoint, String), AppError> {
         self.check_endpoint(ws, &f).await?;
         let now = Utc::now();
+        let id = EndpointId::generate();
+        let (name, secret) = self.new_signing_key(ws, &id).await?;
         let e = Endpoint {
             workspace_id: ws.clone(),
-            id: EndpointId::generate(),
+            id,
             url: f.url.unwrap_or_default(),
             events: f.events.unwrap_or_else(|| EventType::ALL.to_vec()),
             workflow_ids: f.workflow_ids.unwrap_or_default(),
@@ -244,24 +250,85 @@ impl App {
             disabled_reason: None,
             failing_since: None,
             keys: vec![SigningKey {
-                secret: sign::new_secret(),
+                secret_name: name.clone(),
                 expires_at: None,
             }],
             created_at: now,
             updated_at: now,
             revision: 1,
         };
-        if !self
+        let made = self
             .stores
             .webhooks
             .create_endpoint(&e, MAX_ENDPOINTS_PER_WORKSPACE)
-            .await?
-        {
+            .await;
+        if !matches!(made, Ok(true)) {
+            self.forget_signing_keys(ws, std::slice::from_ref(&name))
+                .await;
+        }
+        if !made? {
             return Err(AppError::BadRequest(format!(
                 "this workspace has {MAX_ENDPOINTS_PER_WORKSPACE} webhook endpoints, the most it may have"
             )));
         }
-        Ok(e)
+        Ok((e, secret))
+    }
+
+    /// A new signing key of endpoint `id`, stored: its name and value.
+    async fn new_signing_key(
+        &self,
+        ws: &WorkspaceId,
+        id: &EndpointId,
+    ) -> Result<(String, String), AppError> {
+        let (name, secret) = (SigningKey::new_name(id), sign::new_secret());
+        self.stores.secrets.put_secret(ws, &name, &secret).await?;
+        Ok((name, secret))
+    }
+
+    /// Deletes signing keys no endpoint uses any more (a failure is logged:
+    /// the key is unused, only left behind).
+    async fn forget_signing_keys(&self, ws: &WorkspaceId, names: &[String]) {
+        for name in names {
+            if let Err(e) = self.stores.secrets.delete_secret(ws, name).await {
+                tracing::warn!(workspace_id = %ws, error = %e, "deleting an unused webhook signing key");
+            }
+        }
+    }
+
+    /// The values of the keys that sign for `e` at `now` (read from the
+    /// secret store once per process: a key's name is never reused).
+    pub(super) async fn signing_secrets(
+        &self,
+        e: &Endpoint,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, AppError> {
+        let mut out = Vec::new();
+        for name in e.signing_keys(now) {
+            let cached = self
+                .signing_cache
+                .lock()
+                .ok()
+                .and_then(|c| c.get(name).cloned());
+            let value = match cached {
+                Some(v) => Some(v),
+                None => {
+                    let v = self
+                        .stores
+                        .secrets
+                        .get_secret(&e.workspace_id, name)
+                        .await?;
+                    if let (Some(v), Ok(mut c)) = (&v, self.signing_cache.lock()) {
+                        if c.len() >= SIGNING_KEYS_KEPT {
+                            c.clear();
+                        }
+                        c.insert(name.to_owned(), v.clone());
+                    }
+                    v
+                }
+            };
+            out.extend(value);
+        }
+        Ok(out)
     }
 
     pub async fn list_endpoints(&self, ws: &WorkspaceId) -> Result<Vec<Endpoint>, AppError> {
@@ -314,30 +381,57 @@ impl App {
         .await
     }
 
-    /// A new signing key; the old ones go on signing for 24 hours (the
-    /// endpoint's receiver can switch over meanwhile).
+    /// A new signing key; the one it replaces goes on signing for 24
+    /// hours (the endpoint's receiver can switch over meanwhile), and one
+    /// replaced before (a second rotation within the day) stops. Returns
+    /// the endpoint and the new key, shown this once.
     pub async fn rotate_endpoint_secret(
         &self,
         ws: &WorkspaceId,
         id: &EndpointId,
-    ) -> Result<Endpoint, AppError> {
-        let now = Utc::now();
-        self.change_endpoint(ws, id, |e| {
-            // The new key, and the one it replaces for a day; a key
-            // replaced before (a second rotation within the day) stops.
+    ) -> Result<(Endpoint, String), AppError> {
+        for _ in 0..crate::ports::WRITE_TRIES {
+            let mut e = self.get_endpoint(ws, id).await?;
+            let (name, secret) = self.new_signing_key(ws, id).await?;
+            let now = Utc::now();
             let mut keys = vec![SigningKey {
-                secret: sign::new_secret(),
+                secret_name: name.clone(),
                 expires_at: None,
             }];
             if let Some(current) = e.keys.iter().find(|k| k.expires_at.is_none()) {
                 keys.push(SigningKey {
-                    secret: current.secret.clone(),
+                    secret_name: current.secret_name.clone(),
                     expires_at: Some(now + Duration::hours(OLD_KEY_HOURS)),
                 });
             }
+            let dropped: Vec<String> = e
+                .keys
+                .iter()
+                .filter(|k| keys.iter().all(|n| n.secret_name != k.secret_name))
+                .map(|k| k.secret_name.clone())
+                .collect();
             e.keys = keys;
-        })
-        .await
+            e.updated_at = now;
+            e.revision += 1;
+            match self.stores.webhooks.save_endpoint(&e).await {
+                Ok(()) => {
+                    self.forget_signing_keys(ws, &dropped).await;
+                    return Ok((e, secret));
+                }
+                Err(StoreError::Conflict(_)) => {
+                    self.forget_signing_keys(ws, std::slice::from_ref(&name))
+                        .await;
+                }
+                Err(other) => {
+                    self.forget_signing_keys(ws, std::slice::from_ref(&name))
+                        .await;
+                    return Err(other.into());
+                }
+            }
+        }
+        Err(AppError::Conflict(format!(
+            "webhook endpoint `{id}` is being changed by another request; try again"
+        )))
     }
 
     async fn change_endpoint(
@@ -363,7 +457,12 @@ impl App {
     }
 
     pub async fn delete_endpoint(&self, ws: &WorkspaceId, id: &EndpointId) -> Result<(), AppError> {
+        let keys: Vec<String> = match self.stores.webhooks.get_endpoint(ws, id).await? {
+            Some(e) => e.keys.into_iter().map(|k| k.secret_name).collect(),
+            None => Vec::new(),
+        };
         if self.stores.webhooks.delete_endpoint(ws, id).await? {
+            self.forget_signing_keys(ws, &keys).await;
             Ok(())
         } else {
             Err(AppError::NotFound(format!(
@@ -722,7 +821,13 @@ impl App {
             Err(e) => return Err(e.into()),
         }
         let ts = now.timestamp();
-        let signature = sign::header(endpoint.signing_keys(now), &d.id, ts, d.payload.as_bytes());
+        let secrets = self.signing_secrets(&endpoint, now).await?;
+        let signature = sign::header(
+            secrets.iter().map(String::as_str),
+            &d.id,
+            ts,
+            d.payload.as_bytes(),
+        );
         let started = std::time::Instant::now();
         let (outcome, response) = self
             .sender()?

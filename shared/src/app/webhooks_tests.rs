@@ -37,7 +37,11 @@ async fn receiver(status: u16) -> String {
 }
 
 async fn app() -> (Arc<App>, Arc<SqliteStore>, WorkspaceId) {
-    let store = Arc::new(SqliteStore::open(Path::new(":memory:")).unwrap());
+    let store = Arc::new(
+        SqliteStore::open(Path::new(":memory:"))
+            .unwrap()
+            .with_master_key(crate::adapters::sqlite::MasterKey::generate()),
+    );
     let egress = crate::adapters::http::EgressPolicy::allowing("127.0.0.0/8").unwrap();
     let app = App::new(
         StoreSet::from_one(store.clone()),
@@ -78,7 +82,7 @@ async fn endpoint(app: &App, ws: &WorkspaceId, url: String) -> Endpoint {
         url: Some(url),
         ..Default::default()
     };
-    app.create_endpoint(ws, f).await.unwrap()
+    app.create_endpoint(ws, f).await.unwrap().0
 }
 
 #[tokio::test]
@@ -155,3 +159,40 @@ async fn an_endpoint_failing_for_days_is_disabled_and_the_others_are_told() {
 }
 
 const FAILING_DAYS: i64 = crate::domain::webhook::FAILING_DAYS_TO_DISABLE;
+
+#[tokio::test]
+async fn signing_keys_rest_in_the_secret_store_hidden_from_the_tenant() {
+    let (app, store, ws) = app().await;
+    let f = EndpointFields {
+        url: Some(receiver(200).await),
+        ..Default::default()
+    };
+    let (e, first) = app.create_endpoint(&ws, f).await.unwrap();
+    // The record holds a name, not the key.
+    let stored = serde_json::to_string(&store.get_endpoint(&ws, &e.id).await.unwrap()).unwrap();
+    assert!(!stored.contains(&first), "{stored}");
+    let name = e.keys[0].secret_name.clone();
+    assert_eq!(
+        store.get_secret(&ws, &name).await.unwrap(),
+        Some(first.clone())
+    );
+    // Not listed, not deletable through the secrets API.
+    assert!(app.list_secrets(&ws).await.unwrap().is_empty());
+    assert!(app.delete_secret(&ws, &name).await.is_err());
+    // Rotated twice: the first key is gone from the store, the second
+    // signs beside the third.
+    let (_, second) = app.rotate_endpoint_secret(&ws, &e.id).await.unwrap();
+    let (e, third) = app.rotate_endpoint_secret(&ws, &e.id).await.unwrap();
+    assert_eq!(store.get_secret(&ws, &name).await.unwrap(), None);
+    let now = Utc::now();
+    let mut signing = app.signing_secrets(&e, now).await.unwrap();
+    signing.sort();
+    let mut want = vec![second, third];
+    want.sort();
+    assert_eq!(signing, want);
+    // Deleted with its endpoint.
+    app.delete_endpoint(&ws, &e.id).await.unwrap();
+    for k in &e.keys {
+        assert_eq!(store.get_secret(&ws, &k.secret_name).await.unwrap(), None);
+    }
+}

@@ -75,11 +75,27 @@ impl EventType {
 }
 
 /// A key deliveries are signed with (`whsec_` + base64 of 24 random
-/// bytes). After a rotation the old key signs too until `expires_at`.
+/// bytes), kept in the workspace's secret store under `secret_name` (never
+/// in the endpoint's record). After a rotation the old key signs too until
+/// `expires_at`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigningKey {
-    pub secret: String,
+    pub secret_name: String,
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl SigningKey {
+    /// A new key's name: `endpoint-{id}-{random}` (a `-` no tenant's
+    /// secret name has, so the API neither shows nor takes it).
+    pub fn new_name(endpoint: &EndpointId) -> String {
+        let n: u64 = rand::random();
+        format!("endpoint-{endpoint}-{n:016x}")
+    }
+
+    /// Whether a secret of this name holds an endpoint's signing key.
+    pub fn is_key_name(name: &str) -> bool {
+        name.starts_with("endpoint-")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -117,12 +133,12 @@ impl Endpoint {
             && (self.workflow_ids.is_empty() || wf.is_none_or(|w| self.workflow_ids.contains(w)))
     }
 
-    /// The keys that sign at `now`.
+    /// The names of the keys that sign at `now`.
     pub fn signing_keys(&self, now: DateTime<Utc>) -> impl Iterator<Item = &str> {
         self.keys
             .iter()
             .filter(move |k| k.expires_at.is_none_or(|t| t > now))
-            .map(|k| k.secret.as_str())
+            .map(|k| k.secret_name.as_str())
     }
 }
 

@@ -1519,7 +1519,7 @@ fn endpoint(ws: &WorkspaceId) -> Endpoint {
         disabled_reason: None,
         failing_since: None,
         keys: vec![SigningKey {
-            secret: "whsec_AAAA".into(),
+            secret_name: "endpoint-key".into(),
             expires_at: None,
         }],
         created_at: Utc::now(),
