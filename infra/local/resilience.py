@@ -212,6 +212,8 @@ def webhook_once(ready, base, lam):
     status, flaky = api(ready, "POST", "/v1/endpoints", {"url": f"{base}/webhook-flaky", "workflow_ids": ["res_notify"]})
     if status != 201:
         sys.exit(f"resilience: creating the endpoint failed: {status} {flaky}")
+    # A function instance that read "no endpoints" trusts it for a second.
+    time.sleep(1.5)
     try:
         run = start(ready, "res_notify", base)
         wait_status(ready, run, {"COMPLETED"})

@@ -87,10 +87,13 @@ fn delivery_item(d: &Delivery) -> StoreResult<Item> {
 }
 
 /// How long a process trusts what it read of whether a workspace has
-/// endpoints: a run's last save reads it (one read per finished run
-/// otherwise), so a new endpoint hears of runs that end from at most this
+/// endpoints (a save with events to tell reads it: one read per finished
+/// run otherwise). That it has some is trusted long (an endpoint deleted
+/// meanwhile costs an outbox entry that makes nothing); that it has none
+/// only briefly: a new endpoint hears of runs that end from at most this
 /// long after it was made.
 const ENDPOINT_FLAG_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+const NO_ENDPOINT_FLAG_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most workspaces remembered (all are forgotten past it).
 const ENDPOINT_FLAGS_KEPT: usize = 10_000;
 
@@ -104,7 +107,14 @@ impl EndpointFlags {
     fn get(&self, ws: &WorkspaceId) -> Option<bool> {
         let map = self.0.lock().ok()?;
         map.get(ws)
-            .filter(|(_, at)| at.elapsed() < ENDPOINT_FLAG_TTL)
+            .filter(|(v, at)| {
+                at.elapsed()
+                    < if *v {
+                        ENDPOINT_FLAG_TTL
+                    } else {
+                        NO_ENDPOINT_FLAG_TTL
+                    }
+            })
             .map(|(v, _)| *v)
     }
 
