@@ -209,6 +209,7 @@ fn deliver_webhooks(app: std::sync::Weak<App>, store: SqliteStore) {
             let Some(app) = app.upgrade() else {
                 return;
             };
+            let send_ended = app.webhook_send_ended();
             let made = app.notify_ended_runs().await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "making webhook deliveries");
                 0
@@ -230,10 +231,13 @@ fn deliver_webhooks(app: std::sync::Weak<App>, store: SqliteStore) {
                     tracing::error!(error = %e, "forgetting old webhook deliveries");
                 }
             }
+            // Nothing to start: until a run event is saved, a send ends
+            // (its place is free for one that waited), or half a second.
             if made == 0 && started == 0 {
-                store
-                    .wait_for_endings(std::time::Duration::from_millis(500))
-                    .await;
+                tokio::select! {
+                    _ = store.wait_for_endings(std::time::Duration::from_millis(500)) => {}
+                    _ = send_ended.notified() => {}
+                }
             }
         }
     });

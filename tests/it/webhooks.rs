@@ -243,6 +243,9 @@ async fn endpoints_take_only_the_events_and_workflows_they_name_and_a_410_disabl
     assert_eq!(on.status, 200, "{}", on.body);
     let bad = app.post(&replay, json!({"since": "yesterday"})).await;
     assert_eq!(bad.status, 422, "{}", bad.body);
+    // Nothing failed of events still to come.
+    let future = app.post(&replay, json!({"since": "2099-01-01T00:00:00Z"})).await;
+    assert_eq!(future.body, json!({"replayed": 0, "more": false}));
     let r = app.post(&replay, since).await;
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.body, json!({"replayed": n, "more": false}));
@@ -531,4 +534,44 @@ async fn a_model_call_refused_for_budget_is_told() {
     assert_eq!(body["type"], "budget.exceeded", "{body}");
     assert_eq!(body["data"]["step"]["id"], "ask");
     assert_eq!(body["data"]["step"]["error"]["code"], "budget_exceeded");
+}
+
+#[tokio::test]
+async fn a_2xx_whose_body_is_cut_off_is_no_success() {
+    let app = spawn_app().await;
+    // Answers 200, promises 100 bytes, sends 10 and hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/cut", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = sock.read(&mut buf).await;
+            let _ = sock
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                .await;
+            drop(sock);
+        }
+    });
+    let (ep, _) = endpoint(&app, json!({"url": url})).await;
+    let wf = app.create_workflow(workflow()).await;
+    finished_run(&app, &wf, json!({"n": 1})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        let r = app.get(&format!("/v1/endpoints/{ep}/deliveries")).await;
+        if r.body["items"][0]["attempts"][0].is_object() {
+            break r.body["items"][0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(d["status"], "pending", "tried again later: {d}");
+    let attempt = &d["attempts"][0];
+    assert_eq!(attempt["status_code"], 200);
+    assert!(
+        attempt["error"].as_str().is_some_and(|e| e.contains("cut off")),
+        "{attempt}"
+    );
 }

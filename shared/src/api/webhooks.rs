@@ -137,13 +137,36 @@ pub async fn replay_since(
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
     let since = match &body {
-        Value::Object(f) if f.len() == 1 => f.get("since").and_then(Value::as_str),
+        Value::Object(f) => {
+            let mut errors = unknown_fields(f, &["since"], "expected only `since`");
+            let since = match f.get("since") {
+                Some(Value::String(s)) => Some(s.as_str()),
+                Some(_) => {
+                    errors.push(ValidationError::new(
+                        &At::root().key("since"),
+                        "expected an RFC 3339 time (a string) such as 2026-12-01T09:00:00Z",
+                    ));
+                    None
+                }
+                None => {
+                    errors.push(ValidationError::new(
+                        &At::root().key("since"),
+                        "missing required field `since`: the failed deliveries of events since then are sent again",
+                    ));
+                    None
+                }
+            };
+            if !errors.is_empty() {
+                return Err(invalid(errors).into());
+            }
+            since
+        }
         _ => None,
     };
     let Some(since) = since else {
         return Err(invalid(vec![ValidationError::new(
             &At::root(),
-            "the body must be {\"since\": \"<RFC 3339 time>\"}: the failed deliveries made since then are sent again",
+            "the body must be {\"since\": \"<RFC 3339 time>\"}: the failed deliveries of events since then are sent again",
         )])
         .into());
     };

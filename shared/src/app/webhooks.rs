@@ -34,7 +34,7 @@ pub const DUE_BATCH: usize = 200;
 /// Most deliveries being sent at once, in all and of one workspace: a
 /// tenant whose endpoints hang holds at most its own share.
 const SENDING_AT_ONCE: usize = 32;
-const SENDING_PER_WORKSPACE: usize = 4;
+const SENDING_PER_WORKSPACE: usize = 8;
 /// How long deliveries are kept (then forgotten, succeeded or failed).
 pub const DELIVERY_RETENTION_DAYS: i64 = 30;
 /// How long a delivery being sent is kept from other senders.
@@ -45,7 +45,7 @@ const QUEUE_GRACE: Duration = Duration::minutes(2);
 /// Most signing keys a process keeps read (all are forgotten past it).
 const SIGNING_KEYS_KEPT: usize = 10_000;
 /// Most failed deliveries one "replay since" looks at.
-pub const MAX_REPLAYED_AT_ONCE: usize = 1000;
+pub const MAX_REPLAYED_AT_ONCE: usize = 500;
 
 /// What one message of the delivery queue came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +85,8 @@ fn shown(id: &str) -> String {
 #[derive(Default)]
 pub(super) struct Sending {
     inner: std::sync::Mutex<SendingInner>,
+    /// Told each time a send ends (a place is free again).
+    freed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -102,6 +104,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.app.sending.freed.notify_one();
         if let Ok(mut s) = self.app.sending.inner.lock() {
             s.ids.remove(&self.id);
             if let Some(n) = s.per_workspace.get_mut(&self.ws) {
@@ -165,6 +168,12 @@ fn delivery_id(at: DateTime<Utc>, parts: &[&str]) -> String {
     random[6..].copy_from_slice(&digest[..10]);
     let ms = at.timestamp_millis().max(0) as u64;
     let id = ulid::Ulid::from_parts(ms, u128::from_be_bytes(random));
+    format!("msg_{}", id.to_string().to_lowercase())
+}
+
+/// The smallest delivery id of an event at or after `at`.
+fn delivery_id_floor(at: DateTime<Utc>) -> String {
+    let id = ulid::Ulid::from_parts(at.timestamp_millis().max(0) as u64, 0);
     format!("msg_{}", id.to_string().to_lowercase())
 }
 
@@ -500,10 +509,11 @@ impl App {
         Err(AppError::NotFound(format!("no delivery `{}`", shown(id))))
     }
 
-    /// Replays the failed deliveries to an endpoint made at or after
-    /// `since` (the newest `MAX_REPLAYED_AT_ONCE` failed ones are looked
-    /// at; call again for more). Returns how many it replayed, and whether
-    /// there may be more.
+    /// Replays the failed deliveries to an endpoint of events at or after
+    /// `since` (a delivery's id sorts by its event's time: the listing,
+    /// newest first, is read down to `since`), at most
+    /// `MAX_REPLAYED_AT_ONCE` a call. Returns how many it replayed, and
+    /// whether there may be more (call again).
     pub async fn replay_failed_since(
         &self,
         ws: &WorkspaceId,
@@ -511,33 +521,36 @@ impl App {
         since: DateTime<Utc>,
     ) -> Result<(usize, bool), AppError> {
         self.check_replayable(ws, endpoint).await?;
+        let oldest = delivery_id_floor(since);
         let mut page = PageRequest {
             limit: 100,
             cursor: None,
         };
-        let (mut looked, mut replayed) = (0, Vec::new());
-        let done = loop {
+        let mut replayed = Vec::new();
+        let more = 'pages: loop {
             let got = self
                 .stores
                 .webhooks
                 .list_deliveries(ws, endpoint, Some(DeliveryStatus::Failed), &page)
                 .await?;
             for d in &got.items {
-                looked += 1;
-                if d.created_at >= since
-                    && let Ok(d) = self.replay(ws, endpoint, &d.id).await
-                {
+                if d.id < oldest {
+                    break 'pages false;
+                }
+                if replayed.len() >= MAX_REPLAYED_AT_ONCE {
+                    break 'pages true;
+                }
+                if let Ok(d) = self.replay(ws, endpoint, &d.id).await {
                     replayed.push(DeliveryRef::from(&d));
                 }
             }
             match got.next_cursor {
-                Some(c) if looked < MAX_REPLAYED_AT_ONCE => page.cursor = Some(c),
-                Some(_) => break true,
+                Some(c) => page.cursor = Some(c),
                 None => break false,
             }
         };
         self.hand_over(&replayed).await;
-        Ok((replayed.len(), done))
+        Ok((replayed.len(), more))
     }
 
     async fn check_replayable(
@@ -775,6 +788,12 @@ impl App {
             }
         }
         Ok(Delivered::Tried { ok })
+    }
+
+    /// What is told each time a send ends (the sender loop waits on it
+    /// when it started nothing, as for new deliveries).
+    pub fn webhook_send_ended(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.sending.freed.clone()
     }
 
     /// Waits until no delivery is being sent, or `most` has passed.

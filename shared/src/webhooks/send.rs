@@ -113,22 +113,36 @@ impl Sender {
         let status = res.status().as_u16();
         let after = retry_after(res.headers());
         // The answer is read (so the connection can be reused); its start
-        // is kept.
+        // is kept. One cut off, or not read whole in time, is no answer.
         let mut read = 0;
         let mut kept = Vec::new();
-        while let Ok(Some(chunk)) = res.chunk().await {
-            read += chunk.len();
-            let room = ANSWER_KEPT_BYTES.saturating_sub(kept.len());
-            kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
-            if read > MAX_ANSWER_BYTES {
-                break;
+        let whole = loop {
+            match res.chunk().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len();
+                    let room = ANSWER_KEPT_BYTES.saturating_sub(kept.len());
+                    kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
+                    // Past this much the rest is not read (nor waited for).
+                    if read > MAX_ANSWER_BYTES {
+                        break true;
+                    }
+                }
+                Ok(None) => break true,
+                Err(_) => break false,
             }
+        };
+        let response = (!kept.is_empty()).then(|| kept_text(&kept));
+        if !whole {
+            let failed = Outcome::Failed {
+                status: Some(status),
+                error: format!(
+                    "answered {status} but the answer was cut off or not read whole within {} s",
+                    TIMEOUT.as_secs()
+                ),
+                retry_after: after,
+            };
+            return (failed, response);
         }
-        let response = (!kept.is_empty()).then(|| {
-            let text = String::from_utf8_lossy(&kept);
-            // A multi-byte character cut at the end shows as one U+FFFD.
-            text.into_owned()
-        });
         let outcome = match status {
             200..=299 => Outcome::Accepted(status),
             410 => Outcome::Gone,
@@ -139,5 +153,35 @@ impl Sender {
             },
         };
         (outcome, response)
+    }
+}
+
+/// The kept start of an answer as text: invalid UTF-8 replaced, then cut
+/// (at a character) to `ANSWER_KEPT_BYTES`.
+fn kept_text(bytes: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    if text.len() > ANSWER_KEPT_BYTES {
+        let mut end = ANSWER_KEPT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_text_is_at_most_the_bound_in_bytes() {
+        let invalid = vec![0xFFu8; 5000];
+        let t = kept_text(&invalid[..ANSWER_KEPT_BYTES]);
+        assert!(t.len() <= ANSWER_KEPT_BYTES, "{}", t.len());
+        let two_byte = "é".repeat(600);
+        let t = kept_text(&two_byte.as_bytes()[..ANSWER_KEPT_BYTES + 1]);
+        assert!(t.len() <= ANSWER_KEPT_BYTES && t.chars().all(|c| c == 'é' || c == '\u{FFFD}'));
+        assert_eq!(kept_text(b"ok"), "ok");
     }
 }
