@@ -244,7 +244,9 @@ async fn endpoints_take_only_the_events_and_workflows_they_name_and_a_410_disabl
     let bad = app.post(&replay, json!({"since": "yesterday"})).await;
     assert_eq!(bad.status, 422, "{}", bad.body);
     // Nothing failed of events still to come.
-    let future = app.post(&replay, json!({"since": "2099-01-01T00:00:00Z"})).await;
+    let future = app
+        .post(&replay, json!({"since": "2099-01-01T00:00:00Z"}))
+        .await;
     assert_eq!(future.body, json!({"replayed": 0, "more": false}));
     let r = app.post(&replay, since).await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -301,6 +303,28 @@ async fn bad_endpoints_are_refused_and_other_workspaces_see_none() {
         paths.contains(&"$.events[0]") && paths.contains(&"$.color"),
         "{paths:?}"
     );
+    for bad in [json!(0), json!(1001), json!("fast"), json!(-1)] {
+        let r = strict
+            .post(
+                "/v1/endpoints",
+                json!({"url": "https://example.com/h", "rate_limit": bad}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.body);
+        assert_eq!(
+            crate::common::error_paths(&r.body),
+            ["$.rate_limit"],
+            "{bad}"
+        );
+    }
+    let limited = strict
+        .post(
+            "/v1/endpoints",
+            json!({"url": "https://example.com/h", "rate_limit": 5}),
+        )
+        .await;
+    assert_eq!(limited.status, 201, "{}", limited.body);
+    assert_eq!(limited.body["rate_limit"], 5);
     let r = strict
         .post(
             "/v1/endpoints",
@@ -571,7 +595,9 @@ async fn a_2xx_whose_body_is_cut_off_is_no_success() {
     let attempt = &d["attempts"][0];
     assert_eq!(attempt["status_code"], 200);
     assert!(
-        attempt["error"].as_str().is_some_and(|e| e.contains("cut off")),
+        attempt["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cut off")),
         "{attempt}"
     );
 }

@@ -556,6 +556,8 @@ pub struct EndpointView<'a> {
     pub events: &'a [crate::domain::EventType],
     pub workflow_ids: &'a [WorkflowId],
     pub description: Option<&'a str>,
+    /// Deliveries per second at most (null: no limit).
+    pub rate_limit: Option<u32>,
     pub disabled: bool,
     pub disabled_reason: Option<&'a str>,
     /// When its deliveries began failing (none since).
@@ -573,6 +575,7 @@ impl<'a> From<&'a crate::domain::Endpoint> for EndpointView<'a> {
             events: &e.events,
             workflow_ids: &e.workflow_ids,
             description: e.description.as_deref(),
+            rate_limit: e.rate_limit,
             disabled: e.disabled,
             disabled_reason: e.disabled_reason.as_deref(),
             failing_since: e.failing_since,

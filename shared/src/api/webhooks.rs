@@ -202,8 +202,15 @@ fn endpoint_fields(body: &Value, create: bool) -> Result<EndpointFields, AppErro
     };
     let mut errors = unknown_fields(
         fields,
-        &["url", "events", "workflow_ids", "description", "disabled"],
-        "expected `url`, `events`, `workflow_ids`, `description` or `disabled`",
+        &[
+            "url",
+            "events",
+            "workflow_ids",
+            "description",
+            "disabled",
+            "rate_limit",
+        ],
+        "expected `url`, `events`, `workflow_ids`, `description`, `disabled` or `rate_limit`",
     );
     let at = |k: &str| At::root().key(k);
     let mut f = EndpointFields::default();
@@ -272,6 +279,17 @@ fn endpoint_fields(body: &Value, create: bool) -> Result<EndpointFields, AppErro
             &at("description"),
             "expected a string",
         )),
+    }
+    match fields.get("rate_limit") {
+        None => {}
+        Some(Value::Null) => f.rate_limit = Some(None),
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => f.rate_limit = Some(Some(n)),
+            None => errors.push(ValidationError::new(
+                &at("rate_limit"),
+                "expected a whole number of deliveries per second, or null",
+            )),
+        },
     }
     match fields.get("disabled") {
         None => {}

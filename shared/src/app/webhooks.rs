@@ -42,6 +42,8 @@ const SEND_LEASE_SECS: i64 = 60;
 /// How long after it is due a pending delivery is handed to the queue
 /// again by the tick (its message is late, or was lost).
 const QUEUE_GRACE: Duration = Duration::minutes(2);
+/// The highest rate limit an endpoint may have (deliveries per second).
+pub const MAX_RATE_LIMIT: u32 = 1000;
 /// Most signing keys a process keeps read (all are forgotten past it).
 const SIGNING_KEYS_KEPT: usize = 10_000;
 /// Most failed deliveries one "replay since" looks at.
@@ -64,6 +66,8 @@ pub struct EndpointFields {
     pub events: Option<Vec<EventType>>,
     pub workflow_ids: Option<Vec<WorkflowId>>,
     pub description: Option<Option<String>>,
+    /// Deliveries per second at most (`Some(None)`: no limit).
+    pub rate_limit: Option<Option<u32>>,
     pub disabled: Option<bool>,
 }
 
@@ -222,6 +226,14 @@ impl App {
                 }
             }
         }
+        if let Some(Some(r)) = f.rate_limit
+            && !(1..=MAX_RATE_LIMIT).contains(&r)
+        {
+            errors.push(ValidationError::new(
+                &at("rate_limit"),
+                format!("deliveries per second: from 1 to {MAX_RATE_LIMIT}, or null for no limit"),
+            ));
+        }
         if let Some(Some(d)) = &f.description
             && d.chars().count() > MAX_DESCRIPTION_CHARS
         {
@@ -255,6 +267,7 @@ impl App {
             events: f.events.unwrap_or_else(|| EventType::ALL.to_vec()),
             workflow_ids: f.workflow_ids.unwrap_or_default(),
             description: f.description.flatten(),
+            rate_limit: f.rate_limit.flatten(),
             disabled: f.disabled.unwrap_or(false),
             disabled_reason: None,
             failing_since: None,
@@ -375,6 +388,9 @@ impl App {
             }
             if let Some(w) = &f.workflow_ids {
                 e.workflow_ids = w.clone();
+            }
+            if let Some(r) = f.rate_limit {
+                e.rate_limit = r;
             }
             if let Some(d) = &f.description {
                 e.description = d.clone();
@@ -775,7 +791,7 @@ impl App {
         {
             return Ok(Delivered::NotDue);
         }
-        let Some(d) = self.attempt(d).await? else {
+        let Some((d, sent)) = self.attempt(d).await? else {
             return Ok(Delivered::NotDue);
         };
         let ok = d.status == DeliveryStatus::Succeeded;
@@ -787,7 +803,10 @@ impl App {
                 tracing::warn!(workspace_id = %d.workspace_id, delivery_id = %d.id, error = %e, "handing a delivery's next attempt to the queue; the tick hands it on later");
             }
         }
-        Ok(Delivered::Tried { ok })
+        Ok(match sent {
+            true => Delivered::Tried { ok },
+            false => Delivered::NotDue,
+        })
     }
 
     /// What is told each time a send ends (the sender loop waits on it
@@ -806,9 +825,10 @@ impl App {
 
     /// One attempt of a delivery: held from other senders for the time it
     /// takes, sent, and its outcome recorded. Returns the delivery as
-    /// saved, if it was sent (None: another sender has it, or its endpoint
-    /// is gone).
-    async fn attempt(&self, mut d: Delivery) -> Result<Option<Delivery>, AppError> {
+    /// saved and whether it was sent (false: its endpoint's rate limit put
+    /// it off a second); None: another sender has it, or its endpoint is
+    /// gone.
+    async fn attempt(&self, mut d: Delivery) -> Result<Option<(Delivery, bool)>, AppError> {
         let now = Utc::now();
         let endpoint = self
             .stores
@@ -831,6 +851,24 @@ impl App {
                 Err(e) => Err(e.into()),
             };
         };
+        // Over the endpoint's rate: put off to the next second (not an
+        // attempt).
+        if let Some(limit) = endpoint.rate_limit
+            && !self
+                .stores
+                .webhooks
+                .take_send(&d.workspace_id, &d.endpoint_id, now.timestamp(), limit)
+                .await?
+        {
+            let jitter = Duration::milliseconds(rand::random_range(0..500));
+            d.next_attempt_at = Some(now + Duration::seconds(1) + jitter);
+            d.revision += 1;
+            return match self.stores.webhooks.save_delivery(&d).await {
+                Ok(()) => Ok(Some((d, false))),
+                Err(StoreError::Conflict(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
         // Held: another sender that read it due finds it changed.
         d.next_attempt_at = Some(now + Duration::seconds(SEND_LEASE_SECS));
         d.revision += 1;
@@ -916,7 +954,7 @@ impl App {
         }
         d.revision += 1;
         self.stores.webhooks.save_delivery(&d).await?;
-        Ok(Some(d))
+        Ok(Some((d, true)))
     }
 
     /// Notes that an endpoint's deliveries began failing at `at`.

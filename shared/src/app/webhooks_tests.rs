@@ -196,3 +196,37 @@ async fn signing_keys_rest_in_the_secret_store_hidden_from_the_tenant() {
         assert_eq!(store.get_secret(&ws, &k.secret_name).await.unwrap(), None);
     }
 }
+
+#[tokio::test]
+async fn a_rate_limited_endpoint_gets_at_most_its_rate_and_the_rest_waits() {
+    let (app, store, ws) = app().await;
+    let f = EndpointFields {
+        url: Some(receiver(200).await),
+        rate_limit: Some(Some(1)),
+        ..Default::default()
+    };
+    let (e, _) = app.create_endpoint(&ws, f).await.unwrap();
+    for id in ["msg_1", "msg_2", "msg_3"] {
+        store
+            .create_delivery(&pending(&ws, &e.id, id))
+            .await
+            .unwrap();
+    }
+    let before = Utc::now();
+    send_due(&app).await;
+    let all = store
+        .list_deliveries(&ws, &e.id, None, &PageRequest::first(10))
+        .await
+        .unwrap()
+        .items;
+    let sent: Vec<&Delivery> = all.iter().filter(|d| !d.attempts.is_empty()).collect();
+    let put_off: Vec<&Delivery> = all.iter().filter(|d| d.attempts.is_empty()).collect();
+    // One second's worth was sent (the pass may straddle two seconds).
+    assert!(!sent.is_empty() && sent.len() <= 2, "{all:?}");
+    assert_eq!(sent.len() + put_off.len(), 3);
+    for d in put_off {
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.round, 0, "being put off is no attempt");
+        assert!(d.next_attempt_at.is_some_and(|t| t > before), "{d:?}");
+    }
+}

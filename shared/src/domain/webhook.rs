@@ -108,6 +108,10 @@ pub struct Endpoint {
     /// Only runs of these workflows (empty: every workflow).
     pub workflow_ids: Vec<WorkflowId>,
     pub description: Option<String>,
+    /// Most deliveries sent to it in one second (None: no limit but
+    /// Weft's own).
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
     pub disabled: bool,
     /// Why it was disabled, when Weft did it (a 410 answer, or failing
     /// for `FAILING_DAYS_TO_DISABLE`).

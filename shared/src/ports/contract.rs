@@ -1515,6 +1515,7 @@ fn endpoint(ws: &WorkspaceId) -> Endpoint {
         events: EventType::ALL.to_vec(),
         workflow_ids: Vec::new(),
         description: None,
+        rate_limit: None,
         disabled: false,
         disabled_reason: None,
         failing_since: None,
@@ -1702,6 +1703,18 @@ async fn webhook_endpoints_and_deliveries_are_scoped_and_due_in_order(s: &Stores
     assert_eq!(rest.next_cursor, None);
     let pending = by(DeliveryStatus::Pending, 10, None).await;
     assert_eq!(mine(pending.items), vec![later.id.clone(), ids[4].clone()]);
+
+    // Sends to an endpoint are counted per second, per endpoint.
+    let second = Utc::now().timestamp();
+    let take = |ws: &WorkspaceId, at: i64| {
+        let (ws, ep) = (ws.clone(), e.id.clone());
+        async move { s.webhooks.take_send(&ws, &ep, at, 2).await.unwrap() }
+    };
+    assert!(take(&a, second).await);
+    assert!(take(&a, second).await);
+    assert!(!take(&a, second).await);
+    assert!(take(&b, second).await, "another workspace counts apart");
+    assert!(take(&a, second + 1).await);
 }
 
 /// A run's saves put what endpoints may be told of in the outbox when its

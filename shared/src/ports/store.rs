@@ -480,6 +480,16 @@ pub trait WebhookStore: Send + Sync {
     /// Forgets deliveries made before `before` that are done.
     async fn forget_deliveries(&self, before: DateTime<Utc>) -> StoreResult<usize>;
 
+    /// Takes one of `limit` sends to an endpoint in the second `second`
+    /// (Unix seconds), counted atomically across processes; false when
+    /// all are taken.
+    async fn take_send(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        second: i64,
+        limit: u32,
+    ) -> StoreResult<bool>;
     /// Run events whose deliveries are not made yet (the outbox a run's
     /// saves wrote), oldest first.
     async fn outbox(&self, limit: usize) -> StoreResult<Vec<OutboxEntry>>;

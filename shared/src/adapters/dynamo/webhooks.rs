@@ -349,6 +349,38 @@ impl WebhookStore for DynamoStore {
         Ok(0)
     }
 
+    async fn take_send(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        second: i64,
+        limit: u32,
+    ) -> StoreResult<bool> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                format!("{ws}#EPRATE#{endpoint}"),
+                second.to_string(),
+            )))
+            .update_expression("ADD n :one SET #ttl = :ttl")
+            .condition_expression("attribute_not_exists(n) OR n < :limit")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(limit))
+            // Forgotten by DynamoDB's TTL a while after its second.
+            .expression_attribute_values(":ttl", n(second + 120))
+            .send()
+            .await
+            .map_err(sdk);
+        match res {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn outbox(&self, limit: usize) -> StoreResult<Vec<OutboxEntry>> {
         let mut out = Vec::new();
         for i in self.index_below("ENDED#", SHARDS, "~", limit).await? {

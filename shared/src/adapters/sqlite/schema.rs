@@ -237,6 +237,16 @@ INSERT INTO webhook_outbox (workspace_id, run_id, event, subject, data)
     SELECT workspace_id, run_id, 'ended', '', '{"event":"ended"}' FROM run_endings ORDER BY seq;
 DROP TABLE run_endings;
 "#,
+    // Sends to rate-limited endpoints, counted per second.
+    r#"
+CREATE TABLE webhook_rates (
+    workspace_id TEXT NOT NULL,
+    endpoint_id  TEXT NOT NULL,
+    second       INTEGER NOT NULL,
+    n            INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, endpoint_id, second)
+) STRICT;
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {

@@ -232,6 +232,31 @@ impl WebhookStore for SqliteStore {
             .await
     }
 
+    async fn take_send(
+        &self,
+        ws: &WorkspaceId,
+        endpoint: &EndpointId,
+        second: i64,
+        limit: u32,
+    ) -> StoreResult<bool> {
+        let (ws, ep) = (ws.to_string(), endpoint.to_string());
+        self.db
+            .write(move |tx| {
+                let took = tx.execute(
+                    "INSERT INTO webhook_rates (workspace_id, endpoint_id, second, n) VALUES (?1, ?2, ?3, 1) \
+                     ON CONFLICT (workspace_id, endpoint_id, second) DO UPDATE SET n = n + 1 WHERE n < ?4",
+                    params![ws, ep, second, limit],
+                )? == 1;
+                // The seconds gone by are forgotten.
+                tx.execute(
+                    "DELETE FROM webhook_rates WHERE workspace_id = ?1 AND endpoint_id = ?2 AND second < ?3",
+                    params![ws, ep, second - 10],
+                )?;
+                Ok(took)
+            })
+            .await
+    }
+
     async fn outbox(&self, limit: usize) -> StoreResult<Vec<OutboxEntry>> {
         self.db
             .read(move |c| {
