@@ -99,6 +99,7 @@ impl Platform {
         let orchestrator = Arc::new(Embedded::new(
             shared.clone(),
             shared.clone(),
+            shared.clone(),
             definitions.clone(),
             executors(&config, &stores)?,
         ));
@@ -229,6 +230,11 @@ fn deliver_webhooks(app: std::sync::Weak<App>, store: SqliteStore) {
                 if let Err(e) = crate::ports::WebhookStore::forget_deliveries(&store, before).await
                 {
                     tracing::error!(error = %e, "forgetting old webhook deliveries");
+                }
+                let before =
+                    chrono::Utc::now() - chrono::Duration::hours(crate::ports::EVENT_KEEP_HOURS);
+                if let Err(e) = crate::ports::EventLog::forget_events(&store, before).await {
+                    tracing::error!(error = %e, "forgetting old events");
                 }
             }
             // Nothing to start: until a run event is saved, a send ends

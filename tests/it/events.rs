@@ -377,7 +377,11 @@ async fn bad_waits_are_refused_with_their_paths() {
             "$.steps[0].match",
         ),
         (
-            json!({"id": "w", "type": "wait_for_event", "event": "x", "lookback": "5m"}),
+            json!({"id": "w", "type": "wait_for_event", "event": "x", "lookback": "2days"}),
+            "$.steps[0].lookback",
+        ),
+        (
+            json!({"id": "w", "type": "wait_for_event", "event": "x", "lookback": "soon"}),
             "$.steps[0].lookback",
         ),
     ] {

@@ -42,6 +42,10 @@ struct Scenario {
     /// (Standard Webhooks, the input as its body) with this message id;
     /// the request is sent twice and must start one run.
     hook: Option<HookCall>,
+    /// Events sent (`POST /v1/events`, each accepted) before the run
+    /// starts.
+    #[serde(default)]
+    events_before: Vec<Value>,
     #[serde(default)]
     actions: Vec<Action>,
     expect: Option<Expect>,
@@ -273,6 +277,12 @@ async fn run_scenario(app: &TestApp, s: Scenario) -> Result<(), String> {
     let mut input = s.input;
     if let (Some(n), Some(m)) = (s.pad_input, input.as_object_mut()) {
         m.insert("padding".into(), json!("x".repeat(n)));
+    }
+    for ev in &s.events_before {
+        let sent = app.post("/v1/events", ev.clone()).await;
+        check(sent.status == 202, || {
+            format!("sending {ev} before the run: {} {}", sent.status, sent.body)
+        })?;
     }
     if let Some(ev) = &s.event {
         return run_by_event(app, s.expect, s.actions, &wf, ev, input).await;

@@ -23,6 +23,9 @@ pub const MAX_WORKFLOWS_MATCHED: usize = 1_000;
 pub const MAX_RUNS_PER_EVENT: usize = 100;
 /// Most waiting steps one event is delivered to.
 pub const MAX_WAITERS_PER_EVENT: usize = 1000;
+/// Times an event is offered to a step whose pass is being written
+/// (waiting 20 ms, then twice as long each time: about 2.5 s in all).
+const NOT_YET_TRIES: usize = 7;
 
 /// An event to send, as the API parsed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,6 +152,15 @@ impl App {
         }
         // A repeat is not delivered to waiting steps again (the first was).
         if !replay {
+            // Kept first: a step that begins waiting from now on finds it
+            // (see `orchestrator::lookback`).
+            let kept = crate::ports::KeptEvent {
+                name: ev.name.clone(),
+                id: id.clone(),
+                data: ev.data.clone(),
+                at: chrono::Utc::now(),
+            };
+            self.stores.events.keep_event(ws, &kept).await?;
             self.resume_waiting(ws, &event, &mut out).await?;
         }
         Ok(out)
@@ -167,7 +179,7 @@ impl App {
             .waiters(ws, &out.name, MAX_WAITERS_PER_EVENT)
             .await?;
         for w in waiters {
-            let done = match self.deliver_event(ws, &w.run_id, &w.step_key, event).await {
+            let done = match self.deliver_now_or_soon(ws, &w, event).await {
                 Ok(Delivery::Resumed) => {
                     out.resumed.push((w.run_id.clone(), w.step_key.clone()));
                     true
@@ -189,6 +201,32 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Delivers an event to a waiting step; one whose pass is being
+    /// written (indexed, not yet waiting) is tried again for a moment: the
+    /// pass read the kept events before the event was kept, so the step is
+    /// this event's to complete.
+    async fn deliver_now_or_soon(
+        &self,
+        ws: &WorkspaceId,
+        w: &crate::ports::Waiter,
+        event: &Value,
+    ) -> Result<Delivery, AppError> {
+        let mut wait = std::time::Duration::from_millis(20);
+        for _ in 0..NOT_YET_TRIES {
+            match self
+                .deliver_event(ws, &w.run_id, &w.step_key, event)
+                .await?
+            {
+                Delivery::NotYet => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                other => return Ok(other),
+            }
+        }
+        Ok(Delivery::NotYet)
     }
 
     /// The live workflows whose latest version listens for `name`, from

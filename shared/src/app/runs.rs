@@ -478,19 +478,10 @@ impl App {
                 if rec.wake_at.is_some_and(|t| t <= now) {
                     return set(Delivery::Gone);
                 }
-                if let Some(src) = &w.matches {
-                    let ctx = crate::template::context_from_json(&serde_json::json!({
-                        "event": event,
-                        "trigger": run.input,
-                        "run": {"id": run.id, "workflow_id": run.workflow_id},
-                    }));
-                    match crate::orchestrator::tick::cpu(|| {
-                        crate::template::eval_condition(src, &ctx)
-                    }) {
-                        Ok(true) => {}
-                        Ok(false) => return set(Delivery::NoMatch),
-                        Err(e) => return set(Delivery::Failed(e.to_string())),
-                    }
+                match crate::orchestrator::lookback::event_matches(w, event, run) {
+                    Ok(true) => {}
+                    Ok(false) => return set(Delivery::NoMatch),
+                    Err(e) => return set(Delivery::Failed(e)),
                 }
                 dag::finish_attempt(rec, retry, Ok(event.clone()), now, &format!("{id}/{key}"));
                 run.wake_at = Some(now);

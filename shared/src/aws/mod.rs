@@ -120,6 +120,7 @@ impl Stack {
             runs: self.store.as_ref(),
             workflows: self.store.as_ref(),
             definitions: &self.definitions,
+            events: self.store.as_ref(),
         }
     }
 

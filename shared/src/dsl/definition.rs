@@ -119,6 +119,9 @@ pub struct WaitForEvent {
     /// An expression over `event`, `trigger` and `run`: the first event
     /// of the name for which it holds completes the step.
     pub matches: Option<String>,
+    /// How far back before the step began waiting an event counts (the
+    /// oldest that matches wins); None: only events from then on.
+    pub lookback: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

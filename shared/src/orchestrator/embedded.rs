@@ -24,7 +24,7 @@ use crate::app::DefinitionCache;
 use crate::domain::*;
 use crate::engine::InFlight;
 use crate::ports::{
-    ActiveRunIndex, DriverError, RunDriver, RunStore, StepCall, StepExecutor, StoreError,
+    ActiveRunIndex, DriverError, EventLog, RunDriver, RunStore, StepCall, StepExecutor, StoreError,
     WorkflowStore,
 };
 
@@ -54,6 +54,7 @@ pub struct Embedded {
 struct Inner {
     runs: Arc<dyn RunStore>,
     workflows: Arc<dyn WorkflowStore>,
+    events: Arc<dyn EventLog>,
     definitions: Arc<DefinitionCache>,
     /// Runs being driven; `true` means "go round again when done".
     active: Mutex<HashMap<RunKey, bool>>,
@@ -96,12 +97,14 @@ impl Embedded {
     pub fn new(
         runs: Arc<dyn RunStore>,
         workflows: Arc<dyn WorkflowStore>,
+        events: Arc<dyn EventLog>,
         definitions: Arc<DefinitionCache>,
         executors: HashMap<String, Arc<dyn StepExecutor>>,
     ) -> Self {
         let inner = Arc::new_cyclic(|me| Inner {
             runs,
             workflows,
+            events,
             definitions,
             active: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
@@ -334,6 +337,7 @@ impl Inner {
             runs: self.runs.as_ref(),
             workflows: self.workflows.as_ref(),
             definitions: &self.definitions,
+            events: self.events.as_ref(),
         }
     }
 

@@ -47,6 +47,7 @@ async fn setup(
     let orch = Arc::new(Embedded::new(
         runs.clone(),
         store.clone(),
+        store.clone(),
         defs.clone(),
         executors,
     ));
@@ -158,6 +159,7 @@ impl Manually {
             runs: self.store.as_ref(),
             workflows: self.store.as_ref(),
             definitions: &self.defs,
+            events: self.store.as_ref(),
         };
         let driving = super::tick::Driving {
             in_flight: crate::engine::InFlight::Known(&|_, _| false),

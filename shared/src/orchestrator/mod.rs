@@ -5,6 +5,7 @@ mod embedded;
 mod fair;
 mod kept;
 pub mod lease;
+pub(crate) mod lookback;
 mod recovery;
 pub mod stepfunctions;
 pub mod tick;

@@ -12,8 +12,8 @@ use crate::domain::*;
 pub use crate::engine::Dispatch;
 use crate::engine::{InFlight, Limits, RunInfo, advance_from, interrupt_orphans, record_external};
 use crate::ports::{
-    PendingResult, RunStore, RunWrite, StepCall, StepExecutor, StoreError, Tried, WRITE_TRIES,
-    WorkflowStore, retry_conflicts,
+    EventLog, PendingResult, RunStore, RunWrite, StepCall, StepExecutor, StoreError, Tried,
+    WRITE_TRIES, WorkflowStore, retry_conflicts,
 };
 
 /// Where a driver reads and writes runs.
@@ -22,6 +22,8 @@ pub struct Stores<'a> {
     pub runs: &'a dyn RunStore,
     pub workflows: &'a dyn WorkflowStore,
     pub definitions: &'a DefinitionCache,
+    /// The events sent lately (what a step that begins waiting reads).
+    pub events: &'a dyn EventLog,
 }
 
 /// Runs CPU-bound work (a pass of the core, with the run's templates) off
@@ -45,13 +47,10 @@ const WAIT_WITHOUT_TIMEOUT_DAYS: i64 = 400;
 async fn index_waiters(
     s: Stores<'_>,
     wf: &crate::dsl::Workflow,
-    write: &RunWrite,
+    run: &RunRecord,
+    steps: &[StepRecord],
 ) -> anyhow::Result<()> {
-    for st in write
-        .steps
-        .iter()
-        .filter(|st| st.status == StepStatus::Waiting)
-    {
+    for st in steps.iter().filter(|st| st.status == StepStatus::Waiting) {
         let Some(crate::dsl::Step {
             kind: crate::dsl::StepKind::WaitForEvent(w),
             ..
@@ -61,14 +60,14 @@ async fn index_waiters(
         };
         let waiter = crate::ports::Waiter {
             event: w.event.clone(),
-            run_id: write.run.id.clone(),
+            run_id: run.id.clone(),
             step_key: st.key.clone(),
             expires_at: st
                 .wake_at
                 .unwrap_or_else(|| Utc::now() + chrono::Duration::days(WAIT_WITHOUT_TIMEOUT_DAYS)),
         };
         s.runs
-            .put_waiter(&write.run.workspace_id, &waiter)
+            .put_waiter(&run.workspace_id, &waiter)
             .await
             .context("indexing a step that waits for an event")?;
     }
@@ -551,6 +550,16 @@ async fn pass(
             superseded: false,
         })));
     }
+    // Steps that begin waiting for an event: indexed, then given one that
+    // already came (`lookback`).
+    if let Some(wf) = &wf {
+        index_waiters(s, wf, &run, &changed).await?;
+        if super::lookback::look_back(s, wf, &run, &mut recs, &mut changed, &mut logs, now).await? {
+            // The step is done: the run goes on at once.
+            awaits_event = false;
+            run.wake_at = Some(now);
+        }
+    }
     run.revision += 1;
     let finished = run.status.is_terminal();
     let write = RunWrite {
@@ -559,9 +568,6 @@ async fn pass(
         logs,
     };
     (driving.claim)(&dispatch, true);
-    if let Some(wf) = &wf {
-        index_waiters(s, wf, &write).await?;
-    }
     match s.runs.save_run(&write).await {
         Ok(()) => {
             clear_inbox(s, &write.run, &cleared).await;

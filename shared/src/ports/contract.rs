@@ -24,6 +24,7 @@ pub async fn run_all(s: Stores) {
     idempotency_keys_are_scoped(&s).await;
     keys_claim_without_a_run(&s).await;
     waiters_are_found_by_event_until_they_expire(&s).await;
+    events_are_kept_by_name_and_time(&s).await;
     schedules_are_scoped_conditional_and_found_when_due(&s).await;
     hooks_are_found_by_id_listed_by_workflow_and_counted(&s).await;
     webhook_endpoints_and_deliveries_are_scoped_and_due_in_order(&s).await;
@@ -35,6 +36,49 @@ pub async fn run_all(s: Stores) {
     budgets_reserve_atomically_and_settle(&s).await;
     usage_totals_by_run_day_and_workflow(&s).await;
     cache_entries_expire_and_are_isolated(&s).await;
+}
+
+/// Kept events are found by workspace and name, from a time on, oldest
+/// first, a limited number at once.
+async fn events_are_kept_by_name_and_time(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let t0 = Utc::now();
+    let ev = |name: &str, id: &str, secs: i64| KeptEvent {
+        name: name.into(),
+        id: id.into(),
+        data: json!({"id": id}),
+        at: t0 + Duration::seconds(secs),
+    };
+    for (w, e) in [
+        (&a, ev("order.paid", "e1", 0)),
+        (&a, ev("order.paid", "e2", 5)),
+        (&a, ev("order.paid", "e3", 10)),
+        (&a, ev("order.shipped", "s1", 5)),
+        (&b, ev("order.paid", "b1", 5)),
+    ] {
+        s.events.keep_event(w, &e).await.unwrap();
+    }
+    let ids = |v: Vec<KeptEvent>| -> Vec<String> { v.into_iter().map(|e| e.id).collect() };
+    let since = |w: &WorkspaceId, name: &'static str, secs: i64, limit: usize| {
+        let w = w.clone();
+        async move {
+            s.events
+                .events_since(&w, name, t0 + Duration::seconds(secs), limit)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        ids(since(&a, "order.paid", 0, 10).await),
+        ["e1", "e2", "e3"]
+    );
+    assert_eq!(ids(since(&a, "order.paid", 3, 10).await), ["e2", "e3"]);
+    assert_eq!(ids(since(&a, "order.paid", 0, 2).await), ["e1", "e2"]);
+    assert_eq!(ids(since(&a, "order.shipped", 0, 10).await), ["s1"]);
+    assert_eq!(ids(since(&b, "order.paid", 0, 10).await), ["b1"]);
+    assert!(since(&b, "order.shipped", 0, 10).await.is_empty());
+    let kept = since(&a, "order.paid", 10, 10).await;
+    assert_eq!(kept[0], ev("order.paid", "e3", 10));
 }
 
 /// Live workflows are found by the events their latest version listens

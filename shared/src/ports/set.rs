@@ -18,6 +18,8 @@ pub struct StoreSet {
     pub schedules: Arc<dyn ScheduleStore>,
     pub hooks: Arc<dyn HookStore>,
     pub webhooks: Arc<dyn WebhookStore>,
+    /// The events sent lately (what `lookback` reads).
+    pub events: Arc<dyn EventLog>,
     /// Verified requests to hooks, until a run is started from each.
     pub hook_inbox: Arc<dyn HookInbox>,
 }
@@ -34,6 +36,7 @@ pub trait Tables:
     + ScheduleStore
     + HookStore
     + WebhookStore
+    + EventLog
     + 'static
 {
 }
@@ -49,6 +52,7 @@ impl<T> Tables for T where
         + ScheduleStore
         + HookStore
         + WebhookStore
+        + EventLog
         + 'static
 {
 }
@@ -72,7 +76,8 @@ impl StoreSet {
             cache: s.clone(),
             schedules: s.clone(),
             hooks: s.clone(),
-            webhooks: s,
+            webhooks: s.clone(),
+            events: s,
             hook_inbox,
         }
     }

@@ -414,6 +414,38 @@ pub trait HookInbox: Send + Sync {
     async fn enqueue(&self, r: &Receipt) -> StoreResult<()>;
 }
 
+/// An event as it is kept for steps that begin waiting after it arrived
+/// (`wait_for_event`'s `lookback`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KeptEvent {
+    pub name: String,
+    pub id: String,
+    pub data: serde_json::Value,
+    /// When it was received.
+    pub at: DateTime<Utc>,
+}
+
+/// How long events are kept (the longest `lookback`).
+pub const EVENT_KEEP_HOURS: i64 = 24;
+
+/// The events a workspace was sent lately, by name and time.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    async fn keep_event(&self, ws: &WorkspaceId, e: &KeptEvent) -> StoreResult<()>;
+    /// Events of `name` received at or after `since`, oldest first, at
+    /// most `limit`.
+    async fn events_since(
+        &self,
+        ws: &WorkspaceId,
+        name: &str,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<KeptEvent>>;
+    /// Forgets the events received before `before` (where the store has
+    /// no expiry of its own). Returns how many.
+    async fn forget_events(&self, before: DateTime<Utc>) -> StoreResult<usize>;
+}
+
 /// Where deliveries wait to be sent by another process (on AWS: an SQS
 /// queue the deliver function consumes). Without one, the app's own
 /// sender loop sends them (`weft dev`).

@@ -7,6 +7,7 @@
 //! `data`, next to the attributes that keys and conditions need.
 
 mod counted;
+mod events;
 mod hooks;
 mod log_chunks;
 mod packed;

@@ -1,6 +1,7 @@
 //! The embedded store: every port backed by one SQLite file.
 
 mod db;
+mod events;
 mod hooks;
 #[cfg(test)]
 mod observed;

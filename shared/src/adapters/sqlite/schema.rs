@@ -247,6 +247,18 @@ CREATE TABLE webhook_rates (
     PRIMARY KEY (workspace_id, endpoint_id, second)
 ) STRICT;
 "#,
+    // The events sent lately, for steps that look back.
+    r#"
+CREATE TABLE events_kept (
+    seq          INTEGER PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    at           TEXT NOT NULL,
+    data         TEXT NOT NULL
+) STRICT;
+CREATE INDEX events_kept_by_name ON events_kept (workspace_id, name, at);
+CREATE INDEX events_kept_by_age ON events_kept (at);
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {

@@ -1,12 +1,17 @@
 //! `wait_for_event` steps: wait until an event of a name arrives whose
 //! `match` holds (an expression over `event` and the run's `trigger` and
-//! `run`), or until `timeout`.
+//! `run`), or until `timeout`; with `lookback`, an event that arrived up to
+//! that long before the step began waiting counts too.
 
 use super::triggers::{event_name, expression_of};
 use super::*;
 
 /// The fields a `wait_for_event` step may have besides the common ones.
-pub(super) const FIELDS: &[&str] = &["event", "match"];
+pub(super) const FIELDS: &[&str] = &["event", "match", "lookback"];
+
+/// The longest `lookback`: how long events are kept.
+pub const MAX_LOOKBACK: std::time::Duration =
+    std::time::Duration::from_secs(crate::ports::EVENT_KEEP_HOURS as u64 * 3600);
 
 /// What a `match` expression may read.
 const MATCH_NAMES: &[&str] = &["event", "trigger", "run"];
@@ -25,8 +30,26 @@ pub(super) fn parse_wait_for_event(
         MATCH_NAMES,
         "a `match` can read only `event`, `trigger` and `run`",
     );
+    let lookback = match obj.get("lookback") {
+        None | Some(Value::Null) => None,
+        Some(v) => match super::parse_duration(v) {
+            Ok(d) if d <= MAX_LOOKBACK => Some(d),
+            Ok(_) => {
+                p.err(
+                    &path.key("lookback"),
+                    "at most 24 hours (events are kept a day)",
+                );
+                None
+            }
+            Err(e) => {
+                p.err(&path.key("lookback"), e);
+                None
+            }
+        },
+    };
     Some(WaitForEvent {
         event: event?,
         matches,
+        lookback,
     })
 }

@@ -79,6 +79,7 @@ impl Harness {
             runs: self.store.as_ref(),
             workflows: self.store.as_ref(),
             definitions: &self.app.definitions,
+            events: self.store.as_ref(),
         }
     }
 
@@ -725,6 +726,7 @@ async fn a_big_runs_records_are_kept_between_passes() {
         runs: &counting,
         workflows: h.store.as_ref(),
         definitions: &h.app.definitions,
+        events: h.store.as_ref(),
     };
     let (mut kept_between, mut passes) = (0, 0);
     for _ in 0..20 {
@@ -860,6 +862,7 @@ async fn a_pass_records_what_fits_one_write_and_leaves_the_rest() {
         runs: &counting,
         workflows: h.store.as_ref(),
         definitions: &h.app.definitions,
+        events: h.store.as_ref(),
     };
     let plan = || {
         handle(

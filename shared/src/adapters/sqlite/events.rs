@@ -1,0 +1,66 @@
+//! The events a workspace was sent lately (`events_kept`), for steps that
+//! look back (`wait_for_event`'s `lookback`); forgotten after a day by the
+//! embedded platform's hourly cleanup.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::params;
+
+use super::SqliteStore;
+use super::tenants::json_rows;
+use crate::domain::WorkspaceId;
+use crate::ports::{EventLog, KeptEvent, StoreResult};
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn keep_event(&self, ws: &WorkspaceId, e: &KeptEvent) -> StoreResult<()> {
+        let (ws, name, at, data) = (
+            ws.to_string(),
+            e.name.clone(),
+            ts(e.at),
+            serde_json::to_string(e)?,
+        );
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT INTO events_kept (workspace_id, name, at, data) VALUES (?1, ?2, ?3, ?4)",
+                    params![ws, name, at, data],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn events_since(
+        &self,
+        ws: &WorkspaceId,
+        name: &str,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<KeptEvent>> {
+        let (ws, name, since) = (ws.to_string(), name.to_owned(), ts(since));
+        self.db
+            .read(move |c| {
+                json_rows(
+                    c,
+                    "SELECT data FROM events_kept WHERE workspace_id = ?1 AND name = ?2 AND at >= ?3 \
+                     ORDER BY at, seq LIMIT ?4",
+                    params![ws, name, since, limit as i64],
+                )
+            })
+            .await
+    }
+
+    async fn forget_events(&self, before: DateTime<Utc>) -> StoreResult<usize> {
+        let before = ts(before);
+        self.db
+            .write(move |tx| {
+                Ok(tx.execute("DELETE FROM events_kept WHERE at < ?1", params![before])?)
+            })
+            .await
+    }
+}
