@@ -10,7 +10,10 @@
 4. A schedule's fire time, seen by the tick twice (a doubled or repeated
    EventBridge invocation), starts one run.
 5. A run that ends is delivered to a webhook endpoint once, signed as
-   Standard Webhooks say, by ticks that come twice.
+   Standard Webhooks say, by ticks that come twice; an endpoint that
+   answers 503 is tried again through the delivery queue.
+6. A delivery whose queue message is lost (the deliver function stopped
+   half way) is handed on again by the tick and sent with its id.
 
 A counting HTTP server stands in for the outside world. Reads the stack's
 ready file (infra/local/with-stack); exits non-zero on any failure.
@@ -33,6 +36,9 @@ CALLS = Counter()
 DELIVERED = []
 # The same of /webhook-flaky, which answers the first one 503.
 FLAKY = []
+# The webhook-id of each request to /webhook-later, which answers the first
+# one 503 with Retry-After: 20.
+LATER = []
 
 
 class Counting(http.server.BaseHTTPRequestHandler):
@@ -41,6 +47,15 @@ class Counting(http.server.BaseHTTPRequestHandler):
         if self.path == "/webhook":
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             DELIVERED.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        if self.path == "/webhook-later":
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            LATER.append(self.headers.get("webhook-id"))
+            if len(LATER) == 1:
+                self.send_response(503)
+                self.send_header("retry-after", "20")
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
         if self.path == "/webhook-flaky":
             self.rfile.read(int(self.headers.get("content-length", 0)))
             FLAKY.append({k.lower(): v for k, v in self.headers.items()})
@@ -254,6 +269,50 @@ def webhook_once(ready, base, lam):
         api(ready, "DELETE", f"/v1/endpoints/{flaky['id']}", None)
 
 
+def lost_delivery_message(ready, base, lam):
+    """A delivery whose queue message is lost (the deliver function stopped
+    half way, or the message never reached the queue) is handed on again by
+    the tick once it is two minutes overdue, and delivered with its id."""
+    create(ready, {"id": "res_lost", "name": "lost", "steps": [
+        {"id": "t", "type": "transform", "inputs": {"ok": True}}
+    ]})
+    status, ep = api(ready, "POST", "/v1/endpoints", {"url": f"{base}/webhook-later", "workflow_ids": ["res_lost"]})
+    if status != 201:
+        sys.exit(f"resilience: creating the endpoint failed: {status} {ep}")
+    time.sleep(1.5)
+    try:
+        run = start(ready, "res_lost", base)
+        wait_status(ready, run, {"COMPLETED"})
+        sweep(lam, datetime.datetime.now(datetime.timezone.utc))
+        # The first attempt (503, Retry-After: 20) is recorded; the message
+        # that holds the next is then lost.
+        deadline = time.time() + 60
+        while True:
+            status, page = api(ready, "GET", f"/v1/endpoints/{ep['id']}/deliveries", None)
+            items = page.get("items") or []
+            if items and len(items[0]["attempts"]) == 1 and items[0]["status"] == "pending":
+                break
+            if time.time() > deadline:
+                sys.exit(f"resilience: the first attempt was never recorded: {page}")
+            time.sleep(0.2)
+        aws(ready, "sqs").purge_queue(QueueUrl=ready["queues"]["DeliveryQueue"])
+        due = datetime.datetime.fromisoformat(items[0]["next_attempt_at"].replace("Z", "+00:00"))
+        time.sleep(max(0.0, (due - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 1)
+        if len(LATER) != 1:
+            sys.exit(f"resilience: the delivery was sent again before the tick handed it on: {LATER}")
+        # A tick two minutes on hands it on.
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=3)
+        tick = sweep(lam, later)
+        deadline = time.time() + 30
+        while len(LATER) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        if len(LATER) != 2 or LATER[0] != LATER[1]:
+            sys.exit(f"resilience: a delivery whose message was lost should be sent again with its id: {LATER} (tick: {tick.get('webhooks')})")
+        print(f"ok  a delivery whose queue message was lost is handed on again by the tick and sent with its id (tick: {tick.get('webhooks')})")
+    finally:
+        api(ready, "DELETE", f"/v1/endpoints/{ep['id']}", None)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ready-file", required=True)
@@ -268,6 +327,7 @@ def main():
     stopped_mid_run(ready, base, sfn, lam)
     scheduled_once(ready, base, lam)
     webhook_once(ready, base, lam)
+    lost_delivery_message(ready, base, lam)
     server.shutdown()
 
 

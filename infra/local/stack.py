@@ -558,6 +558,7 @@ def main():
         "state_machine_arn": names["state_machine_arn"],
         "state_machines": names["state_machines"],
         "table": names["table"],
+        "queues": names["queues"],
         # What starting another instance of a function takes (measure.py
         # times each function's start with it).
         "function_env": {

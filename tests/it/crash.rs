@@ -252,3 +252,78 @@ async fn a_run_that_stopped_the_server_twice_is_failed_not_resumed_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A webhook delivery cut off by `kill -9` mid-send is sent again after a
+/// restart, with the same `webhook-id`, and then recorded as delivered.
+#[tokio::test]
+async fn a_webhook_delivery_cut_off_by_kill_9_is_sent_again_after_a_restart() {
+    use std::sync::{Arc, Mutex};
+    // The first request hangs (the process dies meanwhile); later ones are
+    // answered 200.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let first = {
+                        let mut s = seen.lock().expect("lock");
+                        s.push(id);
+                        s.len() == 1
+                    };
+                    if first {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    "ok"
+                }
+            }
+        }),
+    );
+    let receiver = crate::common::serve(router).await;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+    let r = app
+        .post("/v1/endpoints", json!({"url": format!("{receiver}/hook")}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ep = r.body["id"].as_str().expect("id").to_owned();
+    app.create_workflow(json!({"id": "wf_told", "name": "Told", "steps": [
+        {"id": "t", "type": "transform", "inputs": {"ok": true}}
+    ]}))
+    .await;
+    let run = app.start_run("wf_told", json!({})).await;
+    app.wait_finished(&run).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().expect("lock").is_empty() {
+        assert!(Instant::now() < deadline, "the delivery never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    server.kill_9();
+    let server = start(dir.path());
+    let app = TestApp::external(&server.base, KEY);
+
+    // Sent again once the cut-off attempt's hold ends (at most a minute).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let delivered = loop {
+        let r = app.get(&format!("/v1/endpoints/{ep}/deliveries")).await;
+        if r.body["items"][0]["status"] == "succeeded" {
+            break r.body["items"][0].clone();
+        }
+        assert!(Instant::now() < deadline, "not delivered: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ids = seen.lock().expect("lock").clone();
+    assert!(ids.len() >= 2, "{ids:?}");
+    assert!(ids.iter().all(|i| *i == ids[0]), "one webhook-id: {ids:?}");
+    assert_eq!(delivered["id"], ids[0].as_str());
+}

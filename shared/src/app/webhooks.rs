@@ -37,8 +37,10 @@ const SENDING_AT_ONCE: usize = 32;
 const SENDING_PER_WORKSPACE: usize = 8;
 /// How long deliveries are kept (then forgotten, succeeded or failed).
 pub const DELIVERY_RETENTION_DAYS: i64 = 30;
-/// How long a delivery being sent is kept from other senders.
-const SEND_LEASE_SECS: i64 = 60;
+/// How long a delivery being sent is kept from other senders (longer than
+/// a send may take, `send::TIMEOUT`; a sender cut off half way is followed
+/// this long after).
+const SEND_LEASE_SECS: i64 = 30;
 /// How long after it is due a pending delivery is handed to the queue
 /// again by the tick (its message is late, or was lost).
 const QUEUE_GRACE: Duration = Duration::minutes(2);
