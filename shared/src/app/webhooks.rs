@@ -955,8 +955,16 @@ impl App {
             }
         }
         d.revision += 1;
-        self.stores.webhooks.save_delivery(&d).await?;
-        Ok(Some((d, true)))
+        match self.stores.webhooks.save_delivery(&d).await {
+            Ok(()) => Ok(Some((d, true))),
+            // Deleted with its endpoint meanwhile (or taken over after the
+            // hold ended: that sender records its own attempt).
+            Err(StoreError::Conflict(_)) => {
+                tracing::debug!(workspace_id = %d.workspace_id, delivery_id = %d.id, "a delivery changed while it was sent; this attempt is not recorded");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Notes that an endpoint's deliveries began failing at `at`.
@@ -966,8 +974,11 @@ impl App {
                 e.failing_since.get_or_insert(at);
             })
             .await;
-        if let Err(err) = marked {
-            tracing::warn!(workspace_id = %e.workspace_id, endpoint_id = %e.id, error = %err, "noting that a webhook endpoint fails");
+        match marked {
+            Ok(_) | Err(AppError::NotFound(_)) => {}
+            Err(err) => {
+                tracing::warn!(workspace_id = %e.workspace_id, endpoint_id = %e.id, error = %err, "noting that a webhook endpoint fails");
+            }
         }
     }
 
@@ -986,6 +997,8 @@ impl App {
             })
             .await;
         match changed {
+            // Deleted meanwhile.
+            Err(AppError::NotFound(_)) => {}
             Err(err) => {
                 tracing::warn!(workspace_id = %ws, endpoint_id = %id, error = %err, "recording a webhook endpoint's health");
             }
