@@ -103,11 +103,7 @@ async fn an_event_starts_each_workflow_it_triggers_once_per_id() {
     ] {
         let r = app.post("/v1/events", other.clone()).await;
         assert_eq!(r.status, 422, "{other}: {}", r.body);
-        assert_eq!(
-            r.body["type"], "/problems/idempotency-key-reused",
-            "{}",
-            r.body
-        );
+        assert_eq!(crate::common::error_paths(&r.body), ["$.id"], "{}", r.body);
     }
     assert_eq!(runs_in_workspace(&app).await, 2);
 
@@ -395,4 +391,62 @@ async fn bad_waits_are_refused_with_their_paths() {
         let paths = crate::common::error_paths(&r.body);
         assert!(paths.contains(&path), "{step}: {}", r.body);
     }
+}
+
+/// A run an event starts does not take that event in a later wait for the
+/// same name (it came before the run); the next one it does.
+#[tokio::test]
+async fn a_run_started_by_an_event_waits_for_the_next_one() {
+    let app = spawn_app().await;
+    app.create_workflow(json!({"id": "ticks", "name": "ticks",
+        "triggers": [{"event": "clock.tick"}],
+        "steps": [{"id": "next", "type": "wait_for_event", "event": "clock.tick", "timeout": "1h"}]}))
+    .await;
+    let first = app
+        .post(
+            "/v1/events",
+            json!({"name": "clock.tick", "id": "t1", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let run = first.body["runs"][0]["run_id"]
+        .as_str()
+        .expect("a run")
+        .to_owned();
+    let w = app.wait_run(&run, |r| r["status"] == "WAITING").await;
+    assert_eq!(crate::common::step(&w, "next")["status"], "waiting", "{w}");
+    // The same event again (a repeat) is still not the run's.
+    let again = app
+        .post(
+            "/v1/events",
+            json!({"name": "clock.tick", "id": "t1", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert!(
+        !again.body["resumed"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["run_id"] == run.as_str())),
+        "{}",
+        again.body
+    );
+    let second = app
+        .post(
+            "/v1/events",
+            json!({"name": "clock.tick", "id": "t2", "data": {"n": 2}}),
+        )
+        .await;
+    assert!(
+        second.body["resumed"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["run_id"] == run.as_str())),
+        "{}",
+        second.body
+    );
+    let done = app.wait_finished(&run).await;
+    assert_eq!(
+        crate::common::step(&done, "next")["output"]["id"],
+        "t2",
+        "{done}"
+    );
 }

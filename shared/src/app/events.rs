@@ -24,8 +24,8 @@ pub const MAX_RUNS_PER_EVENT: usize = 100;
 /// Most waiting steps one event is delivered to.
 pub const MAX_WAITERS_PER_EVENT: usize = 1000;
 /// Times an event is offered to a step whose pass is being written
-/// (waiting 20 ms, then twice as long each time: about 2.5 s in all).
-const NOT_YET_TRIES: usize = 7;
+/// (waiting 20 ms, then twice as long each time: about 10 s in all).
+const NOT_YET_TRIES: usize = 9;
 
 /// An event to send, as the API parsed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,7 +78,6 @@ impl App {
             .id
             .clone()
             .unwrap_or_else(|| format!("evt_{}", ulid::Ulid::new().to_string().to_lowercase()));
-        let mut replay = false;
         if let Some(given) = &ev.id {
             // A space cannot be in an Idempotency-Key a client sends, so
             // these claims are the events' own.
@@ -87,12 +86,17 @@ impl App {
                 request_hash: event_hash(&ev.name, given, Some(&ev.data)),
                 expires_at: chrono::Utc::now() + Duration::hours(IDEMPOTENCY_TTL_HOURS),
             };
-            match self.stores.runs.claim(ws, &claim).await? {
-                Some(held) if held != claim.request_hash => {
-                    return Err(AppError::IdempotencyMismatch);
-                }
-                Some(_) => replay = true,
-                None => {}
+            // A repeat goes through as the first did: each run it starts is
+            // claimed, and it is kept and delivered once (by its id).
+            if let Some(held) = self.stores.runs.claim(ws, &claim).await?
+                && held != claim.request_hash
+            {
+                return Err(AppError::InvalidRequest(vec![
+                    crate::dsl::ValidationError::new(
+                        &crate::dsl::Path::root().key("id"),
+                        "an event with this id was sent before with another name or other data; give a new event a new id",
+                    ),
+                ]));
             }
         }
         let event = json!({"name": ev.name, "id": id, "data": ev.data});
@@ -111,6 +115,22 @@ impl App {
                 matched.len()
             )));
         }
+        // Kept before the runs start (a step of a run it starts does not
+        // take it unless it looks back), once per id: a repeat finds when
+        // the first arrived.
+        let data_omitted = ev.data.to_string().len() > crate::ports::MAX_KEPT_EVENT_BYTES;
+        let kept = crate::ports::KeptEvent {
+            name: ev.name.clone(),
+            id: id.clone(),
+            data: if data_omitted {
+                Value::Null
+            } else {
+                ev.data.clone()
+            },
+            at: chrono::Utc::now(),
+            data_omitted,
+        };
+        let received = self.stores.events.keep_event(ws, &kept).await?;
         for c in matched {
             let mut cmd = StartRun::with_input(ev.data.clone());
             cmd.input_memory = ev.data_memory;
@@ -150,19 +170,9 @@ impl App {
                 }
             }
         }
-        // A repeat is not delivered to waiting steps again (the first was).
-        if !replay {
-            // Kept first: a step that begins waiting from now on finds it
-            // (see `orchestrator::lookback`).
-            let kept = crate::ports::KeptEvent {
-                name: ev.name.clone(),
-                id: id.clone(),
-                data: ev.data.clone(),
-                at: chrono::Utc::now(),
-            };
-            self.stores.events.keep_event(ws, &kept).await?;
-            self.resume_waiting(ws, &event, &mut out).await?;
-        }
+        // Steps waiting since before it arrived take it (a repeat: only
+        // those the first would have; see `deliver_event`).
+        self.resume_waiting(ws, &event, received, &mut out).await?;
         Ok(out)
     }
 
@@ -171,6 +181,7 @@ impl App {
         &self,
         ws: &WorkspaceId,
         event: &Value,
+        received: chrono::DateTime<chrono::Utc>,
         out: &mut EventOutcome,
     ) -> Result<(), AppError> {
         let waiters = self
@@ -179,7 +190,7 @@ impl App {
             .waiters(ws, &out.name, MAX_WAITERS_PER_EVENT)
             .await?;
         for w in waiters {
-            let done = match self.deliver_now_or_soon(ws, &w, event).await {
+            let done = match self.deliver_now_or_soon(ws, &w, event, received).await {
                 Ok(Delivery::Resumed) => {
                     out.resumed.push((w.run_id.clone(), w.step_key.clone()));
                     true
@@ -212,11 +223,12 @@ impl App {
         ws: &WorkspaceId,
         w: &crate::ports::Waiter,
         event: &Value,
+        received: chrono::DateTime<chrono::Utc>,
     ) -> Result<Delivery, AppError> {
         let mut wait = std::time::Duration::from_millis(20);
         for _ in 0..NOT_YET_TRIES {
             match self
-                .deliver_event(ws, &w.run_id, &w.step_key, event)
+                .deliver_event(ws, &w.run_id, &w.step_key, event, received)
                 .await?
             {
                 Delivery::NotYet => {

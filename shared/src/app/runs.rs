@@ -440,6 +440,7 @@ impl App {
         id: &RunId,
         key: &str,
         event: &Value,
+        received: DateTime<Utc>,
     ) -> Result<Delivery, AppError> {
         let outcome = std::sync::Mutex::new(Delivery::Resumed);
         let set = |d: Delivery| {
@@ -478,7 +479,20 @@ impl App {
                 if rec.wake_at.is_some_and(|t| t <= now) {
                     return set(Delivery::Gone);
                 }
-                match crate::orchestrator::lookback::event_matches(w, event, run) {
+                // An event from before the step's window (a repeat of one
+                // that came before it began waiting) is not its.
+                if !crate::orchestrator::lookback::counts(w, rec, run, received) {
+                    return set(Delivery::NoMatch);
+                }
+                // On the request's path: a small budget for each step.
+                let matched = crate::orchestrator::tick::cpu(|| {
+                    let _budget = crate::template::scope_sized(
+                        crate::template::BUDGET_BYTES / 8,
+                        std::time::Duration::from_millis(250),
+                    );
+                    crate::orchestrator::lookback::event_matches(w, event, run)
+                });
+                match matched {
                     Ok(true) => {}
                     Ok(false) => return set(Delivery::NoMatch),
                     Err(e) => return set(Delivery::Failed(e)),

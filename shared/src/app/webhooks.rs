@@ -681,20 +681,8 @@ impl App {
                 None => (run.finished_at.unwrap_or(run.created_at), ""),
             };
             for e in wanting {
-                let d = Delivery {
-                    workspace_id: ws.clone(),
-                    id: delivery_id(at, &[e.id.as_str(), run.id.as_str(), ty.as_str(), subject]),
-                    endpoint_id: e.id.clone(),
-                    event_type: ty,
-                    run_id: Some(run.id.clone()),
-                    payload: body.clone(),
-                    created_at: Utc::now(),
-                    status: DeliveryStatus::Pending,
-                    attempts: Vec::new(),
-                    round: 0,
-                    next_attempt_at: Some(Utc::now()),
-                    revision: 1,
-                };
+                let id = delivery_id(at, &[e.id.as_str(), run.id.as_str(), ty.as_str(), subject]);
+                let d = Delivery::pending(ws, id, &e.id, ty, Some(run.id.clone()), body.clone());
                 if self.stores.webhooks.create_delivery(&d).await? {
                     made.push(DeliveryRef::from(&d));
                 }
@@ -1037,20 +1025,14 @@ impl App {
                     &stamp,
                 ],
             );
-            let d = Delivery {
-                workspace_id: gone.workspace_id.clone(),
+            let d = Delivery::pending(
+                &gone.workspace_id,
                 id,
-                endpoint_id: e.id.clone(),
-                event_type: EventType::EndpointDisabled,
-                run_id: None,
-                payload: body.clone(),
-                created_at: Utc::now(),
-                status: DeliveryStatus::Pending,
-                attempts: Vec::new(),
-                round: 0,
-                next_attempt_at: Some(Utc::now()),
-                revision: 1,
-            };
+                &e.id,
+                EventType::EndpointDisabled,
+                None,
+                body.clone(),
+            );
             if self.stores.webhooks.create_delivery(&d).await? {
                 made.push(DeliveryRef::from(&d));
             }

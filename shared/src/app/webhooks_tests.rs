@@ -56,20 +56,14 @@ async fn app() -> (Arc<App>, Arc<SqliteStore>, WorkspaceId) {
 }
 
 fn pending(ws: &WorkspaceId, ep: &EndpointId, id: &str) -> Delivery {
-    Delivery {
-        workspace_id: ws.clone(),
-        id: id.into(),
-        endpoint_id: ep.clone(),
-        event_type: EventType::RunCompleted,
-        run_id: None,
-        payload: "{}".into(),
-        created_at: Utc::now(),
-        status: DeliveryStatus::Pending,
-        attempts: Vec::new(),
-        round: 0,
-        next_attempt_at: Some(Utc::now()),
-        revision: 1,
-    }
+    Delivery::pending(
+        ws,
+        id.into(),
+        ep,
+        EventType::RunCompleted,
+        None,
+        "{}".into(),
+    )
 }
 
 async fn send_due(app: &Arc<App>) {

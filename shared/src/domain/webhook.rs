@@ -217,6 +217,34 @@ pub struct Delivery {
     pub revision: u64,
 }
 
+impl Delivery {
+    /// A new delivery of `payload`, due at once.
+    pub fn pending(
+        ws: &WorkspaceId,
+        id: String,
+        endpoint: &EndpointId,
+        event_type: EventType,
+        run_id: Option<RunId>,
+        payload: String,
+    ) -> Self {
+        let now = Utc::now();
+        Self {
+            workspace_id: ws.clone(),
+            id,
+            endpoint_id: endpoint.clone(),
+            event_type,
+            run_id,
+            payload,
+            created_at: now,
+            status: DeliveryStatus::Pending,
+            attempts: Vec::new(),
+            round: 0,
+            next_attempt_at: Some(now),
+            revision: 1,
+        }
+    }
+}
+
 /// Which delivery a queue message is about (the message's whole body).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryRef {

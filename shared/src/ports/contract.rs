@@ -48,6 +48,7 @@ async fn events_are_kept_by_name_and_time(s: &Stores) {
         id: id.into(),
         data: json!({"id": id}),
         at: t0 + Duration::seconds(secs),
+        data_omitted: false,
     };
     for (w, e) in [
         (&a, ev("order.paid", "e1", 0)),
@@ -79,6 +80,23 @@ async fn events_are_kept_by_name_and_time(s: &Stores) {
     assert!(since(&b, "order.shipped", 0, 10).await.is_empty());
     let kept = since(&a, "order.paid", 10, 10).await;
     assert_eq!(kept[0], ev("order.paid", "e3", 10));
+    // Kept once per id: a repeat answers when the first came.
+    // (Times as stores keep them: to the microsecond.)
+    let micros = |t: DateTime<Utc>| t.timestamp_micros();
+    let again = ev("order.paid", "e2", 60);
+    assert_eq!(
+        micros(s.events.keep_event(&a, &again).await.unwrap()),
+        micros(t0 + Duration::seconds(5))
+    );
+    assert_eq!(
+        ids(since(&a, "order.paid", 0, 10).await),
+        ["e1", "e2", "e3"]
+    );
+    let new = ev("order.paid", "e4", 60);
+    assert_eq!(
+        micros(s.events.keep_event(&a, &new).await.unwrap()),
+        micros(new.at)
+    );
 }
 
 /// Live workflows are found by the events their latest version listens

@@ -423,15 +423,23 @@ pub struct KeptEvent {
     pub data: serde_json::Value,
     /// When it was received.
     pub at: DateTime<Utc>,
+    /// Its data was larger than `MAX_KEPT_EVENT_BYTES` and is not kept
+    /// (`data` is null): steps that look back pass over it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_omitted: bool,
 }
 
 /// How long events are kept (the longest `lookback`).
 pub const EVENT_KEEP_HOURS: i64 = 24;
+/// Largest event data kept for steps that look back (as JSON).
+pub const MAX_KEPT_EVENT_BYTES: usize = 32 * 1024;
 
 /// The events a workspace was sent lately, by name and time.
 #[async_trait]
 pub trait EventLog: Send + Sync {
-    async fn keep_event(&self, ws: &WorkspaceId, e: &KeptEvent) -> StoreResult<()>;
+    /// Keeps an event once per id: returns when the event of this id was
+    /// received (`e.at`, or the time kept before for a repeat).
+    async fn keep_event(&self, ws: &WorkspaceId, e: &KeptEvent) -> StoreResult<DateTime<Utc>>;
     /// Events of `name` received at or after `since`, oldest first, at
     /// most `limit`.
     async fn events_since(

@@ -1,15 +1,18 @@
 //! The events a workspace was sent lately, for steps that look back
 //! (`wait_for_event`'s `lookback`): one item each in the partition of
-//! their name (`{ws}#EVENTS#{name}`, sorted by when they arrived), the
-//! record inline or in S3 when large, forgotten by DynamoDB's TTL a day
-//! later.
+//! their name (`{ws}#EVENTS#{name}`, sorted by when they arrived), written
+//! in one transaction with an item of its id (`{ws}#EVENTID`, when it
+//! arrived) so that each id is kept once; forgotten by DynamoDB's TTL a
+//! day later.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{DynamoStore, key, n, s, sdk, ts};
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+
+use super::{DynamoStore, Item, get_s, key, n, s, sdk, ts};
 use crate::domain::WorkspaceId;
-use crate::ports::{EVENT_KEEP_HOURS, EventLog, KeptEvent, StoreResult};
+use crate::ports::{EVENT_KEEP_HOURS, EventLog, KeptEvent, StoreError, StoreResult};
 
 fn events_pk(ws: &WorkspaceId, name: &str) -> String {
     format!("{ws}#EVENTS#{name}")
@@ -17,13 +20,38 @@ fn events_pk(ws: &WorkspaceId, name: &str) -> String {
 
 #[async_trait]
 impl EventLog for DynamoStore {
-    async fn keep_event(&self, ws: &WorkspaceId, e: &KeptEvent) -> StoreResult<()> {
-        // The id makes two events of one instant two items.
+    async fn keep_event(&self, ws: &WorkspaceId, e: &KeptEvent) -> StoreResult<DateTime<Utc>> {
+        let until = n((e.at + chrono::Duration::hours(EVENT_KEEP_HOURS + 1)).timestamp());
+        // The id's item (when it was received) and the event's, written
+        // together once: a repeat finds the id's.
+        let mut id_item = key(format!("{ws}#EVENTID"), &e.id);
+        id_item.insert("at".into(), s(ts(e.at)));
+        id_item.insert("ttl".into(), until.clone());
         let mut item = key(events_pk(ws, &e.name), format!("{}#{}", ts(e.at), e.id));
         self.set_data(&mut item, serde_json::to_string(e)?).await?;
-        let until = e.at + chrono::Duration::hours(EVENT_KEEP_HOURS + 1);
-        item.insert("ttl".into(), n(until.timestamp()));
-        self.put(item, false).await
+        item.insert("ttl".into(), until);
+        let put = |item: Item, only_new: bool| -> StoreResult<TransactWriteItem> {
+            let mut p = Put::builder().table_name(&self.table).set_item(Some(item));
+            if only_new {
+                p = p.condition_expression("attribute_not_exists(pk)");
+            }
+            let p = p
+                .build()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            Ok(TransactWriteItem::builder().put(p).build())
+        };
+        let written = self
+            .transact(vec![put(id_item, true)?, put(item, false)?])
+            .await?;
+        if written.is_none() {
+            return Ok(e.at);
+        }
+        let seen = self.get(key(format!("{ws}#EVENTID"), &e.id)).await?;
+        Ok(seen
+            .as_ref()
+            .and_then(|i| get_s(i, "at").ok())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or(e.at, |t| t.with_timezone(&Utc)))
     }
 
     async fn events_since(

@@ -1,6 +1,6 @@
-//! The events a workspace was sent lately (`events_kept`), for steps that
-//! look back (`wait_for_event`'s `lookback`); forgotten after a day by the
-//! embedded platform's hourly cleanup.
+//! The events a workspace was sent lately (`events_kept`, once per event
+//! id), for steps that look back (`wait_for_event`'s `lookback`); forgotten
+//! after a day by the embedded platform's hourly cleanup.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -17,22 +17,31 @@ fn ts(t: DateTime<Utc>) -> String {
 
 #[async_trait]
 impl EventLog for SqliteStore {
-    async fn keep_event(&self, ws: &WorkspaceId, e: &KeptEvent) -> StoreResult<()> {
-        let (ws, name, at, data) = (
+    async fn keep_event(&self, ws: &WorkspaceId, e: &KeptEvent) -> StoreResult<DateTime<Utc>> {
+        let (ws, name, id, at, data) = (
             ws.to_string(),
             e.name.clone(),
+            e.id.clone(),
             ts(e.at),
             serde_json::to_string(e)?,
         );
-        self.db
+        let kept: String = self
+            .db
             .write(move |tx| {
                 tx.execute(
-                    "INSERT INTO events_kept (workspace_id, name, at, data) VALUES (?1, ?2, ?3, ?4)",
-                    params![ws, name, at, data],
+                    "INSERT OR IGNORE INTO events_kept (workspace_id, name, event_id, at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![ws, name, id, at, data],
                 )?;
-                Ok(())
+                Ok(tx.query_row(
+                    "SELECT at FROM events_kept WHERE workspace_id = ?1 AND event_id = ?2",
+                    params![ws, id],
+                    |r| r.get(0),
+                )?)
             })
-            .await
+            .await?;
+        Ok(DateTime::parse_from_rfc3339(&kept)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(e.at))
     }
 
     async fn events_since(

@@ -259,6 +259,11 @@ CREATE TABLE events_kept (
 CREATE INDEX events_kept_by_name ON events_kept (workspace_id, name, at);
 CREATE INDEX events_kept_by_age ON events_kept (at);
 "#,
+    // An event is kept once per id.
+    r#"
+ALTER TABLE events_kept ADD COLUMN event_id TEXT;
+CREATE UNIQUE INDEX events_kept_by_id ON events_kept (workspace_id, event_id);
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
