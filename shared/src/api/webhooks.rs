@@ -283,7 +283,16 @@ fn endpoint_fields(body: &Value, create: bool) -> Result<EndpointFields, AppErro
     match fields.get("rate_limit") {
         None => {}
         Some(Value::Null) => f.rate_limit = Some(None),
-        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+        // A whole number, written as such or as 5.0.
+        Some(v) => match v
+            .as_u64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .and_then(|n| u32::try_from(n).ok())
+        {
             Some(n) => f.rate_limit = Some(Some(n)),
             None => errors.push(ValidationError::new(
                 &at("rate_limit"),
