@@ -8,12 +8,9 @@ use rusqlite::params;
 
 use super::SqliteStore;
 use super::tenants::json_rows;
+use super::ts;
 use crate::domain::WorkspaceId;
 use crate::ports::{EventLog, KeptEvent, StoreResult};
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
 
 #[async_trait]
 impl EventLog for SqliteStore {

@@ -8,12 +8,9 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::tenants::{insert_counted, json_rows};
+use super::ts;
 use crate::domain::{Hook, HookId, Receipt, WorkflowId, WorkspaceId};
 use crate::ports::{HookInbox, HookStore, StoreResult};
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
 
 #[async_trait]
 impl HookStore for SqliteStore {

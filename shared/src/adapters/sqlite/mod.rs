@@ -38,6 +38,12 @@ pub struct SqliteStore {
 
 pub use sealed::MasterKey;
 
+/// A time as the tables hold it: RFC 3339 to the microsecond, UTC (sorts
+/// as text).
+fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 impl SqliteStore {
     /// Opens (creating and migrating if needed) the database at `path`;
     /// `:memory:` gives a private in-memory database.

@@ -4,6 +4,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::SqliteStore;
 use super::tenants::insert_or_conflict;
+use super::ts;
 use crate::domain::{LogEntry, RunId, RunRecord, StepRecord, WorkspaceId};
 use crate::ports::{
     ActiveRunIndex, CreateRun, IdempotencyClaim, Page, PageRequest, PendingResult, RunFilter,
@@ -60,10 +61,6 @@ fn claim_key(
 }
 
 /// Times as text that sorts as time does.
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 fn read_run(c: &rusqlite::Connection, ws: &str, id: &str) -> StoreResult<Option<RunRecord>> {
     let data: Option<String> = c
         .prepare_cached("SELECT data FROM runs WHERE workspace_id = ?1 AND id = ?2")?

@@ -4,14 +4,11 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::tenants::{insert_counted, json_rows, update_at_revision};
+use super::ts;
 use crate::domain::{Schedule, ScheduleId, WorkflowId, WorkspaceId};
 use crate::ports::{ScheduleStore, StoreResult};
 
 /// Times as text that sorts as time does.
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// A schedule's columns.
 struct Row {
     ws: String,

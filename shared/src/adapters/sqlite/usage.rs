@@ -6,14 +6,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::SqliteStore;
+use super::ts;
 use crate::domain::*;
 use crate::ports::{ResultCache, SettingsStore, StoreError, StoreResult, UsageStore};
 
 /// Fixed-width timestamps, so that string order is time order.
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 #[async_trait]
 impl SettingsStore for SqliteStore {
     async fn get_settings(&self, ws: &WorkspaceId) -> StoreResult<WorkspaceSettings> {

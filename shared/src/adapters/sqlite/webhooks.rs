@@ -8,14 +8,11 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::tenants::{insert_counted, json_rows, update_at_revision};
+use super::ts;
 use crate::domain::{
     Delivery, DeliveryStatus, Endpoint, EndpointId, OutboxEntry, RunId, WorkspaceId,
 };
 use crate::ports::{Page, PageRequest, StoreResult, WebhookStore};
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
 
 #[async_trait]
 impl WebhookStore for SqliteStore {
