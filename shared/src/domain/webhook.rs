@@ -281,10 +281,20 @@ pub struct StepSummary {
 
 impl StepSummary {
     fn of(s: &StepRecord, run: &RunRecord) -> Self {
+        // An error's message can quote what a step got (an answer, a
+        // model's reply): the outbox keeps its start only, so a save's
+        // outbox entry stays small (one DynamoDB item).
+        let error = s.error.clone().map(|mut e| {
+            if let Some((i, _)) = e.message.char_indices().nth(MAX_TOLD_ERROR_CHARS) {
+                e.message.truncate(i);
+                e.message.push('…');
+            }
+            e
+        });
         Self {
             key: s.key.clone(),
             step_type: s.step_type.clone(),
-            error: s.error.clone(),
+            error,
             wake_at: s.wake_at,
             at: s.finished_at.or(s.started_at).unwrap_or(run.created_at),
         }
@@ -370,6 +380,9 @@ impl RunEvent {
         }
     }
 }
+
+/// Most characters of a step's error message an event keeps.
+const MAX_TOLD_ERROR_CHARS: usize = 1000;
 
 /// The error code of a model call refused for budget.
 pub const BUDGET_EXCEEDED: &str = "budget_exceeded";
