@@ -119,6 +119,15 @@ async fn an_event_starts_each_workflow_it_triggers_once_per_id() {
         let wfs: Vec<String> = started(&small.body).into_iter().map(|(w, _)| w).collect();
         assert_eq!(wfs, ["all_orders"]);
         assert!(small.body["id"].as_str().unwrap().starts_with("evt_"));
+        // An id Weft gives may not be sent back as the sender's own.
+        let reused = app
+            .post(
+                "/v1/events",
+                json!({"name": "order.created", "id": small.body["id"], "data": {"total": 1}}),
+            )
+            .await;
+        assert_eq!(reused.status, 422, "{}", reused.body);
+        assert_eq!(crate::common::error_paths(&reused.body), ["$.id"]);
     }
     assert_eq!(runs_in_workspace(&app).await, 4);
 

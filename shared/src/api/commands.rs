@@ -272,6 +272,15 @@ pub fn send_event(body: &Value) -> Result<SendEvent, AppError> {
     let id = match fields.get("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match IdempotencyKey::parse(s) {
+            // Weft's own ids have no claim behind them: a sender may not
+            // reuse one (it would be kept as the event of that id).
+            Ok(_) if s.starts_with("evt_") => {
+                errors.push(ValidationError::new(
+                    &at("id"),
+                    "ids starting `evt_` are the ones Weft gives events sent without an id; choose another",
+                ));
+                None
+            }
             Ok(_) => Some(s.clone()),
             Err(_) => {
                 errors.push(ValidationError::new(
