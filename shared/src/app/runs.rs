@@ -556,6 +556,7 @@ impl App {
                 )])
             })
             .await?;
+        self.driver.ended(ws, id);
         // No pass writes an ended run: its open steps are closed in a write
         // of their own, which races nothing.
         if let Err(e) = self.close_open_steps(&run, now).await {

@@ -197,6 +197,10 @@ impl RunDriver for Embedded {
         self.inner.wake((ws.clone(), run.clone()));
         Ok(())
     }
+
+    fn ended(&self, ws: &WorkspaceId, run: &RunId) {
+        self.inner.stop_attempts(&(ws.clone(), run.clone()));
+    }
 }
 
 impl Inner {
@@ -486,17 +490,19 @@ impl Inner {
                 let ws = run.0.clone();
                 let stop = me.stop_for(&run);
                 let result = match tokio::spawn(async move {
+                    // Biased: an attempt whose run ended while it waited for
+                    // a slot gives the slot back even if one was handed to
+                    // it in the same instant.
                     tokio::select! {
-                        r = async {
-                            let _turn = slots.acquire(&ws).await;
-                            tick::attempt(executor.as_deref(), &attempt_call).await
-                        } => r,
-                        // The run ended: not executed (or no longer), and
-                        // the slot is free for other runs.
+                        biased;
                         _ = stop.cancelled() => Err(StepError::permanent(
                             "run_ended",
                             "the run ended before the attempt finished",
                         )),
+                        r = async {
+                            let _turn = slots.acquire(&ws).await;
+                            tick::attempt(executor.as_deref(), &attempt_call).await
+                        } => r,
                     }
                 })
                 .await

@@ -24,4 +24,11 @@ pub trait RunDriver: Send + Sync {
     /// A run changed from outside (an approval completed, a cancel): look at
     /// it again now.
     async fn poke(&self, ws: &WorkspaceId, run: &RunId) -> Result<(), DriverError>;
+    /// A run was ended from outside (a cancel) and that is stored: its
+    /// attempts queued or executing stop now, before any other run's
+    /// attempts can take their place. Drivers whose attempts are stopped
+    /// by the run's next pass leave this as it is.
+    fn ended(&self, ws: &WorkspaceId, run: &RunId) {
+        let _ = (ws, run);
+    }
 }
