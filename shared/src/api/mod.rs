@@ -1,10 +1,12 @@
 //! The REST API: one axum Router, served by `weft dev` and, on AWS, by the
 //! API function under `lambda_http`.
 
+mod access;
 pub mod commands;
 mod events;
 mod extract;
 mod hooks;
+mod keys;
 mod problem;
 mod runs;
 mod schedules;
@@ -18,99 +20,32 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::Method;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 
+pub use access::{Access, RouteSpec, allowed};
 pub use problem::{CONTENT_TYPE as PROBLEM_CONTENT_TYPE, Problem};
 
 use crate::app::App;
+use crate::domain::Role;
+use access::Routes;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route(
-            "/v1/workflows",
-            post(workflows::create).get(workflows::list),
-        )
-        .route(
-            "/v1/workflows/{id}",
-            get(workflows::get)
-                .put(workflows::update)
-                .delete(workflows::archive),
-        )
-        .route("/v1/workflows/{id}/runs", post(runs::start))
-        .route("/v1/events", post(events::send))
-        .route(
-            "/v1/workflows/{id}/schedules",
-            post(schedules::create).get(schedules::list),
-        )
-        .route(
-            "/v1/workflows/{id}/schedules/{schedule_id}",
-            get(schedules::get)
-                .patch(schedules::update)
-                .delete(schedules::delete),
-        )
-        .route(
-            "/v1/workflows/{id}/hooks",
-            post(hooks::create).get(hooks::list),
-        )
-        .route(
-            "/v1/workflows/{id}/hooks/{hook_id}",
-            get(hooks::get).delete(hooks::delete),
-        )
-        .route(
-            "/v1/hooks/{hook_id}",
-            post(hooks::receive).layer(DefaultBodyLimit::max(crate::hooks::MAX_BODY_BYTES)),
-        )
-        .route("/v1/endpoints", post(webhooks::create).get(webhooks::list))
-        .route(
-            "/v1/endpoints/{id}",
-            get(webhooks::get)
-                .patch(webhooks::update)
-                .delete(webhooks::delete),
-        )
-        .route(
-            "/v1/endpoints/{id}/rotate-secret",
-            post(webhooks::rotate_secret),
-        )
-        .route("/v1/endpoints/{id}/deliveries", get(webhooks::deliveries))
-        .route("/v1/endpoints/{id}/replay", post(webhooks::replay_since))
-        .route("/v1/deliveries/{delivery_id}", get(webhooks::delivery))
-        .route(
-            "/v1/deliveries/{delivery_id}/replay",
-            post(webhooks::replay),
-        )
-        .route("/v1/secrets", get(secrets::list))
-        .route(
-            "/v1/secrets/{name}",
-            put(secrets::put).delete(secrets::delete),
-        )
-        .route(
-            "/v1/settings",
-            get(usage::get_settings).put(usage::put_settings),
-        )
-        .route("/v1/usage", get(usage::report))
-        .route("/v1/runs", get(runs::list))
-        .route("/v1/runs/{id}", get(runs::get))
-        .route("/v1/runs/{id}/logs", get(runs::logs))
-        .route("/v1/runs/{id}/steps", get(runs::steps))
-        .route("/v1/runs/{id}/steps/{step_id}", get(runs::step))
-        .route("/v1/runs/{id}/cancel", post(runs::cancel))
-        .route(
-            "/v1/runs/{id}/steps/{step_id}/complete",
-            post(runs::complete_step),
-        )
+    let (routes, _) = routes();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::Extension(app.clone()))
         .layer(axum::middleware::from_fn(problem_instance))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
@@ -124,6 +59,195 @@ pub fn router(app: Arc<App>) -> Router {
         }))
         .with_state(app)
 }
+
+/// Every route with the access it asks for (what the tenant-isolation and
+/// role tests walk).
+pub fn route_table() -> Vec<RouteSpec> {
+    routes().1
+}
+
+fn routes() -> (Router<Arc<App>>, Vec<RouteSpec>) {
+    use Access::{Public, Role as R, RunsOf};
+    use Method as M;
+    use Role::{Admin, Editor, Owner, Viewer};
+    Routes::new()
+        .add(M::GET, "/v1/health", Public, get(health))
+        .add(M::POST, "/v1/workflows", R(Editor), post(workflows::create))
+        .add(M::GET, "/v1/workflows", R(Viewer), get(workflows::list))
+        .add(M::GET, "/v1/workflows/{id}", R(Viewer), get(workflows::get))
+        .add(
+            M::PUT,
+            "/v1/workflows/{id}",
+            R(Editor),
+            put(workflows::update),
+        )
+        .add(
+            M::DELETE,
+            "/v1/workflows/{id}",
+            R(Editor),
+            delete(workflows::archive),
+        )
+        .add(
+            M::POST,
+            "/v1/workflows/{id}/runs",
+            RunsOf(Editor),
+            post(runs::start),
+        )
+        .add(M::POST, "/v1/events", R(Editor), post(events::send))
+        .add(
+            M::POST,
+            "/v1/workflows/{id}/schedules",
+            R(Admin),
+            post(schedules::create),
+        )
+        .add(
+            M::GET,
+            "/v1/workflows/{id}/schedules",
+            R(Viewer),
+            get(schedules::list),
+        )
+        .add(M::GET, SCHEDULE, R(Viewer), get(schedules::get))
+        .add(M::PATCH, SCHEDULE, R(Admin), patch(schedules::update))
+        .add(M::DELETE, SCHEDULE, R(Admin), delete(schedules::delete))
+        // A hook's id is what lets the outside start runs: only Admins see it.
+        .add(
+            M::POST,
+            "/v1/workflows/{id}/hooks",
+            R(Admin),
+            post(hooks::create),
+        )
+        .add(
+            M::GET,
+            "/v1/workflows/{id}/hooks",
+            R(Admin),
+            get(hooks::list),
+        )
+        .add(
+            M::GET,
+            "/v1/workflows/{id}/hooks/{hook_id}",
+            R(Admin),
+            get(hooks::get),
+        )
+        .add(
+            M::DELETE,
+            "/v1/workflows/{id}/hooks/{hook_id}",
+            R(Admin),
+            delete(hooks::delete),
+        )
+        .add(
+            M::POST,
+            "/v1/hooks/{hook_id}",
+            Public,
+            post(hooks::receive).layer(DefaultBodyLimit::max(crate::hooks::MAX_BODY_BYTES)),
+        )
+        .add(M::POST, "/v1/endpoints", R(Admin), post(webhooks::create))
+        .add(M::GET, "/v1/endpoints", R(Admin), get(webhooks::list))
+        .add(M::GET, "/v1/endpoints/{id}", R(Admin), get(webhooks::get))
+        .add(
+            M::PATCH,
+            "/v1/endpoints/{id}",
+            R(Admin),
+            patch(webhooks::update),
+        )
+        .add(
+            M::DELETE,
+            "/v1/endpoints/{id}",
+            R(Admin),
+            delete(webhooks::delete),
+        )
+        .add(
+            M::POST,
+            "/v1/endpoints/{id}/rotate-secret",
+            R(Admin),
+            post(webhooks::rotate_secret),
+        )
+        .add(
+            M::GET,
+            "/v1/endpoints/{id}/deliveries",
+            R(Admin),
+            get(webhooks::deliveries),
+        )
+        .add(
+            M::POST,
+            "/v1/endpoints/{id}/replay",
+            R(Admin),
+            post(webhooks::replay_since),
+        )
+        .add(
+            M::GET,
+            "/v1/deliveries/{delivery_id}",
+            R(Admin),
+            get(webhooks::delivery),
+        )
+        .add(
+            M::POST,
+            "/v1/deliveries/{delivery_id}/replay",
+            R(Admin),
+            post(webhooks::replay),
+        )
+        .add(M::GET, "/v1/secrets", R(Admin), get(secrets::list))
+        .add(M::PUT, "/v1/secrets/{name}", R(Admin), put(secrets::put))
+        .add(
+            M::DELETE,
+            "/v1/secrets/{name}",
+            R(Admin),
+            delete(secrets::delete),
+        )
+        .add(M::POST, "/v1/keys", R(Admin), post(keys::create))
+        .add(M::GET, "/v1/keys", R(Admin), get(keys::list))
+        .add(M::GET, "/v1/keys/{key_id}", R(Admin), get(keys::get))
+        .add(
+            M::DELETE,
+            "/v1/keys/{key_id}",
+            R(Admin),
+            delete(keys::delete),
+        )
+        .add(
+            M::POST,
+            "/v1/keys/{key_id}/rotate",
+            R(Admin),
+            post(keys::rotate),
+        )
+        .add(M::GET, "/v1/settings", R(Viewer), get(usage::get_settings))
+        // The budget and prices: billing, the Owner's.
+        .add(M::PUT, "/v1/settings", R(Owner), put(usage::put_settings))
+        .add(M::GET, "/v1/usage", R(Viewer), get(usage::report))
+        .add(M::GET, "/v1/runs", RunsOf(Viewer), get(runs::list))
+        .add(M::GET, "/v1/runs/{id}", RunsOf(Viewer), get(runs::get))
+        .add(
+            M::GET,
+            "/v1/runs/{id}/logs",
+            RunsOf(Viewer),
+            get(runs::logs),
+        )
+        .add(
+            M::GET,
+            "/v1/runs/{id}/steps",
+            RunsOf(Viewer),
+            get(runs::steps),
+        )
+        .add(
+            M::GET,
+            "/v1/runs/{id}/steps/{step_id}",
+            RunsOf(Viewer),
+            get(runs::step),
+        )
+        .add(
+            M::POST,
+            "/v1/runs/{id}/cancel",
+            R(Editor),
+            post(runs::cancel),
+        )
+        .add(
+            M::POST,
+            "/v1/runs/{id}/steps/{step_id}/complete",
+            R(Editor),
+            post(runs::complete_step),
+        )
+        .finish()
+}
+
+const SCHEDULE: &str = "/v1/workflows/{id}/schedules/{schedule_id}";
 
 async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))

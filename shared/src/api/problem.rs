@@ -105,6 +105,9 @@ impl From<AppError> for Problem {
                     AppError::Unauthorized.to_string(),
                 )
             },
+            AppError::Forbidden(m) => {
+                Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", m)
+            }
             AppError::SignatureInvalid(m) => Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "signature-invalid",

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use super::extract::{Auth, JsonBody, OptionalJsonBody, Params};
 use super::problem::Problem;
 use super::{commands, views};
-use crate::app::App;
+use crate::app::{App, AppError};
 use crate::domain::{RunId, RunStatus, WorkflowId};
 use crate::ports::RunFilter;
 
@@ -19,10 +19,12 @@ pub async fn start(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
+    let wf = WorkflowId::from_string(id);
+    if !who.may_see(&wf) {
+        return Err(AppError::NotFound(format!("workflow `{wf}` not found")).into());
+    }
     let cmd = commands::start_run(&body, &headers)?;
-    let (run, replayed) = app
-        .start_run(&who.workspace_id, &WorkflowId::from_string(id), cmd)
-        .await?;
+    let (run, replayed) = app.start_run(&who.workspace_id, &wf, cmd).await?;
     let mut res = (
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/runs/{}", run.id))],
@@ -46,9 +48,24 @@ pub async fn list(
         .get("status")
         .map(|s| RunStatus::parse(s).ok_or_else(|| Problem::bad_request(format!("unknown status `{s}`; expected PENDING, RUNNING, WAITING, COMPLETED, FAILED or CANCELLED"))))
         .transpose()?;
+    let mut workflow_id = params.get("workflow_id").map(WorkflowId::from_string);
+    if let Some(only) = &who.workflows {
+        match &workflow_id {
+            Some(wf) if !who.may_see(wf) => {
+                return Err(AppError::NotFound(format!("workflow `{wf}` not found")).into());
+            }
+            Some(_) => {}
+            None if only.len() == 1 => workflow_id = only.first().cloned(),
+            None => {
+                return Err(Problem::bad_request(
+                    "this key is limited to several workflows: pass `workflow_id` to list the runs of one",
+                ));
+            }
+        }
+    }
     let filter = RunFilter {
         status,
-        workflow_id: params.get("workflow_id").map(WorkflowId::from_string),
+        workflow_id,
     };
     let page = app
         .list_runs(&who.workspace_id, &filter, &params.page()?)
@@ -72,9 +89,9 @@ pub async fn get(
     Auth(who): Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let view = app
-        .get_run(&who.workspace_id, &RunId::from_string(id))
-        .await?;
+    let id = RunId::from_string(id);
+    app.run_in_scope(&who, &id).await?;
+    let view = app.get_run(&who.workspace_id, &id).await?;
     shown(&app, view).await
 }
 
@@ -87,9 +104,9 @@ pub async fn steps(
 ) -> Result<Response, Problem> {
     params.only(&["limit", "cursor"])?;
     let page = params.page()?;
-    let mut view = app
-        .get_run(&who.workspace_id, &RunId::from_string(id))
-        .await?;
+    let id = RunId::from_string(id);
+    app.run_in_scope(&who, &id).await?;
+    let mut view = app.get_run(&who.workspace_id, &id).await?;
     let start = match &page.cursor {
         None => 0,
         Some(c) => c
@@ -117,9 +134,9 @@ pub async fn step(
     Auth(who): Auth,
     Path((id, key)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let (s, _room) = app
-        .get_step(&who.workspace_id, &RunId::from_string(&id), &key)
-        .await?;
+    let id = RunId::from_string(id);
+    app.run_in_scope(&who, &id).await?;
+    let (s, _room) = app.get_step(&who.workspace_id, &id, &key).await?;
     Ok(Json(views::StepView::from(&s)).into_response())
 }
 
@@ -130,8 +147,10 @@ pub async fn logs(
     params: Params,
 ) -> Result<Response, Problem> {
     params.only(&["limit", "cursor"])?;
+    let id = RunId::from_string(id);
+    app.run_in_scope(&who, &id).await?;
     let page = app
-        .run_logs(&who.workspace_id, &RunId::from_string(id), &params.page()?)
+        .run_logs(&who.workspace_id, &id, &params.page()?)
         .await?;
     Ok(Json(views::PageView::of(&page, views::LogView::from)).into_response())
 }

@@ -38,6 +38,8 @@ pub struct WorkflowView<'a> {
     pub definition: &'a Value,
     pub created_at: DateTime<Utc>,
     pub archived_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<&'a str>,
 }
 
 impl<'a> From<&'a WorkflowVersion> for WorkflowView<'a> {
@@ -49,6 +51,7 @@ impl<'a> From<&'a WorkflowVersion> for WorkflowView<'a> {
             definition: &v.definition,
             created_at: v.created_at,
             archived_at: v.archived_at,
+            created_by: v.created_by.as_deref(),
         }
     }
 }

@@ -16,7 +16,7 @@ pub async fn create(
     Auth(who): Auth,
     JsonBody(def): JsonBody,
 ) -> Result<Response, Problem> {
-    let v = app.create_workflow(&who.workspace_id, def).await?;
+    let v = app.create_workflow_as(&who, def).await?;
     let location = format!("/v1/workflows/{}", v.id);
     Ok((
         StatusCode::CREATED,
@@ -65,7 +65,7 @@ pub async fn update(
     JsonBody(def): JsonBody,
 ) -> Result<Response, Problem> {
     let v = app
-        .update_workflow(&who.workspace_id, &WorkflowId::from_string(id), def)
+        .update_workflow(&who, &WorkflowId::from_string(id), def)
         .await?;
     Ok(Json(views::WorkflowView::from(&v)).into_response())
 }
@@ -75,7 +75,7 @@ pub async fn archive(
     Auth(who): Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    app.archive_workflow(&who.workspace_id, &WorkflowId::from_string(id))
+    app.archive_workflow(&who, &WorkflowId::from_string(id))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

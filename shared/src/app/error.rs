@@ -19,6 +19,9 @@ pub enum AppError {
     BadRequest(String),
     #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// The caller's role (or its key's limits) does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     /// A request to a hook whose signature does not check out (why).
     #[error("{0}")]
     SignatureInvalid(String),

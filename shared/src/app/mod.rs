@@ -7,6 +7,7 @@ mod definitions;
 mod error;
 mod events;
 mod hooks;
+mod keys;
 mod runs;
 mod schedules;
 mod secrets;
@@ -19,12 +20,18 @@ mod workflows;
 
 use std::sync::Arc;
 
-pub use auth::{AuthCache, Principal, generate_api_key, hash_api_key};
+pub use auth::{
+    AuthCache, Principal, check_key_strength, generate_api_key, hash_api_key, key_prefix,
+};
 pub use commands::{IdempotencyKey, StartRun, UsageRange};
 pub use definitions::{DefinitionCache, DefinitionError};
 pub use error::AppError;
 pub use events::{EventOutcome, EventRun, MAX_WORKFLOWS_MATCHED, SendEvent};
 pub use hooks::{HookFields, MAX_HOOKS_PER_WORKFLOW, Processed};
+pub use keys::{
+    DEFAULT_ROTATION_OVERLAP, MAX_KEY_WORKFLOWS, MAX_KEYS_PER_WORKSPACE, MAX_ROTATION_OVERLAP,
+    NewKey,
+};
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
 pub use schedules::{
     FireReport, MAX_SCHEDULE_INPUT_BYTES, MAX_SCHEDULES_PER_WORKFLOW, ScheduleFields,

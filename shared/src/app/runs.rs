@@ -2,7 +2,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{App, AppError, StartRun};
+use super::{App, AppError, Principal, StartRun};
 use crate::dag::{self, Records};
 use crate::domain::*;
 use crate::dsl::{Path, StepKind, ValidationError, Workflow};
@@ -237,6 +237,18 @@ impl App {
 
     /// A run with every step in order (their outputs not read: see
     /// `with_outputs`).
+    /// For a key limited to workflows: the run is "not found" unless it is
+    /// of one of them (the same answer as for a run that does not exist).
+    pub async fn run_in_scope(&self, who: &Principal, id: &RunId) -> Result<(), AppError> {
+        if who.workflows.is_none() {
+            return Ok(());
+        }
+        match self.stores.runs.get_run_head(&who.workspace_id, id).await? {
+            Some(head) if who.may_see(&head.workflow_id) => Ok(()),
+            _ => Err(AppError::NotFound(format!("run `{id}` not found"))),
+        }
+    }
+
     pub async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<RunView, AppError> {
         let missing = || AppError::NotFound(format!("run `{id}` not found"));
         // Its input and output are read once there is room for them.

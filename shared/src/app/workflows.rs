@@ -1,19 +1,51 @@
 use chrono::Utc;
 use serde_json::Value;
 
-use super::{App, AppError};
-use crate::domain::{WorkflowId, WorkflowSummary, WorkflowVersion, WorkspaceId};
+use super::{App, AppError, Principal};
+use crate::domain::{Role, WorkflowId, WorkflowSummary, WorkflowVersion, WorkspaceId};
 use crate::dsl::{Path, ValidationError, Workflow, parse_workflow};
 use crate::ports::{Page, PageRequest, StoreError};
+
+/// Editors may change only the workflows they made; Admins and Owners any.
+fn may_change(who: &Principal, latest: &WorkflowVersion) -> Result<(), AppError> {
+    if who.role >= Role::Admin || latest.created_by.as_deref() == Some(who.actor.as_str()) {
+        return Ok(());
+    }
+    Err(AppError::Forbidden(format!(
+        "an editor may change only the workflows it made; `{}` was made by another key",
+        latest.id
+    )))
+}
 
 fn validate(def: &Value) -> Result<Workflow, AppError> {
     parse_workflow(def).map_err(AppError::InvalidDefinition)
 }
 
 impl App {
+    /// Creates a workflow made by no one in particular (an operator's or a
+    /// test's).
     pub async fn create_workflow(
         &self,
         ws: &WorkspaceId,
+        def: Value,
+    ) -> Result<WorkflowVersion, AppError> {
+        self.create_workflow_by(ws, None, def).await
+    }
+
+    /// Creates a workflow made by `who` (see `WorkflowVersion::created_by`).
+    pub async fn create_workflow_as(
+        &self,
+        who: &Principal,
+        def: Value,
+    ) -> Result<WorkflowVersion, AppError> {
+        self.create_workflow_by(&who.workspace_id, Some(who.actor.clone()), def)
+            .await
+    }
+
+    async fn create_workflow_by(
+        &self,
+        ws: &WorkspaceId,
+        created_by: Option<String>,
         def: Value,
     ) -> Result<WorkflowVersion, AppError> {
         let wf = validate(&def)?;
@@ -29,6 +61,7 @@ impl App {
             definition: def,
             created_at: Utc::now(),
             archived_at: None,
+            created_by,
         };
         match self.stores.workflows.create_workflow(&v).await {
             Ok(()) => Ok(v),
@@ -67,10 +100,11 @@ impl App {
 
     pub async fn update_workflow(
         &self,
-        ws: &WorkspaceId,
+        who: &Principal,
         id: &WorkflowId,
         def: Value,
     ) -> Result<WorkflowVersion, AppError> {
+        let ws = &who.workspace_id;
         let wf = validate(&def)?;
         if wf.id.as_deref().is_some_and(|d| d != id.as_str()) {
             return Err(AppError::InvalidDefinition(vec![ValidationError::new(
@@ -81,6 +115,7 @@ impl App {
             )]));
         }
         let latest = self.live_workflow(ws, id).await?;
+        may_change(who, &latest)?;
         let v = WorkflowVersion {
             workspace_id: ws.clone(),
             id: id.clone(),
@@ -89,6 +124,7 @@ impl App {
             definition: def,
             created_at: Utc::now(),
             archived_at: None,
+            created_by: latest.created_by,
         };
         match self.stores.workflows.add_version(&v, false).await {
             Ok(()) => Ok(v),
@@ -142,11 +178,11 @@ impl App {
         Ok(self.stores.workflows.list_workflows(ws, page).await?)
     }
 
-    pub async fn archive_workflow(
-        &self,
-        ws: &WorkspaceId,
-        id: &WorkflowId,
-    ) -> Result<(), AppError> {
+    pub async fn archive_workflow(&self, who: &Principal, id: &WorkflowId) -> Result<(), AppError> {
+        let ws = &who.workspace_id;
+        if who.role < Role::Admin {
+            may_change(who, &self.live_workflow(ws, id).await?)?;
+        }
         if self
             .stores
             .workflows

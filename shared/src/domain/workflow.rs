@@ -18,6 +18,10 @@ pub struct WorkflowVersion {
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub archived_at: Option<DateTime<Utc>>,
+    /// Who made the workflow (`key:<id>` of the first key of a rotation
+    /// chain); kept by later versions. Editors may change only their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 impl WorkflowVersion {

@@ -113,6 +113,7 @@ async fn workflows_are_found_by_the_events_they_listen_for(s: &Stores) {
             definition: json!({"id": id, "name": id, "triggers": triggers, "steps": []}),
             created_at: Utc::now(),
             archived_at: None,
+            created_by: None,
         }
     };
     let ids = |found: Vec<WorkflowSummary>| -> Vec<String> {
@@ -441,6 +442,7 @@ fn version(ws: &WorkspaceId, id: &str, v: u32) -> WorkflowVersion {
         definition: json!({"name": id, "steps": [{"id": "a", "type": "transform"}], "v": v}),
         created_at: Utc::now(),
         archived_at: None,
+        created_by: None,
     }
 }
 
@@ -580,18 +582,86 @@ async fn workspaces_and_keys(s: &Stores) {
         name: "ci".into(),
         role: Role::Owner,
         key_hash: format!("hash-{}", RunId::generate()),
+        prefix: "weft_abc".into(),
+        workflows: Some(vec![WorkflowId::from_string("wf_a")]),
+        expires_at: None,
+        rotated_from: None,
         created_at: Utc::now(),
+        last_used_at: None,
     };
-    s.api_keys.insert_api_key(&key).await.unwrap();
+    assert!(s.api_keys.insert_api_key(&key, 2).await.unwrap());
     assert!(matches!(
-        s.api_keys.insert_api_key(&key).await,
+        s.api_keys.insert_api_key(&key, 2).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(
         s.api_keys.find_api_key(&key.key_hash).await.unwrap(),
-        Some(key)
+        Some(key.clone())
     );
     assert_eq!(s.api_keys.find_api_key("nope").await.unwrap(), None);
+
+    // Listed per workspace, bounded, touched, expired, deleted.
+    let second = ApiKeyRecord {
+        id: ApiKeyId::generate(),
+        key_hash: format!("hash-{}", RunId::generate()),
+        workflows: None,
+        ..key.clone()
+    };
+    assert!(s.api_keys.insert_api_key(&second, 2).await.unwrap());
+    let third = ApiKeyRecord {
+        id: ApiKeyId::generate(),
+        key_hash: format!("hash-{}", RunId::generate()),
+        ..key.clone()
+    };
+    assert!(!s.api_keys.insert_api_key(&third, 2).await.unwrap());
+    assert_eq!(
+        s.api_keys.find_api_key(&third.key_hash).await.unwrap(),
+        None
+    );
+    let other = ws();
+    assert!(s.api_keys.list_api_keys(&other).await.unwrap().is_empty());
+    assert_eq!(s.api_keys.get_api_key(&other, &key.id).await.unwrap(), None);
+    assert!(!s.api_keys.delete_api_key(&other, &key.id).await.unwrap());
+    let used = Utc::now();
+    s.api_keys
+        .touch_api_key(&w.id, &key.id, used)
+        .await
+        .unwrap();
+    let listed = s.api_keys.list_api_keys(&w.id).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let first = listed.iter().find(|k| k.id == key.id).unwrap();
+    assert_eq!(
+        first.last_used_at.map(|t| t.timestamp_micros()),
+        Some(used.timestamp_micros())
+    );
+    let until = Utc::now() + chrono::Duration::hours(1);
+    assert!(
+        s.api_keys
+            .set_api_key_expiry(&w.id, &key.id, until)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.api_keys
+            .set_api_key_expiry(&other, &key.id, until)
+            .await
+            .unwrap()
+    );
+    let found = s
+        .api_keys
+        .find_api_key(&key.key_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        found.expires_at.map(|t| t.timestamp_micros()),
+        Some(until.timestamp_micros())
+    );
+    assert!(s.api_keys.delete_api_key(&w.id, &key.id).await.unwrap());
+    assert!(!s.api_keys.delete_api_key(&w.id, &key.id).await.unwrap());
+    assert_eq!(s.api_keys.find_api_key(&key.key_hash).await.unwrap(), None);
+    // The freed place takes a key again.
+    assert!(s.api_keys.insert_api_key(&third, 2).await.unwrap());
 }
 
 async fn workflows_are_versioned_and_isolated(s: &Stores) {

@@ -27,10 +27,36 @@ pub trait WorkspaceStore: Send + Sync {
 
 #[async_trait]
 pub trait ApiKeyStore: Send + Sync {
-    /// Fails with Conflict if a key with the same hash exists.
-    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    /// Stores a key unless its workspace has `most` keys already (false
+    /// then). Conflict if a key with the same hash exists.
+    async fn insert_api_key(&self, key: &ApiKeyRecord, most: usize) -> StoreResult<bool>;
     /// The one lookup not scoped by workspace: the key is what names it.
     async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    /// The workspace's keys (at most the `most` it may hold), by id, with
+    /// `last_used_at`.
+    async fn list_api_keys(&self, ws: &WorkspaceId) -> StoreResult<Vec<ApiKeyRecord>>;
+    async fn get_api_key(
+        &self,
+        ws: &WorkspaceId,
+        id: &ApiKeyId,
+    ) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Removes the key; false if the workspace has no such key. Once this
+    /// returns, `find_api_key` no longer finds it.
+    async fn delete_api_key(&self, ws: &WorkspaceId, id: &ApiKeyId) -> StoreResult<bool>;
+    /// Sets when the key expires; false if the workspace has no such key.
+    async fn set_api_key_expiry(
+        &self,
+        ws: &WorkspaceId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Records that the key was used at `at` (for `last_used_at`).
+    async fn touch_api_key(
+        &self,
+        ws: &WorkspaceId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
 }
 
 #[async_trait]

@@ -264,6 +264,13 @@ CREATE INDEX events_kept_by_age ON events_kept (at);
 ALTER TABLE events_kept ADD COLUMN event_id TEXT;
 CREATE UNIQUE INDEX events_kept_by_id ON events_kept (workspace_id, event_id);
 "#,
+    // Keys are listed, revoked and rotated per workspace.
+    r#"
+ALTER TABLE api_keys ADD COLUMN id TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+UPDATE api_keys SET id = json_extract(data, '$.id');
+CREATE INDEX api_keys_by_workspace ON api_keys (workspace_id, id);
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {

@@ -2,7 +2,9 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::domain::{ApiKeyRecord, Workspace, WorkspaceId};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{ApiKeyId, ApiKeyRecord, Workspace, WorkspaceId};
 use crate::ports::{ApiKeyStore, StoreError, StoreResult, WorkspaceStore};
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -105,18 +107,31 @@ impl WorkspaceStore for SqliteStore {
 
 #[async_trait]
 impl ApiKeyStore for SqliteStore {
-    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+    async fn insert_api_key(&self, key: &ApiKeyRecord, most: usize) -> StoreResult<bool> {
         let data = serde_json::to_string(key)?;
-        let (hash, ws) = (key.key_hash.clone(), key.workspace_id.to_string());
+        let (hash, ws, id) = (
+            key.key_hash.clone(),
+            key.workspace_id.to_string(),
+            key.id.to_string(),
+        );
         self.db
             .write(move |tx| {
+                let held: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM api_keys WHERE workspace_id = ?1",
+                    [&ws],
+                    |r| r.get(0),
+                )?;
+                if held as usize >= most {
+                    return Ok(false);
+                }
                 insert_or_conflict(
                     tx.execute(
-                        "INSERT INTO api_keys (key_hash, workspace_id, data) VALUES (?1, ?2, ?3)",
-                        params![hash, ws, data],
+                        "INSERT INTO api_keys (key_hash, workspace_id, id, data) VALUES (?1, ?2, ?3, ?4)",
+                        params![hash, ws, id, data],
                     ),
                     "API key",
                 )
+                .map(|()| true)
             })
             .await
     }
@@ -125,15 +140,121 @@ impl ApiKeyStore for SqliteStore {
         let hash = key_hash.to_owned();
         self.db
             .read(move |c| {
-                let data: Option<String> = c
-                    .query_row(
-                        "SELECT data FROM api_keys WHERE key_hash = ?1",
-                        [hash],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
+                c.query_row(
+                    "SELECT data, last_used_at FROM api_keys WHERE key_hash = ?1",
+                    [hash],
+                    key_row,
+                )
+                .optional()?
+                .transpose()
             })
             .await
     }
+
+    async fn list_api_keys(&self, ws: &WorkspaceId) -> StoreResult<Vec<ApiKeyRecord>> {
+        let ws = ws.to_string();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare(
+                    "SELECT data, last_used_at FROM api_keys WHERE workspace_id = ?1 ORDER BY id",
+                )?;
+                let rows = st.query_map([ws], key_row)?;
+                let mut out = Vec::new();
+                for r in rows {
+                    out.push(r??);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn get_api_key(
+        &self,
+        ws: &WorkspaceId,
+        id: &ApiKeyId,
+    ) -> StoreResult<Option<ApiKeyRecord>> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT data, last_used_at FROM api_keys WHERE workspace_id = ?1 AND id = ?2",
+                    [ws, id],
+                    key_row,
+                )
+                .optional()?
+                .transpose()
+            })
+            .await
+    }
+
+    async fn delete_api_key(&self, ws: &WorkspaceId, id: &ApiKeyId) -> StoreResult<bool> {
+        let (ws, id) = (ws.to_string(), id.to_string());
+        self.db
+            .write(move |tx| {
+                Ok(tx.execute(
+                    "DELETE FROM api_keys WHERE workspace_id = ?1 AND id = ?2",
+                    [ws, id],
+                )? > 0)
+            })
+            .await
+    }
+
+    async fn set_api_key_expiry(
+        &self,
+        ws: &WorkspaceId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.db
+            .write(move |tx| {
+                let data: Option<String> = tx
+                    .query_row(
+                        "SELECT data FROM api_keys WHERE workspace_id = ?1 AND id = ?2",
+                        [ws.as_str(), id.as_str()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(data) = data else { return Ok(false) };
+                let mut rec: ApiKeyRecord = serde_json::from_str(&data)?;
+                rec.expires_at = Some(at);
+                tx.execute(
+                    "UPDATE api_keys SET data = ?3 WHERE workspace_id = ?1 AND id = ?2",
+                    params![ws.as_str(), id.as_str(), serde_json::to_string(&rec)?],
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn touch_api_key(
+        &self,
+        ws: &WorkspaceId,
+        id: &ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (ws, id, at) = (ws.to_string(), id.to_string(), super::ts(at));
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "UPDATE api_keys SET last_used_at = ?3 WHERE workspace_id = ?1 AND id = ?2",
+                    [ws, id, at],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+/// A key's row: its data, with when it was last used.
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoreResult<ApiKeyRecord>> {
+    let (data, used): (String, Option<String>) = (r.get(0)?, r.get(1)?);
+    Ok((|| {
+        let mut rec: ApiKeyRecord = serde_json::from_str(&data)?;
+        rec.last_used_at = used
+            .as_deref()
+            .and_then(|u| DateTime::parse_from_rfc3339(u).ok())
+            .map(|t| t.with_timezone(&Utc));
+        Ok(rec)
+    })())
 }

@@ -1,0 +1,137 @@
+//! Who may call what: each route declares its access next to its path, a
+//! guard in front of the handler authenticates the key and checks its
+//! role before the handler runs, and the table is what tests walk.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+
+use super::problem::Problem;
+use crate::app::{App, AppError, Principal};
+use crate::domain::Role;
+
+/// What a route asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No key (health; inbound hooks, which check their own signature).
+    Public,
+    /// A key with this role or above, not limited to workflows.
+    Role(Role),
+    /// A key with this role or above, also one limited to workflows (the
+    /// handler then hides other workflows' runs as not found).
+    RunsOf(Role),
+}
+
+/// One route as the router serves it.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// The router being built, with its table.
+pub(super) struct Routes {
+    router: Router<Arc<App>>,
+    pub(super) specs: Vec<RouteSpec>,
+}
+
+impl Routes {
+    pub(super) fn new() -> Self {
+        Routes {
+            router: Router::new(),
+            specs: Vec::new(),
+        }
+    }
+
+    /// Adds `handler` (a method router for `method` alone) at `path`.
+    pub(super) fn add(
+        mut self,
+        method: Method,
+        path: &'static str,
+        access: Access,
+        handler: MethodRouter<Arc<App>>,
+    ) -> Self {
+        let handler = match access {
+            Access::Public => handler,
+            _ => handler.route_layer(axum::middleware::from_fn(
+                move |req: Request, next: Next| guard(access, req, next),
+            )),
+        };
+        self.router = self.router.route(path, handler);
+        self.specs.push(RouteSpec {
+            method,
+            path,
+            access,
+        });
+        self
+    }
+
+    pub(super) fn finish(self) -> (Router<Arc<App>>, Vec<RouteSpec>) {
+        (self.router, self.specs)
+    }
+}
+
+/// The caller's key, from `Authorization: Bearer <key>`.
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// Authenticates the caller and checks it may use the route: 401 without
+/// a valid key, 403 for a role below the route's or a key limited to
+/// workflows on a route not about runs. The principal goes to the handler.
+async fn guard(access: Access, mut req: Request, next: Next) -> Response {
+    // The application rides on every request (`api::router`).
+    let Some(app) = req.extensions().get::<Arc<App>>().cloned() else {
+        return Problem::from(AppError::Internal("the router has no application".into()))
+            .into_response();
+    };
+    let who = match bearer(&req) {
+        Some(key) => match app.authenticate(key).await {
+            Ok(p) => p,
+            Err(e) => return Problem::from(e).into_response(),
+        },
+        None => return Problem::from(AppError::Unauthorized).into_response(),
+    };
+    if let Err(e) = allowed(access, &who) {
+        return Problem::from(e).into_response();
+    }
+    req.extensions_mut().insert(who);
+    next.run(req).await
+}
+
+/// Whether `who` may use a route with `access`.
+pub fn allowed(access: Access, who: &Principal) -> Result<(), AppError> {
+    let need = match access {
+        Access::Public => return Ok(()),
+        Access::Role(r) => {
+            if who.workflows.is_some() {
+                return Err(AppError::Forbidden(
+                    "this key is limited to starting and reading runs of its workflows".into(),
+                ));
+            }
+            r
+        }
+        Access::RunsOf(r) => r,
+    };
+    if who.role < need {
+        return Err(AppError::Forbidden(format!(
+            "this needs the {} role or above; the key has the {} role",
+            need.as_str(),
+            who.role.as_str()
+        )));
+    }
+    Ok(())
+}
