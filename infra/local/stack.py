@@ -548,10 +548,20 @@ def main():
     if out.get("FunctionError"):
         print(f"stack.py: creating the workspace failed: {answer}", file=sys.stderr)
         stop(status=1)
+    # A second workspace, for the tests that check one cannot see another.
+    out = lam.invoke(
+        FunctionName="weft-admin",
+        Payload=json.dumps({"action": "create_workspace", "name": "Other"}).encode(),
+    )
+    other = json.loads(out["Payload"].read())
+    if out.get("FunctionError"):
+        print(f"stack.py: creating the second workspace failed: {other}", file=sys.stderr)
+        stop(status=1)
     api = f"http://127.0.0.1:{args.lambda_port}/lambda-url/weft-api"
     ready = {
         "api_url": api,
         "api_key": answer["api_key"],
+        "other_api_key": other["api_key"],
         "workspace_id": answer["workspace_id"],
         "aws_endpoint": endpoint,
         "lambda_port": args.lambda_port,

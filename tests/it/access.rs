@@ -1,5 +1,8 @@
 //! Keys, roles and tenant isolation, walked over the router's own route
-//! table so that a new endpoint cannot be left out.
+//! table so that a new endpoint cannot be left out. Like the scenario
+//! suite, these run against the embedded Weft or the one WEFT_SCENARIO_URL
+//! and WEFT_SCENARIO_KEY name (the AWS deployment); there a second
+//! workspace's key comes from WEFT_SCENARIO_OTHER_KEY.
 
 use std::time::Duration;
 
@@ -7,7 +10,22 @@ use serde_json::{Value, json};
 use weft::api::{Access, RouteSpec, route_table};
 use weft::domain::Role;
 
-use crate::common::{TestApp, spawn_app, upstream};
+use crate::common::{TestApp, upstream};
+
+async fn target() -> TestApp {
+    let (app, target) = crate::scenarios::target().await;
+    eprintln!("access suite against {target}");
+    app
+}
+
+/// An owner key of another workspace on the same Weft.
+async fn other_workspace(app: &TestApp) -> String {
+    if app.platform.is_some() {
+        return app.other_workspace().await;
+    }
+    std::env::var("WEFT_SCENARIO_OTHER_KEY")
+        .expect("WEFT_SCENARIO_OTHER_KEY: a key of a second workspace of the Weft under test")
+}
 
 /// Makes a key with the app's owner key; returns (id, key).
 async fn make_key(app: &TestApp, body: Value) -> (String, String) {
@@ -45,14 +63,16 @@ fn guarded() -> Vec<RouteSpec> {
 
 #[tokio::test]
 async fn every_route_checks_the_callers_role_and_a_limited_keys_workflows() {
-    let app = spawn_app().await;
+    let app = target().await;
     let wf = app
         .create_workflow(
             json!({"name": "w", "steps": [{"id": "a", "type": "transform", "value": 1}]}),
         )
         .await;
-    let mut callers: Vec<(String, Role, bool)> = Vec::new();
-    for role in Role::ALL {
+    // The owner is the app's own key (the workspace keeps one owner key,
+    // which other tests on a shared target rely on).
+    let mut callers: Vec<(String, Role, bool)> = vec![(app.key.clone(), Role::Owner, false)];
+    for role in [Role::Viewer, Role::Editor, Role::Admin] {
         let (_, key) = make_key(&app, json!({"name": role.as_str(), "role": role.as_str()})).await;
         callers.push((key, role, false));
     }
@@ -189,9 +209,9 @@ async fn fill_workspace(app: &TestApp) -> Held {
 
 #[tokio::test]
 async fn another_workspaces_resources_are_not_found_and_its_lists_show_nothing_of_them() {
-    let app = spawn_app().await;
+    let app = target().await;
     let held = fill_workspace(&app).await;
-    let theirs = app.other_workspace().await;
+    let theirs = other_workspace(&app).await;
     let ids = [
         &held.workflow,
         &held.run,
@@ -294,7 +314,7 @@ async fn another_workspaces_resources_are_not_found_and_its_lists_show_nothing_o
 
 #[tokio::test]
 async fn keys_are_shown_once_limited_by_role_and_workflow_and_revoked_at_once() {
-    let app = spawn_app().await;
+    let app = target().await;
     let (admin_id, admin) = make_key(&app, json!({"name": "ops", "role": "admin"})).await;
     let listed = app.get("/v1/keys").await;
     assert_eq!(listed.status, 200, "{}", listed.body);
@@ -431,7 +451,7 @@ async fn keys_are_shown_once_limited_by_role_and_workflow_and_revoked_at_once() 
 
 #[tokio::test]
 async fn a_rotated_key_works_beside_its_successor_for_the_overlap_and_an_expired_key_is_refused() {
-    let app = spawn_app().await;
+    let app = target().await;
     let (id, old) = make_key(&app, json!({"name": "ci", "role": "editor"})).await;
     let r = app
         .post(&format!("/v1/keys/{id}/rotate"), json!({"overlap": "1h"}))

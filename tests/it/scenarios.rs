@@ -159,7 +159,7 @@ fn parse(text: &str) -> Result<Scenario, String> {
 
 /// Where the suite runs: the environment names another Weft with both
 /// variables, or neither (the embedded one).
-async fn target() -> (TestApp, String) {
+pub(crate) async fn target() -> (TestApp, String) {
     let url = std::env::var("WEFT_SCENARIO_URL").ok();
     let key = std::env::var("WEFT_SCENARIO_KEY").ok();
     match (url, key) {
