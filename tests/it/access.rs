@@ -577,3 +577,147 @@ async fn the_database_holds_no_key_in_clear() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_workspace_always_keeps_an_owner_key_that_lasts() {
+    // Embedded only: it revokes the workspace's own owner key.
+    let app = crate::common::spawn_app().await;
+    let owner_id = |body: &Value| {
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|k| k["name"] == "owner")
+            .and_then(|k| k["id"].as_str())
+            .expect("owner key")
+            .to_owned()
+    };
+    let first = owner_id(&app.get("/v1/keys").await.body);
+    // An owner key that expires does not count.
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (_, brief) = make_key(
+        &app,
+        json!({"name": "brief", "role": "owner", "expires_at": soon}),
+    )
+    .await;
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/v1/keys/{first}"),
+            None,
+            Some(&brief),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    // Nor does one being rotated away: its successor lasts instead.
+    let r = app
+        .post(
+            &format!("/v1/keys/{first}/rotate"),
+            json!({"overlap": "1h"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (next_id, next) = (
+        r.body["id"].as_str().expect("id").to_owned(),
+        r.body["key"].as_str().expect("key").to_owned(),
+    );
+    let r = app.delete(&format!("/v1/keys/{next_id}")).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    // Two owners revoking each other at once: one of them stays.
+    let (second_id, second) = make_key(&app, json!({"name": "second", "role": "owner"})).await;
+    let as_next = TestApp::external(&app.base, &next);
+    let as_second = TestApp::external(&app.base, &second);
+    let (del_second, del_next) = (
+        format!("/v1/keys/{second_id}"),
+        format!("/v1/keys/{next_id}"),
+    );
+    let (a, b) = tokio::join!(as_next.delete(&del_second), as_second.delete(&del_next));
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [204, 409], "{} {}", a.body, b.body);
+
+    // Two rotations at once: the earliest end stands.
+    let survivor = if a.status == 204 {
+        &as_next
+    } else {
+        &as_second
+    };
+    let survivor_id = if a.status == 204 {
+        &next_id
+    } else {
+        &second_id
+    };
+    let rotate = format!("/v1/keys/{survivor_id}/rotate");
+    let (x, y) = tokio::join!(
+        survivor.post(&rotate, json!({"overlap": "0s"})),
+        survivor.post(&rotate, json!({"overlap": "7d"})),
+    );
+    assert_eq!((x.status, y.status), (201, 201), "{} {}", x.body, y.body);
+    let r = survivor.get("/v1/workflows").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // (The scheme's name is case-insensitive.)
+    let fresh = x.body["key"].as_str().expect("key");
+    let r = app
+        .call(
+            "GET",
+            "/v1/workflows",
+            None,
+            None,
+            &[("authorization", &format!("BEARER {fresh}"))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_editor_cannot_take_over_an_archived_workflow_by_making_it_again() {
+    let app = target().await;
+    let (_, mine) = make_key(&app, json!({"name": "e1", "role": "editor"})).await;
+    let (_, theirs) = make_key(&app, json!({"name": "e2", "role": "editor"})).await;
+    let def = json!({"name": "keep", "steps": [{"id": "a", "type": "transform", "value": 1}]});
+    let r = app
+        .call("POST", "/v1/workflows", Some(def.clone()), Some(&mine), &[])
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/v1/workflows/{id}"),
+            None,
+            Some(&mine),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let mut again = def.clone();
+    again["id"] = json!(id);
+    let r = app
+        .call(
+            "POST",
+            "/v1/workflows",
+            Some(again.clone()),
+            Some(&theirs),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Its maker may, and stays its maker.
+    let r = app
+        .call("POST", "/v1/workflows", Some(again), Some(&mine), &[])
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["version"], 2, "{}", r.body);
+    let r = app
+        .call(
+            "PUT",
+            &format!("/v1/workflows/{id}"),
+            Some(def),
+            Some(&theirs),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+}

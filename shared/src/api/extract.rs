@@ -105,6 +105,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 impl Params {
     pub fn only(&self, known: &[&str]) -> Result<(), Problem> {
         match self.0.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) if known.is_empty() => Err(Problem::bad_request(format!(
+                "unknown query parameter `{k}`; this endpoint takes none"
+            ))),
             Some(k) => Err(Problem::bad_request(format!(
                 "unknown query parameter `{k}`; this endpoint accepts {}",
                 known.join(", ")

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::commands::{invalid, unknown_fields};
-use super::extract::{Auth, JsonBody, OptionalJsonBody};
+use super::extract::{Auth, JsonBody, OptionalJsonBody, Params};
 use super::problem::Problem;
 use crate::app::{
     App, AppError, DEFAULT_ROTATION_OVERLAP, MAX_KEY_WORKFLOWS, MAX_ROTATION_OVERLAP, NewKey,
@@ -84,7 +84,12 @@ pub async fn create(
     Ok(made(&rec, &secret))
 }
 
-pub async fn list(State(app): State<Arc<App>>, Auth(who): Auth) -> Result<Response, Problem> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Auth(who): Auth,
+    params: Params,
+) -> Result<Response, Problem> {
+    params.only(&[])?;
     let keys = app.list_keys(&who).await?;
     let items: Vec<KeyView> = keys.iter().map(KeyView::from).collect();
     Ok(Json(serde_json::json!({ "items": items })).into_response())
@@ -135,18 +140,18 @@ fn new_key(body: &Value, now: DateTime<Utc>) -> Result<NewKey, AppError> {
         &["name", "role", "workflows", "expires_at"],
         "a key has name, role, workflows and expires_at",
     );
-    let name = match m.get("name") {
-        Some(Value::String(n))
-            if !n.trim().is_empty() && n.chars().count() <= MAX_KEY_NAME_CHARS =>
+    let name = match m.get("name").and_then(Value::as_str).map(str::trim) {
+        Some(n)
+            if !n.is_empty()
+                && n.chars().count() <= MAX_KEY_NAME_CHARS
+                && !n.chars().any(|c| c.is_control() || is_bidi_control(c)) =>
         {
-            n.trim().to_owned()
+            n.to_owned()
         }
         _ => {
             errors.push(ValidationError::new(
                 &at("name"),
-                format!(
-                    "`name` must be a non-empty string of at most {MAX_KEY_NAME_CHARS} characters"
-                ),
+                format!("`name` must be a non-empty string of at most {MAX_KEY_NAME_CHARS} characters, without control characters"),
             ));
             String::new()
         }
@@ -174,8 +179,10 @@ fn new_key(body: &Value, now: DateTime<Utc>) -> Result<NewKey, AppError> {
                     )),
                 }
             }
-            ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            ids.dedup();
+            // Each once, in the order given (errors found later name
+            // positions in this list).
+            let mut seen = std::collections::HashSet::new();
+            ids.retain(|id| seen.insert(id.clone()));
             Some(ids)
         }
         Some(_) => {
@@ -217,6 +224,11 @@ fn new_key(body: &Value, now: DateTime<Utc>) -> Result<NewKey, AppError> {
         workflows,
         expires_at,
     })
+}
+
+/// Characters that reorder text as shown (a name that reads as another).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// `POST /v1/keys/{id}/rotate`: `{"overlap": "24h"}` (how long the old key

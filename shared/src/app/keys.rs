@@ -8,6 +8,7 @@ use super::auth::{generate_api_key, hash_api_key, key_prefix};
 use super::{App, AppError, Principal};
 use crate::domain::{ApiKeyId, ApiKeyRecord, Role, WorkflowId};
 use crate::dsl::{Path, ValidationError};
+use crate::ports::KeyChange;
 
 /// Most keys a workspace may hold (each costs a lookup item).
 pub const MAX_KEYS_PER_WORKSPACE: usize = 100;
@@ -17,6 +18,13 @@ pub const MAX_KEY_WORKFLOWS: usize = 50;
 pub const MAX_ROTATION_OVERLAP: Duration = Duration::days(7);
 /// How long a rotated key keeps working when the request does not say.
 pub const DEFAULT_ROTATION_OVERLAP: Duration = Duration::hours(24);
+
+fn last_owner() -> AppError {
+    AppError::Conflict(
+        "this is the workspace's last owner key without an expiry; make another owner key first"
+            .into(),
+    )
+}
 
 /// A key to make (`POST /v1/keys`).
 #[derive(Clone, Debug)]
@@ -79,18 +87,25 @@ impl App {
         Ok((rec, secret))
     }
 
+    /// Stores a new key; at the limit, keys that expired a day ago or more
+    /// are removed first to make room.
     async fn insert_key(&self, rec: &ApiKeyRecord) -> Result<(), AppError> {
-        if !self
-            .stores
-            .api_keys
-            .insert_api_key(rec, MAX_KEYS_PER_WORKSPACE)
-            .await?
-        {
-            return Err(AppError::Conflict(format!(
-                "a workspace may hold at most {MAX_KEYS_PER_WORKSPACE} keys; delete one first"
-            )));
+        let keys = &self.stores.api_keys;
+        if keys.insert_api_key(rec, MAX_KEYS_PER_WORKSPACE).await? {
+            return Ok(());
         }
-        Ok(())
+        let long_ago = Utc::now() - Duration::days(1);
+        for old in keys.list_api_keys(&rec.workspace_id).await? {
+            if old.expires_at.is_some_and(|at| at <= long_ago) {
+                keys.delete_api_key(&rec.workspace_id, &old.id).await?;
+            }
+        }
+        if keys.insert_api_key(rec, MAX_KEYS_PER_WORKSPACE).await? {
+            return Ok(());
+        }
+        Err(AppError::Conflict(format!(
+            "a workspace may hold at most {MAX_KEYS_PER_WORKSPACE} keys; delete one first"
+        )))
     }
 
     pub async fn list_keys(&self, who: &Principal) -> Result<Vec<ApiKeyRecord>, AppError> {
@@ -127,33 +142,22 @@ impl App {
     }
 
     /// Revokes a key: no request made with it is accepted from a second
-    /// after this returns. The workspace's last working owner key stays.
+    /// after this returns. The workspace's last lasting owner key stays.
     pub async fn delete_key(&self, who: &Principal, id: &ApiKeyId) -> Result<(), AppError> {
         let rec = self.key_to_change(who, id).await?;
-        if rec.role == Role::Owner {
-            let now = Utc::now();
-            let owners = self
-                .list_keys(who)
-                .await?
-                .into_iter()
-                .filter(|k| k.role == Role::Owner && !k.expired(now) && k.id != rec.id)
-                .count();
-            if owners == 0 {
-                return Err(AppError::Conflict(
-                    "this is the workspace's last owner key; make another owner key first".into(),
-                ));
-            }
-        }
-        if !self
+        match self
             .stores
             .api_keys
             .delete_api_key(&who.workspace_id, id)
             .await?
         {
-            return Err(AppError::NotFound(format!("no key `{id}`")));
+            KeyChange::Done => {
+                self.auth_cache.forget(&rec.key_hash);
+                Ok(())
+            }
+            KeyChange::NotFound => Err(AppError::NotFound(format!("no key `{id}`"))),
+            KeyChange::LastOwner => Err(last_owner()),
         }
-        self.auth_cache.forget(&rec.key_hash);
-        Ok(())
     }
 
     /// Makes a key like `id` (name, role, workflows, expiry) and lets the
@@ -182,17 +186,21 @@ impl App {
             ..old.clone()
         };
         self.insert_key(&rec).await?;
-        let until = old
-            .expires_at
-            .map_or(now + overlap, |at| at.min(now + overlap));
-        if !self
+        // The earliest end wins (two rotations at once, or one that asks
+        // less than the key had).
+        match self
             .stores
             .api_keys
-            .set_api_key_expiry(&who.workspace_id, id, until)
+            .set_api_key_expiry(&who.workspace_id, id, now + overlap)
             .await?
         {
+            KeyChange::Done => {}
             // Revoked meanwhile: the new key stands on its own.
-            tracing::info!(workspace_id = %who.workspace_id, "a key was revoked while it was rotated");
+            KeyChange::NotFound => {
+                tracing::info!(workspace_id = %who.workspace_id, "a key was revoked while it was rotated");
+            }
+            // (Not while its successor, a lasting owner key too, exists.)
+            KeyChange::LastOwner => return Err(last_owner()),
         }
         self.auth_cache.forget(&old.key_hash);
         Ok((rec, secret))

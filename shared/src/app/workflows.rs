@@ -38,16 +38,17 @@ impl App {
         who: &Principal,
         def: Value,
     ) -> Result<WorkflowVersion, AppError> {
-        self.create_workflow_by(&who.workspace_id, Some(who.actor.clone()), def)
+        self.create_workflow_by(&who.workspace_id, Some(who), def)
             .await
     }
 
     async fn create_workflow_by(
         &self,
         ws: &WorkspaceId,
-        created_by: Option<String>,
+        who: Option<&Principal>,
         def: Value,
     ) -> Result<WorkflowVersion, AppError> {
+        let created_by = who.map(|w| w.actor.clone());
         let wf = validate(&def)?;
         let id = wf
             .id
@@ -65,14 +66,20 @@ impl App {
         };
         match self.stores.workflows.create_workflow(&v).await {
             Ok(()) => Ok(v),
-            Err(StoreError::Conflict(_)) => self.revive_workflow(v).await,
+            Err(StoreError::Conflict(_)) => self.revive_workflow(who, v).await,
             Err(e) => Err(e.into()),
         }
     }
 
     /// Creating a workflow whose id an archived one had stores the new
     /// definition as that workflow's next version (its runs stay readable).
-    async fn revive_workflow(&self, mut v: WorkflowVersion) -> Result<WorkflowVersion, AppError> {
+    /// Its maker stays the archived workflow's: an editor may revive only
+    /// its own.
+    async fn revive_workflow(
+        &self,
+        who: Option<&Principal>,
+        mut v: WorkflowVersion,
+    ) -> Result<WorkflowVersion, AppError> {
         let id = v.id.clone();
         let exists = || {
             AppError::Conflict(format!(
@@ -90,6 +97,10 @@ impl App {
         if old.archived_at.is_none() {
             return Err(exists());
         }
+        if let Some(who) = who {
+            may_change(who, &old)?;
+        }
+        v.created_by = old.created_by;
         v.version = old.version + 1;
         match self.stores.workflows.add_version(&v, true).await {
             Ok(()) => Ok(v),

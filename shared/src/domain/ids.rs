@@ -90,6 +90,7 @@ id_type!(RunId, "run_");
 id_type!(ApiKeyId, "key_");
 id_type!(ScheduleId, "sch_");
 id_type!(EndpointId, "ep_");
+id_type!(AuditId, "aud_");
 
 #[cfg(test)]
 mod tests {

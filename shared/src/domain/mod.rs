@@ -1,5 +1,6 @@
 //! Domain types shared by every part of Weft.
 
+pub mod audit;
 pub mod hook;
 pub mod ids;
 pub mod limits;
@@ -12,8 +13,9 @@ pub mod webhook;
 pub mod workflow;
 pub mod workspace;
 
+pub use audit::{AUDIT_RETENTION_DAYS, AuditEntry, AuditFilter};
 pub use hook::{Encoding, Hook, HookId, Receipt, Verification};
-pub use ids::{ApiKeyId, EndpointId, RunId, ScheduleId, WorkflowId, WorkspaceId};
+pub use ids::{ApiKeyId, AuditId, EndpointId, RunId, ScheduleId, WorkflowId, WorkspaceId};
 pub use money::{TokenPrice, Usd};
 pub use run::{
     Attempt, Lease, LogEntry, LogLevel, RunHead, RunRecord, RunStatus, StepError, StepHead,

@@ -74,6 +74,11 @@ pub struct ApiKeyRecord {
 }
 
 impl ApiKeyRecord {
+    /// An owner key without an expiry: a workspace always keeps one.
+    pub fn lasting_owner(&self) -> bool {
+        self.role == Role::Owner && self.expires_at.is_none()
+    }
+
     pub fn expired(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }

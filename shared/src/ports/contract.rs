@@ -621,7 +621,10 @@ async fn workspaces_and_keys(s: &Stores) {
     let other = ws();
     assert!(s.api_keys.list_api_keys(&other).await.unwrap().is_empty());
     assert_eq!(s.api_keys.get_api_key(&other, &key.id).await.unwrap(), None);
-    assert!(!s.api_keys.delete_api_key(&other, &key.id).await.unwrap());
+    assert_eq!(
+        s.api_keys.delete_api_key(&other, &key.id).await.unwrap(),
+        KeyChange::NotFound
+    );
     let used = Utc::now();
     s.api_keys
         .touch_api_key(&w.id, &key.id, used)
@@ -634,18 +637,34 @@ async fn workspaces_and_keys(s: &Stores) {
         first.last_used_at.map(|t| t.timestamp_micros()),
         Some(used.timestamp_micros())
     );
+    // Both are owner keys without an expiry: one may get one, and then
+    // the other is the last that lasts.
     let until = Utc::now() + chrono::Duration::hours(1);
-    assert!(
-        s.api_keys
-            .set_api_key_expiry(&w.id, &key.id, until)
-            .await
-            .unwrap()
+    let change = |ws: WorkspaceId, id: ApiKeyId, at| {
+        let keys = s.api_keys.clone();
+        async move { keys.set_api_key_expiry(&ws, &id, at).await.unwrap() }
+    };
+    assert_eq!(
+        change(w.id.clone(), key.id.clone(), until).await,
+        KeyChange::Done
     );
-    assert!(
-        !s.api_keys
-            .set_api_key_expiry(&other, &key.id, until)
-            .await
-            .unwrap()
+    assert_eq!(
+        change(other.clone(), key.id.clone(), until).await,
+        KeyChange::NotFound
+    );
+    assert_eq!(
+        change(w.id.clone(), second.id.clone(), until).await,
+        KeyChange::LastOwner
+    );
+    assert_eq!(
+        s.api_keys.delete_api_key(&w.id, &second.id).await.unwrap(),
+        KeyChange::LastOwner
+    );
+    // The earliest end stands.
+    let later = until + chrono::Duration::hours(1);
+    assert_eq!(
+        change(w.id.clone(), key.id.clone(), later).await,
+        KeyChange::Done
     );
     let found = s
         .api_keys
@@ -657,11 +676,22 @@ async fn workspaces_and_keys(s: &Stores) {
         found.expires_at.map(|t| t.timestamp_micros()),
         Some(until.timestamp_micros())
     );
-    assert!(s.api_keys.delete_api_key(&w.id, &key.id).await.unwrap());
-    assert!(!s.api_keys.delete_api_key(&w.id, &key.id).await.unwrap());
+    assert_eq!(
+        s.api_keys.delete_api_key(&w.id, &key.id).await.unwrap(),
+        KeyChange::Done
+    );
+    assert_eq!(
+        s.api_keys.delete_api_key(&w.id, &key.id).await.unwrap(),
+        KeyChange::NotFound
+    );
     assert_eq!(s.api_keys.find_api_key(&key.key_hash).await.unwrap(), None);
-    // The freed place takes a key again.
+    // The freed place takes a key again; with another lasting owner key
+    // the first may go.
     assert!(s.api_keys.insert_api_key(&third, 2).await.unwrap());
+    assert_eq!(
+        s.api_keys.delete_api_key(&w.id, &second.id).await.unwrap(),
+        KeyChange::Done
+    );
 }
 
 async fn workflows_are_versioned_and_isolated(s: &Stores) {

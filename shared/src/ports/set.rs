@@ -9,6 +9,7 @@ use super::*;
 pub struct StoreSet {
     pub workspaces: Arc<dyn WorkspaceStore>,
     pub api_keys: Arc<dyn ApiKeyStore>,
+    pub audit: Arc<dyn AuditStore>,
     pub workflows: Arc<dyn WorkflowStore>,
     pub runs: Arc<dyn RunStore>,
     pub secrets: Arc<dyn SecretStore>,
@@ -28,6 +29,7 @@ pub struct StoreSet {
 pub trait Tables:
     WorkspaceStore
     + ApiKeyStore
+    + AuditStore
     + WorkflowStore
     + RunStore
     + SettingsStore
@@ -44,6 +46,7 @@ pub trait Tables:
 impl<T> Tables for T where
     T: WorkspaceStore
         + ApiKeyStore
+        + AuditStore
         + WorkflowStore
         + RunStore
         + SettingsStore
@@ -68,6 +71,7 @@ impl StoreSet {
         Self {
             workspaces: s.clone(),
             api_keys: s.clone(),
+            audit: s.clone(),
             workflows: s.clone(),
             runs: s.clone(),
             secrets,

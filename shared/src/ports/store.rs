@@ -25,6 +25,15 @@ pub trait WorkspaceStore: Send + Sync {
     async fn get_workspace(&self, id: &WorkspaceId) -> StoreResult<Option<Workspace>>;
 }
 
+/// What a change to a key came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyChange {
+    Done,
+    NotFound,
+    /// Refused: the workspace would be left with no owner key that lasts.
+    LastOwner,
+}
+
 #[async_trait]
 pub trait ApiKeyStore: Send + Sync {
     /// Stores a key unless its workspace has `most` keys already (false
@@ -40,16 +49,18 @@ pub trait ApiKeyStore: Send + Sync {
         ws: &WorkspaceId,
         id: &ApiKeyId,
     ) -> StoreResult<Option<ApiKeyRecord>>;
-    /// Removes the key; false if the workspace has no such key. Once this
-    /// returns, `find_api_key` no longer finds it.
-    async fn delete_api_key(&self, ws: &WorkspaceId, id: &ApiKeyId) -> StoreResult<bool>;
-    /// Sets when the key expires; false if the workspace has no such key.
+    /// Removes the key. Once this returns, `find_api_key` no longer finds
+    /// it. Refused (`LastOwner`) for the workspace's last lasting owner key
+    /// (an owner key without an expiry), however many requests race.
+    async fn delete_api_key(&self, ws: &WorkspaceId, id: &ApiKeyId) -> StoreResult<KeyChange>;
+    /// Makes the key expire at `at`, unless it expires sooner already (then
+    /// nothing changes). Refused for the last lasting owner key.
     async fn set_api_key_expiry(
         &self,
         ws: &WorkspaceId,
         id: &ApiKeyId,
         at: DateTime<Utc>,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<KeyChange>;
     /// Records that the key was used at `at` (for `last_used_at`).
     async fn touch_api_key(
         &self,
@@ -57,6 +68,22 @@ pub trait ApiKeyStore: Send + Sync {
         id: &ApiKeyId,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
+}
+
+/// The audit log: appended to, listed newest first, never changed.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()>;
+    /// The workspace's entries the filter admits, newest first.
+    async fn list_audit(
+        &self,
+        ws: &WorkspaceId,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AuditEntry>>;
+    /// Removes entries older than `before` where the store does not expire
+    /// them itself; how many.
+    async fn forget_audit(&self, before: DateTime<Utc>) -> StoreResult<usize>;
 }
 
 #[async_trait]

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 /// The API key every server started here is given.
-pub const KEY: &str = "weft_crash_test_key_0123456789abcdefghij";
+pub const KEY: &str = "weft_7bW2Kf4JfWaAT5G7qbgej9vu2kOTsYlzolIWUBiU";
 
 pub struct Server {
     child: Child,

@@ -6,6 +6,7 @@
 //! over as many partitions as it has runs. Records are stored as JSON in
 //! `data`, next to the attributes that keys and conditions need.
 
+mod audit;
 mod counted;
 mod events;
 mod hooks;

@@ -2,12 +2,14 @@
 
 use async_trait::async_trait;
 
-use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
-use super::{DynamoStore, Item, build, data, key, s, sdk};
+use super::{DynamoStore, Item, build, data, key, n, s, sdk};
 use crate::domain::{ApiKeyId, ApiKeyRecord, Workspace, WorkspaceId, WorkspaceSettings};
-use crate::ports::{ApiKeyStore, SettingsStore, StoreError, StoreResult, WorkspaceStore};
+use crate::ports::{
+    ApiKeyStore, KeyChange, SettingsStore, StoreError, StoreResult, WorkspaceStore,
+};
 
 fn ws_pk(ws: &WorkspaceId) -> String {
     format!("WS#{ws}")
@@ -49,7 +51,9 @@ impl WorkspaceStore for DynamoStore {
 /// A key is kept twice, written together: under its hash (`APIKEY#{hash}`,
 /// which authentication reads) and listed in its workspace's key partition
 /// (`{ws}#KEYS`, its id as sort key, with the count item `#COUNT` and the
-/// `used` time touched by requests).
+/// `used` time touched by requests). The listed item carries its expiry as
+/// `expires`, and `#OWNERS` counts the lasting owner keys (without an
+/// expiry), so that no change can take the last one.
 fn keys_pk(ws: &WorkspaceId) -> String {
     format!("{ws}#KEYS")
 }
@@ -62,6 +66,10 @@ fn listed(ws: &WorkspaceId, id: &ApiKeyId) -> Item {
     key(keys_pk(ws), id.as_str())
 }
 
+fn owners(ws: &WorkspaceId) -> Item {
+    key(keys_pk(ws), "#OWNERS")
+}
+
 fn with_used(item: &Item) -> StoreResult<ApiKeyRecord> {
     let mut rec: ApiKeyRecord = data(item)?;
     rec.last_used_at = item
@@ -72,6 +80,41 @@ fn with_used(item: &Item) -> StoreResult<ApiKeyRecord> {
     Ok(rec)
 }
 
+/// How many times a change re-reads a key that changed under it.
+const KEY_TRIES: usize = 5;
+
+impl DynamoStore {
+    /// One less lasting owner key: only while another remains.
+    fn owner_leaves(&self, ws: &WorkspaceId) -> StoreResult<TransactWriteItem> {
+        build(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(owners(ws)))
+                .update_expression("ADD n :minus")
+                .condition_expression("n >= :two")
+                .expression_attribute_values(":minus", n(-1))
+                .expression_attribute_values(":two", n(2))
+                .build(),
+        )
+        .map(|u| TransactWriteItem::builder().update(u).build())
+    }
+
+    /// The condition that the listed key is still as read: there, and
+    /// with the expiry read.
+    fn as_read(rec: &ApiKeyRecord) -> (String, Option<AttributeValue>) {
+        match rec.expires_at {
+            None => (
+                "attribute_exists(pk) AND attribute_not_exists(expires)".into(),
+                None,
+            ),
+            Some(at) => (
+                "attribute_exists(pk) AND expires = :read".into(),
+                Some(s(super::ts(at))),
+            ),
+        }
+    }
+}
+
 #[async_trait]
 impl ApiKeyStore for DynamoStore {
     async fn insert_api_key(&self, k: &ApiKeyRecord, most: usize) -> StoreResult<bool> {
@@ -80,13 +123,55 @@ impl ApiKeyStore for DynamoStore {
         found.insert("data".into(), s(json.clone()));
         let mut list = listed(&k.workspace_id, &k.id);
         list.insert("data".into(), s(json));
-        self.create_counted(
-            key(keys_pk(&k.workspace_id), "#COUNT"),
-            most,
-            vec![found, list],
-            "API key",
-        )
-        .await
+        if let Some(at) = k.expires_at {
+            list.insert("expires".into(), s(super::ts(at)));
+        }
+        let mut writes = vec![
+            TransactWriteItem::builder()
+                .update(build(
+                    Update::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key(keys_pk(&k.workspace_id), "#COUNT")))
+                        .update_expression("ADD n :one")
+                        .condition_expression("attribute_not_exists(n) OR n < :most")
+                        .expression_attribute_values(":one", n(1))
+                        .expression_attribute_values(":most", n(most))
+                        .build(),
+                )?)
+                .build(),
+        ];
+        for item in [found, list] {
+            writes.push(
+                TransactWriteItem::builder()
+                    .put(build(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build(),
+                    )?)
+                    .build(),
+            );
+        }
+        if k.lasting_owner() {
+            writes.push(
+                TransactWriteItem::builder()
+                    .update(build(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(owners(&k.workspace_id)))
+                            .update_expression("ADD n :one")
+                            .expression_attribute_values(":one", n(1))
+                            .build(),
+                    )?)
+                    .build(),
+            );
+        }
+        match self.transact(writes).await? {
+            None => Ok(true),
+            Some(failed) if failed.first() == Some(&true) => Ok(false),
+            Some(_) => Err(StoreError::Conflict("API key already exists".into())),
+        }
     }
 
     async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
@@ -117,16 +202,55 @@ impl ApiKeyStore for DynamoStore {
             .transpose()
     }
 
-    async fn delete_api_key(&self, ws: &WorkspaceId, id: &ApiKeyId) -> StoreResult<bool> {
-        let Some(rec) = self.get_api_key(ws, id).await? else {
-            return Ok(false);
-        };
-        self.delete_counted(
-            key(keys_pk(ws), "#COUNT"),
-            listed(ws, id),
-            vec![by_hash(&rec.key_hash)],
-        )
-        .await
+    async fn delete_api_key(&self, ws: &WorkspaceId, id: &ApiKeyId) -> StoreResult<KeyChange> {
+        for _ in 0..KEY_TRIES {
+            let Some(rec) = self.get_api_key(ws, id).await? else {
+                return Ok(KeyChange::NotFound);
+            };
+            let (condition, read) = Self::as_read(&rec);
+            let mut delete = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(listed(ws, id)))
+                .condition_expression(condition);
+            if let Some(v) = read {
+                delete = delete.expression_attribute_values(":read", v);
+            }
+            let mut writes = vec![
+                TransactWriteItem::builder()
+                    .delete(build(delete.build())?)
+                    .build(),
+                TransactWriteItem::builder()
+                    .delete(build(
+                        Delete::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(by_hash(&rec.key_hash)))
+                            .build(),
+                    )?)
+                    .build(),
+                TransactWriteItem::builder()
+                    .update(build(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(key(keys_pk(ws), "#COUNT")))
+                            .update_expression("ADD n :minus")
+                            .expression_attribute_values(":minus", n(-1))
+                            .build(),
+                    )?)
+                    .build(),
+            ];
+            if rec.lasting_owner() {
+                writes.push(self.owner_leaves(ws)?);
+            }
+            match self.transact(writes).await? {
+                None => return Ok(KeyChange::Done),
+                Some(failed) if failed.get(3) == Some(&true) => return Ok(KeyChange::LastOwner),
+                // The key changed (or went) since it was read: again.
+                Some(_) => continue,
+            }
+        }
+        Err(StoreError::Conflict(
+            "the key kept changing; try again".into(),
+        ))
     }
 
     async fn set_api_key_expiry(
@@ -134,29 +258,59 @@ impl ApiKeyStore for DynamoStore {
         ws: &WorkspaceId,
         id: &ApiKeyId,
         at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let Some(mut rec) = self.get_api_key(ws, id).await? else {
-            return Ok(false);
-        };
-        rec.expires_at = Some(at);
-        rec.last_used_at = None;
-        let json = s(serde_json::to_string(&rec)?);
-        let set = |k: Item| {
-            build(
-                Update::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(k))
-                    .update_expression("SET #d = :d")
-                    .condition_expression("attribute_exists(pk)")
-                    .expression_attribute_names("#d", "data")
-                    .expression_attribute_values(":d", json.clone())
+    ) -> StoreResult<KeyChange> {
+        for _ in 0..KEY_TRIES {
+            let Some(mut rec) = self.get_api_key(ws, id).await? else {
+                return Ok(KeyChange::NotFound);
+            };
+            if rec.expires_at.is_some_and(|e| e <= at) {
+                return Ok(KeyChange::Done);
+            }
+            let lasting = rec.lasting_owner();
+            let (condition, read) = Self::as_read(&rec);
+            rec.expires_at = Some(at);
+            rec.last_used_at = None;
+            let json = s(serde_json::to_string(&rec)?);
+            let mut list = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(listed(ws, id)))
+                .update_expression("SET #d = :d, expires = :at")
+                .condition_expression(condition)
+                .expression_attribute_names("#d", "data")
+                .expression_attribute_values(":d", json.clone())
+                .expression_attribute_values(":at", s(super::ts(at)));
+            if let Some(v) = read {
+                list = list.expression_attribute_values(":read", v);
+            }
+            let mut writes = vec![
+                TransactWriteItem::builder()
+                    .update(build(list.build())?)
                     .build(),
-            )
-            .map(|u| TransactWriteItem::builder().update(u).build())
-        };
-        let writes = vec![set(listed(ws, id))?, set(by_hash(&rec.key_hash))?];
-        // A condition fails only when the key was deleted meanwhile.
-        Ok(self.transact(writes).await?.is_none())
+                TransactWriteItem::builder()
+                    .update(build(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(by_hash(&rec.key_hash)))
+                            .update_expression("SET #d = :d")
+                            .condition_expression("attribute_exists(pk)")
+                            .expression_attribute_names("#d", "data")
+                            .expression_attribute_values(":d", json)
+                            .build(),
+                    )?)
+                    .build(),
+            ];
+            if lasting {
+                writes.push(self.owner_leaves(ws)?);
+            }
+            match self.transact(writes).await? {
+                None => return Ok(KeyChange::Done),
+                Some(failed) if failed.get(2) == Some(&true) => return Ok(KeyChange::LastOwner),
+                Some(_) => continue,
+            }
+        }
+        Err(StoreError::Conflict(
+            "the key kept changing; try again".into(),
+        ))
     }
 
     async fn touch_api_key(

@@ -1,5 +1,6 @@
 //! The embedded store: every port backed by one SQLite file.
 
+mod audit;
 mod db;
 mod events;
 mod hooks;

@@ -271,6 +271,19 @@ ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
 UPDATE api_keys SET id = json_extract(data, '$.id');
 CREATE INDEX api_keys_by_workspace ON api_keys (workspace_id, id);
 "#,
+    // Who changed what.
+    r#"
+CREATE TABLE audit_log (
+    workspace_id TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    at           TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, id)
+) STRICT;
+CREATE INDEX audit_log_by_age ON audit_log (at);
+"#,
 ];
 
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {

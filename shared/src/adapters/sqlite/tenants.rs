@@ -5,7 +5,7 @@ use super::SqliteStore;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{ApiKeyId, ApiKeyRecord, Workspace, WorkspaceId};
-use crate::ports::{ApiKeyStore, StoreError, StoreResult, WorkspaceStore};
+use crate::ports::{ApiKeyStore, KeyChange, StoreError, StoreResult, WorkspaceStore};
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
@@ -187,14 +187,21 @@ impl ApiKeyStore for SqliteStore {
             .await
     }
 
-    async fn delete_api_key(&self, ws: &WorkspaceId, id: &ApiKeyId) -> StoreResult<bool> {
-        let (ws, id) = (ws.to_string(), id.to_string());
+    async fn delete_api_key(&self, ws: &WorkspaceId, id: &ApiKeyId) -> StoreResult<KeyChange> {
+        let (ws, id) = (ws.clone(), id.clone());
         self.db
             .write(move |tx| {
-                Ok(tx.execute(
+                let Some(rec) = key_in_tx(tx, &ws, &id)? else {
+                    return Ok(KeyChange::NotFound);
+                };
+                if rec.lasting_owner() && !other_lasting_owner(tx, &ws, &id)? {
+                    return Ok(KeyChange::LastOwner);
+                }
+                tx.execute(
                     "DELETE FROM api_keys WHERE workspace_id = ?1 AND id = ?2",
-                    [ws, id],
-                )? > 0)
+                    [ws.as_str(), id.as_str()],
+                )?;
+                Ok(KeyChange::Done)
             })
             .await
     }
@@ -204,25 +211,26 @@ impl ApiKeyStore for SqliteStore {
         ws: &WorkspaceId,
         id: &ApiKeyId,
         at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<KeyChange> {
         let (ws, id) = (ws.clone(), id.clone());
         self.db
             .write(move |tx| {
-                let data: Option<String> = tx
-                    .query_row(
-                        "SELECT data FROM api_keys WHERE workspace_id = ?1 AND id = ?2",
-                        [ws.as_str(), id.as_str()],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let Some(data) = data else { return Ok(false) };
-                let mut rec: ApiKeyRecord = serde_json::from_str(&data)?;
+                let Some(mut rec) = key_in_tx(tx, &ws, &id)? else {
+                    return Ok(KeyChange::NotFound);
+                };
+                if rec.expires_at.is_some_and(|e| e <= at) {
+                    return Ok(KeyChange::Done);
+                }
+                if rec.lasting_owner() && !other_lasting_owner(tx, &ws, &id)? {
+                    return Ok(KeyChange::LastOwner);
+                }
                 rec.expires_at = Some(at);
+                rec.last_used_at = None;
                 tx.execute(
                     "UPDATE api_keys SET data = ?3 WHERE workspace_id = ?1 AND id = ?2",
                     params![ws.as_str(), id.as_str(), serde_json::to_string(&rec)?],
                 )?;
-                Ok(true)
+                Ok(KeyChange::Done)
             })
             .await
     }
@@ -244,6 +252,36 @@ impl ApiKeyStore for SqliteStore {
             })
             .await
     }
+}
+
+fn key_in_tx(
+    tx: &rusqlite::Transaction,
+    ws: &WorkspaceId,
+    id: &ApiKeyId,
+) -> StoreResult<Option<ApiKeyRecord>> {
+    let data: Option<String> = tx
+        .query_row(
+            "SELECT data FROM api_keys WHERE workspace_id = ?1 AND id = ?2",
+            [ws.as_str(), id.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(data.map(|d| serde_json::from_str(&d)).transpose()?)
+}
+
+/// Whether the workspace has a lasting owner key other than `id` (in the
+/// writer's transaction, so no other change comes between).
+fn other_lasting_owner(
+    tx: &rusqlite::Transaction,
+    ws: &WorkspaceId,
+    id: &ApiKeyId,
+) -> StoreResult<bool> {
+    let keys: Vec<ApiKeyRecord> = json_rows(
+        tx,
+        "SELECT data FROM api_keys WHERE workspace_id = ?1 AND id != ?2",
+        [ws.as_str(), id.as_str()],
+    )?;
+    Ok(keys.iter().any(ApiKeyRecord::lasting_owner))
 }
 
 /// A key's row: its data, with when it was last used.

@@ -1,0 +1,67 @@
+//! The audit log: who changed what in a workspace, when and from where.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ids::{AuditId, WorkspaceId};
+
+/// One change, as recorded (append-only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Ids sort by time.
+    pub id: AuditId,
+    pub workspace_id: WorkspaceId,
+    pub at: DateTime<Utc>,
+    /// Who: `key:<id>` (the first key of its rotation chain), or
+    /// `run:<id>` for a secret a run read.
+    pub actor: String,
+    /// What, such as `key.created`, `secret.put`, `secret.read`.
+    pub action: String,
+    /// On which resource: its API path (`/v1/secrets/stripe`), or a
+    /// secret's name for a read.
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// How long entries are kept.
+pub const AUDIT_RETENTION_DAYS: i64 = 90;
+
+impl AuditEntry {
+    pub fn new(ws: &WorkspaceId, actor: String, action: String, resource: String) -> Self {
+        let (id, at) = AuditId::generate_at();
+        AuditEntry {
+            id,
+            workspace_id: ws.clone(),
+            at,
+            actor,
+            action,
+            resource,
+            ip: None,
+            user_agent: None,
+        }
+    }
+}
+
+/// Which entries a listing wants (newest first).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditFilter {
+    /// Actions starting with this (`key.` for every key change).
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl AuditFilter {
+    pub fn admits(&self, e: &AuditEntry) -> bool {
+        self.action
+            .as_ref()
+            .is_none_or(|a| e.action.starts_with(a.as_str()))
+            && self.actor.as_ref().is_none_or(|a| e.actor == *a)
+            && self.since.is_none_or(|t| e.at >= t)
+            && self.until.is_none_or(|t| e.at < t)
+    }
+}
