@@ -122,7 +122,11 @@ fn dev(data_dir: PathBuf, addr: SocketAddr, config: PlatformConfig) -> anyhow::R
             .with_context(|| format!("listening on {addr}"))?;
         let local = listener.local_addr()?;
         print_banner(&creds, local, &data_dir);
-        axum::serve(listener, platform.router())
+        // The peer's address reaches the audit log.
+        let app = platform
+            .router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })

@@ -236,6 +236,11 @@ fn deliver_webhooks(app: std::sync::Weak<App>, store: SqliteStore) {
                 if let Err(e) = crate::ports::EventLog::forget_events(&store, before).await {
                     tracing::error!(error = %e, "forgetting old events");
                 }
+                let before = chrono::Utc::now()
+                    - chrono::Duration::days(crate::domain::AUDIT_RETENTION_DAYS);
+                if let Err(e) = crate::ports::AuditStore::forget_audit(&store, before).await {
+                    tracing::error!(error = %e, "forgetting old audit entries");
+                }
             }
             // Nothing to start: until a run event is saved, a send ends
             // (its place is free for one that waited), or half a second.
@@ -349,7 +354,10 @@ fn executors(
     let mut map: HashMap<String, Arc<dyn StepExecutor>> = HashMap::new();
     map.insert(
         "http".into(),
-        Arc::new(HttpExecutor::new(config.egress.clone(), secrets.clone())?),
+        Arc::new(
+            HttpExecutor::new(config.egress.clone(), secrets.clone())?
+                .with_audit(stores.audit.clone()),
+        ),
     );
     map.insert(
         "llm".into(),

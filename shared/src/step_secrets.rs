@@ -78,6 +78,8 @@ pub struct Filled {
     pub headers: Vec<String>,
     /// The body holds a secret.
     pub in_body: bool,
+    /// The secrets read, by name (each once).
+    pub names: Vec<String>,
 }
 
 fn malformed(what: &str) -> StepError {
@@ -141,6 +143,7 @@ pub async fn fill(
         *at_path(request, &slot.path)
             .ok_or_else(|| malformed("a slot's path is not in the request"))? = Value::String(text);
     }
+    filled.names = values.iter().map(|(n, _)| n.clone()).collect();
     filled.redactor = Redactor::new(values.into_iter().map(|(_, v)| v));
     Ok(filled)
 }

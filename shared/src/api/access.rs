@@ -57,6 +57,16 @@ impl Routes {
         access: Access,
         handler: MethodRouter<Arc<App>>,
     ) -> Self {
+        let handler = match audit_action(&method, path) {
+            Some(action) if access != Access::Public => {
+                handler.route_layer(axum::middleware::from_fn(
+                    move |req: Request, next: Next| super::audit::record(action.clone(), req, next),
+                ))
+            }
+            _ => handler,
+        };
+        // The guard is outside the audit layer: the change is recorded with
+        // the caller it found.
         let handler = match access {
             Access::Public => handler,
             _ => handler.route_layer(axum::middleware::from_fn(
@@ -75,6 +85,52 @@ impl Routes {
     pub(super) fn finish(self) -> (Router<Arc<App>>, Vec<RouteSpec>) {
         (self.router, self.specs)
     }
+}
+
+/// What a change through this route is recorded as in the audit log
+/// (`key.created`, `schedule.updated`, `key.rotate`, …): every route that
+/// changes something but starting runs and sending events (runs have their
+/// own record). None for reads.
+pub fn audit_action(method: &Method, path: &str) -> Option<String> {
+    const VERBS: [&str; 5] = ["rotate", "rotate-secret", "replay", "cancel", "complete"];
+    if *method == Method::GET
+        || (*method == Method::POST && (path.ends_with("/runs") || path == "/v1/events"))
+    {
+        return None;
+    }
+    let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let is_param = |s: &str| s.starts_with('{');
+    let noun = |s: &str| match s {
+        "settings" => "settings".to_owned(),
+        "deliveries" => "delivery".to_owned(),
+        other => other.trim_end_matches('s').to_owned(),
+    };
+    let last = *segs.last()?;
+    let before = segs.len().checked_sub(2).map(|i| segs[i]);
+    Some(match before {
+        // `/things/{id}/verb`
+        Some(b) if VERBS.contains(&last) && is_param(b) && segs.len() >= 3 => {
+            format!("{}.{last}", noun(segs[segs.len() - 3]))
+        }
+        // `/things/{id}`
+        Some(b) if is_param(last) => {
+            let verb = if *method == Method::DELETE {
+                "deleted"
+            } else {
+                "updated"
+            };
+            format!("{}.{verb}", noun(b))
+        }
+        // `/things`
+        _ => {
+            let verb = if *method == Method::POST {
+                "created"
+            } else {
+                "updated"
+            };
+            format!("{}.{verb}", noun(last))
+        }
+    })
 }
 
 /// The caller's key, from `Authorization: Bearer <key>`.

@@ -2,6 +2,7 @@
 //! API function under `lambda_http`.
 
 mod access;
+mod audit;
 pub mod commands;
 mod events;
 mod extract;
@@ -29,7 +30,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 
-pub use access::{Access, RouteSpec, allowed};
+pub use access::{Access, RouteSpec, allowed, audit_action};
 pub use problem::{CONTENT_TYPE as PROBLEM_CONTENT_TYPE, Problem};
 
 use crate::app::App;
@@ -208,6 +209,7 @@ fn routes() -> (Router<Arc<App>>, Vec<RouteSpec>) {
             R(Admin),
             post(keys::rotate),
         )
+        .add(M::GET, "/v1/audit", R(Admin), get(audit::list))
         .add(M::GET, "/v1/settings", R(Viewer), get(usage::get_settings))
         // The budget and prices: billing, the Owner's.
         .add(M::PUT, "/v1/settings", R(Owner), put(usage::put_settings))

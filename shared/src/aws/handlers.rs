@@ -95,7 +95,10 @@ impl Stack {
     }
 
     pub fn http_executor(&self) -> anyhow::Result<HttpExecutor> {
-        HttpExecutor::new(self.settings.egress.clone(), self.secrets.clone())
+        Ok(
+            HttpExecutor::new(self.settings.egress.clone(), self.secrets.clone())?
+                .with_audit(self.store.clone()),
+        )
     }
 
     pub fn llm_executor(&self) -> anyhow::Result<LlmExecutor> {

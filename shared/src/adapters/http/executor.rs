@@ -24,6 +24,8 @@ pub struct HttpExecutor {
     client: reqwest::Client,
     policy: Arc<EgressPolicy>,
     secrets: Arc<dyn SecretStore>,
+    /// Where each secret a call reads is recorded (by name).
+    audit: Option<Arc<dyn crate::ports::AuditStore>>,
 }
 
 /// An HTTP client for tenant-chosen URLs: every connection passes the
@@ -50,7 +52,31 @@ impl HttpExecutor {
             client: guarded_client(&policy)?,
             policy,
             secrets,
+            audit: None,
         })
+    }
+
+    /// Records each secret a call reads in the workspace's audit log.
+    pub fn with_audit(mut self, audit: Arc<dyn crate::ports::AuditStore>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// One audit entry per secret the call read (a failed write is logged:
+    /// the call goes on).
+    async fn record_reads(&self, call: &StepCall, names: &[String]) {
+        let Some(audit) = &self.audit else { return };
+        for name in names {
+            let e = crate::domain::AuditEntry::new(
+                &call.workspace_id,
+                format!("run:{}/{}", call.run_id, call.step_key),
+                "secret.read".into(),
+                format!("/v1/secrets/{name}"),
+            );
+            if let Err(err) = audit.append_audit(&e).await {
+                tracing::warn!(error = %err, "recording a secret's read failed");
+            }
+        }
     }
 }
 
@@ -175,6 +201,7 @@ impl StepExecutor for HttpExecutor {
         let mut request = request.clone();
         let filled =
             step_secrets::fill(self.secrets.as_ref(), &call.workspace_id, &mut request).await?;
+        self.record_reads(call, &filled.names).await;
         match self.send(call, &request, &filled).await {
             Ok(mut out) => {
                 filled.redactor.redact(&mut out);
