@@ -14,6 +14,7 @@ pub use super::StoreSet as Stores;
 
 pub async fn run_all(s: Stores) {
     workspaces_and_keys(&s).await;
+    audit_lists_newest_first_with_filters(&s).await;
     workflows_are_versioned_and_isolated(&s).await;
     workflow_pages_visit_each_once(&s).await;
     workflows_are_found_by_the_events_they_listen_for(&s).await;
@@ -692,6 +693,71 @@ async fn workspaces_and_keys(s: &Stores) {
         s.api_keys.delete_api_key(&w.id, &second.id).await.unwrap(),
         KeyChange::Done
     );
+}
+
+async fn audit_lists_newest_first_with_filters(s: &Stores) {
+    let (a, b) = (ws(), ws());
+    let mut made = Vec::new();
+    for (actor, action) in [
+        ("key:key_1", "key.created"),
+        ("key:key_2", "secret.updated"),
+        ("key:key_1", "key.deleted"),
+        ("run:run_1/call", "secret.read"),
+    ] {
+        let mut e = AuditEntry::new(&a, actor.into(), action.into(), "/v1/x".into());
+        e.ip = Some("127.0.0.1".into());
+        s.audit.append_audit(&e).await.unwrap();
+        made.push(e);
+    }
+    s.audit
+        .append_audit(&AuditEntry::new(
+            &b,
+            "key:key_9".into(),
+            "key.created".into(),
+            "/v1/y".into(),
+        ))
+        .await
+        .unwrap();
+    let list = |f: AuditFilter, page: PageRequest| {
+        let (audit, a) = (s.audit.clone(), a.clone());
+        async move { audit.list_audit(&a, &f, &page).await.unwrap() }
+    };
+    let all = list(AuditFilter::default(), PageRequest::first(10)).await;
+    let newest_first: Vec<AuditEntry> = made.iter().rev().cloned().collect();
+    assert_eq!(all.items, newest_first);
+    assert_eq!(all.next_cursor, None);
+    let keys = list(
+        AuditFilter {
+            action: Some("key.".into()),
+            ..Default::default()
+        },
+        PageRequest::first(10),
+    )
+    .await;
+    assert_eq!(keys.items, vec![made[2].clone(), made[0].clone()]);
+    let one = list(
+        AuditFilter {
+            actor: Some("key:key_1".into()),
+            action: Some("key.deleted".into()),
+            since: Some(made[0].at),
+            until: Some(Utc::now() + Duration::seconds(1)),
+        },
+        PageRequest::first(10),
+    )
+    .await;
+    assert_eq!(one.items, vec![made[2].clone()]);
+    // Pages visit each once.
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(1);
+    loop {
+        let p = list(AuditFilter::default(), page.clone()).await;
+        seen.extend(p.items);
+        match p.next_cursor {
+            Some(c) => page.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first);
 }
 
 async fn workflows_are_versioned_and_isolated(s: &Stores) {

@@ -42,11 +42,11 @@ impl AuditStore for DynamoStore {
         let mut conditions = Vec::new();
         let mut values: Vec<(&str, AttributeValue)> = Vec::new();
         if let Some(a) = &f.action {
-            conditions.push("begins_with(action, :action)");
+            conditions.push("begins_with(#action, :action)");
             values.push((":action", s(a.clone())));
         }
         if let Some(a) = &f.actor {
-            conditions.push("actor = :actor");
+            conditions.push("#actor = :actor");
             values.push((":actor", s(a.clone())));
         }
         if let Some(t) = f.since {
@@ -80,6 +80,13 @@ impl AuditStore for DynamoStore {
             }
             if f.since.is_some() || f.until.is_some() {
                 q = q.expression_attribute_names("#at", "at");
+            }
+            // (`action` is one of DynamoDB's reserved words.)
+            if f.action.is_some() {
+                q = q.expression_attribute_names("#action", "action");
+            }
+            if f.actor.is_some() {
+                q = q.expression_attribute_names("#actor", "actor");
             }
             for (k, v) in &values {
                 q = q.expression_attribute_values(*k, v.clone());
