@@ -207,6 +207,8 @@ async fn bench_platform(
     let config = weft::platform::PlatformConfig {
         egress: weft::adapters::http::EgressPolicy::allowing("127.0.0.0/8").expect("policy"),
         durability,
+        // Counted (the limiter runs), never reached.
+        rate_limits: weft::domain::RateLimits::generous(),
         ..Default::default()
     };
     let platform = Arc::new(

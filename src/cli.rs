@@ -56,8 +56,9 @@ pub fn main() -> ExitCode {
         } => match (
             weft::adapters::http::EgressPolicy::allowing(&egress_allow),
             weft::adapters::llm::LlmConfig::from_env(),
+            rate_limits_from_env(),
         ) {
-            (Ok(egress), Ok(llm)) => dev(
+            (Ok(egress), Ok(llm), Ok(rate_limits)) => dev(
                 data_dir,
                 SocketAddr::new(host, port),
                 PlatformConfig {
@@ -69,10 +70,11 @@ pub fn main() -> ExitCode {
                     } else {
                         weft::adapters::sqlite::Durability::Normal
                     },
+                    rate_limits,
                 },
             ),
-            (Err(e), _) => Err(anyhow::anyhow!("--egress-allow: {e}")),
-            (_, Err(e)) => Err(e),
+            (Err(e), _, _) => Err(anyhow::anyhow!("--egress-allow: {e}")),
+            (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         },
         Command::Validate { file } => validate(&file),
     };
@@ -133,6 +135,16 @@ fn dev(data_dir: PathBuf, addr: SocketAddr, config: PlatformConfig) -> anyhow::R
             .await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `WEFT_RATE_LIMITS` (`workspace=200/400,key=100/200`: requests a second
+/// and burst), or the defaults.
+fn rate_limits_from_env() -> anyhow::Result<weft::domain::RateLimits> {
+    match std::env::var("WEFT_RATE_LIMITS") {
+        Ok(v) if !v.trim().is_empty() => weft::domain::RateLimits::parse(&v)
+            .map_err(|e| anyhow::anyhow!("WEFT_RATE_LIMITS: {e}")),
+        _ => Ok(weft::domain::RateLimits::default()),
+    }
 }
 
 fn print_banner(

@@ -376,6 +376,12 @@ def function_env(tpl, names, endpoint, egress_allow):
         "WEFT_HOOK_QUEUE_URL": names["queues"]["HookQueue"],
         "WEFT_DELIVERY_QUEUE_URL": names["queues"]["DeliveryQueue"],
         "WEFT_METRICS_NAMESPACE": f"Weft/{STACK}",
+        # The suites poll from many tasks at once: limits they do not meet
+        # (the deployment's default is template.yaml's RateLimits; keys
+        # with their own lower rate are what tests reach).
+        "WEFT_RATE_LIMITS": os.environ.get(
+            "WEFT_STACK_RATE_LIMITS", "workspace=100000/100000,key=100000/100000"
+        ),
     }
     wanted = set(tpl["Globals"]["Function"]["Environment"]["Variables"])
     for _, _, props in functions(tpl):

@@ -77,6 +77,8 @@ pub struct PlatformConfig {
     /// How commits reach the disk (`Full`: every acknowledged write
     /// survives a power loss).
     pub durability: crate::adapters::sqlite::Durability,
+    /// Request rates per workspace and per key (`WEFT_RATE_LIMITS`).
+    pub rate_limits: crate::domain::RateLimits,
 }
 
 impl Platform {
@@ -104,7 +106,14 @@ impl Platform {
             executors(&config, &stores)?,
         ));
         let app = Arc::new(
-            App::new(stores, orchestrator.clone(), definitions).with_egress(config.egress.clone()),
+            App::new(stores, orchestrator.clone(), definitions)
+                .with_egress(config.egress.clone())
+                .with_rates(crate::app::Rates {
+                    // One process serves the API: its memory is the one
+                    // place requests are counted.
+                    store: Arc::new(crate::adapters::rates::MemoryRates::default()),
+                    limits: config.rate_limits,
+                }),
         );
         tick_schedules(Arc::downgrade(&app));
         process_hook_receipts(Arc::downgrade(&app), store.clone());

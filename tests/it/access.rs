@@ -845,3 +845,99 @@ async fn changes_and_secret_reads_are_in_the_audit_log_for_admins() {
     let r = app.get("/v1/audit?since=yesterday").await;
     assert_eq!(r.status, 400, "{}", r.body);
 }
+
+fn header<'a>(r: &'a crate::common::Reply, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_is_told_when_to_come_back_and_others_are_not_held() {
+    let app = target().await;
+    let (_, slow) = make_key(
+        &app,
+        json!({"name": "slow", "role": "viewer", "rate_limit": {"per_second": 1, "burst": 3}}),
+    )
+    .await;
+    for left in [2, 1, 0] {
+        let r = app
+            .call("GET", "/v1/runs?limit=1", None, Some(&slow), &[])
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            header(&r, "ratelimit-policy").contains("\"key\";q=3;w=3"),
+            "{:?}",
+            r.headers
+        );
+        assert!(
+            header(&r, "ratelimit").starts_with(&format!("\"key\";r={left};t=")),
+            "{:?}",
+            r.headers
+        );
+    }
+    let r = app
+        .call("GET", "/v1/runs?limit=1", None, Some(&slow), &[])
+        .await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["type"], "/problems/rate-limited", "{}", r.body);
+    let wait: u64 = header(&r, "retry-after").parse().expect("Retry-After");
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert!(
+        header(&r, "ratelimit").starts_with("\"key\";r=0;"),
+        "{:?}",
+        r.headers
+    );
+    // Another key of the workspace goes on.
+    let r = app.get("/v1/runs?limit=1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // And the slow one may again once the time has passed.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = app
+        .call("GET", "/v1/runs?limit=1", None, Some(&slow), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A key's own rate can only be lower than the deployment's, and must
+    // make sense.
+    let r = app
+        .post(
+            "/v1/keys",
+            json!({"name": "bad", "role": "viewer", "rate_limit": {"per_second": 5, "burst": 2}}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(crate::common::error_paths(&r.body), vec!["$.rate_limit"]);
+}
+
+#[tokio::test]
+async fn a_workspace_over_its_rate_is_limited_whichever_key_asks_and_others_are_not() {
+    let app = crate::common::spawn_app_with(weft::platform::PlatformConfig {
+        rate_limits: weft::domain::RateLimits::parse("workspace=1/4,key=100/100").expect("limits"),
+        ..Default::default()
+    })
+    .await;
+    let (_, second) = make_key(&app, json!({"name": "second", "role": "viewer"})).await;
+    // (Making the key was the first request.)
+    for key in [&second, &app.key, &second] {
+        let r = app.call("GET", "/v1/runs", None, Some(key), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for key in [&app.key, &second] {
+        let r = app.call("GET", "/v1/runs", None, Some(key), &[]).await;
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(
+            header(&r, "ratelimit").starts_with("\"workspace\";r=0;"),
+            "{:?}",
+            r.headers
+        );
+    }
+    let theirs = app.other_workspace().await;
+    let r = app.call("GET", "/v1/runs", None, Some(&theirs), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Unauthenticated requests are refused before they are counted.
+    let r = app
+        .call("GET", "/v1/runs", None, Some("weft_nothing"), &[])
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+}

@@ -4,6 +4,7 @@
 pub mod dynamo;
 pub mod http;
 pub mod llm;
+pub mod rates;
 #[cfg(feature = "aws")]
 pub mod secretsmanager;
 pub mod sqlite;

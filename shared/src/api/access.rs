@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 
 use super::problem::Problem;
-use crate::app::{App, AppError, Principal};
+use crate::app::{App, AppError, Principal, RateAnswer};
 use crate::domain::Role;
 
 /// What a route asks of its caller.
@@ -160,8 +160,36 @@ async fn guard(access: Access, mut req: Request, next: Next) -> Response {
     if let Err(e) = allowed(access, &who) {
         return Problem::from(e).into_response();
     }
-    req.extensions_mut().insert(who);
-    next.run(req).await
+    let rate = app.take_request(&who).await;
+    let mut res = match &rate {
+        Some(RateAnswer {
+            retry_after: Some(secs),
+            ..
+        }) => {
+            let mut res = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                format!("this key or its workspace made more requests than its rate allows; try again in {secs} s"),
+            )
+            .into_response();
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            res
+        }
+        _ => {
+            req.extensions_mut().insert(who);
+            next.run(req).await
+        }
+    };
+    if let Some(r) = rate {
+        for (name, value) in [("ratelimit-policy", r.policy), ("ratelimit", r.current)] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                res.headers_mut().insert(name, v);
+            }
+        }
+    }
+    res
 }
 
 /// Whether `who` may use a route with `access`.

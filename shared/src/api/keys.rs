@@ -16,7 +16,7 @@ use super::problem::Problem;
 use crate::app::{
     App, AppError, DEFAULT_ROTATION_OVERLAP, MAX_KEY_WORKFLOWS, MAX_ROTATION_OVERLAP, NewKey,
 };
-use crate::domain::{ApiKeyId, ApiKeyRecord, Role, WorkflowId};
+use crate::domain::{ApiKeyId, ApiKeyRecord, Rate, Role, WorkflowId};
 use crate::dsl::{Path, ValidationError};
 
 /// Longest key name.
@@ -34,6 +34,8 @@ pub struct KeyView<'a> {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotated_from: Option<&'a ApiKeyId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
 }
@@ -48,6 +50,7 @@ impl<'a> From<&'a ApiKeyRecord> for KeyView<'a> {
             workflows: k.workflows.as_deref(),
             expires_at: k.expires_at,
             rotated_from: k.rotated_from.as_ref(),
+            rate_limit: k.rate_limit,
             created_at: k.created_at,
             last_used_at: k.last_used_at,
         }
@@ -137,8 +140,8 @@ fn new_key(body: &Value, now: DateTime<Utc>) -> Result<NewKey, AppError> {
     let at = |k: &str| Path::root().key(k);
     let mut errors = unknown_fields(
         m,
-        &["name", "role", "workflows", "expires_at"],
-        "a key has name, role, workflows and expires_at",
+        &["name", "role", "workflows", "expires_at", "rate_limit"],
+        "a key has name, role, workflows, expires_at and rate_limit",
     );
     let name = match m.get("name").and_then(Value::as_str).map(str::trim) {
         Some(n)
@@ -215,10 +218,26 @@ fn new_key(body: &Value, now: DateTime<Utc>) -> Result<NewKey, AppError> {
             }
         },
     };
+    let rate_limit = match m.get("rate_limit") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let rate = serde_json::from_value::<Rate>(v.clone())
+                .ok()
+                .filter(Rate::valid);
+            if rate.is_none() {
+                errors.push(ValidationError::new(
+                    &at("rate_limit"),
+                    "`rate_limit` must be {\"per_second\": N, \"burst\": B} with 1 ≤ N ≤ B ≤ 1000000",
+                ));
+            }
+            rate
+        }
+    };
     if !errors.is_empty() {
         return Err(invalid(errors));
     }
     Ok(NewKey {
+        rate_limit,
         name,
         role,
         workflows,

@@ -24,6 +24,8 @@ pub struct Principal {
     /// Who this is across rotations (the first key of the chain): what
     /// `created_by` of the workflows it makes names.
     pub actor: String,
+    /// The key's own rate, if it has one below the deployment's.
+    pub rate_limit: Option<crate::domain::Rate>,
 }
 
 impl Principal {
@@ -40,6 +42,7 @@ impl Principal {
             role: rec.role,
             workflows: rec.workflows.clone(),
             actor: format!("key:{}", rec.rotated_from.as_ref().unwrap_or(&rec.id)),
+            rate_limit: rec.rate_limit,
         }
     }
 }

@@ -33,6 +33,7 @@ pub struct NewKey {
     pub role: Role,
     pub workflows: Option<Vec<WorkflowId>>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub rate_limit: Option<crate::domain::Rate>,
 }
 
 impl App {
@@ -80,6 +81,7 @@ impl App {
             workflows: new.workflows,
             expires_at: new.expires_at,
             rotated_from: None,
+            rate_limit: new.rate_limit,
             created_at: Utc::now(),
             last_used_at: None,
         };

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod hooks;
 mod keys;
+mod rates;
 mod runs;
 mod schedules;
 mod secrets;
@@ -32,6 +33,7 @@ pub use keys::{
     DEFAULT_ROTATION_OVERLAP, MAX_KEY_WORKFLOWS, MAX_KEYS_PER_WORKSPACE, MAX_ROTATION_OVERLAP,
     NewKey,
 };
+pub use rates::{RateAnswer, Rates};
 pub use runs::{IDEMPOTENCY_TTL_HOURS, RunView};
 pub use schedules::{
     FireReport, MAX_SCHEDULE_INPUT_BYTES, MAX_SCHEDULES_PER_WORKFLOW, ScheduleFields,
@@ -62,6 +64,8 @@ pub struct App {
     signing_cache: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Where deliveries go to be sent (None: `deliver_due` sends them).
     delivery_queue: Option<Arc<dyn crate::ports::DeliveryQueue>>,
+    /// Request rates (None: requests are not limited).
+    rates: Option<Rates>,
 }
 
 /// Longest reason an answer or a log line gives for something that could
@@ -98,7 +102,14 @@ impl App {
             sending: Default::default(),
             delivery_queue: None,
             signing_cache: Default::default(),
+            rates: None,
         }
+    }
+
+    /// Limits each key's and each workspace's request rate.
+    pub fn with_rates(mut self, rates: Rates) -> Self {
+        self.rates = Some(rates);
+        self
     }
 
     /// Hands webhook deliveries to `queue` (another process sends them)

@@ -50,6 +50,7 @@ pub async fn add_owner_key(
         workflows: None,
         expires_at: None,
         rotated_from: None,
+        rate_limit: None,
         created_at: Utc::now(),
         last_used_at: None,
     };

@@ -132,7 +132,12 @@ impl Stack {
         })?;
         let driver = StepFunctionsDriver::new(self.sfn.clone(), arn, self.store.clone());
         let app = App::new(self.store_set(), Arc::new(driver), self.definitions.clone())
-            .with_egress(self.settings.egress.clone());
+            .with_egress(self.settings.egress.clone())
+            .with_rates(crate::app::Rates {
+                // Every API function instance counts in the one table.
+                store: self.store.clone(),
+                limits: self.settings.rate_limits,
+            });
         Ok(match &self.delivery_queue {
             Some(q) => app.with_delivery_queue(q.clone()),
             None => app,

@@ -37,6 +37,9 @@ pub struct AwsSettings {
     /// `WEFT_AWS_ENDPOINT`: one endpoint for every AWS service (emulated
     /// AWS); unset on AWS itself.
     pub endpoint: Option<String>,
+    /// `WEFT_RATE_LIMITS`: requests a second and burst per workspace and
+    /// per key (`workspace=200/400,key=100/200`, the default).
+    pub rate_limits: crate::domain::RateLimits,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -69,6 +72,11 @@ impl AwsSettings {
             delivery_queue_url: var("WEFT_DELIVERY_QUEUE_URL"),
             metrics_namespace: var("WEFT_METRICS_NAMESPACE"),
             endpoint: var("WEFT_AWS_ENDPOINT"),
+            rate_limits: match var("WEFT_RATE_LIMITS") {
+                Some(v) => crate::domain::RateLimits::parse(&v)
+                    .map_err(|e| anyhow::anyhow!("WEFT_RATE_LIMITS: {e}"))?,
+                None => crate::domain::RateLimits::default(),
+            },
         })
     }
 

@@ -6,6 +6,7 @@ pub mod ids;
 pub mod limits;
 pub mod models;
 pub mod money;
+pub mod rate;
 pub mod run;
 pub mod schedule;
 pub mod usage;
@@ -17,6 +18,7 @@ pub use audit::{AUDIT_RETENTION_DAYS, AuditEntry, AuditFilter};
 pub use hook::{Encoding, Hook, HookId, Receipt, Verification};
 pub use ids::{ApiKeyId, AuditId, EndpointId, RunId, ScheduleId, WorkflowId, WorkspaceId};
 pub use money::{TokenPrice, Usd};
+pub use rate::{Rate, RateLimits, Verdict, gcra};
 pub use run::{
     Attempt, Lease, LogEntry, LogLevel, RunHead, RunRecord, RunStatus, StepError, StepHead,
     StepRecord, StepStatus,

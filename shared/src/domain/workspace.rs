@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{ApiKeyId, WorkflowId, WorkspaceId};
+use super::rate::Rate;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workspace {
@@ -63,6 +64,9 @@ pub struct ApiKeyRecord {
     /// From then on the key is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// A rate below the deployment's for keys (requests a second, burst).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
     /// The key whose rotation made this one (which then expires).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_from: Option<ApiKeyId>,

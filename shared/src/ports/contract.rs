@@ -587,6 +587,7 @@ async fn workspaces_and_keys(s: &Stores) {
         workflows: Some(vec![WorkflowId::from_string("wf_a")]),
         expires_at: None,
         rotated_from: None,
+        rate_limit: None,
         created_at: Utc::now(),
         last_used_at: None,
     };

@@ -70,6 +70,30 @@ pub trait ApiKeyStore: Send + Sync {
     ) -> StoreResult<()>;
 }
 
+/// What both limiters of a request said (taken from both or neither).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub workspace: Verdict,
+    pub key: Verdict,
+}
+
+/// Request rates, per workspace and per key: the GCRA state of each
+/// (`domain::gcra` decides; the store keeps the times and makes each
+/// decision atomic across every process that serves the API).
+#[async_trait]
+pub trait RateStore: Send + Sync {
+    /// Takes one request from the workspace's and the key's allowance at
+    /// `now` (microseconds since the epoch): both, or neither when one
+    /// refuses.
+    async fn take_request(
+        &self,
+        ws: &WorkspaceId,
+        key: &ApiKeyId,
+        rates: (Rate, Rate),
+        now: i64,
+    ) -> StoreResult<Taken>;
+}
+
 /// The audit log: appended to, listed newest first, never changed.
 #[async_trait]
 pub trait AuditStore: Send + Sync {

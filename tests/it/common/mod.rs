@@ -43,6 +43,8 @@ pub async fn spawn_app() -> TestApp {
     let egress = weft::adapters::http::EgressPolicy::allowing("127.0.0.0/8").expect("policy");
     spawn_app_with(PlatformConfig {
         egress,
+        // Tests that count requests set their own (the harness polls).
+        rate_limits: weft::domain::RateLimits::generous(),
         ..Default::default()
     })
     .await

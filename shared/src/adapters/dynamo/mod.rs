@@ -13,6 +13,7 @@ mod hooks;
 mod log_chunks;
 mod packed;
 mod payloads;
+mod rates;
 mod runs;
 mod schedules;
 mod tenants;
