@@ -174,9 +174,23 @@ impl Platform {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
-        if let Some(k) = key.filter(|k| *k != creds.api_key) {
-            crate::app::add_owner_key(&self.store, &creds.workspace_id, &k).await?;
-            creds.api_key = k;
+        match key {
+            Some(k) => {
+                crate::app::add_owner_key(&self.store, &creds.workspace_id, &k).await?;
+                creds.api_key = k;
+            }
+            None => {
+                let hash = crate::app::hash_api_key(&creds.api_key);
+                let works = crate::ports::ApiKeyStore::find_api_key(&self.store, &hash)
+                    .await?
+                    .is_some_and(|k| !k.expired(chrono::Utc::now()));
+                if !works {
+                    anyhow::bail!(
+                        "the development key in {} was revoked or rotated away: start with WEFT_DEV_API_KEY set to a new key (32+ random characters) to make it the owner key",
+                        file.display()
+                    );
+                }
+            }
         }
         Ok(creds)
     }

@@ -473,6 +473,11 @@ async fn a_rotated_key_works_beside_its_successor_for_the_overlap_and_an_expired
     }
     let r = app.get(&format!("/v1/keys/{id}")).await;
     assert!(r.body["expires_at"].is_string(), "{}", r.body);
+    assert_eq!(r.body["replaced_by"], new_id.as_str(), "{}", r.body);
+    // A key rotated away is not rotated again (its successor would end
+    // with its overlap).
+    let r = app.post(&format!("/v1/keys/{id}/rotate"), json!({})).await;
+    assert_eq!(r.status, 409, "{}", r.body);
 
     // A workflow made with the old key stays its maker's after rotation.
     let r = app
@@ -830,6 +835,28 @@ async fn changes_and_secret_reads_are_in_the_audit_log_for_admins() {
         format!("/v1/secrets/{name}"),
         "{}",
         r.body
+    );
+
+    // A verb names the resource it acted on; an encoded path is read as
+    // the handler read it.
+    let (other_id, _) = make_key(&app, json!({"name": "rotated", "role": "viewer"})).await;
+    let r = as_admin
+        .post(&format!("/v1/keys/{other_id}/rotate"), json!({}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let encoded: String = name.chars().map(|c| format!("%{:02X}", c as u32)).collect();
+    let r = as_admin.delete(&format!("/v1/secrets/{encoded}")).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = app.get(&format!("/v1/audit?actor={mine}&limit=2")).await;
+    assert_eq!(r.body["items"][0]["action"], "secret.deleted", "{}", r.body);
+    assert_eq!(
+        r.body["items"][0]["resource"],
+        format!("/v1/secrets/{name}")
+    );
+    assert_eq!(r.body["items"][1]["action"], "key.rotate", "{}", r.body);
+    assert_eq!(
+        r.body["items"][1]["resource"],
+        format!("/v1/keys/{other_id}")
     );
 
     // Pages, and only for admins.

@@ -73,6 +73,11 @@ impl Routes {
                 move |req: Request, next: Next| guard(access, req, next),
             )),
         };
+        let handler = if method == Method::GET {
+            handler
+        } else {
+            handler.route_layer(axum::middleware::from_fn(to_the_end))
+        };
         self.router = self.router.route(path, handler);
         self.specs.push(RouteSpec {
             method,
@@ -131,6 +136,18 @@ pub fn audit_action(method: &Method, path: &str) -> Option<String> {
             format!("{}.{verb}", noun(last))
         }
     })
+}
+
+/// A change runs to the end in a task of its own, with what follows it
+/// (its audit entry, closing a cancelled run's steps, waking a run): a
+/// client that hangs up half way drops only its answer.
+async fn to_the_end(req: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            Problem::from(AppError::Internal("a request's handler failed".into())).into_response()
+        }
+    }
 }
 
 /// The caller's key, from `Authorization: Bearer <key>`.

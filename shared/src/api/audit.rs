@@ -20,30 +20,46 @@ use crate::domain::{AuditEntry, AuditFilter};
 /// Longest user agent kept.
 const MAX_USER_AGENT: usize = 200;
 
-/// Runs the change; if it succeeded, records who made it, on what, and
-/// from where. (A failed record is logged: the change stands.)
+/// The caller's address as the front door saw it (AWS: API Gateway's
+/// `sourceIp`, set by the API function), never what a client wrote.
+#[derive(Clone, Debug)]
+pub struct ClientIp(pub String);
+
+/// Runs the change; if it succeeded, records who made it (the key itself,
+/// whoever made it), on what, and from where. (A failed record is logged:
+/// the change stands. The change and its record run to the end even if
+/// the client goes: see `access::to_the_end`.)
 pub(super) async fn record(action: String, req: Request, next: Next) -> Response {
     let app = req.extensions().get::<Arc<App>>().cloned();
     let who = req.extensions().get::<Principal>().cloned();
-    let path = req.uri().path().to_owned();
-    // The peer's address where the server knows it (`weft dev`); behind
-    // AWS's front door, the address it forwarded.
+    // The path as the handler read it (percent-decoded), the id segments
+    // in it, and for `…/{id}/verb` the resource acted on.
+    let mut path = percent_encoding::percent_decode_str(req.uri().path())
+        .decode_utf8_lossy()
+        .into_owned();
+    if action
+        .rsplit('.')
+        .next()
+        .is_some_and(|verb| !["created", "updated", "deleted"].contains(&verb))
+        && let Some((resource, _verb)) = path.rsplit_once('/')
+    {
+        path = resource.to_owned();
+    }
     let ip = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .get::<ClientIp>()
+        .map(|c| c.0.clone())
         .or_else(|| {
-            req.headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(|v| v.trim().chars().take(64).collect())
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
         });
-    let user_agent = req
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.chars().take(MAX_USER_AGENT).collect());
+    let user_agent = req.headers().get(header::USER_AGENT).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(MAX_USER_AGENT)
+            .collect()
+    });
     let res = next.run(req).await;
     let (Some(app), Some(who)) = (app, who) else {
         return res;
@@ -52,12 +68,18 @@ pub(super) async fn record(action: String, req: Request, next: Next) -> Response
         return res;
     }
     // What was made is where its Location points.
-    let resource = res
-        .headers()
-        .get(header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map_or(path, str::to_owned);
-    let mut e = AuditEntry::new(&who.workspace_id, who.actor.clone(), action, resource);
+    let resource = match res.headers().get(header::LOCATION) {
+        Some(at) if action.ends_with(".created") => {
+            String::from_utf8_lossy(at.as_bytes()).into_owned()
+        }
+        _ => path,
+    };
+    let mut e = AuditEntry::new(
+        &who.workspace_id,
+        format!("key:{}", who.key_id),
+        action,
+        resource,
+    );
     e.ip = ip;
     e.user_agent = user_agent;
     if let Err(err) = app.stores.audit.append_audit(&e).await {

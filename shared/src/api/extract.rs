@@ -135,7 +135,7 @@ impl Params {
         };
         let cursor = self
             .get("cursor")
-            .map(|c| Cursor::decode(c).ok_or_else(|| Problem::bad_request("`cursor` is not a cursor this server issued; pass `next_cursor` from a previous page")))
+            .map(|c| Cursor::decode(c).filter(|c| !c.position().is_empty()).ok_or_else(|| Problem::bad_request("`cursor` is not a cursor this server issued; pass `next_cursor` from a previous page")))
             .transpose()?;
         Ok(PageRequest { limit, cursor })
     }

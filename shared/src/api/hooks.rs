@@ -25,7 +25,13 @@ pub async fn create(
     let h = app
         .create_hook(&who.workspace_id, &WorkflowId::from_string(wf), fields)
         .await?;
-    Ok((StatusCode::CREATED, Json(views::HookView::from(&h))).into_response())
+    let at = format!("/v1/workflows/{}/hooks/{}", h.workflow_id, h.id);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, at)],
+        Json(views::HookView::from(&h)),
+    )
+        .into_response())
 }
 
 pub async fn list(

@@ -36,6 +36,8 @@ pub struct KeyView<'a> {
     pub rotated_from: Option<&'a ApiKeyId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Rate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<&'a ApiKeyId>,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
 }
@@ -51,6 +53,7 @@ impl<'a> From<&'a ApiKeyRecord> for KeyView<'a> {
             expires_at: k.expires_at,
             rotated_from: k.rotated_from.as_ref(),
             rate_limit: k.rate_limit,
+            replaced_by: k.replaced_by.as_ref(),
             created_at: k.created_at,
             last_used_at: k.last_used_at,
         }
@@ -245,9 +248,13 @@ fn new_key(body: &Value, now: DateTime<Utc>) -> Result<NewKey, AppError> {
     })
 }
 
-/// Characters that reorder text as shown (a name that reads as another).
+/// Characters that reorder text as shown or show nothing (a name that
+/// reads as another).
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+    )
 }
 
 /// `POST /v1/keys/{id}/rotate`: `{"overlap": "24h"}` (how long the old key

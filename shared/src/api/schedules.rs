@@ -22,7 +22,13 @@ pub async fn create(
     let s = app
         .create_schedule(&who.workspace_id, &WorkflowId::from_string(wf), fields)
         .await?;
-    Ok((StatusCode::CREATED, Json(views::ScheduleView::from(&s))).into_response())
+    let at = format!("/v1/workflows/{}/schedules/{}", s.workflow_id, s.id);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, at)],
+        Json(views::ScheduleView::from(&s)),
+    )
+        .into_response())
 }
 
 pub async fn list(

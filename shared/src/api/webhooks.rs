@@ -27,7 +27,13 @@ pub async fn create(
     let mut view = json!(EndpointView::from(&e));
     // Shown once: receivers check deliveries' signatures with it.
     view["secret"] = json!(secret);
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let at = format!("/v1/endpoints/{}", e.id);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, at)],
+        Json(view),
+    )
+        .into_response())
 }
 
 pub async fn list(State(app): State<Arc<App>>, Auth(who): Auth) -> Result<Response, Problem> {

@@ -81,6 +81,7 @@ impl App {
             workflows: new.workflows,
             expires_at: new.expires_at,
             rotated_from: None,
+            replaced_by: None,
             rate_limit: new.rate_limit,
             created_at: Utc::now(),
             last_used_at: None,
@@ -177,12 +178,18 @@ impl App {
                 "key `{id}` has expired; make a new key instead"
             )));
         }
+        if let Some(next) = &old.replaced_by {
+            return Err(AppError::Conflict(format!(
+                "key `{id}` was rotated already (its successor is `{next}`); rotate that one"
+            )));
+        }
         let secret = generate_api_key();
         let rec = ApiKeyRecord {
             id: ApiKeyId::generate(),
             key_hash: hash_api_key(&secret),
             prefix: key_prefix(&secret),
             rotated_from: Some(old.rotated_from.clone().unwrap_or_else(|| old.id.clone())),
+            replaced_by: None,
             created_at: now,
             last_used_at: None,
             ..old.clone()
@@ -193,7 +200,7 @@ impl App {
         match self
             .stores
             .api_keys
-            .set_api_key_expiry(&who.workspace_id, id, now + overlap)
+            .set_api_key_expiry(&who.workspace_id, id, now + overlap, Some(&rec.id))
             .await?
         {
             KeyChange::Done => {}

@@ -50,6 +50,7 @@ pub async fn add_owner_key(
         workflows: None,
         expires_at: None,
         rotated_from: None,
+        replaced_by: None,
         rate_limit: None,
         created_at: Utc::now(),
         last_used_at: None,
@@ -60,6 +61,11 @@ pub async fn add_owner_key(
             "the workspace holds {MAX_KEYS_PER_WORKSPACE} keys already; delete one first"
         ),
         Err(StoreError::Conflict(_)) => match keys.find_api_key(&rec.key_hash).await? {
+            Some(existing) if existing.workspace_id == *ws && existing.expired(Utc::now()) => {
+                anyhow::bail!(
+                    "that API key was rotated away or has expired in this workspace; choose another"
+                )
+            }
             Some(existing) if existing.workspace_id == *ws => Ok(()),
             _ => anyhow::bail!("that API key already belongs to another workspace"),
         },

@@ -12,10 +12,11 @@ pub struct AuditEntry {
     pub id: AuditId,
     pub workspace_id: WorkspaceId,
     pub at: DateTime<Utc>,
-    /// Who: `key:<id>` (the first key of its rotation chain), or
-    /// `run:<id>` for a secret a run read.
+    /// Who: `key:<id>` (the key used), or `run:<id>/<step>` for a secret
+    /// a run read.
     pub actor: String,
-    /// What, such as `key.created`, `secret.put`, `secret.read`.
+    /// What, such as `key.created`, `secret.updated`, `key.rotate`,
+    /// `secret.read`.
     pub action: String,
     /// On which resource: its API path (`/v1/secrets/stripe`), or a
     /// secret's name for a read.

@@ -67,6 +67,10 @@ pub struct ApiKeyRecord {
     /// A rate below the deployment's for keys (requests a second, burst).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Rate>,
+    /// The key that replaced this one when it was rotated (this one then
+    /// works only until its overlap ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<ApiKeyId>,
     /// The key whose rotation made this one (which then expires).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_from: Option<ApiKeyId>,

@@ -587,6 +587,7 @@ async fn workspaces_and_keys(s: &Stores) {
         workflows: Some(vec![WorkflowId::from_string("wf_a")]),
         expires_at: None,
         rotated_from: None,
+        replaced_by: None,
         rate_limit: None,
         created_at: Utc::now(),
         last_used_at: None,
@@ -644,7 +645,7 @@ async fn workspaces_and_keys(s: &Stores) {
     let until = Utc::now() + chrono::Duration::hours(1);
     let change = |ws: WorkspaceId, id: ApiKeyId, at| {
         let keys = s.api_keys.clone();
-        async move { keys.set_api_key_expiry(&ws, &id, at).await.unwrap() }
+        async move { keys.set_api_key_expiry(&ws, &id, at, None).await.unwrap() }
     };
     assert_eq!(
         change(w.id.clone(), key.id.clone(), until).await,

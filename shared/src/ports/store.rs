@@ -54,12 +54,14 @@ pub trait ApiKeyStore: Send + Sync {
     /// (an owner key without an expiry), however many requests race.
     async fn delete_api_key(&self, ws: &WorkspaceId, id: &ApiKeyId) -> StoreResult<KeyChange>;
     /// Makes the key expire at `at`, unless it expires sooner already (then
-    /// nothing changes). Refused for the last lasting owner key.
+    /// nothing changes), noting the key that replaced it if one did.
+    /// Refused for the last lasting owner key.
     async fn set_api_key_expiry(
         &self,
         ws: &WorkspaceId,
         id: &ApiKeyId,
         at: DateTime<Utc>,
+        replaced_by: Option<&ApiKeyId>,
     ) -> StoreResult<KeyChange>;
     /// Records that the key was used at `at` (for `last_used_at`).
     async fn touch_api_key(

@@ -258,6 +258,7 @@ impl ApiKeyStore for DynamoStore {
         ws: &WorkspaceId,
         id: &ApiKeyId,
         at: DateTime<Utc>,
+        replaced_by: Option<&ApiKeyId>,
     ) -> StoreResult<KeyChange> {
         for _ in 0..KEY_TRIES {
             let Some(mut rec) = self.get_api_key(ws, id).await? else {
@@ -270,6 +271,9 @@ impl ApiKeyStore for DynamoStore {
             let (condition, read) = Self::as_read(&rec);
             rec.expires_at = Some(at);
             rec.last_used_at = None;
+            if let Some(r) = replaced_by {
+                rec.replaced_by = Some(r.clone());
+            }
             let json = s(serde_json::to_string(&rec)?);
             let mut list = Update::builder()
                 .table_name(&self.table)

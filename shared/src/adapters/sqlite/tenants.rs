@@ -211,8 +211,9 @@ impl ApiKeyStore for SqliteStore {
         ws: &WorkspaceId,
         id: &ApiKeyId,
         at: DateTime<Utc>,
+        replaced_by: Option<&ApiKeyId>,
     ) -> StoreResult<KeyChange> {
-        let (ws, id) = (ws.clone(), id.clone());
+        let (ws, id, replaced_by) = (ws.clone(), id.clone(), replaced_by.cloned());
         self.db
             .write(move |tx| {
                 let Some(mut rec) = key_in_tx(tx, &ws, &id)? else {
@@ -226,6 +227,9 @@ impl ApiKeyStore for SqliteStore {
                 }
                 rec.expires_at = Some(at);
                 rec.last_used_at = None;
+                if replaced_by.is_some() {
+                    rec.replaced_by = replaced_by;
+                }
                 tx.execute(
                     "UPDATE api_keys SET data = ?3 WHERE workspace_id = ?1 AND id = ?2",
                     params![ws.as_str(), id.as_str(), serde_json::to_string(&rec)?],
