@@ -41,6 +41,20 @@ impl DynamoStore {
         items: Vec<Item>,
         what: &str,
     ) -> StoreResult<bool> {
+        self.create_counted_with(count, most, items, Vec::new(), what)
+            .await
+    }
+
+    /// `create_counted`, with `also` (unconditioned) in the same
+    /// transaction.
+    pub(super) async fn create_counted_with(
+        &self,
+        count: Item,
+        most: usize,
+        items: Vec<Item>,
+        also: Vec<TransactWriteItem>,
+        what: &str,
+    ) -> StoreResult<bool> {
         let mut writes = vec![
             TransactWriteItem::builder()
                 .update(build(
@@ -68,6 +82,7 @@ impl DynamoStore {
                     .build(),
             );
         }
+        writes.extend(also);
         match self.transact(writes).await? {
             None => Ok(true),
             Some(failed) if failed.first() == Some(&true) => Ok(false),

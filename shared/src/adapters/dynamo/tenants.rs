@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
 use super::{DynamoStore, Item, build, data, key, n, s, sdk};
@@ -126,35 +126,9 @@ impl ApiKeyStore for DynamoStore {
         if let Some(at) = k.expires_at {
             list.insert("expires".into(), s(super::ts(at)));
         }
-        let mut writes = vec![
-            TransactWriteItem::builder()
-                .update(build(
-                    Update::builder()
-                        .table_name(&self.table)
-                        .set_key(Some(key(keys_pk(&k.workspace_id), "#COUNT")))
-                        .update_expression("ADD n :one")
-                        .condition_expression("attribute_not_exists(n) OR n < :most")
-                        .expression_attribute_values(":one", n(1))
-                        .expression_attribute_values(":most", n(most))
-                        .build(),
-                )?)
-                .build(),
-        ];
-        for item in [found, list] {
-            writes.push(
-                TransactWriteItem::builder()
-                    .put(build(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(item))
-                            .condition_expression("attribute_not_exists(pk)")
-                            .build(),
-                    )?)
-                    .build(),
-            );
-        }
+        let mut also = Vec::new();
         if k.lasting_owner() {
-            writes.push(
+            also.push(
                 TransactWriteItem::builder()
                     .update(build(
                         Update::builder()
@@ -167,11 +141,14 @@ impl ApiKeyStore for DynamoStore {
                     .build(),
             );
         }
-        match self.transact(writes).await? {
-            None => Ok(true),
-            Some(failed) if failed.first() == Some(&true) => Ok(false),
-            Some(_) => Err(StoreError::Conflict("API key already exists".into())),
-        }
+        self.create_counted_with(
+            key(keys_pk(&k.workspace_id), "#COUNT"),
+            most,
+            vec![found, list],
+            also,
+            "API key",
+        )
+        .await
     }
 
     async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
