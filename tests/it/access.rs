@@ -883,7 +883,7 @@ fn header<'a>(r: &'a crate::common::Reply, name: &str) -> &'a str {
 #[tokio::test]
 async fn a_key_over_its_rate_is_told_when_to_come_back_and_others_are_not_held() {
     let app = target().await;
-    let (_, slow) = make_key(
+    let (slow_id, slow) = make_key(
         &app,
         json!({"name": "slow", "role": "viewer", "rate_limit": {"per_second": 1, "burst": 3}}),
     )
@@ -916,9 +916,22 @@ async fn a_key_over_its_rate_is_told_when_to_come_back_and_others_are_not_held()
         "{:?}",
         r.headers
     );
-    // Another key of the workspace goes on.
+    // Another key of the workspace goes on; the key's rotation gets no
+    // fresh allowance.
     let r = app.get("/v1/runs?limit=1").await;
     assert_eq!(r.status, 200, "{}", r.body);
+    let r = app
+        .post(
+            &format!("/v1/keys/{slow_id}/rotate"),
+            json!({"overlap": "1h"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let successor = r.body["key"].as_str().expect("key").to_owned();
+    let r = app
+        .call("GET", "/v1/runs?limit=1", None, Some(&successor), &[])
+        .await;
+    assert_eq!(r.status, 429, "{}", r.body);
     // And the slow one may again once the time has passed.
     tokio::time::sleep(Duration::from_secs(wait)).await;
     let r = app
@@ -962,6 +975,17 @@ async fn a_workspace_over_its_rate_is_limited_whichever_key_asks_and_others_are_
     let theirs = app.other_workspace().await;
     let r = app.call("GET", "/v1/runs", None, Some(&theirs), &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // A key's own rate stays below the deployment's.
+    let r = app
+        .call(
+            "POST",
+            "/v1/keys",
+            Some(json!({"name": "fast", "role": "viewer", "rate_limit": {"per_second": 200, "burst": 200}})),
+            Some(&theirs),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
     // Unauthenticated requests are refused before they are counted.
     let r = app
         .call("GET", "/v1/runs", None, Some("weft_nothing"), &[])

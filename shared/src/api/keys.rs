@@ -224,8 +224,16 @@ fn new_key(body: &Value, now: DateTime<Utc>) -> Result<NewKey, AppError> {
     let rate_limit = match m.get("rate_limit") {
         None | Some(Value::Null) => None,
         Some(v) => {
-            let rate = serde_json::from_value::<Rate>(v.clone())
-                .ok()
+            // An object of exactly these two whole numbers.
+            let rate = v
+                .as_object()
+                .filter(|o| o.len() == 2)
+                .and_then(|o| {
+                    Some(Rate {
+                        per_second: u32::try_from(o.get("per_second")?.as_u64()?).ok()?,
+                        burst: u32::try_from(o.get("burst")?.as_u64()?).ok()?,
+                    })
+                })
                 .filter(Rate::valid);
             if rate.is_none() {
                 errors.push(ValidationError::new(

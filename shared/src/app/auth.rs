@@ -26,6 +26,9 @@ pub struct Principal {
     pub actor: String,
     /// The key's own rate, if it has one below the deployment's.
     pub rate_limit: Option<crate::domain::Rate>,
+    /// The first key of its rotation chain: what its rate is counted by
+    /// (a rotation gives no fresh allowance).
+    pub lineage: ApiKeyId,
 }
 
 impl Principal {
@@ -43,6 +46,7 @@ impl Principal {
             workflows: rec.workflows.clone(),
             actor: format!("key:{}", rec.rotated_from.as_ref().unwrap_or(&rec.id)),
             rate_limit: rec.rate_limit,
+            lineage: rec.rotated_from.clone().unwrap_or_else(|| rec.id.clone()),
         }
     }
 }

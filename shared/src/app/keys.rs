@@ -50,6 +50,18 @@ impl App {
                 new.role.as_str()
             )));
         }
+        if let (Some(asked), Some(rates)) = (new.rate_limit, &self.rates) {
+            let most = rates.limits.key;
+            if asked.per_second > most.per_second || asked.burst > most.burst {
+                return Err(AppError::InvalidRequest(vec![ValidationError::new(
+                    &Path::root().key("rate_limit"),
+                    format!(
+                        "a key's own rate may only be lower than this deployment's for keys: at most {} a second, bursts of {}",
+                        most.per_second, most.burst
+                    ),
+                )]));
+            }
+        }
         if let Some(wfs) = &new.workflows {
             let mut errors = Vec::new();
             for (i, wf) in wfs.iter().enumerate() {

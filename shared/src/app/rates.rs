@@ -46,7 +46,7 @@ impl App {
         let now = Utc::now().timestamp_micros();
         let taken = match rates
             .store
-            .take_request(&who.workspace_id, &who.key_id, (ws_rate, key_rate), now)
+            .take_request(&who.workspace_id, &who.lineage, (ws_rate, key_rate), now)
             .await
         {
             Ok(t) => t,

@@ -86,7 +86,8 @@ pub struct Taken {
 pub trait RateStore: Send + Sync {
     /// Takes one request from the workspace's and the key's allowance at
     /// `now` (microseconds since the epoch): both, or neither when one
-    /// refuses.
+    /// refuses. `key` names the key's limiter (its rotation chain's
+    /// first key).
     async fn take_request(
         &self,
         ws: &WorkspaceId,

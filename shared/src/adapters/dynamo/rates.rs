@@ -2,20 +2,69 @@
 //! workspace's TAT (`w`) and each key's (`k_<id>`), read and then written
 //! on the condition that neither changed between (GCRA decides in between),
 //! so every Lambda instance shares one limiter. A request costs a
-//! consistent read and, if allowed, one write.
+//! consistent read (of its two attributes) and, if allowed, one write. A
+//! key's limiter is its rotation chain's (`ApiKeyId` of the first key):
+//! rotating gives no fresh allowance, and the item holds only live keys'
+//! (a deleted key's is removed).
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 
 use super::{DynamoStore, key, n, sdk};
 use crate::domain::{ApiKeyId, Rate, Verdict, WorkspaceId, gcra};
 use crate::ports::{RateStore, StoreError, StoreResult, Taken};
 
 /// How many times a request re-reads a limiter another request changed.
-const TRIES: usize = 8;
+const TRIES: u32 = 8;
 
 fn tat(item: Option<&super::Item>, name: &str) -> Option<i64> {
     item?.get(name)?.as_n().ok()?.parse().ok()
+}
+
+/// DynamoDB refused for load: the workspace's own flood, most likely.
+fn throttled<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|c| {
+            matches!(
+                c,
+                "ProvisionedThroughputExceededException"
+                    | "ThrottlingException"
+                    | "RequestLimitExceeded"
+            )
+        })
+}
+
+fn refused_workspace() -> Taken {
+    Taken {
+        workspace: Verdict::Denied {
+            retry_after_secs: 1,
+        },
+        key: Verdict::Allowed {
+            tat: 0,
+            remaining: 0,
+            reset_secs: 0,
+        },
+    }
+}
+
+impl DynamoStore {
+    /// A deleted key's limiter goes with it (the item holds those of
+    /// live keys only).
+    pub(super) async fn forget_rate(&self, ws: &WorkspaceId, limiter: &str) -> StoreResult<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("{ws}#RATE"), "RATE")))
+            .update_expression("REMOVE #k")
+            .expression_attribute_names("#k", format!("k_{limiter}"))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -23,13 +72,34 @@ impl RateStore for DynamoStore {
     async fn take_request(
         &self,
         ws: &WorkspaceId,
-        api_key: &ApiKeyId,
+        limiter: &ApiKeyId,
         (ws_rate, key_rate): (Rate, Rate),
         now: i64,
     ) -> StoreResult<Taken> {
-        let k_name = format!("k_{api_key}");
-        for _ in 0..TRIES {
-            let item = self.get(key(format!("{ws}#RATE"), "RATE")).await?;
+        let k_name = format!("k_{limiter}");
+        let item_key = key(format!("{ws}#RATE"), "RATE");
+        for attempt in 0..TRIES {
+            if attempt > 0 {
+                // Lost to another request of the workspace: a jittered
+                // pause before reading again.
+                let ms = rand::random_range(0..(2 << attempt.min(5)));
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            let read = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(item_key.clone()))
+                .consistent_read(true)
+                .projection_expression("w, #k")
+                .expression_attribute_names("#k", &k_name)
+                .send()
+                .await;
+            let item = match read {
+                Ok(out) => out.item,
+                Err(e) if throttled(&e) => return Ok(refused_workspace()),
+                Err(e) => return Err(sdk(e)),
+            };
             let (old_w, old_k) = (tat(item.as_ref(), "w"), tat(item.as_ref(), &k_name));
             let taken = Taken {
                 workspace: gcra(old_w, now, ws_rate),
@@ -48,7 +118,7 @@ impl RateStore for DynamoStore {
                 .client
                 .update_item()
                 .table_name(&self.table)
-                .set_key(Some(key(format!("{ws}#RATE"), "RATE")))
+                .set_key(Some(item_key.clone()))
                 .update_expression("SET w = :w, #k = :k, #ttl = :ttl")
                 .condition_expression(format!(
                     "{} AND {}",
@@ -59,29 +129,26 @@ impl RateStore for DynamoStore {
                 .expression_attribute_names("#ttl", "ttl")
                 .expression_attribute_values(":w", n(w))
                 .expression_attribute_values(":k", n(k))
-                // Kept a day past its last use.
-                .expression_attribute_values(":ttl", n(now / 1_000_000 + 86_400));
+                // Kept a day past the last time any limiter in it refills.
+                .expression_attribute_values(":ttl", n(w.max(k) / 1_000_000 + 86_400));
             if let Some(o) = old_w {
                 req = req.expression_attribute_values(":ow", AttributeValue::N(o.to_string()));
             }
             if let Some(o) = old_k {
                 req = req.expression_attribute_values(":ok", AttributeValue::N(o.to_string()));
             }
-            match req.send().await.map_err(sdk) {
+            match req.send().await {
                 Ok(_) => return Ok(taken),
-                // Another request moved a limiter on: decide again.
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e),
+                Err(e) if throttled(&e) => return Ok(refused_workspace()),
+                Err(e) => match sdk(e) {
+                    // Another request moved a limiter on: decide again.
+                    StoreError::Conflict(_) => continue,
+                    e => return Err(e),
+                },
             }
         }
-        // The workspace's limiter is that busy: it is over its rate.
-        Ok(Taken {
-            workspace: Verdict::Denied {
-                retry_after_secs: 1,
-            },
-            key: Verdict::Denied {
-                retry_after_secs: 1,
-            },
-        })
+        // The workspace's limiter is that busy: it is over what it can
+        // take.
+        Ok(refused_workspace())
     }
 }

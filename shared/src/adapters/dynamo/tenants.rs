@@ -219,7 +219,15 @@ impl ApiKeyStore for DynamoStore {
                 writes.push(self.owner_leaves(ws)?);
             }
             match self.transact(writes).await? {
-                None => return Ok(KeyChange::Done),
+                None => {
+                    // Its rate limiter goes too (best effort: a stale one
+                    // only takes room).
+                    let limiter = rec.rotated_from.as_ref().unwrap_or(&rec.id);
+                    if let Err(e) = self.forget_rate(ws, limiter.as_str()).await {
+                        tracing::warn!(workspace_id = %ws, error = %e, "removing a deleted key's rate limiter failed");
+                    }
+                    return Ok(KeyChange::Done);
+                }
                 Some(failed) if failed.get(3) == Some(&true) => return Ok(KeyChange::LastOwner),
                 // The key changed (or went) since it was read: again.
                 Some(_) => continue,

@@ -486,3 +486,64 @@ async fn a_finished_runs_unfinished_steps_read_as_cancelled() {
     let one = fresh.get_step_head(&ws, &run.id, "s07").await.unwrap();
     assert_eq!(one.map(|s| s.status), Some(StepStatus::Cancelled));
 }
+
+#[tokio::test]
+async fn request_rates_are_shared_by_every_instance_and_charge_both_limiters_or_neither() {
+    use crate::domain::{ApiKeyId, Rate, Verdict, WorkspaceId};
+    use crate::ports::RateStore;
+
+    let (_m, ddb, table) = fresh_table().await;
+    // Two API instances: one limiter.
+    let (a, b) = (
+        DynamoStore::new(ddb.clone(), table.clone()),
+        DynamoStore::new(ddb.clone(), table.clone()),
+    );
+    let ws = WorkspaceId::generate();
+    let (k1, k2) = (ApiKeyId::generate(), ApiKeyId::generate());
+    let ws_rate = Rate {
+        per_second: 1,
+        burst: 4,
+    };
+    let key_rate = Rate {
+        per_second: 1,
+        burst: 2,
+    };
+    let now = 1_000_000_000_000;
+    let allowed = |t: crate::ports::Taken| {
+        matches!(
+            (t.workspace, t.key),
+            (Verdict::Allowed { .. }, Verdict::Allowed { .. })
+        )
+    };
+    let take = |s: &DynamoStore, k: &ApiKeyId| {
+        let (s, ws, k) = (s.clone(), ws.clone(), k.clone());
+        async move {
+            s.take_request(&ws, &k, (ws_rate, key_rate), now)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(allowed(take(&a, &k1).await));
+    assert!(allowed(take(&b, &k1).await));
+    // The key is spent; the workspace is not charged for its refusal.
+    let t = take(&a, &k1).await;
+    assert!(matches!(t.key, Verdict::Denied { .. }), "{t:?}");
+    assert!(allowed(take(&b, &k2).await));
+    assert!(allowed(take(&a, &k2).await));
+    // Now the workspace is spent, whichever key asks.
+    let t = take(&b, &k2).await;
+    assert!(matches!(t.workspace, Verdict::Denied { .. }), "{t:?}");
+    // A deleted key's limiter goes from the item.
+    a.forget_rate(&ws, k1.as_str()).await.unwrap();
+    let item = ddb
+        .get_item()
+        .table_name(&table)
+        .set_key(Some(super::key(format!("{ws}#RATE"), "RATE")))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(!item.contains_key(&format!("k_{k1}")));
+    assert!(item.contains_key(&format!("k_{k2}")) && item.contains_key("w"));
+}
