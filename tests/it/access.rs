@@ -316,6 +316,21 @@ async fn another_workspaces_resources_are_not_found_and_its_lists_show_nothing_o
     assert!(names.contains(&"hook_a"), "{}", r.body);
     let r = app.get(&format!("/v1/runs/{}", held.run)).await;
     assert_eq!(r.body["status"], "COMPLETED", "{}", r.body);
+    // A shared target is left as it was found: no endpoint takes the
+    // events of later runs, no schedule fires.
+    for path in [
+        format!("/v1/endpoints/{}", held.endpoint),
+        format!("/v1/workflows/{}/hooks/{}", held.workflow, held.hook),
+        format!(
+            "/v1/workflows/{}/schedules/{}",
+            held.workflow, held.schedule
+        ),
+        format!("/v1/workflows/{}", held.workflow),
+        format!("/v1/secrets/{}", held.secret),
+    ] {
+        let r = app.delete(&path).await;
+        assert_eq!(r.status, 204, "{path}: {}", r.body);
+    }
 }
 
 #[tokio::test]
