@@ -30,7 +30,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 
-pub use access::{Access, RouteSpec, allowed, audit_action};
+pub use access::{Access, RouteSpec, audit_action};
 pub use audit::ClientIp;
 pub use problem::{CONTENT_TYPE as PROBLEM_CONTENT_TYPE, Problem};
 

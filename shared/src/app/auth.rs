@@ -21,9 +21,6 @@ pub struct Principal {
     pub role: Role,
     /// Set: the key may only start and read runs of these workflows.
     pub workflows: Option<Vec<WorkflowId>>,
-    /// Who this is across rotations (the first key of the chain): what
-    /// `created_by` of the workflows it makes names.
-    pub actor: String,
     /// The key's own rate, if it has one below the deployment's.
     pub rate_limit: Option<crate::domain::Rate>,
     /// The first key of its rotation chain: what its rate is counted by
@@ -38,13 +35,18 @@ impl Principal {
         self.workflows.as_ref().is_none_or(|l| l.contains(wf))
     }
 
+    /// Who this is across rotations (the first key of the chain): what
+    /// `created_by` of the workflows it makes names.
+    pub fn actor(&self) -> String {
+        format!("key:{}", self.lineage)
+    }
+
     pub fn of(rec: &ApiKeyRecord) -> Self {
         Principal {
             workspace_id: rec.workspace_id.clone(),
             key_id: rec.id.clone(),
             role: rec.role,
             workflows: rec.workflows.clone(),
-            actor: format!("key:{}", rec.rotated_from.as_ref().unwrap_or(&rec.id)),
             rate_limit: rec.rate_limit,
             lineage: rec.rotated_from.clone().unwrap_or_else(|| rec.id.clone()),
         }

@@ -8,7 +8,7 @@ use crate::ports::{Page, PageRequest, StoreError};
 
 /// Editors may change only the workflows they made; Admins and Owners any.
 fn may_change(who: &Principal, latest: &WorkflowVersion) -> Result<(), AppError> {
-    if who.role >= Role::Admin || latest.created_by.as_deref() == Some(who.actor.as_str()) {
+    if who.role >= Role::Admin || latest.created_by == Some(who.actor()) {
         return Ok(());
     }
     Err(AppError::Forbidden(format!(
@@ -48,7 +48,7 @@ impl App {
         who: Option<&Principal>,
         def: Value,
     ) -> Result<WorkflowVersion, AppError> {
-        let created_by = who.map(|w| w.actor.clone());
+        let created_by = who.map(Principal::actor);
         let wf = validate(&def)?;
         let id = wf
             .id

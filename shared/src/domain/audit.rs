@@ -55,14 +55,3 @@ pub struct AuditFilter {
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
 }
-
-impl AuditFilter {
-    pub fn admits(&self, e: &AuditEntry) -> bool {
-        self.action
-            .as_ref()
-            .is_none_or(|a| e.action.starts_with(a.as_str()))
-            && self.actor.as_ref().is_none_or(|a| e.actor == *a)
-            && self.since.is_none_or(|t| e.at >= t)
-            && self.until.is_none_or(|t| e.at < t)
-    }
-}
